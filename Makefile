@@ -1,0 +1,52 @@
+# The two commands a new developer needs: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
+export ENVOY_BIN
+CARGO ?= cargo
+
+.PHONY: all build envoy test lint fmt clippy unit run bench proptest-nightly clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+## Installs the pinned Envoy (1.40.0, checksum-verified) under .tools/, unless ENVOY_BIN points elsewhere.
+envoy:
+	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.tools/envoy/bin/envoy" ]; then scripts/install-envoy.sh .tools/envoy; \
+	 else test -x "$(ENVOY_BIN)" || { echo "ENVOY_BIN=$(ENVOY_BIN) is not executable" >&2; exit 1; }; fi
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+unit: envoy
+	$(CARGO) test --locked
+
+## fmt check, clippy and every test (the tests use the real Envoy).
+test: fmt clippy unit
+
+lint: fmt clippy
+
+## Renders the example spec, checks it with the real Envoy and prints its hash.
+## (Issue 4 turns this into the full agent + API stand-in demo.)
+run: envoy
+	$(CARGO) build --release --locked
+	mkdir -p run
+	./target/release/vpsie-lb-agent validate --spec ../shared/api/lb-full.json --config examples/agent.yaml
+	./target/release/vpsie-lb-agent render --spec ../shared/api/lb-full.json --config examples/agent.yaml --out run/envoy.json
+	@echo "rendered config: run/envoy.json (certificates under run/certs/)"
+
+## Parse + validate + hash + render for 10, 1,000 and 10,000 backends (criterion; prints figures).
+bench:
+	$(CARGO) bench --locked --bench pipeline
+
+## The property test at nightly size (the default run in `make test` is smaller).
+proptest-nightly: envoy
+	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture
+
+clean:
+	$(CARGO) clean
+	rm -rf run

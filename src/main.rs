@@ -1,0 +1,105 @@
+//! The `vpsie-lb-agent` binary: flags, logging, and a call into the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vpsie_lb_agent::command::{self, Failure, Prepared};
+use vpsie_lb_agent::settings::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "vpsie-lb-agent",
+    version,
+    about = "Control-plane agent of the VPSie load balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render the Envoy config for a spec (certificates go to the certificate directory).
+    Render {
+        #[arg(long)]
+        spec: PathBuf,
+        /// Write the config here (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Render a spec into a temporary directory and check it with `envoy --mode validate`.
+    Validate {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the config hash of a spec.
+    Hash {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match &e {
+                Failure::Other(err) => eprintln!("error: {err:#}"),
+                other => eprintln!("error: {other}"),
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn settings(path: Option<&PathBuf>) -> Result<Settings, Failure> {
+    Ok(Settings::load(path.map(PathBuf::as_path))?)
+}
+
+fn warn(p: &Prepared) {
+    for w in p.warnings() {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Render { spec, out, config } => {
+            let p = command::render(&spec, &settings(config.as_ref())?, out.as_deref())?;
+            warn(&p);
+            if out.is_none() {
+                println!("{}", p.rendered.config);
+            }
+        }
+        Command::Validate { spec, config } => {
+            let settings = settings(config.as_ref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)?;
+            let p = runtime.block_on(command::validate(&spec, &settings))?;
+            warn(&p);
+            println!("OK {}", p.hash);
+        }
+        Command::Hash { spec, config } => {
+            let p = command::hash(&spec, &settings(config.as_ref())?)?;
+            warn(&p);
+            println!("{}", p.hash);
+        }
+    }
+    Ok(())
+}

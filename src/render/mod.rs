@@ -1,0 +1,282 @@
+//! Turns a valid spec into one complete Envoy bootstrap, from the Tera templates in `templates/`.
+//!
+//! Invariants:
+//! - **render does no I/O**: it returns the config text and the certificate files it refers to;
+//!   writing them is the caller's job (see [`crate::store`]).
+//! - **every value is escaped**: templates print values only through the `q` filter (a test
+//!   checks every `{{ }}` in `templates/`), which emits a JSON string literal with everything
+//!   outside printable ASCII escaped. JSON is also YAML, and no input can add structure.
+//! - **the output is parsed back and checked** against the view before it is returned.
+//!
+//! The templates are compiled into the binary, so the agent is self-contained.
+
+mod view;
+
+pub use view::{cluster_name, redirect_listener_name, CertFile, View};
+
+use crate::settings::Settings;
+use crate::spec::Spec;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+/// The template set, compiled in. Names are what templates `include`.
+pub const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "bootstrap.json.tera",
+        include_str!("../../templates/bootstrap.json.tera"),
+    ),
+    (
+        "listener.json.tera",
+        include_str!("../../templates/listener.json.tera"),
+    ),
+    (
+        "http.json.tera",
+        include_str!("../../templates/http.json.tera"),
+    ),
+    (
+        "cluster.json.tera",
+        include_str!("../../templates/cluster.json.tera"),
+    ),
+    (
+        "upstream_tls.json.tera",
+        include_str!("../../templates/upstream_tls.json.tera"),
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the built-in templates do not compile: {0}")]
+    Templates(String),
+    #[error("rendering the Envoy config failed: {0}")]
+    Render(String),
+    #[error("the rendered Envoy config failed its self-check ({0}); this is a bug in the templates, nothing was applied")]
+    Check(String),
+}
+
+/// What rendering produced: the config text and the files it names.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The Envoy bootstrap, as JSON (which Envoy reads as YAML too).
+    pub config: String,
+    pub files: Vec<CertFile>,
+}
+
+/// SHA-256 (hex) of the template set: part of every `config_hash`, so a new template means a new
+/// hash and a re-apply.
+pub fn template_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let mut h = Sha256::new();
+        for (name, text) in TEMPLATES {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    })
+}
+
+/// The compiled templates. Call once at start-up to fail fast on a broken build.
+pub fn templates() -> Result<&'static tera::Tera, RenderError> {
+    static TERA: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
+    TERA.get_or_init(|| {
+        let mut t = tera::Tera::default();
+        t.autoescape_on(vec![]);
+        t.register_filter("q", q_filter);
+        t.add_raw_templates(TEMPLATES.to_vec())
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(t)
+    })
+    .as_ref()
+    .map_err(|e| RenderError::Templates(e.clone()))
+}
+
+/// Escapes a string as a double-quoted JSON string literal, itself a YAML scalar. Everything
+/// outside printable ASCII becomes `\uXXXX`, so line separators (U+2028, NEL) that YAML 1.1
+/// parsers read as line breaks cannot reach a parser raw either.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    // Writing to a String cannot fail.
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The one filter every template value goes through: strings are quoted and escaped, numbers
+/// and booleans pass as they are, anything else (a missing value is null) is an error.
+fn q_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
+    match v {
+        Value::String(s) => Ok(Value::String(quote(s))),
+        Value::Number(_) | Value::Bool(_) => Ok(v.clone()),
+        other => Err(tera::Error::msg(format!(
+            "q: cannot print {other} as a scalar"
+        ))),
+    }
+}
+
+/// Renders the Envoy bootstrap for a valid spec.
+pub fn render(spec: &Spec, settings: &Settings) -> Result<Rendered, RenderError> {
+    let tera = templates()?;
+    let (view, files) = view::build(spec, settings);
+    let ctx =
+        tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
+    let config = tera
+        .render("bootstrap.json.tera", &ctx)
+        .map_err(|e| RenderError::Render(error_chain(&e)))?;
+    check(&config, &view)?;
+    Ok(Rendered { config, files })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Parses the rendered text back and checks that its shape is exactly what the view asked for:
+/// same node id, admin address, listeners and clusters in order, and every endpoint. An input
+/// that managed to add or remove structure would fail here.
+fn check(config: &str, view: &View) -> Result<(), RenderError> {
+    let fail = |what: String| Err(RenderError::Check(what));
+    let doc: Value = match serde_json::from_str(config) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("not valid JSON: {e}")),
+    };
+    let top: Vec<&str> = doc
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut want_top = vec![
+        "admin",
+        "node",
+        "overload_manager",
+        "static_resources",
+        "stats_config",
+    ];
+    want_top.sort_unstable();
+    let mut got_top = top.clone();
+    got_top.sort_unstable();
+    if got_top != want_top {
+        return fail(format!("top-level keys {got_top:?}"));
+    }
+    if doc["node"]["id"].as_str() != Some(view.node_id.as_str()) {
+        return fail("node id".into());
+    }
+    let admin = &doc["admin"]["address"]["socket_address"];
+    if admin["address"].as_str() != Some(view.admin_address.as_str())
+        || admin["port_value"].as_u64() != Some(view.admin_port.into())
+    {
+        return fail("admin address".into());
+    }
+    let listeners = doc["static_resources"]["listeners"].as_array();
+    let names: Vec<&str> = listeners
+        .map(|l| l.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
+    let want: Vec<&str> = view.listeners.iter().map(|l| l.name.as_str()).collect();
+    if names != want || listeners.map_or(0, Vec::len) != want.len() {
+        return fail(format!("listeners {names:?}, expected {want:?}"));
+    }
+    for (l, vl) in listeners.into_iter().flatten().zip(&view.listeners) {
+        let port = l["address"]["socket_address"]["port_value"].as_u64();
+        let chains = l["filter_chains"].as_array().map_or(0, Vec::len);
+        if port != Some(vl.port.into()) || chains != vl.chains.len() {
+            return fail(format!("listener {}", vl.name));
+        }
+    }
+    let clusters = doc["static_resources"]["clusters"].as_array();
+    let want: Vec<&str> = view.clusters.iter().map(|c| c.name.as_str()).collect();
+    let got: Vec<&str> = clusters
+        .map(|c| c.iter().filter_map(|x| x["name"].as_str()).collect())
+        .unwrap_or_default();
+    if got != want || clusters.map_or(0, Vec::len) != want.len() {
+        return fail(format!("clusters {got:?}, expected {want:?}"));
+    }
+    for (c, vc) in clusters.into_iter().flatten().zip(&view.clusters) {
+        let eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"].as_array();
+        let ok = eps.is_some_and(|eps| {
+            eps.len() == vc.endpoints.len()
+                && eps.iter().zip(&vc.endpoints).all(|(e, ve)| {
+                    let sa = &e["endpoint"]["address"]["socket_address"];
+                    sa["address"].as_str() == Some(ve.address.as_str())
+                        && sa["port_value"].as_u64() == Some(ve.port.into())
+                })
+        });
+        if !ok {
+            return fail(format!("endpoints of cluster {}", vc.name));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_escapes_everything_that_could_add_structure() {
+        assert_eq!(quote("plain-id_1"), "\"plain-id_1\"");
+        assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(quote("l1\nl2\r\t"), "\"l1\\u000al2\\u000d\\u0009\"");
+        assert_eq!(quote("x\u{2028}y\u{85}z\0"), "\"x\\u2028y\\u0085z\\u0000\"");
+        assert_eq!(quote("😀"), "\"\\ud83d\\ude00\"");
+        for s in ["{{ x }}", "{% if %}", "&a *a !!tag #c", "\u{2029}", "ü"] {
+            let q = quote(s);
+            assert_eq!(serde_json::from_str::<String>(&q).unwrap(), s);
+            assert_eq!(serde_yaml::from_str::<String>(&q).unwrap(), s);
+            assert!(q[1..q.len() - 1]
+                .bytes()
+                .all(|b| (b' '..=b'~').contains(&b)));
+        }
+    }
+
+    /// Every `{{ ... }}` in every template must end in `| q`: the escaping cannot be forgotten.
+    #[test]
+    fn every_template_value_goes_through_q() {
+        for (name, text) in TEMPLATES {
+            let mut rest = *text;
+            let mut count = 0;
+            while let Some(start) = rest.find("{{") {
+                let end = rest[start..].find("}}").expect("unclosed {{") + start;
+                let expr = rest[start + 2..end].trim();
+                assert!(
+                    expr.ends_with("| q"),
+                    "{name}: `{{{{ {expr} }}}}` does not go through the q filter"
+                );
+                count += 1;
+                rest = &rest[end + 2..];
+            }
+            assert!(count > 0, "{name} prints nothing");
+        }
+        assert!(templates().is_ok());
+    }
+
+    #[test]
+    fn q_refuses_null() {
+        let t = templates().unwrap();
+        let mut tera = t.clone();
+        tera.add_raw_template("x", "{{ missing | q }}").unwrap();
+        assert!(tera.render("x", &tera::Context::new()).is_err());
+    }
+}

@@ -1,0 +1,435 @@
+//! The view the templates render from: plain data, already shaped like Envoy's config, built
+//! from the normalised spec. Templates never see the spec or the wire types.
+//!
+//! Every decision about how a spec maps onto Envoy (policies, hash keys, names, timeouts) is made
+//! here, in Rust, where it can be tested; the templates only lay it out.
+
+use crate::settings::Settings;
+use crate::spec::{
+    Algorithm, BackendAddress, BackendScheme, Pool, ProxyProtocol, Rule, Scheme, Spec, Tls,
+    TlsVersion,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+#[derive(Debug, Serialize)]
+pub struct View {
+    pub node_id: String,
+    pub admin_address: String,
+    pub admin_port: u16,
+    pub listen_address: String,
+    pub max_connections: u32,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listener {
+    pub name: String,
+    pub port: u16,
+    pub tls_inspector: bool,
+    pub chains: Vec<Chain>,
+    pub http: Option<Http>,
+    pub tcp: Option<Tcp>,
+}
+
+/// One filter chain. On https listeners there is one per domain with its own certificate (picked
+/// by SNI) and a last one, without `server_names`, for everything else.
+#[derive(Debug, Serialize)]
+pub struct Chain {
+    pub server_names: Vec<String>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TlsFiles {
+    pub cert_path: String,
+    pub key_path: String,
+    pub min_version: &'static str,
+    pub max_version: &'static str,
+    pub alpn: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Http {
+    pub stat_prefix: String,
+    pub route_name: String,
+    pub idle_timeout: String,
+    /// Whether any virtual host uses sticky sessions (the filter is then in the chain).
+    pub sticky: bool,
+    pub access_log: bool,
+    pub vhosts: Vec<Vhost>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Vhost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub action: Action,
+    pub sticky_cookie: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    Route {
+        cluster: String,
+        timeout: String,
+        hash_source_ip: bool,
+    },
+    /// 301 to https on this port; `port` is left out for 443.
+    Redirect { port: Option<u16> },
+    /// No pool serves this host.
+    NotFound,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Tcp {
+    pub stat_prefix: String,
+    pub cluster: String,
+    pub idle_timeout: String,
+    pub hash_source_ip: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    /// STRICT_DNS when any backend is a host name; STATIC when all are IP literals.
+    pub dns: bool,
+    pub connect_timeout: String,
+    pub lb_policy: &'static str,
+    pub health: HealthCheck,
+    pub proxy_protocol: Option<&'static str>,
+    pub upstream_tls: bool,
+    pub sni: Option<String>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthCheck {
+    pub timeout: String,
+    pub interval: String,
+    pub fast_interval: String,
+    pub rise: u32,
+    pub fall: u32,
+    pub http_path: Option<String>,
+    pub http_host: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// A file the config refers to by path: written mode 0600 next to the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFile {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+/// Listener name of the shared plain-HTTP redirect listener. Rule ids cannot hold `:`, so it
+/// cannot collide with a rule's listener.
+pub fn redirect_listener_name(port: u16) -> String {
+    format!("redirect:{port}")
+}
+
+/// Cluster name of a pool: the rule id, or `rule/domain` for a domain's pool. Neither holds a
+/// dot, so Envoy's stat tag extraction sees the whole name as `envoy_cluster_name`.
+pub fn cluster_name(rule: &str, domain: Option<&str>) -> String {
+    match domain {
+        None => rule.to_owned(),
+        Some(d) => format!("{rule}/{d}"),
+    }
+}
+
+fn secs(s: u32) -> String {
+    format!("{s}s")
+}
+
+fn millis(ms: u32) -> String {
+    format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+fn lb_policy(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::Roundrobin => "ROUND_ROBIN",
+        Algorithm::Leastconn => "LEAST_REQUEST",
+        Algorithm::Random => "RANDOM",
+        Algorithm::Source | Algorithm::RingHash => "RING_HASH",
+        Algorithm::Maglev => "MAGLEV",
+    }
+}
+
+/// Consistent-hash policies need a key; the client's address is the one every scheme has.
+fn hashes_source(a: Algorithm) -> bool {
+    matches!(
+        a,
+        Algorithm::Source | Algorithm::RingHash | Algorithm::Maglev
+    )
+}
+
+fn tls_version(v: TlsVersion) -> &'static str {
+    match v {
+        TlsVersion::V1_2 => "TLSv1_2",
+        TlsVersion::V1_3 => "TLSv1_3",
+    }
+}
+
+/// Builds the view and the certificate files it refers to.
+pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
+    let cert_dir = settings.cert_dir();
+    let mut files = Vec::new();
+    let mut tls_files = |tls: &Tls| -> TlsFiles {
+        // Named by content, so a renewed certificate never overwrites the one a running epoch uses.
+        let mut h = Sha256::new();
+        h.update(tls.certificate_pem.as_bytes());
+        h.update(tls.private_key_pem.as_bytes());
+        let tag = &hex::encode(h.finalize())[..16];
+        let cert_path = cert_dir.join(format!("{}-{tag}.crt", tls.id));
+        let key_path = cert_dir.join(format!("{}-{tag}.key", tls.id));
+        for (path, contents) in [
+            (&cert_path, &tls.certificate_pem),
+            (&key_path, &tls.private_key_pem),
+        ] {
+            if !files.iter().any(|f: &CertFile| &f.path == path) {
+                files.push(CertFile {
+                    path: path.clone(),
+                    contents: contents.clone(),
+                });
+            }
+        }
+        TlsFiles {
+            cert_path: cert_path.to_string_lossy().into_owned(),
+            key_path: key_path.to_string_lossy().into_owned(),
+            min_version: tls_version(tls.min_version),
+            max_version: tls_version(tls.max_version),
+            alpn: tls.alpn.iter().map(|a| a.as_str()).collect(),
+        }
+    };
+
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut redirect_vhosts = Vec::new();
+    for rule in &spec.rules {
+        push_clusters(rule, &mut clusters);
+        let listener = match rule.scheme {
+            Scheme::Tcp => Listener {
+                name: rule.id.clone(),
+                port: rule.front_port,
+                tls_inspector: false,
+                chains: vec![Chain {
+                    server_names: vec![],
+                    tls: None,
+                }],
+                http: None,
+                tcp: Some(Tcp {
+                    stat_prefix: rule.id.clone(),
+                    cluster: cluster_name(&rule.id, None),
+                    idle_timeout: secs(rule.timeouts.idle_s),
+                    hash_source_ip: hashes_source(rule.pool.algorithm),
+                }),
+            },
+            Scheme::Http | Scheme::Https => {
+                let mut chains = Vec::new();
+                if rule.scheme == Scheme::Https {
+                    for d in &rule.domains {
+                        if let Some(tls) = &d.tls {
+                            chains.push(Chain {
+                                server_names: vec![d.host.to_string()],
+                                tls: Some(tls_files(tls)),
+                            });
+                        }
+                    }
+                    chains.push(Chain {
+                        server_names: vec![],
+                        tls: rule.tls.as_ref().map(&mut tls_files),
+                    });
+                    redirect_vhosts.extend(redirects(rule));
+                } else {
+                    chains.push(Chain {
+                        server_names: vec![],
+                        tls: None,
+                    });
+                }
+                Listener {
+                    name: rule.id.clone(),
+                    port: rule.front_port,
+                    tls_inspector: rule.scheme == Scheme::Https,
+                    chains,
+                    http: Some(http(rule)),
+                    tcp: None,
+                }
+            }
+        };
+        listeners.push(listener);
+    }
+    if !redirect_vhosts.is_empty() {
+        // Hosts no https rule claims get a 404 rather than whatever a wildcard would say.
+        if !redirect_vhosts
+            .iter()
+            .any(|v| v.domains.iter().any(|d| d == "*"))
+        {
+            redirect_vhosts.push(Vhost {
+                name: "default".into(),
+                domains: vec!["*".into()],
+                action: Action::NotFound,
+                sticky_cookie: None,
+            });
+        }
+        let port = settings.envoy.redirect_port;
+        let name = redirect_listener_name(port);
+        listeners.push(Listener {
+            name: name.clone(),
+            port,
+            tls_inspector: false,
+            chains: vec![Chain {
+                server_names: vec![],
+                tls: None,
+            }],
+            http: Some(Http {
+                stat_prefix: format!("redirect_{port}"),
+                route_name: name,
+                idle_timeout: secs(60),
+                sticky: false,
+                access_log: true,
+                vhosts: redirect_vhosts,
+            }),
+            tcp: None,
+        });
+    }
+    let view = View {
+        node_id: spec.id.clone(),
+        admin_address: settings.envoy.admin_address.to_string(),
+        admin_port: settings.envoy.admin_port,
+        listen_address: settings.envoy.listen_address.to_string(),
+        max_connections: spec.max_connections,
+        listeners,
+        clusters,
+    };
+    (view, files)
+}
+
+fn http(rule: &Rule) -> Http {
+    let route = |pool: &Pool, domain: Option<&str>| Action::Route {
+        cluster: cluster_name(&rule.id, domain),
+        timeout: secs(rule.timeouts.request_s),
+        hash_source_ip: hashes_source(pool.algorithm),
+    };
+    let mut vhosts: Vec<Vhost> = rule
+        .domains
+        .iter()
+        .map(|d| Vhost {
+            name: d.id.clone(),
+            domains: vec![d.host.to_string()],
+            action: route(&d.pool, Some(&d.id)),
+            sticky_cookie: d.pool.sticky_cookie.clone(),
+        })
+        .collect();
+    vhosts.push(Vhost {
+        name: "default".into(),
+        domains: vec!["*".into()],
+        action: if rule.pool.backends.is_empty() {
+            Action::NotFound
+        } else {
+            route(&rule.pool, None)
+        },
+        sticky_cookie: rule.pool.sticky_cookie.clone(),
+    });
+    Http {
+        stat_prefix: rule.id.clone(),
+        route_name: rule.id.clone(),
+        idle_timeout: secs(rule.timeouts.idle_s),
+        sticky: vhosts.iter().any(|v| v.sticky_cookie.is_some()),
+        access_log: true,
+        vhosts,
+    }
+}
+
+/// The redirect listener's virtual hosts for one https rule.
+fn redirects(rule: &Rule) -> Vec<Vhost> {
+    let port = (rule.front_port != 443).then_some(rule.front_port);
+    let mut out = Vec::new();
+    for d in &rule.domains {
+        if d.redirect_http || rule.redirect_http {
+            out.push(Vhost {
+                name: format!("{}/{}", rule.id, d.id),
+                domains: vec![d.host.to_string()],
+                action: if d.redirect_http {
+                    Action::Redirect { port }
+                } else {
+                    Action::NotFound
+                },
+                sticky_cookie: None,
+            });
+        }
+    }
+    if rule.redirect_http {
+        out.push(Vhost {
+            name: rule.id.clone(),
+            domains: vec!["*".into()],
+            action: Action::Redirect { port },
+            sticky_cookie: None,
+        });
+    }
+    out
+}
+
+fn push_clusters(rule: &Rule, clusters: &mut Vec<Cluster>) {
+    // A rule whose default pool lists no backend has no default cluster: its other hosts get 404.
+    if !rule.pool.backends.is_empty() {
+        clusters.push(cluster(rule, &rule.pool, None, None));
+    }
+    for d in &rule.domains {
+        // Health checks of a domain's pool ask for the domain's host (a wildcard's base name).
+        clusters.push(cluster(
+            rule,
+            &d.pool,
+            Some(&d.id),
+            Some(d.host.name.clone()),
+        ));
+    }
+}
+
+fn cluster(rule: &Rule, pool: &Pool, domain: Option<&str>, host: Option<String>) -> Cluster {
+    let upstream_tls = rule.scheme.is_http() && pool.backend_scheme == BackendScheme::Https;
+    let h = &pool.health;
+    Cluster {
+        name: cluster_name(&rule.id, domain),
+        dns: pool
+            .backends
+            .iter()
+            .any(|b| b.enabled && matches!(b.address, BackendAddress::Name(_))),
+        connect_timeout: secs(rule.timeouts.connect_s),
+        lb_policy: lb_policy(pool.algorithm),
+        health: HealthCheck {
+            timeout: millis(h.interval_ms.min(5000)),
+            interval: millis(h.interval_ms),
+            fast_interval: millis(h.fast_interval_ms),
+            rise: h.rise,
+            fall: h.fall,
+            http_path: h.http_path.clone(),
+            http_host: h.http_path.as_ref().and(host.clone()),
+        },
+        proxy_protocol: match rule.proxy_protocol {
+            ProxyProtocol::None => None,
+            ProxyProtocol::V1 => Some("V1"),
+            ProxyProtocol::V2 => Some("V2"),
+        },
+        upstream_tls,
+        sni: if upstream_tls { host } else { None },
+        endpoints: pool
+            .backends
+            .iter()
+            .filter(|b| b.enabled)
+            .map(|b| Endpoint {
+                address: b.address.to_string(),
+                port: b.port,
+                weight: b.weight,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,161 @@
+//! The agent's own settings, read from `agent.yaml` and checked once at start-up.
+//!
+//! Unknown keys are an error: a misspelt setting must not silently fall back to a default.
+//! Issue 2 needs the `envoy` and `dev` sections; the other sections of `agent.yaml` (API, state,
+//! metrics, logging) arrive with the features that read them.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub envoy: EnvoySettings,
+    #[serde(default)]
+    pub dev: DevSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvoySettings {
+    /// The Envoy binary. Default: `$ENVOY_BIN`, else `envoy` on the PATH.
+    pub binary: PathBuf,
+    /// Where rendered configs live; certificates go to `<config_dir>/certs` unless `cert_dir` is set.
+    pub config_dir: PathBuf,
+    pub cert_dir: Option<PathBuf>,
+    /// Envoy's admin interface. It can stop Envoy, so it must stay on loopback.
+    pub admin_address: IpAddr,
+    pub admin_port: u16,
+    /// Where customer listeners bind.
+    pub listen_address: IpAddr,
+    /// The plain-HTTP port of `redirectHTTP`.
+    pub redirect_port: u16,
+}
+
+impl Default for EnvoySettings {
+    fn default() -> Self {
+        EnvoySettings {
+            binary: std::env::var_os("ENVOY_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("envoy")),
+            config_dir: PathBuf::from("/var/lib/vpsie-lb/envoy"),
+            cert_dir: None,
+            admin_address: IpAddr::from([127, 0, 0, 1]),
+            admin_port: 9901,
+            listen_address: IpAddr::from([0, 0, 0, 0]),
+            redirect_port: 80,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSettings {
+    /// Lets backends sit on 127.0.0.0/8 and ::1. For tests and the local demo only.
+    pub allow_loopback_backends: bool,
+}
+
+impl Settings {
+    /// Reads and checks `agent.yaml`; `None` gives the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Settings> {
+        let settings = match path {
+            None => Settings::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the settings file {}", p.display()))?;
+                Self::parse(&text)
+                    .with_context(|| format!("in the settings file {}", p.display()))?
+            }
+        };
+        Ok(settings)
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Settings> {
+        let s: Settings = serde_yaml::from_str(text)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let e = &self.envoy;
+        if !e.admin_address.is_loopback() {
+            bail!(
+                "envoy.admin_address: {} is not a loopback address; the admin interface can stop Envoy and must never be exposed",
+                e.admin_address
+            );
+        }
+        if e.admin_port == 0 {
+            bail!("envoy.admin_port: must be between 1 and 65535");
+        }
+        if e.redirect_port == 0 {
+            bail!("envoy.redirect_port: must be between 1 and 65535");
+        }
+        if e.redirect_port == e.admin_port {
+            bail!(
+                "envoy.redirect_port: {} is also envoy.admin_port",
+                e.redirect_port
+            );
+        }
+        if e.binary.as_os_str().is_empty() {
+            bail!("envoy.binary: must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.envoy
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| self.envoy.config_dir.join("certs"))
+    }
+
+    /// What spec validation needs from the settings.
+    pub fn spec_options(&self, now: i64) -> crate::spec::Options {
+        crate::spec::Options {
+            allow_loopback_backends: self.dev.allow_loopback_backends,
+            redirect_port: self.envoy.redirect_port,
+            reserved_ports: vec![(
+                self.envoy.admin_port,
+                "the Envoy admin interface (setting envoy.admin_port)".to_owned(),
+            )],
+            now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = Settings::parse("envoy:\n  admin_port: 19901\n  redirect_port: 8080\n").unwrap();
+        assert_eq!(s.envoy.admin_port, 19901);
+        assert_eq!(s.envoy.redirect_port, 8080);
+        assert_eq!(s.cert_dir(), PathBuf::from("/var/lib/vpsie-lb/envoy/certs"));
+        assert!(!s.dev.allow_loopback_backends);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Settings::parse("envoy:\n  admin_prot: 1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("admin_prot"), "{e:#}");
+        assert!(Settings::parse("dve: {}\n").is_err());
+    }
+
+    #[test]
+    fn admin_must_stay_on_loopback() {
+        let e = Settings::parse("envoy:\n  admin_address: 0.0.0.0\n").unwrap_err();
+        assert!(e.to_string().contains("envoy.admin_address"), "{e}");
+        assert!(Settings::parse("envoy:\n  admin_address: \"::1\"\n").is_ok());
+    }
+
+    #[test]
+    fn port_clash_is_an_error() {
+        let e = Settings::parse("envoy:\n  admin_port: 80\n").unwrap_err();
+        assert!(e.to_string().contains("envoy.redirect_port"), "{e}");
+    }
+}

@@ -1,0 +1,62 @@
+//! The load-balancer specification: parse the API's JSON, normalise it, validate it, hash it.
+//!
+//! Owns: the contract's rules (`../shared/api/README.md`) and the canonical form the hash is taken
+//! over. Does not: fetch anything, know Envoy's format, or touch the disk. The only clock it reads
+//! is the `now` its caller passes, for certificate validity.
+
+mod address;
+mod error;
+mod model;
+mod parse;
+mod path;
+mod tls;
+
+pub use address::{backend_address, dns_name_error, forbidden_ip};
+pub use error::{Finding, SpecErrors};
+pub use model::*;
+pub use parse::{
+    Options, DEFAULT_COOKIE_NAME, DEFAULT_MAX_CONNECTIONS, MAX_BACKENDS, MAX_BODY_BYTES,
+    MAX_DOMAINS, MAX_RULES,
+};
+
+use sha2::{Digest, Sha256};
+
+/// A spec that passed validation, with what validation had to say short of refusing it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub spec: Spec,
+    pub warnings: Vec<Finding>,
+}
+
+/// Parses, normalises and validates a spec: the API's enveloped response or the bare `data`
+/// object. Returns every error at once, in document order.
+pub fn load(input: &[u8], opts: &Options) -> Result<Loaded, SpecErrors> {
+    let mut walker = parse::Walker {
+        opts,
+        f: error::Findings::default(),
+    };
+    let spec = parse::document(input, &mut walker.f).and_then(|doc| walker.spec(&doc));
+    match spec {
+        Some(spec) if walker.f.errors.is_empty() => Ok(Loaded {
+            spec,
+            warnings: walker.f.warnings,
+        }),
+        _ => Err(SpecErrors(walker.f.errors)),
+    }
+}
+
+/// SHA-256 (hex) over the canonical spec, the template set's version and the agent's version,
+/// so that only a change that alters the config (or how it is rendered) gives a new hash.
+pub fn config_hash(spec: &Spec, template_version: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"vpsie-lb-agent ");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(b"\ntemplates ");
+    h.update(template_version.as_bytes());
+    h.update(b"\n");
+    // Serialising plain structs, enums and strings cannot fail; an empty body would still give a
+    // distinct, stable hash, and the unit tests below pin that it never happens.
+    let canonical = serde_json::to_vec(spec).unwrap_or_default();
+    h.update(&canonical);
+    hex::encode(h.finalize())
+}
