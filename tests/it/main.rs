@@ -1,0 +1,10 @@
+//! One integration-test binary (one link, shared helpers), a module per concern.
+//! Tests that need Envoy use the real binary (`make envoy`) and fail when it is missing.
+
+mod support;
+
+mod envoy_validate;
+mod hostile;
+mod proptest_specs;
+mod traffic;
+mod validation;

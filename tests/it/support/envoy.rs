@@ -1,0 +1,156 @@
+//! A real Envoy serving a rendered spec, on loopback, for traffic tests.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use vpsie_lb_agent::command;
+use vpsie_lb_agent::settings::Settings;
+use vpsie_lb_agent::store;
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the test to use).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings for a test stand: loopback everything, fresh ports, files in `dir`.
+pub fn test_settings(dir: &Path) -> Settings {
+    let mut s = Settings::default();
+    s.envoy.binary = super::envoy_bin();
+    s.envoy.config_dir = dir.to_path_buf();
+    s.envoy.cert_dir = Some(dir.join("certs"));
+    s.envoy.admin_address = "127.0.0.1".parse().unwrap();
+    s.envoy.admin_port = free_port();
+    s.envoy.listen_address = "127.0.0.1".parse().unwrap();
+    s.envoy.redirect_port = free_port();
+    s.dev.allow_loopback_backends = true;
+    s
+}
+
+/// An Envoy process serving one spec. Killed and reaped on drop.
+pub struct Envoy {
+    child: Child,
+    pub settings: Settings,
+    pub log: PathBuf,
+    pub hash: String,
+    _dir: TempDir,
+}
+
+impl Envoy {
+    /// Renders `spec` (must be valid), writes it, starts Envoy and waits until it is LIVE.
+    pub async fn start(spec: &Value) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = test_settings(dir.path());
+        Self::start_with(spec, settings, dir).await
+    }
+
+    pub async fn start_with(spec: &Value, settings: Settings, dir: TempDir) -> Envoy {
+        let prepared = command::prepare(spec.to_string().as_bytes(), &settings, super::now())
+            .unwrap_or_else(|e| panic!("spec refused: {e}"));
+        let config = dir.path().join("envoy.json");
+        store::write_rendered(&prepared.rendered, &config).unwrap();
+        let log = dir.path().join("envoy.log");
+        let logfile = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&settings.envoy.binary)
+            .arg("--config-path")
+            .arg(&config)
+            .args([
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+                "--disable-hot-restart",
+            ])
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone().unwrap())
+            .stderr(logfile)
+            .spawn()
+            .expect("cannot start envoy");
+        let envoy = Envoy {
+            child,
+            settings,
+            log,
+            hash: prepared.hash,
+            _dir: dir,
+        };
+        envoy.wait_live().await;
+        envoy
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.settings.envoy.admin_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_live(&self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(self.admin_url("/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy did not become LIVE within 20 s; its log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the cluster's health checker sees `healthy` healthy hosts.
+    pub async fn wait_healthy(&self, cluster: &str, healthy: usize) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = client
+                .get(self.admin_url("/clusters?format=json"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_str(&body).unwrap();
+            let n = v["cluster_statuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["name"] == cluster)
+                .flat_map(|c| c["host_statuses"].as_array().cloned().unwrap_or_default())
+                .filter(|h| {
+                    h["health_status"]["eds_health_status"] == "HEALTHY"
+                        && h["health_status"]
+                            .get("failed_active_health_check")
+                            .is_none()
+                })
+                .count();
+            if n == healthy {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster {cluster} has {n} healthy hosts, waited for {healthy}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,188 @@
+//! Small upstream servers on loopback that answer with their own name, for traffic tests.
+//! Stopping one closes its listener and every open connection, like a dead backend.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// A running upstream; dropping it (or `stop`) kills it and every connection it holds.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// When set, the HTTP health path answers 503.
+    pub failing_health: Arc<AtomicBool>,
+    /// SNI names seen by a TLS upstream.
+    pub sni_seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn stop(self) {}
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    name: String,
+    failing: Arc<AtomicBool>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let header = |h: &str| {
+        req.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    if req.uri().path() == "/healthz" {
+        let status = if failing.load(Ordering::SeqCst) {
+            503
+        } else {
+            200
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health")))
+            .unwrap());
+    }
+    Ok(Response::builder()
+        .header("x-backend", name.as_str())
+        .header("x-seen-host", header("host"))
+        .header("x-seen-xff", header("x-forwarded-for"))
+        .header("x-seen-proto", header("x-forwarded-proto"))
+        .body(Full::new(Bytes::from(name)))
+        .unwrap())
+}
+
+/// An HTTP/1.1 upstream; with `tls`, it serves HTTPS with that certificate and records SNI.
+pub async fn http(name: &str, tls: Option<&super::certs::TestCert>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let failing = Arc::new(AtomicBool::new(false));
+    let sni_seen = Arc::new(Mutex::new(Vec::new()));
+    let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(server_config(c)));
+    let (n, f, s) = (name.to_owned(), failing.clone(), sni_seen.clone());
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (n, f, s, acceptor) = (n.clone(), f.clone(), s.clone(), acceptor.clone());
+            conns.spawn(async move {
+                let svc = service_fn(move |req| answer(n.clone(), f.clone(), req));
+                let builder = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        if let Some(sni) = tls.get_ref().1.server_name() {
+                            s.lock().unwrap().push(sni.to_owned());
+                        }
+                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                    }
+                }
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    Upstream {
+        name: name.to_owned(),
+        addr,
+        failing_health: failing,
+        sni_seen,
+        task,
+    }
+}
+
+fn server_config(c: &super::certs::TestCert) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    Arc::new(config)
+}
+
+/// A TCP upstream: answers each connection with its name, and, when the connection opens with a
+/// PROXY protocol v2 header, with the source address the header carries: `name pp2=IP:PORT`.
+pub async fn tcp(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let n = name.to_owned();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = n.clone();
+            conns.spawn(async move {
+                let mut reply = n.clone();
+                let mut head = [0u8; 16];
+                // Wait briefly for a header; a client that speaks first would also work.
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_millis(300),
+                    stream.peek(&mut head),
+                )
+                .await;
+                if let Ok(Ok(16)) = read {
+                    if &head[..12] == b"\r\n\r\n\0\r\nQUIT\n" {
+                        let _ = stream.read_exact(&mut head).await;
+                        let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+                        let mut body = vec![0u8; len];
+                        if stream.read_exact(&mut body).await.is_ok()
+                            && head[13] == 0x11
+                            && len >= 12
+                        {
+                            let ip = std::net::Ipv4Addr::new(body[0], body[1], body[2], body[3]);
+                            let port = u16::from_be_bytes([body[8], body[9]]);
+                            reply = format!("{n} pp2={ip}:{port}");
+                        } else {
+                            reply = format!("{n} pp2=other");
+                        }
+                    }
+                }
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    Upstream {
+        name: name.to_owned(),
+        addr,
+        failing_health: Arc::new(AtomicBool::new(false)),
+        sni_seen: Arc::new(Mutex::new(Vec::new())),
+        task,
+    }
+}
