@@ -494,7 +494,7 @@ impl Walker<'_> {
                 let ap = p.field("alpn");
                 if list.is_empty() {
                     self.f.error(
-                        &ap,
+                        ap,
                         "must name at least one of h2, http/1.1 (or be left out for both)",
                     );
                 }
@@ -824,13 +824,13 @@ impl Walker<'_> {
         let list = match self.array(obj, &root, "rules") {
             Some(l) if !l.is_empty() => l.as_slice(),
             Some(_) | None => {
-                self.f.error(&rp, "must hold at least one rule");
+                self.f.error(rp, "must hold at least one rule");
                 &[]
             }
         };
         if list.len() > MAX_RULES {
             self.f.error(
-                &rp,
+                rp,
                 format!("holds {} rules; at most {MAX_RULES}", list.len()),
             );
         }
@@ -904,13 +904,13 @@ impl Walker<'_> {
         }
         if domains > MAX_DOMAINS {
             self.f.error(
-                &rp,
+                rp,
                 format!("hold {domains} domains in all; at most {MAX_DOMAINS}"),
             );
         }
         if backends > MAX_BACKENDS {
             self.f.error(
-                &rp,
+                rp,
                 format!("hold {backends} backends in all; at most {MAX_BACKENDS}"),
             );
         }
