@@ -95,9 +95,11 @@ pub fn templates() -> Result<&'static tera::Tera, RenderError> {
     .map_err(|e| RenderError::Templates(e.clone()))
 }
 
-/// Escapes a string as a double-quoted JSON string literal, itself a YAML scalar. Everything
-/// outside printable ASCII becomes `\uXXXX`, so line separators (U+2028, NEL) that YAML 1.1
-/// parsers read as line breaks cannot reach a parser raw either.
+/// Escapes a string as a double-quoted JSON string literal, itself a YAML scalar. Everything in
+/// the Basic Multilingual Plane outside printable ASCII becomes `\uXXXX`, so control characters
+/// and the line separators (U+2028, U+2029, NEL) that YAML 1.1 parsers read as line breaks never
+/// reach a parser raw. Characters above U+FFFF are written as they are: none of them is a line
+/// break or a quote, and YAML parsers refuse the surrogate-pair escapes JSON would need.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -106,12 +108,10 @@ pub fn quote(s: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             ' '..='~' => out.push(c),
-            _ => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    // Writing to a String cannot fail.
-                    let _ = write!(out, "\\u{unit:04x}");
-                }
+            c if (c as u32) > 0xFFFF => out.push(c),
+            // Writing to a String cannot fail.
+            c => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
             }
         }
     }
@@ -240,14 +240,21 @@ mod tests {
         assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
         assert_eq!(quote("l1\nl2\r\t"), "\"l1\\u000al2\\u000d\\u0009\"");
         assert_eq!(quote("x\u{2028}y\u{85}z\0"), "\"x\\u2028y\\u0085z\\u0000\"");
-        assert_eq!(quote("😀"), "\"\\ud83d\\ude00\"");
-        for s in ["{{ x }}", "{% if %}", "&a *a !!tag #c", "\u{2029}", "ü"] {
+        assert_eq!(quote("😀"), "\"😀\"");
+        for s in [
+            "{{ x }}",
+            "{% if %}",
+            "&a *a !!tag #c",
+            "\u{2029}",
+            "ü",
+            "a😀\n",
+        ] {
             let q = quote(s);
             assert_eq!(serde_json::from_str::<String>(&q).unwrap(), s);
             assert_eq!(serde_yaml::from_str::<String>(&q).unwrap(), s);
             assert!(q[1..q.len() - 1]
-                .bytes()
-                .all(|b| (b' '..=b'~').contains(&b)));
+                .chars()
+                .all(|c| (' '..='~').contains(&c) || c as u32 > 0xFFFF));
         }
     }
 

@@ -151,6 +151,14 @@ pub fn backend_address(text: &str, allow_loopback: bool) -> Result<BackendAddres
             "is not a valid IP address, and a host name cannot end in a numeric label".into(),
         );
     }
+    // glibc's inet_aton also reads hexadecimal and octal parts ("0x7f000001", "0x7f.0.0.1"):
+    // a name made only of such parts is an address in disguise.
+    if name
+        .split('.')
+        .all(|l| l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x"))
+    {
+        return Err("looks like a numeric IPv4 address in another notation (hexadecimal or octal); write the address as a plain dotted quad".into());
+    }
     if !allow_loopback && (name == "localhost" || name.ends_with(".localhost")) {
         return Err("names the loopback host (localhost); backends must be remote".into());
     }
@@ -194,6 +202,9 @@ mod tests {
             "127.1",
             "2130706433",
             "0x7f.1",
+            "0x7f000001",
+            "0x7f.0x0.0x0.0x1",
+            "0177.0.0.1",
             "bad_name.example.com",
             "-bad.example.com",
             "example.com.",
@@ -217,6 +228,8 @@ mod tests {
             "db.internal",
             "Backend-1.Example.COM",
             "web",
+            "0xdeadbeef.example.com",
+            "123.example.com",
         ] {
             assert!(backend_address(s, false).is_ok(), "{s} should be accepted");
         }

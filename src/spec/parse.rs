@@ -117,13 +117,16 @@ pub fn document(input: &[u8], f: &mut Findings) -> Option<Value> {
         f.error("", "the document must be a JSON object");
         return None;
     };
-    if !top.contains_key("error") || !top.contains_key("data") {
+    // The contract's failure envelope carries no `data`: `{"error": true, "code": .., "message": ..}`.
+    let envelope = top.contains_key("error")
+        && (top.contains_key("data") || top.get("error") == Some(&Value::Bool(true)));
+    if !envelope {
         return Some(Value::Object(top));
     }
     match top.get("error") {
         Some(Value::Bool(false)) => {}
         Some(Value::Bool(true)) => {
-            let code = top.get("code").map(|c| c.to_string()).unwrap_or_default();
+            let code = top.get("code").map(described).unwrap_or_default();
             let message = top.get("message").and_then(Value::as_str).unwrap_or("");
             f.error(
                 "",
@@ -156,6 +159,16 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// A refused value as a message shows it: strings through `shown` (escaped, cut short),
+/// containers by kind only, so that no value can break the line or flood the terminal.
+fn described(v: &Value) -> String {
+    match v {
+        Value::String(s) => shown(s),
+        Value::Array(_) | Value::Object(_) => kind(v).to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -291,7 +304,7 @@ impl Walker<'_> {
             other => {
                 self.f.error(
                     p.field(key),
-                    format!("must be 0, 1, false or true, got {other}"),
+                    format!("must be 0, 1, false or true, got {}", described(other)),
                 );
                 None
             }

@@ -131,7 +131,7 @@ pub fn check_pair(cert_pem: &str, key_pem: &str, now: i64) -> Result<CheckedPair
 
     match rustls::crypto::ring::sign::any_supported_type(&key) {
         Err(e) => errors.push(PairError::Key(format!(
-            "is not a usable RSA, ECDSA or Ed25519 key: {e}"
+            "is not a supported key (RSA of 2048 bits or more, ECDSA P-256 or P-384, or Ed25519): {e}"
         ))),
         Ok(signer) => match signer.public_key() {
             Some(spki) if spki.as_ref() == leaf.tbs_certificate.subject_pki.raw => {}
