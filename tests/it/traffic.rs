@@ -458,3 +458,39 @@ async fn the_full_example_starts_and_listens() {
         "cluster names are Prometheus labels"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_caps_downstream_connections() {
+    let up = upstream::tcp("capped").await;
+    let front = crate::support::envoy::free_port();
+    let mut spec = lb(vec![json!({
+        "ruleId": "t", "scheme": "tcp", "frontPort": front, "backPort": up.port(),
+        "backends": [{"identifier": "x", "ip": "127.0.0.1"}]
+    })]);
+    spec["maxConnections"] = json!(2);
+    let _envoy = Envoy::start(&spec).await;
+    // The upstream answers and closes, but Envoy keeps the downstream side open until the client
+    // reads to the end, so unread connections stay counted.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", front))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"capped");
+        held.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(("127.0.0.1", front))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut out))
+        .await
+        .expect("the third connection is closed at once");
+    assert!(
+        n.is_err() || out.is_empty(),
+        "over the cap nothing is proxied: {out:?}"
+    );
+    drop(held);
+}
