@@ -426,14 +426,7 @@ async fn the_full_example_starts_and_listens() {
         }
     }
     let envoy = Envoy::start(&spec).await;
-    let r = client()
-        .get(envoy.admin_url("/listeners?format=json"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let r = envoy.admin_text("/listeners?format=json").await;
     let v: Value = serde_json::from_str(&r).unwrap();
     let mut names: Vec<&str> = v["listener_statuses"]
         .as_array()
@@ -445,14 +438,7 @@ async fn the_full_example_starts_and_listens() {
     let redirect =
         vpsie_lb_agent::render::redirect_listener_name(envoy.settings.envoy.redirect_port);
     assert_eq!(names, ["r-https", "r-tcp", redirect.as_str()], "{r}");
-    let stats = client()
-        .get(envoy.admin_url("/stats/prometheus"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stats = envoy.admin_text("/stats/prometheus").await;
     assert!(
         stats.contains("envoy_cluster_name=\"r-https/d-api\""),
         "cluster names are Prometheus labels"

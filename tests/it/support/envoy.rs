@@ -87,6 +87,21 @@ impl Envoy {
         format!("http://127.0.0.1:{}{path}", self.settings.envoy.admin_port)
     }
 
+    /// GETs an admin page and returns its body.
+    pub async fn admin_text(&self, path: &str) -> String {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -111,17 +126,9 @@ impl Envoy {
 
     /// Waits until the cluster's health checker sees `healthy` healthy hosts.
     pub async fn wait_healthy(&self, cluster: &str, healthy: usize) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let body = client
-                .get(self.admin_url("/clusters?format=json"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let body = self.admin_text("/clusters?format=json").await;
             let v: Value = serde_json::from_str(&body).unwrap();
             let n = v["cluster_statuses"]
                 .as_array()
