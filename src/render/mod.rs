@@ -155,76 +155,143 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The parts of a rendered config the self-check reads back. Strings are borrowed and every
+/// other field is skipped unparsed, so reading 10,000 endpoints back costs little; the top level
+/// refuses unknown keys, so nothing can be added there either.
+mod readback {
+    use serde::Deserialize;
+    use std::borrow::Cow;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Doc<'a> {
+        #[serde(borrow)]
+        pub node: Node<'a>,
+        #[serde(borrow)]
+        pub admin: Admin<'a>,
+        // Present so that the top level admits exactly these keys; their content is not checked.
+        #[serde(rename = "stats_config")]
+        pub _stats_config: serde::de::IgnoredAny,
+        #[serde(rename = "overload_manager")]
+        pub _overload_manager: serde::de::IgnoredAny,
+        #[serde(borrow)]
+        pub static_resources: Resources<'a>,
+    }
+    #[derive(Deserialize)]
+    pub struct Node<'a> {
+        #[serde(borrow)]
+        pub id: Cow<'a, str>,
+    }
+    #[derive(Deserialize)]
+    pub struct Admin<'a> {
+        #[serde(borrow)]
+        pub address: Address<'a>,
+    }
+    #[derive(Deserialize)]
+    pub struct Address<'a> {
+        #[serde(borrow)]
+        pub socket_address: SocketAddress<'a>,
+    }
+    #[derive(Deserialize)]
+    pub struct SocketAddress<'a> {
+        #[serde(borrow)]
+        pub address: Cow<'a, str>,
+        pub port_value: u16,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Resources<'a> {
+        #[serde(borrow)]
+        pub listeners: Vec<Listener<'a>>,
+        #[serde(borrow)]
+        pub clusters: Vec<Cluster<'a>>,
+    }
+    #[derive(Deserialize)]
+    pub struct Listener<'a> {
+        #[serde(borrow)]
+        pub name: Cow<'a, str>,
+        #[serde(borrow)]
+        pub address: Address<'a>,
+        pub filter_chains: Vec<serde::de::IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    pub struct Cluster<'a> {
+        #[serde(borrow)]
+        pub name: Cow<'a, str>,
+        #[serde(borrow)]
+        pub load_assignment: LoadAssignment<'a>,
+    }
+    #[derive(Deserialize)]
+    pub struct LoadAssignment<'a> {
+        #[serde(borrow)]
+        pub endpoints: Vec<Locality<'a>>,
+    }
+    #[derive(Deserialize)]
+    pub struct Locality<'a> {
+        #[serde(borrow)]
+        pub lb_endpoints: Vec<LbEndpoint<'a>>,
+    }
+    #[derive(Deserialize)]
+    pub struct LbEndpoint<'a> {
+        #[serde(borrow)]
+        pub endpoint: Endpoint<'a>,
+    }
+    #[derive(Deserialize)]
+    pub struct Endpoint<'a> {
+        #[serde(borrow)]
+        pub address: Address<'a>,
+    }
+}
+
 /// Parses the rendered text back and checks that its shape is exactly what the view asked for:
 /// same node id, admin address, listeners and clusters in order, and every endpoint. An input
 /// that managed to add or remove structure would fail here.
 fn check(config: &str, view: &View) -> Result<(), RenderError> {
     let fail = |what: String| Err(RenderError::Check(what));
-    let doc: Value = match serde_json::from_str(config) {
+    let doc: readback::Doc = match serde_json::from_str(config) {
         Ok(v) => v,
-        Err(e) => return fail(format!("not valid JSON: {e}")),
+        Err(e) => return fail(format!("it does not read back: {e}")),
     };
-    let top: Vec<&str> = doc
-        .as_object()
-        .map(|o| o.keys().map(String::as_str).collect())
-        .unwrap_or_default();
-    let mut want_top = vec![
-        "admin",
-        "node",
-        "overload_manager",
-        "static_resources",
-        "stats_config",
-    ];
-    want_top.sort_unstable();
-    let mut got_top = top.clone();
-    got_top.sort_unstable();
-    if got_top != want_top {
-        return fail(format!("top-level keys {got_top:?}"));
-    }
-    if doc["node"]["id"].as_str() != Some(view.node_id.as_str()) {
+    if doc.node.id != view.node_id {
         return fail("node id".into());
     }
-    let admin = &doc["admin"]["address"]["socket_address"];
-    if admin["address"].as_str() != Some(view.admin_address.as_str())
-        || admin["port_value"].as_u64() != Some(view.admin_port.into())
-    {
+    let admin = &doc.admin.address.socket_address;
+    if admin.address != view.admin_address || admin.port_value != view.admin_port {
         return fail("admin address".into());
     }
-    let listeners = doc["static_resources"]["listeners"].as_array();
-    let names: Vec<&str> = listeners
-        .map(|l| l.iter().filter_map(|x| x["name"].as_str()).collect())
-        .unwrap_or_default();
-    let want: Vec<&str> = view.listeners.iter().map(|l| l.name.as_str()).collect();
-    if names != want || listeners.map_or(0, Vec::len) != want.len() {
-        return fail(format!("listeners {names:?}, expected {want:?}"));
-    }
-    for (l, vl) in listeners.into_iter().flatten().zip(&view.listeners) {
-        let port = l["address"]["socket_address"]["port_value"].as_u64();
-        let chains = l["filter_chains"].as_array().map_or(0, Vec::len);
-        if port != Some(vl.port.into()) || chains != vl.chains.len() {
-            return fail(format!("listener {}", vl.name));
-        }
-    }
-    let clusters = doc["static_resources"]["clusters"].as_array();
-    let want: Vec<&str> = view.clusters.iter().map(|c| c.name.as_str()).collect();
-    let got: Vec<&str> = clusters
-        .map(|c| c.iter().filter_map(|x| x["name"].as_str()).collect())
-        .unwrap_or_default();
-    if got != want || clusters.map_or(0, Vec::len) != want.len() {
-        return fail(format!("clusters {got:?}, expected {want:?}"));
-    }
-    for (c, vc) in clusters.into_iter().flatten().zip(&view.clusters) {
-        let eps = c["load_assignment"]["endpoints"][0]["lb_endpoints"].as_array();
-        let ok = eps.is_some_and(|eps| {
-            eps.len() == vc.endpoints.len()
-                && eps.iter().zip(&vc.endpoints).all(|(e, ve)| {
-                    let sa = &e["endpoint"]["address"]["socket_address"];
-                    sa["address"].as_str() == Some(ve.address.as_str())
-                        && sa["port_value"].as_u64() == Some(ve.port.into())
-                })
+    let listeners = &doc.static_resources.listeners;
+    let same_listeners = listeners.len() == view.listeners.len()
+        && listeners.iter().zip(&view.listeners).all(|(l, vl)| {
+            l.name == vl.name
+                && l.address.socket_address.port_value == vl.port
+                && l.address.socket_address.address == view.listen_address
+                && l.filter_chains.len() == vl.chains.len()
         });
-        if !ok {
-            return fail(format!("endpoints of cluster {}", vc.name));
+    if !same_listeners {
+        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_ref()).collect();
+        return fail(format!("listeners {names:?}"));
+    }
+    let clusters = &doc.static_resources.clusters;
+    if clusters.len() != view.clusters.len() {
+        return fail(format!(
+            "{} clusters, expected {}",
+            clusters.len(),
+            view.clusters.len()
+        ));
+    }
+    for (c, vc) in clusters.iter().zip(&view.clusters) {
+        let [locality] = c.load_assignment.endpoints.as_slice() else {
+            return fail(format!("localities of cluster {}", vc.name));
+        };
+        let eps = &locality.lb_endpoints;
+        let same = c.name == vc.name
+            && eps.len() == vc.endpoints.len()
+            && eps.iter().zip(&vc.endpoints).all(|(e, ve)| {
+                let sa = &e.endpoint.address.socket_address;
+                sa.address == ve.address && sa.port_value == ve.port
+            });
+        if !same {
+            return fail(format!("cluster {} or its endpoints", vc.name));
         }
     }
     Ok(())
@@ -277,6 +344,43 @@ mod tests {
             assert!(count > 0, "{name} prints nothing");
         }
         assert!(templates().is_ok());
+    }
+
+    fn example() -> (crate::spec::Spec, Settings) {
+        let input = include_bytes!("../../tests/it/data/render-check.json");
+        let mut settings = Settings::default();
+        settings.dev.allow_loopback_backends = true;
+        let loaded = crate::spec::load(input, &settings.spec_options(0)).unwrap();
+        (loaded.spec, settings)
+    }
+
+    #[test]
+    fn the_self_check_catches_added_or_changed_structure() {
+        let (spec, settings) = example();
+        let rendered = render(&spec, &settings).unwrap();
+        let (view, _) = view::build(&spec, &settings);
+        assert!(check(&rendered.config, &view).is_ok());
+        let tampered = [
+            // An extra top-level key.
+            rendered.config.replacen("\"node\"", "\"layered_runtime\": {}, \"node\"", 1),
+            // An endpoint's address changed.
+            rendered.config.replacen("\"10.0.0.1\"", "\"10.9.9.9\"", 1),
+            // One cluster too many.
+            rendered.config.replacen(
+                "\"clusters\": [",
+                "\"clusters\": [{\"name\": \"x\", \"load_assignment\": {\"endpoints\": [{\"lb_endpoints\": []}]}},",
+                1,
+            ),
+            // A listener on another address.
+            rendered.config.replacen("\"0.0.0.0\"", "\"127.0.0.1\"", 1),
+        ];
+        for t in tampered {
+            assert_ne!(t, rendered.config, "the tampering applies");
+            assert!(
+                matches!(check(&t, &view), Err(RenderError::Check(_))),
+                "not caught: {t}"
+            );
+        }
     }
 
     #[test]
