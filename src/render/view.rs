@@ -117,11 +117,19 @@ pub struct HealthCheck {
     pub http_host: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One backend. Serialised as `[address, port, weight]` rather than a keyed object: a pool can
+/// hold 10,000 of them and the template context copies every one (`make bench`).
+#[derive(Debug)]
 pub struct Endpoint {
     pub address: String,
     pub port: u16,
     pub weight: u32,
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.address, self.port, self.weight).serialize(s)
+    }
 }
 
 /// A file the config refers to by path: written mode 0600 next to the config.
