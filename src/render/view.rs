@@ -441,3 +441,108 @@ fn cluster(rule: &Rule, pool: &Pool, domain: Option<&str>, host: Option<String>)
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn build_from(spec: serde_json::Value) -> View {
+        let mut settings = Settings::default();
+        settings.envoy.redirect_port = 8081;
+        let loaded = crate::spec::load(
+            spec.to_string().as_bytes(),
+            &settings.spec_options(crate::command::now_unix()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        build(&loaded.spec, &settings).0
+    }
+
+    fn rule(extra: serde_json::Value) -> serde_json::Value {
+        let mut r = json!({"ruleId": "r", "scheme": "http", "frontPort": 8080, "backPort": 80,
+                           "backends": [{"identifier": "a", "ip": "10.0.0.1"}]});
+        r.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"identifier": "lb", "lbName": "lb", "rules": [r]})
+    }
+
+    #[test]
+    fn host_names_resolve_by_dns_ip_literals_do_not() {
+        let v = build_from(rule(json!({})));
+        assert!(!v.clusters[0].dns);
+        let v = build_from(rule(json!({"backends": [
+            {"identifier": "a", "ip": "10.0.0.1"}, {"identifier": "b", "ip": "db.internal"}]})));
+        assert!(v.clusters[0].dns);
+        // A disabled host name is not in the cluster, so it does not make it a DNS cluster.
+        let v = build_from(rule(json!({"backends": [
+            {"identifier": "a", "ip": "10.0.0.1"},
+            {"identifier": "b", "ip": "db.internal", "enabled": 0}]})));
+        assert!(!v.clusters[0].dns);
+        assert_eq!(v.clusters[0].endpoints.len(), 1);
+    }
+
+    #[test]
+    fn algorithms_map_to_envoy_policies_with_a_hash_key_where_needed() {
+        for (alg, policy, hashed) in [
+            ("roundrobin", "ROUND_ROBIN", false),
+            ("leastconn", "LEAST_REQUEST", false),
+            ("random", "RANDOM", false),
+            ("source", "RING_HASH", true),
+            ("ring_hash", "RING_HASH", true),
+            ("maglev", "MAGLEV", true),
+        ] {
+            let v = build_from(rule(json!({"algorithm": alg})));
+            assert_eq!(v.clusters[0].lb_policy, policy, "{alg}");
+            let http = v.listeners[0].http.as_ref().unwrap();
+            let Action::Route { hash_source_ip, .. } = &http.vhosts[0].action else {
+                panic!("{alg}: the default pool routes")
+            };
+            assert_eq!(*hash_source_ip, hashed, "{alg}");
+        }
+    }
+
+    #[test]
+    fn an_empty_default_pool_answers_404_and_has_no_cluster() {
+        let v = build_from(rule(json!({"backends": [], "domains": [
+            {"domainId": "d", "domainName": "a.test", "backends": [{"identifier": "x", "ip": "10.0.0.2"}]}]})));
+        let names: Vec<&str> = v.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["r/d"]);
+        let http = v.listeners[0].http.as_ref().unwrap();
+        assert_eq!(http.vhosts.last().unwrap().domains, ["*"]);
+        assert!(matches!(
+            http.vhosts.last().unwrap().action,
+            Action::NotFound
+        ));
+    }
+
+    #[test]
+    fn redirect_to_443_leaves_the_port_out() {
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let tls = json!({"certificateId": "c", "certificatePem": cert.cert.pem(),
+                         "privateKeyPem": cert.key_pair.serialize_pem()});
+        for (port, want) in [(443, None), (8443, Some(8443))] {
+            let v = build_from(rule(
+                json!({"scheme": "https", "frontPort": port, "tls": tls, "redirectHTTP": 1}),
+            ));
+            let redirect = v
+                .listeners
+                .iter()
+                .find(|l| l.name == "redirect:8081")
+                .unwrap();
+            let vh = &redirect.http.as_ref().unwrap().vhosts;
+            assert_eq!(vh.len(), 1, "the catch-all redirect is the only host");
+            assert!(
+                matches!(vh[0].action, Action::Redirect { port } if port == want),
+                "{port}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_print_as_envoy_wants_them() {
+        assert_eq!(secs(0), "0s");
+        assert_eq!(millis(1500), "1.500s");
+        assert_eq!(millis(50), "0.050s");
+    }
+}
