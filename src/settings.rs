@@ -9,13 +9,71 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
     pub envoy: EnvoySettings,
     #[serde(default)]
+    pub supervisor: SupervisorSettings,
+    /// Where the supervisor (and later the agent) keep their state files.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
     pub dev: DevSettings,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vpsie-lb/state")
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            envoy: EnvoySettings::default(),
+            supervisor: SupervisorSettings::default(),
+            state_dir: default_state_dir(),
+            dev: DevSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    /// The Unix socket the agent and the CLI talk to the supervisor on (created mode 0600).
+    pub socket: PathBuf,
+    /// How long a new epoch may take to report LIVE before it counts as failed.
+    pub live_timeout_s: u32,
+    /// Before a hot restart, check that every port the new config adds can be bound, so that a
+    /// port held by another process is refused before Envoy's admin hand-over can go wrong.
+    pub preflight_ports: bool,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        SupervisorSettings {
+            socket: PathBuf::from("/run/vpsie-lb/supervisor.sock"),
+            live_timeout_s: 30,
+            preflight_ports: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainStrategy {
+    Gradual,
+    Immediate,
+}
+
+impl DrainStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainStrategy::Gradual => "gradual",
+            DrainStrategy::Immediate => "immediate",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +91,16 @@ pub struct EnvoySettings {
     pub listen_address: IpAddr,
     /// The plain-HTTP port of `redirectHTTP`.
     pub redirect_port: u16,
+    /// Envoy's `--base-id`: names the shared memory and sockets of hot restart. Fixed, so that
+    /// every epoch finds its parent.
+    pub base_id: u32,
+    /// `--drain-time-s`: how long an old epoch drains its connections.
+    pub drain_time_s: u32,
+    /// `--parent-shutdown-time-s`: when the old epoch exits; longer than the drain time.
+    pub parent_shutdown_time_s: u32,
+    pub drain_strategy: DrainStrategy,
+    /// `--concurrency` (worker threads); default: one per CPU, Envoy's own default.
+    pub concurrency: Option<u32>,
 }
 
 impl Default for EnvoySettings {
@@ -47,6 +115,11 @@ impl Default for EnvoySettings {
             admin_port: 9901,
             listen_address: IpAddr::from([0, 0, 0, 0]),
             redirect_port: 80,
+            base_id: 7,
+            drain_time_s: 30,
+            parent_shutdown_time_s: 45,
+            drain_strategy: DrainStrategy::Gradual,
+            concurrency: None,
         }
     }
 }
@@ -101,6 +174,21 @@ impl Settings {
         }
         if e.binary.as_os_str().is_empty() {
             bail!("envoy.binary: must not be empty");
+        }
+        if e.drain_time_s == 0 {
+            bail!("envoy.drain_time_s: must be at least 1");
+        }
+        if e.parent_shutdown_time_s <= e.drain_time_s {
+            bail!(
+                "envoy.parent_shutdown_time_s: must be longer than envoy.drain_time_s ({}), or connections are cut before they drain",
+                e.drain_time_s
+            );
+        }
+        if e.concurrency == Some(0) {
+            bail!("envoy.concurrency: must be at least 1 (leave it out for one worker per CPU)");
+        }
+        if self.supervisor.live_timeout_s == 0 {
+            bail!("supervisor.live_timeout_s: must be at least 1");
         }
         Ok(())
     }

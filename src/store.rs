@@ -1,15 +1,16 @@
 //! Writes rendered configs and their certificate files to disk: mode 0600, atomically (temporary
 //! file, fsync, rename, fsync of the directory), so that Envoy never reads a half-written file.
 //!
-//! Owns nothing else: where configs live by hash, backups and the `current` pointer come with the
-//! supervisor (issue 3).
+//! [`ConfigStore`] keeps every applied config in a directory named by its hash
+//! (`<config_dir>/configs/<hash>/envoy.json` and `certs/`), a `current` symlink switched in one
+//! rename, and prunes all but the known-good ones the supervisor names.
 
 use crate::render::Rendered;
 use anyhow::Context;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `contents` to `path` with mode 0600, replacing any file there in one step.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
@@ -68,6 +69,102 @@ pub fn write_rendered(rendered: &Rendered, config_path: &Path) -> anyhow::Result
     write_private(config_path, rendered.config.as_bytes())
 }
 
+/// Rendered configs on disk, one directory per config hash.
+#[derive(Debug, Clone)]
+pub struct ConfigStore {
+    root: PathBuf,
+}
+
+/// A config hash is 64 lower-case hex digits; anything else could name a path outside the store.
+pub fn valid_hash(hash: &str) -> bool {
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ConfigStore {
+    pub fn new(config_dir: &Path) -> ConfigStore {
+        ConfigStore {
+            root: config_dir.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self, hash: &str) -> PathBuf {
+        self.root.join("configs").join(hash)
+    }
+
+    pub fn config_path(&self, hash: &str) -> PathBuf {
+        self.dir(hash).join("envoy.json")
+    }
+
+    /// Where a config's certificates go: render with this as `envoy.cert_dir`.
+    pub fn cert_dir(&self, hash: &str) -> PathBuf {
+        self.dir(hash).join("certs")
+    }
+
+    /// Writes a rendered config under its hash. Every file it names must sit in the hash's
+    /// certificate directory. Returns the config's path.
+    pub fn write(&self, hash: &str, rendered: &Rendered) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(valid_hash(hash), "{hash:?} is not a config hash");
+        let certs = self.cert_dir(hash);
+        for f in &rendered.files {
+            let inside = f.path.parent() == Some(certs.as_path())
+                && f.path
+                    .file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+            anyhow::ensure!(
+                inside,
+                "{} is outside {}; render with envoy.cert_dir set to the store's certificate directory",
+                f.path.display(),
+                certs.display()
+            );
+        }
+        let path = self.config_path(hash);
+        write_rendered(rendered, &path)?;
+        Ok(path)
+    }
+
+    /// The hash `current` points at.
+    pub fn current(&self) -> Option<String> {
+        let target = fs::read_link(self.root.join("current")).ok()?;
+        let name = target.file_name()?.to_str()?.to_owned();
+        valid_hash(&name).then_some(name)
+    }
+
+    /// Points `current` at a stored config, in one rename.
+    pub fn set_current(&self, hash: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(valid_hash(hash), "{hash:?} is not a config hash");
+        let link = self.root.join("current");
+        let tmp = self
+            .root
+            .join(format!(".current.tmp-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("configs").join(hash), &tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        fs::rename(&tmp, &link).with_context(|| format!("cannot switch {}", link.display()))?;
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync directory {}", self.root.display()))
+    }
+
+    /// Removes every stored config whose hash is not in `keep`.
+    pub fn prune(&self, keep: &[String]) -> anyhow::Result<()> {
+        let configs = self.root.join("configs");
+        let Ok(entries) = fs::read_dir(&configs) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if valid_hash(&name) && !keep.contains(&name) {
+                fs::remove_dir_all(e.path())
+                    .with_context(|| format!("cannot remove old config {}", e.path().display()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +191,40 @@ mod tests {
         );
         let leftovers: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn store_switches_current_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path());
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        for h in [&a, &b] {
+            let rendered = Rendered {
+                config: format!("{{\"h\": \"{h}\"}}"),
+                files: vec![crate::render::CertFile {
+                    path: store.cert_dir(h).join("c-1.crt"),
+                    contents: "pem".into(),
+                }],
+            };
+            store.write(h, &rendered).unwrap();
+        }
+        assert_eq!(store.current(), None);
+        store.set_current(&a).unwrap();
+        assert_eq!(store.current(), Some(a.clone()));
+        store.set_current(&b).unwrap();
+        assert_eq!(store.current(), Some(b.clone()));
+        store.prune(std::slice::from_ref(&b)).unwrap();
+        assert!(!store.dir(&a).exists());
+        assert!(store.config_path(&b).exists());
+
+        let outside = Rendered {
+            config: "{}".into(),
+            files: vec![crate::render::CertFile {
+                path: dir.path().join("escape.key"),
+                contents: "x".into(),
+            }],
+        };
+        assert!(store.write(&a, &outside).is_err());
+        assert!(store.write("../x", &outside).is_err());
     }
 }

@@ -1,5 +1,10 @@
-//! Runs the Envoy binary. For now: `envoy --mode validate`, the last check before a config may
-//! be applied. Process supervision (hot restart, admin API) arrives with issue 3.
+//! Runs the Envoy binary: `--mode validate` (the last check before a config may be applied),
+//! epochs for hot restart ([`process`]), the admin API ([`admin`]) and the hot-restart shared
+//! memory ([`shm`]). Deciding *when* to do what is the supervisor's job, not this module's.
+
+pub mod admin;
+pub mod process;
+pub mod shm;
 
 use std::path::Path;
 use std::process::Stdio;

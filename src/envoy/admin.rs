@@ -1,0 +1,106 @@
+//! A client for Envoy's admin API on loopback: what the supervisor asks a running Envoy.
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    base: String,
+    client: reqwest::Client,
+}
+
+/// What `/server_info` says about the Envoy that holds the admin port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `LIVE`, `DRAINING`, `PRE_INITIALIZING` or `INITIALIZING`.
+    pub state: String,
+    pub restart_epoch: u32,
+}
+
+#[derive(Deserialize)]
+struct RawInfo {
+    state: String,
+    command_line_options: RawOptions,
+}
+
+#[derive(Deserialize)]
+struct RawOptions {
+    restart_epoch: u32,
+}
+
+impl Admin {
+    pub fn new(address: IpAddr, port: u16) -> anyhow::Result<Admin> {
+        let host = match address {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .context("cannot build the admin HTTP client")?;
+        Ok(Admin {
+            base: format!("http://{host}:{port}"),
+            client,
+        })
+    }
+
+    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("envoy admin {path}"))?;
+        if !r.status().is_success() {
+            bail!("envoy admin {path} answered {}", r.status());
+        }
+        Ok(r.text().await?)
+    }
+
+    pub async fn server_info(&self) -> anyhow::Result<ServerInfo> {
+        let text = self.get_text("/server_info").await?;
+        let raw: RawInfo = serde_json::from_str(&text).context("envoy admin /server_info")?;
+        Ok(ServerInfo {
+            state: raw.state,
+            restart_epoch: raw.command_line_options.restart_epoch,
+        })
+    }
+
+    pub async fn hot_restart_version(&self) -> anyhow::Result<String> {
+        Ok(self
+            .get_text("/hot_restart_version")
+            .await?
+            .trim()
+            .to_owned())
+    }
+
+    pub async fn post(&self, path: &str) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("envoy admin POST {path}"))?;
+        if !r.status().is_success() {
+            bail!("envoy admin POST {path} answered {}", r.status());
+        }
+        Ok(())
+    }
+
+    /// The value of one counter or gauge.
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let text = self.get_text(&format!("/stats?filter=^{name}$")).await?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("envoy has no stat {name}"))
+    }
+}
