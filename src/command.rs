@@ -1,14 +1,20 @@
 //! What the CLI's commands do, one function each, returning an outcome the binary maps to an
 //! exit code. The binary itself only parses flags and sets up logging.
 //!
-//! Exit codes: 0 ok, 2 the spec is invalid, 3 Envoy rejected the config, 1 anything else.
+//! Exit codes: 0 ok, 2 the spec is invalid, 3 Envoy rejected the config, 4 the config failed at
+//! runtime and the previous one was restored, 1 anything else.
 
 use crate::render::{self, Rendered};
 use crate::settings::Settings;
 use crate::spec::{self, Finding, Loaded, SpecErrors};
+use crate::store::ConfigStore;
+use crate::supervisor::protocol::{
+    self, ApplyOutcome, ApplyRequest, ApplyResult, FileData, Request, Response, Status,
+};
 use crate::{envoy, store};
 use anyhow::Context;
 use std::path::Path;
+use std::time::Duration;
 
 /// Why a command failed, as far as the exit code cares.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +23,8 @@ pub enum Failure {
     Invalid(#[from] SpecErrors),
     #[error("{0}")]
     Rejected(String),
+    #[error("{0}")]
+    RolledBack(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -26,6 +34,7 @@ impl Failure {
         match self {
             Failure::Invalid(_) => 2,
             Failure::Rejected(_) => 3,
+            Failure::RolledBack(_) => 4,
             Failure::Other(_) => 1,
         }
     }
@@ -118,4 +127,114 @@ pub async fn validate(spec_path: &Path, settings: &Settings) -> Result<Prepared,
     store::write_rendered(&p.rendered, &config)?;
     envoy::validate(&settings.envoy.binary, &config).await?;
     Ok(p)
+}
+
+/// Renders a spec for the supervisor's config store: certificates go into the directory of the
+/// config's hash, so that each stored config is complete on its own.
+pub fn prepare_for_store(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, Failure> {
+    let loaded = spec::load(input, &settings.spec_options(now))?;
+    let hash = spec::config_hash(&loaded.spec, render::template_version());
+    let mut local = settings.clone();
+    local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
+    let rendered = render::render(&loaded.spec, &local).map_err(anyhow::Error::from)?;
+    Ok(Prepared {
+        loaded,
+        hash,
+        rendered,
+    })
+}
+
+/// How long an apply may take: validation, the previous epoch's drain, a start and a restore.
+fn apply_timeout(settings: &Settings) -> Duration {
+    let e = &settings.envoy;
+    Duration::from_secs(
+        envoy::VALIDATE_TIMEOUT.as_secs()
+            + u64::from(e.parent_shutdown_time_s)
+            + 3 * u64::from(settings.supervisor.live_timeout_s)
+            + 30,
+    )
+}
+
+/// Hands a prepared config to the supervisor and maps its outcome onto a result.
+pub async fn hand_over(
+    p: &Prepared,
+    settings: &Settings,
+    force: bool,
+) -> Result<ApplyOutcome, Failure> {
+    let req = Request::Apply(ApplyRequest {
+        hash: p.hash.clone(),
+        config: p.rendered.config.clone(),
+        files: p
+            .rendered
+            .files
+            .iter()
+            .map(|f| FileData {
+                path: f.path.clone(),
+                contents: f.contents.clone(),
+            })
+            .collect(),
+        force,
+    });
+    let resp = protocol::call(&settings.supervisor.socket, &req, apply_timeout(settings)).await?;
+    let out = match resp {
+        Response::Apply(out) => out,
+        Response::Error { message } => {
+            return Err(anyhow::anyhow!("the supervisor refused the request: {message}").into())
+        }
+        Response::Status(_) => {
+            return Err(anyhow::anyhow!("the supervisor answered out of turn").into())
+        }
+    };
+    let detail = |out: &ApplyOutcome| {
+        let mut s = out.error.clone().unwrap_or_default();
+        if let Some(r) = &out.restore_error {
+            s.push_str(&format!("; restoring the previous config failed too: {r}"));
+        }
+        if !out.envoy_log.is_empty() {
+            s.push_str("\nenvoy's last lines:\n  ");
+            s.push_str(&out.envoy_log.join("\n  "));
+        }
+        s
+    };
+    match out.result {
+        ApplyResult::Applied | ApplyResult::Unchanged => Ok(out),
+        ApplyResult::Rejected => Err(Failure::Rejected(detail(&out))),
+        ApplyResult::RolledBack => Err(Failure::RolledBack(format!(
+            "the new config failed at runtime; the previous config ({}) serves again: {}",
+            out.previous_hash.as_deref().unwrap_or("none"),
+            detail(&out)
+        ))),
+        ApplyResult::Critical => {
+            Err(anyhow::anyhow!("CRITICAL: envoy is not serving: {}", detail(&out)).into())
+        }
+        ApplyResult::Error => Err(anyhow::anyhow!(
+            "the supervisor could not apply the config: {}",
+            detail(&out)
+        )
+        .into()),
+    }
+}
+
+/// `apply`: render, hand to the supervisor, wait for the outcome.
+pub async fn apply(
+    spec_path: &Path,
+    settings: &Settings,
+) -> Result<(Prepared, ApplyOutcome), Failure> {
+    let p = prepare_for_store(&read_spec(spec_path)?, settings, now_unix())?;
+    let out = hand_over(&p, settings, false).await?;
+    Ok((p, out))
+}
+
+/// `status`: what the supervisor reports.
+pub async fn status(settings: &Settings) -> Result<Status, Failure> {
+    match protocol::call(
+        &settings.supervisor.socket,
+        &Request::Status,
+        Duration::from_secs(10),
+    )
+    .await?
+    {
+        Response::Status(s) => Ok(s),
+        other => Err(anyhow::anyhow!("unexpected answer from the supervisor: {other:?}").into()),
+    }
 }

@@ -12,3 +12,4 @@ pub mod render;
 pub mod settings;
 pub mod spec;
 pub mod store;
+pub mod supervisor;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use vpsie_lb_agent::command::{self, Failure, Prepared};
 use vpsie_lb_agent::settings::Settings;
+use vpsie_lb_agent::supervisor::{self, protocol::ApplyResult, StopKind};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,23 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the supervisor: the long-lived parent of every Envoy epoch.
+    Supervise {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Render a spec and hand it to the supervisor; prints the new epoch and hash.
+    Apply {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show what the supervisor runs: epoch, hash, Envoy state and pid, last apply.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +101,30 @@ fn warn(p: &Prepared) {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    // Current-thread on the main thread: Envoy's hot-restart children die with the thread that
+    // spawned them (PR_SET_PDEATHSIG), and this one lives as long as the process.
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?)
+}
+
+/// TERM drains Envoy gracefully; INT stops it at once.
+async fn stop_signal() -> StopKind {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => StopKind::Graceful,
+        _ = int.recv() => StopKind::Fast,
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Render { spec, out, config } => {
@@ -94,11 +136,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Validate { spec, config } => {
             let settings = settings(config.as_ref())?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)?;
-            let p = runtime.block_on(command::validate(&spec, &settings))?;
+            let p = runtime()?.block_on(command::validate(&spec, &settings))?;
             warn(&p);
             println!("OK {}", p.hash);
         }
@@ -106,6 +144,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let p = command::hash(&spec, &settings(config.as_ref())?)?;
             warn(&p);
             println!("{}", p.hash);
+        }
+        Command::Supervise { config } => {
+            let settings = settings(config.as_ref())?;
+            let socket = settings.supervisor.socket.clone();
+            let result = runtime()?.block_on(async {
+                let listener = supervisor::bind(&socket).await?;
+                let result = supervisor::run(settings, listener, stop_signal()).await;
+                let _ = std::fs::remove_file(&socket);
+                result
+            });
+            result?;
+        }
+        Command::Apply { spec, config } => {
+            let settings = settings(config.as_ref())?;
+            let (p, out) = runtime()?.block_on(command::apply(&spec, &settings))?;
+            warn(&p);
+            match out.result {
+                ApplyResult::Unchanged => {
+                    println!("UNCHANGED epoch {} {}", out.epoch.unwrap_or(0), p.hash)
+                }
+                _ => println!(
+                    "APPLIED epoch {} {} ({} ms)",
+                    out.epoch.unwrap_or(0),
+                    p.hash,
+                    out.apply_ms
+                ),
+            }
+        }
+        Command::Status { config } => {
+            let s = runtime()?.block_on(command::status(&settings(config.as_ref())?))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?
+            );
         }
     }
     Ok(())

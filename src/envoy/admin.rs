@@ -36,8 +36,11 @@ impl Admin {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         };
+        // No connection reuse: after a hot restart a kept-alive connection would still reach the
+        // old epoch's admin server, which keeps answering for its old epoch until it exits.
         let client = reqwest::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(2))
             .build()
             .context("cannot build the admin HTTP client")?;

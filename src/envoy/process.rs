@@ -134,7 +134,11 @@ pub async fn binary_hot_restart_version(binary: &Path) -> anyhow::Result<String>
         .map_err(|e| {
             anyhow::anyhow!("cannot run {} --hot-restart-version: {e}", binary.display())
         })?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Envoy prints it on stderr.
+    let mut v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if v.is_empty() {
+        v = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    }
     if !out.status.success() || super::shm::parse_version(&v).is_none() {
         anyhow::bail!("{} --hot-restart-version printed {v:?}", binary.display());
     }

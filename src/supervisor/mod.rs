@@ -1,0 +1,781 @@
+//! The supervisor: the long-lived parent of every Envoy epoch, in the role of Envoy's own
+//! hot-restarter, with validation, rollback and crash recovery.
+//!
+//! Owns: the Envoy processes, the config store's `current` pointer and the supervisor state file.
+//! Does not: render or fetch anything. The agent and the CLI hand it rendered configs over a Unix
+//! socket ([`protocol`]); killing or restarting them never touches Envoy.
+//!
+//! What it does, and why (every "why" was measured with Envoy 1.40, see ARCHITECTURE.md):
+//! - **apply**: store the config under its hash, `envoy --mode validate` it, check that the ports
+//!   it adds can be bound, wait for the previous parent to finish draining (a new child makes
+//!   Envoy kill its grandparent at once, cutting what it still drains), start epoch N+1 and wait
+//!   until `/server_info` says LIVE with that epoch.
+//! - **a child that fails**: by then it has made the parent stop its admin and its listeners, and
+//!   left the shared memory marked "initializing". The supervisor clears that stale mark and
+//!   starts the *same* epoch number again with the last good config (the dead child never became
+//!   a parent), which takes the sockets over and restores admin. If that fails too: full restart.
+//! - **Envoy dies**: start epoch 0 with the last good config at once, stale shared memory removed.
+//! - **SIGTERM**: fail health checks, drain listeners gracefully, wait up to the drain time, stop
+//!   Envoy, SIGKILL after a deadline.
+//!
+//! The supervisor must run on a current-thread runtime on the main thread: Envoy's hot-restart
+//! children set PR_SET_PDEATHSIG, so they die with the *thread* that spawned them.
+
+pub mod protocol;
+
+use crate::envoy::{self, admin::Admin, process, shm};
+use crate::render::{CertFile, Rendered};
+use crate::settings::Settings;
+use crate::store::{self, ConfigStore};
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use protocol::{ApplyOutcome, ApplyRequest, ApplyResult, Request, Response, Status};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// Known-good configs kept on disk: the live one and five backups.
+const KEEP_GOOD: usize = 6;
+/// How often the admin API is asked whether a new epoch is LIVE.
+const LIVE_POLL: Duration = Duration::from_millis(25);
+/// How long a process gets after SIGTERM before SIGKILL.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the supervisor remembers across its own restarts (`<state_dir>/supervisor.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    epoch: Option<u32>,
+    hash: Option<String>,
+    pid: Option<u32>,
+    /// Known-good hashes, newest first.
+    good: Vec<String>,
+    last_apply: Option<ApplyOutcome>,
+}
+
+/// Why starting an epoch failed, with Envoy's last words.
+#[derive(Debug)]
+struct StartFailure {
+    error: String,
+    log: Vec<String>,
+}
+
+/// Everything the main loop reacts to.
+enum Event {
+    Request(Request, oneshot::Sender<Response>),
+    Exit(process::Exit),
+    Retry,
+    Shutdown(StopKind),
+}
+
+/// How to stop: TERM drains, INT does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopKind {
+    Graceful,
+    Fast,
+}
+
+pub struct Supervisor {
+    settings: Settings,
+    store: ConfigStore,
+    admin: Admin,
+    state_path: PathBuf,
+    state: State,
+    live: Option<process::Epoch>,
+    /// Previous epochs that are still draining.
+    old: Vec<process::Epoch>,
+    exits_tx: mpsc::UnboundedSender<process::Exit>,
+    exits_rx: mpsc::UnboundedReceiver<process::Exit>,
+    binary_hot_restart_version: String,
+    /// Set while Envoy is down and could not be restored.
+    critical: Option<String>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another supervisor is already listening on {}; two supervisors would fight over Envoy",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        store::create_private_dir(dir)?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(listener)
+}
+
+/// Runs the supervisor until `shutdown` resolves, then stops Envoy the way it says.
+pub async fn run(
+    settings: Settings,
+    listener: UnixListener,
+    shutdown: impl Future<Output = StopKind>,
+) -> anyhow::Result<()> {
+    let mut sup = Supervisor::new(settings).await?;
+    sup.resume().await;
+    let (req_tx, mut req_rx) = mpsc::channel(16);
+    let accept = tokio::spawn(accept_loop(listener, req_tx));
+    tokio::pin!(shutdown);
+    let stop = loop {
+        let retry_at = sup.retry_at;
+        let event = tokio::select! {
+            kind = &mut shutdown => Event::Shutdown(kind),
+            Some((req, reply)) = req_rx.recv() => Event::Request(req, reply),
+            Some(exit) = sup.exits_rx.recv() => Event::Exit(exit),
+            _ = sleep_until(retry_at), if retry_at.is_some() => Event::Retry,
+        };
+        match event {
+            Event::Shutdown(kind) => break kind,
+            Event::Request(req, reply) => {
+                let resp = sup.handle(req).await;
+                // The client may be gone (killed mid-apply): the work is done all the same.
+                let _ = reply.send(resp);
+            }
+            Event::Exit(exit) => sup.on_exit(exit).await,
+            Event::Retry => sup.retry().await,
+        }
+    };
+    accept.abort();
+    sup.stop(stop).await;
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read.take(protocol::MAX_LINE as u64)).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = match serde_json::from_str::<Request>(&line) {
+                    Err(e) => Response::Error {
+                        message: format!("cannot read the request: {e}"),
+                    },
+                    Ok(req) => {
+                        let (tx, rx) = oneshot::channel();
+                        if requests.send((req, tx)).await.is_err() {
+                            return;
+                        }
+                        match rx.await {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let Ok(mut out) = serde_json::to_vec(&resp) else {
+                    return;
+                };
+                out.push(b'\n');
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl Supervisor {
+    async fn new(settings: Settings) -> anyhow::Result<Supervisor> {
+        let binary_hot_restart_version =
+            process::binary_hot_restart_version(&settings.envoy.binary).await?;
+        let admin = Admin::new(settings.envoy.admin_address, settings.envoy.admin_port)?;
+        let state_path = settings.state_dir.join("supervisor.json");
+        let state = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "ignoring unreadable state file {}: {e}",
+                    state_path.display()
+                );
+                State::default()
+            }),
+            Err(_) => State::default(),
+        };
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        Ok(Supervisor {
+            store: ConfigStore::new(&settings.envoy.config_dir),
+            settings,
+            admin,
+            state_path,
+            state,
+            live: None,
+            old: Vec::new(),
+            exits_tx,
+            exits_rx,
+            binary_hot_restart_version,
+            critical: None,
+            retry_at: None,
+            backoff: Duration::from_secs(1),
+        })
+    }
+
+    fn save(&self) {
+        let result = serde_json::to_vec_pretty(&self.state)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| store::write_private(&self.state_path, &bytes));
+        if let Err(e) = result {
+            tracing::error!("cannot save the supervisor state: {e:#}");
+        }
+    }
+
+    /// At start-up: take over an Envoy that outlived the previous supervisor (an epoch-0 Envoy
+    /// does), or start the current config, or wait for the first apply.
+    async fn resume(&mut self) {
+        let Some(hash) = self.store.current() else {
+            tracing::info!("no config applied yet; waiting for the first apply");
+            return;
+        };
+        if let Ok(info) = self.admin.server_info().await {
+            let version = self.admin.hot_restart_version().await.unwrap_or_default();
+            if version == self.binary_hot_restart_version {
+                tracing::info!(
+                    running_epoch = info.restart_epoch,
+                    "an Envoy from before this supervisor is serving; taking it over by hot restart"
+                );
+                let epoch = info.restart_epoch + 1;
+                match self.start(&hash, epoch).await {
+                    Ok(e) => {
+                        self.set_live(e, &hash);
+                        return;
+                    }
+                    Err(f) => tracing::error!("taking over the running Envoy failed: {}", f.error),
+                }
+            }
+        }
+        if let Err(e) = self.full_restart(&hash, StopKind::Fast).await {
+            self.enter_critical(e);
+        }
+    }
+
+    async fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::Status(self.status().await),
+            Request::Apply(a) => {
+                let out = self.apply(a).await;
+                self.state.last_apply = Some(out.clone());
+                self.save();
+                Response::Apply(out)
+            }
+        }
+    }
+
+    async fn status(&self) -> Status {
+        let envoy_state = match (&self.live, self.admin.server_info().await) {
+            (None, _) => "NOT_RUNNING".to_owned(),
+            (Some(_), Ok(info)) => info.state,
+            (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
+        };
+        Status {
+            epoch: self.live.as_ref().map(|e| e.epoch),
+            hash: self.live.as_ref().map(|e| e.hash.clone()),
+            envoy_state,
+            envoy_pid: self.live.as_ref().map(|e| e.pid),
+            hot_restart_version: Some(self.binary_hot_restart_version.clone()),
+            good: self.state.good.clone(),
+            last_apply: self.state.last_apply.clone(),
+            critical: self.critical.clone(),
+        }
+    }
+
+    async fn apply(&mut self, req: ApplyRequest) -> ApplyOutcome {
+        let started = Instant::now();
+        let previous = self.live.as_ref().map(|e| e.hash.clone());
+        let mut out = ApplyOutcome {
+            result: ApplyResult::Error,
+            hash: req.hash.clone(),
+            previous_hash: previous.clone(),
+            epoch: self.live.as_ref().map(|e| e.epoch),
+            apply_ms: 0,
+            error: None,
+            restore_error: None,
+            envoy_log: Vec::new(),
+        };
+        let span = tracing::info_span!("apply", hash = %req.hash);
+        let _enter = span.enter();
+        if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
+            out.result = ApplyResult::Unchanged;
+            return out;
+        }
+        let rendered = Rendered {
+            config: req.config,
+            files: req
+                .files
+                .into_iter()
+                .map(|f| CertFile {
+                    path: f.path,
+                    contents: f.contents,
+                })
+                .collect(),
+        };
+        let path = match self.store.write(&req.hash, &rendered) {
+            Ok(p) => p,
+            Err(e) => {
+                out.error = Some(format!("{e:#}"));
+                return out;
+            }
+        };
+        if let Err(e) = envoy::validate(&self.settings.envoy.binary, &path).await {
+            out.result = match e {
+                envoy::EnvoyError::Rejected(_) => ApplyResult::Rejected,
+                _ => ApplyResult::Error,
+            };
+            out.error = Some(e.to_string());
+            self.prune();
+            return out;
+        }
+        if self.settings.supervisor.preflight_ports {
+            if let Err(e) = self.preflight(&rendered.config) {
+                out.result = ApplyResult::RolledBack;
+                out.error = Some(e);
+                self.prune();
+                return out;
+            }
+        }
+        match self.launch(&req.hash).await {
+            Ok(()) => out.result = ApplyResult::Applied,
+            Err(f) => {
+                tracing::error!("the new config failed to start: {}", f.error);
+                out.error = Some(f.error);
+                out.envoy_log = f.log;
+                match self.restore().await {
+                    Ok(()) => out.result = ApplyResult::RolledBack,
+                    Err(e) => {
+                        out.result = ApplyResult::Critical;
+                        out.restore_error = Some(e.clone());
+                        self.enter_critical(e);
+                    }
+                }
+            }
+        }
+        self.prune();
+        out.epoch = self.live.as_ref().map(|e| e.epoch);
+        out.apply_ms = started.elapsed().as_millis() as u64;
+        out
+    }
+
+    /// Ports the new config listens on that the live one does not must be free: a held port
+    /// would make the new epoch fail after it has already taken admin from the old one.
+    fn preflight(&self, config: &str) -> Result<(), String> {
+        let new_ports = listener_ports(config);
+        let live_ports = self
+            .live
+            .as_ref()
+            .and_then(|e| std::fs::read_to_string(self.store.config_path(&e.hash)).ok())
+            .map(|c| listener_ports(&c))
+            .unwrap_or_default();
+        let addr = self.settings.envoy.listen_address;
+        for port in new_ports.iter().filter(|p| !live_ports.contains(p)) {
+            if let Err(e) = std::net::TcpListener::bind((addr, *port)) {
+                return Err(format!(
+                    "listener port {port} on {addr} cannot be bound ({e}); another process holds it. The running config keeps serving"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the config as the next epoch: a hot restart when Envoy runs, else a fresh start.
+    async fn launch(&mut self, hash: &str) -> Result<(), StartFailure> {
+        let Some(live_epoch) = self.live.as_ref().map(|e| e.epoch) else {
+            return self
+                .full_restart(hash, StopKind::Fast)
+                .await
+                .map_err(|error| StartFailure {
+                    error,
+                    log: Vec::new(),
+                });
+        };
+        match self.admin.hot_restart_version().await {
+            Ok(v) if v == self.binary_hot_restart_version => {}
+            Ok(v) => {
+                tracing::warn!(
+                    running = %v,
+                    binary = %self.binary_hot_restart_version,
+                    "the Envoy binary changed its hot restart version; doing a controlled full restart"
+                );
+                return self
+                    .full_restart(hash, StopKind::Graceful)
+                    .await
+                    .map_err(|error| StartFailure {
+                        error,
+                        log: Vec::new(),
+                    });
+            }
+            Err(e) => tracing::warn!("cannot read the running hot restart version: {e:#}"),
+        }
+        self.wait_old_exited().await;
+        let e = self.start(hash, live_epoch + 1).await?;
+        self.set_live(e, hash);
+        Ok(())
+    }
+
+    /// Spawns one epoch and waits for it to be LIVE. On failure the process is gone and reaped.
+    async fn start(&mut self, hash: &str, epoch: u32) -> Result<process::Epoch, StartFailure> {
+        let path = self.store.config_path(hash);
+        let e = process::spawn(&self.settings, &path, epoch, hash, self.exits_tx.clone()).map_err(
+            |err| StartFailure {
+                error: format!("{err:#}"),
+                log: Vec::new(),
+            },
+        )?;
+        tracing::info!(epoch, pid = e.pid, "started envoy epoch");
+        let timeout = Duration::from_secs(self.settings.supervisor.live_timeout_s.into());
+        match self.wait_live(&e, timeout).await {
+            Ok(()) => Ok(e),
+            Err((error, exited)) => {
+                if !exited {
+                    e.signal(Signal::SIGKILL);
+                    self.wait_exit(e.pid, KILL_DEADLINE).await;
+                }
+                Err(StartFailure {
+                    error,
+                    log: e.log_tail(),
+                })
+            }
+        }
+    }
+
+    fn set_live(&mut self, e: process::Epoch, hash: &str) {
+        tracing::info!(epoch = e.epoch, pid = e.pid, %hash, "envoy epoch is LIVE");
+        if let Some(prev) = self.live.replace(e) {
+            self.old.push(prev);
+        }
+        let live = self.live.as_ref();
+        self.state.epoch = live.map(|e| e.epoch);
+        self.state.pid = live.map(|e| e.pid);
+        self.state.hash = Some(hash.to_owned());
+        self.state.good.retain(|h| h != hash);
+        self.state.good.insert(0, hash.to_owned());
+        self.state.good.truncate(KEEP_GOOD);
+        if let Err(err) = self.store.set_current(hash) {
+            tracing::error!("cannot switch the current config: {err:#}");
+        }
+        self.critical = None;
+        self.retry_at = None;
+        self.backoff = Duration::from_secs(1);
+        self.save();
+    }
+
+    /// Waits until the admin API reports this epoch LIVE; fails when the process exits first or
+    /// the time runs out (the flag says whether the process is already gone and reaped). Exits
+    /// of other (old) epochs seen meanwhile are handled on the way.
+    async fn wait_live(
+        &mut self,
+        e: &process::Epoch,
+        timeout: Duration,
+    ) -> Result<(), (String, bool)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(info) = self.admin.server_info().await {
+                if info.restart_epoch == e.epoch && info.state == "LIVE" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err((
+                    format!("epoch {} did not become LIVE within {timeout:?}", e.epoch),
+                    false,
+                ));
+            }
+            tokio::select! {
+                Some(exit) = self.exits_rx.recv() => {
+                    if exit.pid == e.pid {
+                        return Err((
+                            format!("epoch {} exited before it was LIVE ({})", e.epoch, describe(&exit.status)),
+                            true,
+                        ));
+                    }
+                    self.forget(exit);
+                }
+                _ = tokio::time::sleep(LIVE_POLL) => {}
+            }
+        }
+    }
+
+    /// Waits for one process to exit, handling other exits on the way.
+    async fn wait_exit(&mut self, pid: u32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.exits_rx.recv()).await {
+                Ok(Some(exit)) if exit.pid == pid => {
+                    self.forget(exit);
+                    return true;
+                }
+                Ok(Some(exit)) => self.forget(exit),
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    }
+
+    /// The previous parent must be gone before the next hot restart, or Envoy cuts it short.
+    async fn wait_old_exited(&mut self) {
+        let grace = Duration::from_secs(u64::from(self.settings.envoy.parent_shutdown_time_s) + 5);
+        while let Some(pid) = self.old.first().map(|e| e.pid) {
+            if !self.wait_exit(pid, grace).await {
+                tracing::warn!(
+                    pid,
+                    "an old epoch outlived its parent shutdown time; killing it"
+                );
+                if let Some(e) = self.old.iter().find(|e| e.pid == pid) {
+                    e.signal(Signal::SIGKILL);
+                }
+                self.wait_exit(pid, KILL_DEADLINE).await;
+                self.old.retain(|e| e.pid != pid);
+            }
+        }
+    }
+
+    /// Drops a process that exited from the books.
+    fn forget(&mut self, exit: process::Exit) {
+        if let Some(i) = self.old.iter().position(|e| e.pid == exit.pid) {
+            let e = self.old.remove(i);
+            tracing::info!(
+                epoch = e.epoch,
+                pid = e.pid,
+                "old envoy epoch exited ({})",
+                describe(&exit.status)
+            );
+        }
+    }
+
+    /// After a failed start: bring the last good config back, keeping traffic where possible.
+    async fn restore(&mut self) -> Result<(), String> {
+        let Some(good) = self
+            .live
+            .as_ref()
+            .map(|e| e.hash.clone())
+            .or_else(|| self.state.good.first().cloned())
+        else {
+            return Err("there is no known-good config to go back to".into());
+        };
+        if let Some(live_epoch) = self.live.as_ref().map(|e| e.epoch) {
+            match shm::clear_initializing(
+                self.settings.envoy.base_id,
+                &self.binary_hot_restart_version,
+            ) {
+                Ok(true) => tracing::warn!(
+                    "cleared the stale 'initializing' mark the failed epoch left in shared memory"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot check the hot restart shared memory: {e:#}"),
+            }
+            // The failed child never became a parent, so its epoch number is the one the live
+            // parent answers to.
+            match self.start(&good, live_epoch + 1).await {
+                Ok(e) => {
+                    self.set_live(e, &good);
+                    return Ok(());
+                }
+                Err(f) => tracing::error!(
+                    "hot restart back to the last good config failed: {}",
+                    f.error
+                ),
+            }
+        }
+        self.full_restart(&good, StopKind::Fast).await
+    }
+
+    /// Stops every epoch and starts `hash` as epoch 0 on clean shared memory.
+    async fn full_restart(&mut self, hash: &str, how: StopKind) -> Result<(), String> {
+        self.stop_all(how).await;
+        self.stop_orphan().await;
+        if let Err(e) = shm::remove_stale(self.settings.envoy.base_id) {
+            tracing::warn!("{e:#}");
+        }
+        match self.start(hash, 0).await {
+            Ok(e) => {
+                self.set_live(e, hash);
+                Ok(())
+            }
+            Err(f) => Err(format!("{} (envoy: {})", f.error, f.log.join(" | "))),
+        }
+    }
+
+    /// Stops every epoch this supervisor runs: drained first when `how` is graceful.
+    async fn stop_all(&mut self, how: StopKind) {
+        let mut all: Vec<process::Epoch> = self.old.drain(..).collect();
+        all.extend(self.live.take());
+        if all.is_empty() {
+            return;
+        }
+        if how == StopKind::Graceful {
+            self.drain().await;
+        }
+        for e in &all {
+            e.signal(Signal::SIGTERM);
+        }
+        for e in &all {
+            if !self.wait_exit(e.pid, KILL_DEADLINE).await {
+                tracing::warn!(pid = e.pid, "envoy did not stop after SIGTERM; killing it");
+                e.signal(Signal::SIGKILL);
+                self.wait_exit(e.pid, KILL_DEADLINE).await;
+            }
+        }
+        self.state.pid = None;
+        self.save();
+    }
+
+    /// An Envoy still answering on the admin port when this supervisor runs none is an orphan of
+    /// a previous supervisor (epoch-0 Envoys outlive their parent). It is stopped by the pid the
+    /// state file recorded, and only if that process is an envoy.
+    async fn stop_orphan(&mut self) {
+        if self.admin.server_info().await.is_err() {
+            return;
+        }
+        let Some(pid) = self.state.pid else {
+            tracing::error!("an unknown process answers on the envoy admin port; the new epoch will fail to bind it");
+            return;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !comm.trim().starts_with("envoy") {
+            return;
+        }
+        tracing::warn!(pid, "stopping an envoy left by a previous supervisor");
+        let target = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(target, Signal::SIGTERM);
+        let deadline = Instant::now() + KILL_DEADLINE;
+        while nix::sys::signal::kill(target, None).is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if nix::sys::signal::kill(target, None).is_ok() {
+            let _ = nix::sys::signal::kill(target, Signal::SIGKILL);
+        }
+        self.state.pid = None;
+    }
+
+    /// Fails health checks, drains listeners gracefully and waits until no connection is left
+    /// or the drain time is over.
+    async fn drain(&self) {
+        for path in ["/healthcheck/fail", "/drain_listeners?graceful"] {
+            if let Err(e) = self.admin.post(path).await {
+                tracing::warn!("{e:#}");
+            }
+        }
+        let deadline =
+            Instant::now() + Duration::from_secs(self.settings.envoy.drain_time_s.into());
+        while Instant::now() < deadline {
+            match self.admin.stat("server.total_connections").await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    async fn on_exit(&mut self, exit: process::Exit) {
+        if self.live.as_ref().map(|e| e.pid) != Some(exit.pid) {
+            self.forget(exit);
+            return;
+        }
+        let Some(dead) = self.live.take() else { return };
+        tracing::error!(
+            epoch = dead.epoch,
+            pid = dead.pid,
+            "the live envoy exited ({}); restarting the last good config. Its last lines: {}",
+            describe(&exit.status),
+            dead.log_tail().join(" | ")
+        );
+        if let Err(e) = self.full_restart(&dead.hash, StopKind::Fast).await {
+            self.enter_critical(e);
+        }
+    }
+
+    fn enter_critical(&mut self, error: String) {
+        tracing::error!(
+            "CRITICAL: envoy is not serving and could not be restored: {error}; retrying in {:?}",
+            self.backoff
+        );
+        self.critical = Some(error);
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    async fn retry(&mut self) {
+        self.retry_at = None;
+        let Some(hash) = self.state.good.first().cloned() else {
+            return;
+        };
+        if let Err(e) = self.full_restart(&hash, StopKind::Fast).await {
+            self.enter_critical(e);
+        }
+    }
+
+    fn prune(&self) {
+        let mut keep = self.state.good.clone();
+        keep.extend(self.live.iter().chain(&self.old).map(|e| e.hash.clone()));
+        if let Err(e) = self.store.prune(&keep) {
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    async fn stop(&mut self, how: StopKind) {
+        tracing::info!(?how, "supervisor stopping");
+        self.stop_all(how).await;
+    }
+}
+
+fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// The ports of a rendered config's listeners.
+fn listener_ports(config: &str) -> Vec<u16> {
+    #[derive(Deserialize)]
+    struct Doc {
+        static_resources: Res,
+    }
+    #[derive(Deserialize)]
+    struct Res {
+        listeners: Vec<L>,
+    }
+    #[derive(Deserialize)]
+    struct L {
+        address: A,
+    }
+    #[derive(Deserialize)]
+    struct A {
+        socket_address: S,
+    }
+    #[derive(Deserialize)]
+    struct S {
+        port_value: u16,
+    }
+    serde_json::from_str::<Doc>(config)
+        .map(|d| {
+            d.static_resources
+                .listeners
+                .into_iter()
+                .map(|l| l.address.socket_address.port_value)
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,121 @@
+//! What the agent and the CLI say to the supervisor: one JSON object per line over a Unix socket,
+//! one request and one response per line.
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The longest line either side accepts (a config of 10,000 backends is about 2 MB).
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Store, validate and hot-restart into a rendered config.
+    Apply(ApplyRequest),
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub hash: String,
+    pub config: String,
+    pub files: Vec<FileData>,
+    /// Restart even when this hash is already live (a forced resync).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileData {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+/// How an apply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyResult {
+    /// The new epoch is LIVE with the new config.
+    Applied,
+    /// This hash was already live; nothing was restarted.
+    Unchanged,
+    /// `envoy --mode validate` refused the config; nothing changed.
+    Rejected,
+    /// The new config could not start; the previous config serves (it may be a new epoch).
+    RolledBack,
+    /// Envoy is not serving and could not be restored; the supervisor keeps retrying.
+    Critical,
+    /// The supervisor could not even try (bad request, disk error...).
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyOutcome {
+    pub result: ApplyResult,
+    pub hash: String,
+    /// The hash that was live before.
+    pub previous_hash: Option<String>,
+    /// The epoch serving now.
+    pub epoch: Option<u32>,
+    pub apply_ms: u64,
+    pub error: Option<String>,
+    pub restore_error: Option<String>,
+    /// The last lines Envoy logged, when something failed.
+    #[serde(default)]
+    pub envoy_log: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub epoch: Option<u32>,
+    pub hash: Option<String>,
+    /// `LIVE`, `DRAINING`..., as the admin API says, or `NOT_RUNNING` / `UNREACHABLE`.
+    pub envoy_state: String,
+    pub envoy_pid: Option<u32>,
+    pub hot_restart_version: Option<String>,
+    /// Known-good hashes kept on disk, newest first.
+    pub good: Vec<String>,
+    pub last_apply: Option<ApplyOutcome>,
+    /// Set while Envoy is down and could not be restored.
+    pub critical: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Apply(ApplyOutcome),
+    Status(Status),
+    Error { message: String },
+}
+
+/// Sends one request and waits for its response. `timeout` bounds the whole exchange.
+pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
+    let exchange = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the supervisor at {} (is `vpsie-lb-agent supervise` running?)",
+                    socket.display()
+                )
+            })?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        write.write_all(&line).await?;
+        write.flush().await?;
+        let mut reader = BufReader::new(read);
+        let mut answer = String::new();
+        let n = reader.read_line(&mut answer).await?;
+        if n == 0 {
+            bail!("the supervisor closed the connection without an answer");
+        }
+        serde_json::from_str(&answer).context("the supervisor's answer does not parse")
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("the supervisor did not answer within {timeout:?}"))?
+}
