@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -38,7 +38,7 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorSettings {
     /// The Unix socket the agent and the CLI talk to the supervisor on (created mode 0600).
@@ -60,7 +60,7 @@ impl Default for SupervisorSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DrainStrategy {
     Gradual,
@@ -76,7 +76,7 @@ impl DrainStrategy {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvoySettings {
     /// The Envoy binary. Default: `$ENVOY_BIN`, else `envoy` on the PATH.
@@ -101,6 +101,9 @@ pub struct EnvoySettings {
     pub drain_strategy: DrainStrategy,
     /// `--concurrency` (worker threads); default: one per CPU, Envoy's own default.
     pub concurrency: Option<u32>,
+    /// Envoy's own log (`--log-path`). A file, not a pipe through the supervisor: an Envoy that
+    /// outlives the supervisor would die of SIGPIPE on its next log line.
+    pub log_file: PathBuf,
 }
 
 impl Default for EnvoySettings {
@@ -120,11 +123,12 @@ impl Default for EnvoySettings {
             parent_shutdown_time_s: 45,
             drain_strategy: DrainStrategy::Gradual,
             concurrency: None,
+            log_file: PathBuf::from("/var/log/vpsie-lb/envoy.log"),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevSettings {
     /// Lets backends sit on 127.0.0.0/8 and ::1. For tests and the local demo only.

@@ -93,17 +93,16 @@ impl Admin {
         Ok(())
     }
 
-    /// The value of one counter or gauge.
-    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
-        let text = self.get_text(&format!("/stats?filter=^{name}$")).await?;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .with_context(|| format!("envoy has no stat {name}"))
+    /// Downstream connections open on the customer listeners right now. (`server.total_connections`
+    /// would be simpler, but it is only refreshed at each stats flush, every 5 s.)
+    pub async fn active_connections(&self) -> anyhow::Result<u64> {
+        let text = self
+            .get_text("/stats?filter=^listener\\..*\\.downstream_cx_active$")
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with("listener.admin."))
+            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum())
     }
 }

@@ -1,19 +1,20 @@
 //! One Envoy process (an epoch): how it is started and what it leaves behind.
 //!
-//! Envoy's own log (stderr) is read line by line into the supervisor's log and a short ring
-//! buffer, so a failed start can return its last lines. Its stdout (access logs) is passed
-//! through untouched: it can be busy and nobody here needs to read it.
+//! Envoy writes its own log to `envoy.log_file` (`--log-path`), never to a pipe held by the
+//! supervisor: an epoch-0 Envoy outlives a supervisor that dies, and would then be killed by
+//! SIGPIPE on its next log line (measured). A failed start returns the last lines that epoch
+//! wrote there, found by its pid. Stdout (access logs) is the supervisor's stdout, untouched.
 
 use crate::settings::Settings;
-use std::collections::VecDeque;
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-/// Lines of Envoy's log kept per epoch.
+/// Lines of an epoch's log returned with a failure.
 const LOG_LINES: usize = 40;
+/// How far back in the log file to look for them.
+const LOG_WINDOW: u64 = 256 * 1024;
 
 /// A running epoch. The process itself is owned by a task that waits for it and reports its
 /// exit on the channel given to [`spawn`]; this handle signals it by pid.
@@ -22,7 +23,7 @@ pub struct Epoch {
     pub epoch: u32,
     pub hash: String,
     pub pid: u32,
-    log: Arc<Mutex<VecDeque<String>>>,
+    log_file: PathBuf,
 }
 
 /// An epoch's exit, as the waiting task reports it.
@@ -33,12 +34,9 @@ pub struct Exit {
 }
 
 impl Epoch {
-    /// The last lines Envoy wrote to its log.
+    /// The last lines this epoch wrote to the log file (its main thread tags them with its pid).
     pub fn log_tail(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default()
+        log_tail(&self.log_file, self.pid)
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -64,6 +62,8 @@ pub fn args(settings: &Settings, config: &Path, epoch: u32) -> Vec<String> {
         e.drain_strategy.as_str().to_owned(),
         "--log-level".to_owned(),
         "info".to_owned(),
+        "--log-path".to_owned(),
+        e.log_file.display().to_string(),
     ];
     if let Some(c) = e.concurrency {
         a.push("--concurrency".to_owned());
@@ -82,11 +82,14 @@ pub fn spawn(
     hash: &str,
     exits: mpsc::UnboundedSender<Exit>,
 ) -> anyhow::Result<Epoch> {
+    if let Some(dir) = settings.envoy.log_file.parent() {
+        crate::store::create_private_dir(dir)?;
+    }
     let mut cmd = tokio::process::Command::new(&settings.envoy.binary);
     cmd.args(args(settings, config, epoch))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         // Envoy must outlive a dropped handle; the supervisor stops it deliberately.
         .kill_on_drop(false);
     let mut child = cmd.spawn().map_err(|e| {
@@ -96,22 +99,6 @@ pub fn spawn(
         )
     })?;
     let pid = child.id().unwrap_or(0);
-    let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));
-    if let Some(stderr) = child.stderr.take() {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "envoy", epoch, "{line}");
-                if let Ok(mut l) = log.lock() {
-                    if l.len() == LOG_LINES {
-                        l.pop_front();
-                    }
-                    l.push_back(line);
-                }
-            }
-        });
-    }
     tokio::spawn(async move {
         let status = child.wait().await;
         let _ = exits.send(Exit { pid, status });
@@ -120,8 +107,25 @@ pub fn spawn(
         epoch,
         hash: hash.to_owned(),
         pid,
-        log,
+        log_file: settings.envoy.log_file.clone(),
     })
+}
+
+/// The last lines `pid` wrote to an Envoy log file (`[time][pid][level]...`).
+pub fn log_tail(file: &Path, pid: u32) -> Vec<String> {
+    let Ok(mut f) = std::fs::File::open(file) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(LOG_WINDOW)));
+    let mut text = String::new();
+    let _ = f.take(LOG_WINDOW).read_to_string(&mut text);
+    let tag = format!("][{pid}][");
+    let mine: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
+    mine[mine.len().saturating_sub(LOG_LINES)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// The hot-restart version this Envoy binary speaks (`envoy --hot-restart-version`).

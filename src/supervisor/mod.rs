@@ -15,6 +15,8 @@
 //!   starts the *same* epoch number again with the last good config (the dead child never became
 //!   a parent), which takes the sockets over and restores admin. If that fails too: full restart.
 //! - **Envoy dies**: start epoch 0 with the last good config at once, stale shared memory removed.
+//! - **the supervisor dies**: Envoy dies with it (PR_SET_PDEATHSIG, any epoch); a restarted
+//!   supervisor starts the current config afresh. Only the agent may come and go freely.
 //! - **SIGTERM**: fail health checks, drain listeners gracefully, wait up to the drain time, stop
 //!   Envoy, SIGKILL after a deadline.
 //!
@@ -245,30 +247,15 @@ impl Supervisor {
         }
     }
 
-    /// At start-up: take over an Envoy that outlived the previous supervisor (an epoch-0 Envoy
-    /// does), or start the current config, or wait for the first apply.
+    /// At start-up: start the current config afresh, or wait for the first apply. Nothing of
+    /// ours can still be running: Envoy dies with the supervisor that started it (it sets
+    /// PR_SET_PDEATHSIG), so a restarted supervisor always begins at epoch 0.
     async fn resume(&mut self) {
         let Some(hash) = self.store.current() else {
             tracing::info!("no config applied yet; waiting for the first apply");
             return;
         };
-        if let Ok(info) = self.admin.server_info().await {
-            let version = self.admin.hot_restart_version().await.unwrap_or_default();
-            if version == self.binary_hot_restart_version {
-                tracing::info!(
-                    running_epoch = info.restart_epoch,
-                    "an Envoy from before this supervisor is serving; taking it over by hot restart"
-                );
-                let epoch = info.restart_epoch + 1;
-                match self.start(&hash, epoch).await {
-                    Ok(e) => {
-                        self.set_live(e, &hash);
-                        return;
-                    }
-                    Err(f) => tracing::error!("taking over the running Envoy failed: {}", f.error),
-                }
-            }
-        }
+        tracing::info!(%hash, "starting the current config");
         if let Err(e) = self.full_restart(&hash, StopKind::Fast).await {
             self.enter_critical(e);
         }
@@ -605,7 +592,6 @@ impl Supervisor {
     /// Stops every epoch and starts `hash` as epoch 0 on clean shared memory.
     async fn full_restart(&mut self, hash: &str, how: StopKind) -> Result<(), String> {
         self.stop_all(how).await;
-        self.stop_orphan().await;
         if let Err(e) = shm::remove_stale(self.settings.envoy.base_id) {
             tracing::warn!("{e:#}");
         }
@@ -642,34 +628,6 @@ impl Supervisor {
         self.save();
     }
 
-    /// An Envoy still answering on the admin port when this supervisor runs none is an orphan of
-    /// a previous supervisor (epoch-0 Envoys outlive their parent). It is stopped by the pid the
-    /// state file recorded, and only if that process is an envoy.
-    async fn stop_orphan(&mut self) {
-        if self.admin.server_info().await.is_err() {
-            return;
-        }
-        let Some(pid) = self.state.pid else {
-            tracing::error!("an unknown process answers on the envoy admin port; the new epoch will fail to bind it");
-            return;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if !comm.trim().starts_with("envoy") {
-            return;
-        }
-        tracing::warn!(pid, "stopping an envoy left by a previous supervisor");
-        let target = nix::unistd::Pid::from_raw(pid as i32);
-        let _ = nix::sys::signal::kill(target, Signal::SIGTERM);
-        let deadline = Instant::now() + KILL_DEADLINE;
-        while nix::sys::signal::kill(target, None).is_ok() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if nix::sys::signal::kill(target, None).is_ok() {
-            let _ = nix::sys::signal::kill(target, Signal::SIGKILL);
-        }
-        self.state.pid = None;
-    }
-
     /// Fails health checks, drains listeners gracefully and waits until no connection is left
     /// or the drain time is over.
     async fn drain(&self) {
@@ -681,7 +639,7 @@ impl Supervisor {
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.envoy.drain_time_s.into());
         while Instant::now() < deadline {
-            match self.admin.stat("server.total_connections").await {
+            match self.admin.active_connections().await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }

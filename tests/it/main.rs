@@ -6,5 +6,6 @@ mod support;
 mod envoy_validate;
 mod hostile;
 mod proptest_specs;
+mod supervision;
 mod traffic;
 mod validation;

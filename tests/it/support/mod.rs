@@ -4,6 +4,8 @@
 
 pub mod certs;
 pub mod envoy;
+pub mod load;
+pub mod supervisor;
 pub mod upstream;
 
 use serde_json::{json, Value};

@@ -50,6 +50,9 @@ async fn answer(
             .unwrap_or("")
             .to_owned()
     };
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
     if req.uri().path() == "/healthz" {
         let status = if failing.load(Ordering::SeqCst) {
             503

@@ -1,0 +1,350 @@
+//! The supervisor with the real Envoy, under load, on loopback: hot restarts that drop nothing,
+//! runtime failures rolled back, crashes restarted, clients killed mid-apply, graceful stop, and a
+//! supervisor that comes back and takes over the Envoy it left running.
+
+use crate::support::load::Load;
+use crate::support::supervisor::Stand;
+use crate::support::upstream::{self, Upstream};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use vpsie_lb_agent::command::Failure;
+use vpsie_lb_agent::supervisor::protocol::ApplyResult;
+
+fn backend(id: &str, up: &Upstream) -> Value {
+    json!({"identifier": id, "ip": "127.0.0.1", "port": up.port()})
+}
+
+/// Two specs that differ in backends and routes, on the same front port.
+fn specs(front: u16, ups: &[Upstream; 3]) -> (Value, Value) {
+    let a = json!({"identifier": "lb-sup", "lbName": "sup", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+        "backends": [backend("u1", &ups[0]), backend("u2", &ups[1])]
+    }]});
+    let b = json!({"identifier": "lb-sup", "lbName": "sup", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+        "algorithm": "leastconn",
+        "backends": [backend("u2", &ups[1]), backend("u3", &ups[2])],
+        "domains": [{"domainId": "x", "domainName": "x.test", "backends": [backend("u1", &ups[0])]}]
+    }]});
+    (a, b)
+}
+
+async fn upstreams() -> [Upstream; 3] {
+    [
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+        upstream::http("u3", None).await,
+    ]
+}
+
+/// Applies alternating between two specs under load. `SUPERVISION_APPLIES` scales it (CI: 10;
+/// the benchmark runs 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_under_load_drop_nothing() {
+    let applies: usize = std::env::var("SUPERVISION_APPLIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, b) = specs(front, &ups);
+    let stand = Stand::start(|_| {}).await;
+    let first = stand.apply_ok(&a).await;
+    assert_eq!(first.result, ApplyResult::Applied);
+    assert_eq!(first.epoch, Some(0));
+
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
+    for i in 1..=applies {
+        let spec = if i % 2 == 1 { &b } else { &a };
+        let out = stand.apply_ok(spec).await;
+        assert_eq!(out.result, ApplyResult::Applied);
+        assert_eq!(out.epoch, Some(i as u32), "one epoch per apply");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    assert!(counts.ok > 100, "the load ran: {counts:?}");
+    let status = stand.status().await;
+    assert_eq!(status.envoy_state, "LIVE");
+    assert_eq!(status.epoch, Some(applies as u32));
+    assert!(
+        status.good.len() <= 6,
+        "at most 5 backups are kept: {:?}",
+        status.good
+    );
+}
+
+/// A spec that passes `envoy --mode validate` but cannot start: one of its ports is held by
+/// another process. With the preflight check (the default) it is refused before any epoch
+/// starts; without it, the new epoch fails for real and the supervisor restores the old config
+/// by hot restart. Either way traffic carries on and the next good spec applies normally.
+async fn held_port_case(preflight: bool) {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, b) = specs(front, &ups);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let mut bad = a.clone();
+    bad["rules"].as_array_mut().unwrap().push(json!({
+        "ruleId": "extra", "scheme": "tcp", "frontPort": held_port, "backPort": ups[0].port(),
+        "backends": [{"identifier": "t", "ip": "127.0.0.1"}]
+    }));
+    bad["rules"][0]["backends"][0]["weight"] = json!(7);
+    let stand = Stand::start(|s| s.supervisor.preflight_ports = preflight).await;
+    let good = stand.apply_ok(&a).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let err = stand.apply(&bad).await.unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(matches!(err, Failure::RolledBack(_)));
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&held_port.to_string()),
+        "the error names the port: {msg}"
+    );
+
+    let status = stand.status().await;
+    assert_eq!(
+        status.hash,
+        Some(good.hash.clone()),
+        "the old config serves"
+    );
+    assert_eq!(status.envoy_state, "LIVE", "admin answers again");
+    let last = status.last_apply.unwrap();
+    assert_eq!(last.result, ApplyResult::RolledBack);
+    if !preflight {
+        assert!(!last.envoy_log.is_empty(), "Envoy's last lines come back");
+        assert!(
+            last.envoy_log.join("\n").contains("Address already in use"),
+            "{:?}",
+            last.envoy_log
+        );
+    }
+
+    let next = stand.apply_ok(&b).await;
+    assert_eq!(next.result, ApplyResult::Applied);
+    assert_eq!(
+        next.epoch,
+        Some(status.epoch.unwrap() + 1),
+        "the next apply is a hot restart"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_port_is_refused_before_anything_changes() {
+    held_port_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_that_fails_to_start_is_rolled_back_by_hot_restart() {
+    held_port_case(false).await;
+}
+
+async fn first_success_after(front: u16, start: Instant) -> Duration {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{front}/"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return start.elapsed();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "envoy never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_envoy_serves_again_within_a_second() {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, b) = specs(front, &ups);
+    let stand = Stand::start(|_| {}).await;
+    stand.apply_ok(&a).await;
+    let applied = stand.apply_ok(&b).await;
+    let before = stand.status().await;
+    let pid = before.envoy_pid.unwrap();
+    let shm = vpsie_lb_agent::envoy::shm::path(stand.settings.envoy.base_id);
+    assert!(shm.exists(), "Envoy uses {}", shm.display());
+
+    let killed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let back = first_success_after(front, killed).await;
+    assert!(
+        back < Duration::from_secs(1),
+        "serving again after {back:?}"
+    );
+
+    let after = stand.status().await;
+    assert_ne!(after.envoy_pid, Some(pid));
+    assert_eq!(
+        after.hash,
+        Some(applied.hash),
+        "the last good config serves"
+    );
+    assert_eq!(after.epoch, Some(0), "a fresh start is epoch 0");
+    assert_eq!(after.envoy_state, "LIVE");
+    // And the next apply is a normal hot restart again.
+    assert_eq!(stand.apply_ok(&a).await.epoch, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_clients_mid_apply_never_interrupts_traffic() {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, b) = specs(front, &ups);
+    let stand = Stand::start(|_| {}).await;
+    stand.apply_ok(&a).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
+
+    let spec_file = stand.dir.path().join("b.json");
+    std::fs::write(&spec_file, b.to_string()).unwrap();
+    let mut client = std::process::Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+        .args(["apply", "--spec"])
+        .arg(&spec_file)
+        .arg("--config")
+        .arg(&stand.config_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once its request is in flight (the supervisor has seen the socket connect).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    client.kill().unwrap();
+    client.wait().unwrap();
+
+    // The supervisor finishes the apply on its own.
+    let want = vpsie_lb_agent::command::prepare_for_store(
+        b.to_string().as_bytes(),
+        &stand.settings,
+        crate::support::now(),
+    )
+    .unwrap()
+    .hash;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = stand.status().await;
+        if s.hash.as_deref() == Some(want.as_str()) {
+            assert_eq!(s.epoch, Some(1));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the apply did not finish: {s:?}\n{}",
+            stand.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_lets_in_flight_requests_finish() {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, _) = specs(front, &ups);
+    let mut stand = Stand::start(|s| {
+        s.envoy.drain_time_s = 3;
+        s.envoy.parent_shutdown_time_s = 5;
+    })
+    .await;
+    stand.apply_ok(&a).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{front}/slow"))
+                .send()
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    stand.signal_supervisor(Signal::SIGTERM);
+
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status(), 200);
+    assert!(
+        stand.wait_supervisor(Duration::from_secs(15)),
+        "the supervisor stops"
+    );
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_millis(1000),
+        "it waited for the request: {took:?}"
+    );
+    let admin = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://127.0.0.1:{}/ready",
+            stand.settings.envoy.admin_port
+        ))
+        .send()
+        .await;
+    assert!(admin.is_err(), "envoy is gone");
+}
+
+/// Envoy dies with its supervisor (PR_SET_PDEATHSIG); a restarted supervisor brings the last
+/// good config back on its own, over the shared memory the dead Envoy left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_supervisor_brings_back_the_last_good_config() {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, b) = specs(front, &ups);
+    let mut stand = Stand::start(|_| {}).await;
+    stand.apply_ok(&a).await;
+    let applied = stand.apply_ok(&b).await;
+    let old_pid = stand.status().await.envoy_pid.unwrap();
+
+    stand.signal_supervisor(Signal::SIGKILL);
+    assert!(stand.wait_supervisor(Duration::from_secs(5)));
+    let gone = Instant::now();
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(old_pid as i32), None).is_ok() {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "envoy outlived its supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    stand.spawn_supervisor().await;
+    let back = first_success_after(front, Instant::now()).await;
+    let status = stand.status().await;
+    assert_eq!(
+        status.hash,
+        Some(applied.hash),
+        "the last good config serves: {status:?}"
+    );
+    assert_eq!(status.epoch, Some(0));
+    assert_eq!(status.envoy_state, "LIVE");
+    assert!(
+        back < Duration::from_secs(5),
+        "serving again after {back:?}"
+    );
+}
