@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy test lint fmt clippy unit run bench proptest-nightly clean
+.PHONY: all build envoy test lint fmt clippy unit run bench bench-apply proptest-nightly clean
 
 all: build
 
@@ -44,6 +44,10 @@ bench:
 	$(CARGO) bench --locked --bench pipeline
 
 ## The property test at nightly size (the default run in `make test` is smaller).
+## Apply latency through the supervisor vs. raw Envoy hot restart, under load (~5 min).
+bench-apply: envoy
+	$(CARGO) bench --locked --bench apply
+
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture
 
