@@ -38,7 +38,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 /// Known-good configs kept on disk: the live one and five backups.
 const KEEP_GOOD: usize = 6;
@@ -97,6 +98,8 @@ pub struct Supervisor {
     critical: Option<String>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// What `status` answers, published after every change.
+    snapshot: watch::Sender<Status>,
 }
 
 /// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
@@ -130,8 +133,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut sup = Supervisor::new(settings).await?;
     sup.resume().await;
+    sup.publish();
     let (req_tx, mut req_rx) = mpsc::channel(16);
-    let accept = tokio::spawn(accept_loop(listener, req_tx));
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        req_tx,
+        sup.snapshot.subscribe(),
+        sup.admin.clone(),
+    ));
     tokio::pin!(shutdown);
     let stop = loop {
         let retry_at = sup.retry_at;
@@ -151,6 +160,7 @@ pub async fn run(
             Event::Exit(exit) => sup.on_exit(exit).await,
             Event::Retry => sup.retry().await,
         }
+        sup.publish();
     };
     accept.abort();
     sup.stop(stop).await;
@@ -164,15 +174,30 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Status is answered here, from the last published snapshot plus a live look at the admin API,
+/// so that it never waits behind an apply (which can wait a whole drain time).
+async fn answer_status(snapshot: &watch::Receiver<Status>, admin: &Admin) -> Response {
+    let mut s = snapshot.borrow().clone();
+    s.envoy_state = match (s.envoy_pid, admin.server_info().await) {
+        (None, _) => "NOT_RUNNING".to_owned(),
+        (Some(_), Ok(info)) => info.state,
+        (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
+    };
+    Response::Status(s)
+}
+
 async fn accept_loop(
     listener: UnixListener,
     requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    snapshot: watch::Receiver<Status>,
+    admin: Admin,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let requests = requests.clone();
+        let (snapshot, admin) = (snapshot.clone(), admin.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read.take(protocol::MAX_LINE as u64)).lines();
@@ -181,6 +206,7 @@ async fn accept_loop(
                     Err(e) => Response::Error {
                         message: format!("cannot read the request: {e}"),
                     },
+                    Ok(Request::Status) => answer_status(&snapshot, &admin).await,
                     Ok(req) => {
                         let (tx, rx) = oneshot::channel();
                         if requests.send((req, tx)).await.is_err() {
@@ -235,6 +261,7 @@ impl Supervisor {
             critical: None,
             retry_at: None,
             backoff: Duration::from_secs(1),
+            snapshot: watch::channel(Status::default()).0,
         })
     }
 
@@ -263,9 +290,10 @@ impl Supervisor {
 
     async fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => Response::Status(self.status().await),
+            Request::Status => answer_status(&self.snapshot.subscribe(), &self.admin).await,
             Request::Apply(a) => {
-                let out = self.apply(a).await;
+                let span = tracing::info_span!("apply", hash = %a.hash);
+                let out = self.apply(a).instrument(span).await;
                 self.state.last_apply = Some(out.clone());
                 self.save();
                 Response::Apply(out)
@@ -273,22 +301,18 @@ impl Supervisor {
         }
     }
 
-    async fn status(&self) -> Status {
-        let envoy_state = match (&self.live, self.admin.server_info().await) {
-            (None, _) => "NOT_RUNNING".to_owned(),
-            (Some(_), Ok(info)) => info.state,
-            (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
-        };
-        Status {
+    /// Publishes what `status` shows; `envoy_state` is filled in live when asked.
+    fn publish(&self) {
+        self.snapshot.send_replace(Status {
             epoch: self.live.as_ref().map(|e| e.epoch),
             hash: self.live.as_ref().map(|e| e.hash.clone()),
-            envoy_state,
+            envoy_state: String::new(),
             envoy_pid: self.live.as_ref().map(|e| e.pid),
             hot_restart_version: Some(self.binary_hot_restart_version.clone()),
             good: self.state.good.clone(),
             last_apply: self.state.last_apply.clone(),
             critical: self.critical.clone(),
-        }
+        });
     }
 
     async fn apply(&mut self, req: ApplyRequest) -> ApplyOutcome {
@@ -304,8 +328,6 @@ impl Supervisor {
             restore_error: None,
             envoy_log: Vec::new(),
         };
-        let span = tracing::info_span!("apply", hash = %req.hash);
-        let _enter = span.enter();
         if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
             out.result = ApplyResult::Unchanged;
             return out;
@@ -468,6 +490,7 @@ impl Supervisor {
         self.retry_at = None;
         self.backoff = Duration::from_secs(1);
         self.save();
+        self.publish();
     }
 
     /// Waits until the admin API reports this epoch LIVE; fails when the process exits first or

@@ -68,7 +68,7 @@ pub struct ApplyOutcome {
     pub envoy_log: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub epoch: Option<u32>,
     pub hash: Option<String>,

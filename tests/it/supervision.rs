@@ -348,3 +348,43 @@ async fn a_restarted_supervisor_brings_back_the_last_good_config() {
         "serving again after {back:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_while_an_apply_waits_for_the_drain() {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, b) = specs(front, &ups);
+    let stand = Stand::start(|s| {
+        s.envoy.drain_time_s = 2;
+        s.envoy.parent_shutdown_time_s = 4;
+    })
+    .await;
+    stand.apply_ok(&a).await;
+    stand.apply_ok(&b).await;
+    // This apply must wait for epoch 0 to finish draining (about 4 s).
+    let third = {
+        let (settings, a) = (stand.settings.clone(), a.clone());
+        tokio::spawn(async move {
+            let p = vpsie_lb_agent::command::prepare_for_store(
+                a.to_string().as_bytes(),
+                &settings,
+                crate::support::now(),
+            )
+            .unwrap();
+            vpsie_lb_agent::command::hand_over(&p, &settings, false).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let s = stand.status().await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(1000),
+        "status took {:?}",
+        asked.elapsed()
+    );
+    assert!(!third.is_finished(), "the apply is still waiting");
+    assert_eq!(s.epoch, Some(1));
+    assert_eq!(s.envoy_state, "LIVE");
+    let out = third.await.unwrap().unwrap();
+    assert_eq!(out.epoch, Some(2));
+}
