@@ -111,7 +111,9 @@ pub fn spawn(
     })
 }
 
-/// The last lines `pid` wrote to an Envoy log file (`[time][pid][level]...`).
+/// What `pid` said last in an Envoy log file (`[time][pid][level]...`): its warnings and errors
+/// when it logged any (the info lines of a start are mostly the list of extensions), else its
+/// last few lines.
 pub fn log_tail(file: &Path, pid: u32) -> Vec<String> {
     let Ok(mut f) = std::fs::File::open(file) else {
         return Vec::new();
@@ -122,7 +124,21 @@ pub fn log_tail(file: &Path, pid: u32) -> Vec<String> {
     let _ = f.take(LOG_WINDOW).read_to_string(&mut text);
     let tag = format!("][{pid}][");
     let mine: Vec<&str> = text.lines().filter(|l| l.contains(&tag)).collect();
-    mine[mine.len().saturating_sub(LOG_LINES)..]
+    let serious: Vec<&str> = mine
+        .iter()
+        .copied()
+        .filter(|l| {
+            ["][warning][", "][error][", "][critical]["]
+                .iter()
+                .any(|lvl| l.contains(lvl))
+        })
+        .collect();
+    let (lines, keep) = if serious.is_empty() {
+        (mine, 5)
+    } else {
+        (serious, LOG_LINES)
+    };
+    lines[lines.len().saturating_sub(keep)..]
         .iter()
         .map(|l| l.to_string())
         .collect()

@@ -388,3 +388,68 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
     let out = third.await.unwrap().unwrap();
     assert_eq!(out.epoch, Some(2));
 }
+
+/// When nothing can be made to serve, the supervisor says so (`critical`) and keeps retrying
+/// with backoff until it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_cannot_serve_is_critical_and_retried() {
+    let ups = upstreams().await;
+    let front = Stand::front_port();
+    let (a, _) = specs(front, &ups);
+    let stand = Stand::start(|_| {}).await;
+    stand.apply_ok(&a).await;
+    let pid = stand.status().await.envoy_pid.unwrap();
+
+    // Freeze the supervisor, kill Envoy, and take its port before the supervisor can restart it.
+    stand.signal_supervisor(Signal::SIGSTOP);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let mut held = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while held.is_none() {
+        held = std::net::TcpListener::bind(("127.0.0.1", front)).ok();
+        assert!(
+            Instant::now() < deadline,
+            "the killed Envoy's port never came free"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stand.signal_supervisor(Signal::SIGCONT);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let critical = loop {
+        let s = stand.status().await;
+        if let Some(c) = s.critical {
+            assert_eq!(s.envoy_state, "NOT_RUNNING");
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never critical: {s:?}\n{}",
+            stand.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        critical.contains("Address already in use") || critical.contains("LIVE"),
+        "{critical}"
+    );
+    assert!(stand.log().contains("CRITICAL"), "said loudly in the log");
+
+    drop(held);
+    let back = first_success_after(front, Instant::now()).await;
+    assert!(
+        back < Duration::from_secs(10),
+        "a retry brought it back after {back:?}"
+    );
+    // Envoy serves a moment before the supervisor has seen it LIVE.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = stand.status().await;
+        if s.critical.is_none() {
+            assert_eq!(s.envoy_state, "LIVE");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still critical: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
