@@ -100,6 +100,8 @@ pub struct Supervisor {
     backoff: Duration,
     /// What `status` answers, published after every change.
     snapshot: watch::Sender<Status>,
+    /// The live epoch's exit, when it was seen while waiting for something else.
+    live_died: Option<process::Exit>,
 }
 
 /// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
@@ -159,6 +161,9 @@ pub async fn run(
             }
             Event::Exit(exit) => sup.on_exit(exit).await,
             Event::Retry => sup.retry().await,
+        }
+        while let Some(exit) = sup.live_died.take() {
+            sup.on_exit(exit).await;
         }
         sup.publish();
     };
@@ -262,6 +267,7 @@ impl Supervisor {
             retry_at: None,
             backoff: Duration::from_secs(1),
             snapshot: watch::channel(Status::default()).0,
+            live_died: None,
         })
     }
 
@@ -572,7 +578,26 @@ impl Supervisor {
                 "old envoy epoch exited ({})",
                 describe(&exit.status)
             );
+        } else if self.live.as_ref().map(|e| e.pid) == Some(exit.pid) {
+            // The live epoch died while something else was being waited for: the main loop
+            // handles it right after the current step, so it is never lost.
+            self.live_died = Some(exit);
         }
+    }
+
+    /// Waits until every one of `pids` has exited; returns those still running at the deadline.
+    async fn wait_all_exit(&mut self, mut pids: Vec<u32>, timeout: Duration) -> Vec<u32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !pids.is_empty() {
+            match tokio::time::timeout_at(deadline, self.exits_rx.recv()).await {
+                Ok(Some(exit)) => {
+                    pids.retain(|p| *p != exit.pid);
+                    self.forget(exit);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        pids
     }
 
     /// After a failed start: bring the last good config back, keeping traffic where possible.
@@ -631,6 +656,7 @@ impl Supervisor {
     async fn stop_all(&mut self, how: StopKind) {
         let mut all: Vec<process::Epoch> = self.old.drain(..).collect();
         all.extend(self.live.take());
+        self.publish();
         if all.is_empty() {
             return;
         }
@@ -640,13 +666,14 @@ impl Supervisor {
         for e in &all {
             e.signal(Signal::SIGTERM);
         }
-        for e in &all {
-            if !self.wait_exit(e.pid, KILL_DEADLINE).await {
-                tracing::warn!(pid = e.pid, "envoy did not stop after SIGTERM; killing it");
-                e.signal(Signal::SIGKILL);
-                self.wait_exit(e.pid, KILL_DEADLINE).await;
-            }
+        let pids = all.iter().map(|e| e.pid).collect();
+        let stubborn = self.wait_all_exit(pids, KILL_DEADLINE).await;
+        for e in all.iter().filter(|e| stubborn.contains(&e.pid)) {
+            tracing::warn!(pid = e.pid, "envoy did not stop after SIGTERM; killing it");
+            e.signal(Signal::SIGKILL);
         }
+        self.wait_all_exit(stubborn, KILL_DEADLINE).await;
+        self.live_died = None;
         self.state.pid = None;
         self.save();
     }
@@ -675,6 +702,7 @@ impl Supervisor {
             return;
         }
         let Some(dead) = self.live.take() else { return };
+        self.publish();
         tracing::error!(
             epoch = dead.epoch,
             pid = dead.pid,

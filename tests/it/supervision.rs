@@ -192,8 +192,19 @@ async fn a_killed_envoy_serves_again_within_a_second() {
         "serving again after {back:?}"
     );
 
-    let after = stand.status().await;
-    assert_ne!(after.envoy_pid, Some(pid));
+    // Envoy serves a moment before the supervisor has seen it LIVE.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let s = stand.status().await;
+        if s.envoy_pid.is_some() && s.envoy_pid != Some(pid) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the new envoy: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         after.hash,
         Some(applied.hash),
