@@ -10,13 +10,19 @@ use vpsie_lb_agent::command;
 use vpsie_lb_agent::settings::Settings;
 use vpsie_lb_agent::store;
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the test to use).
+/// A free TCP port on 127.0.0.1 for a listener Envoy will bind later. Taken from a counter below
+/// the kernel's ephemeral range (32768 and up), where upstreams binding port 0 never land, so
+/// that a port handed out here cannot be taken by another test before Envoy binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 60) * 200;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % 200) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Settings for a test stand: loopback everything, fresh ports, files in `dir`.
