@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod envoy;
+pub mod events;
 pub mod render;
 pub mod settings;
 pub mod spec;

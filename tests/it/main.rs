@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api_sim;
 mod envoy_validate;
 mod hostile;
 mod proptest_specs;
