@@ -1,8 +1,10 @@
 //! The agent's own settings, read from `agent.yaml` and checked once at start-up.
 //!
 //! Unknown keys are an error: a misspelt setting must not silently fall back to a default.
-//! Issue 2 needs the `envoy` and `dev` sections; the other sections of `agent.yaml` (API, state,
-//! metrics, logging) arrive with the features that read them.
+//! `${NAME}` in a string value is replaced by the environment variable NAME, after the YAML is
+//! parsed, so an environment value can never add structure. Precedence: command-line flags, then
+//! the file, then the environment variables `VPSIE_API_URL`, `VPSIE_API_KEY_FILE`, `VPSIE_LB_ID`,
+//! then the defaults here.
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -13,6 +15,8 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
+    pub vpsie: VpsieSettings,
+    #[serde(default)]
     pub envoy: EnvoySettings,
     #[serde(default)]
     pub supervisor: SupervisorSettings,
@@ -20,7 +24,96 @@ pub struct Settings {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     #[serde(default)]
+    pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub logging: LoggingSettings,
+    #[serde(default)]
     pub dev: DevSettings,
+}
+
+/// Where the load balancer's spec comes from.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VpsieSettings {
+    pub api_url: String,
+    /// A file holding the API token; it must not be readable by group or others.
+    pub api_key_file: PathBuf,
+    pub loadbalancer_id: String,
+    /// Seconds between polls; each wait is jittered by ±10%.
+    pub poll_interval_s: u32,
+    pub connect_timeout_s: u32,
+    /// Bound on one whole request, body included.
+    pub request_timeout_s: u32,
+    /// Host names the API URL may name; anything else is refused before any connection.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for VpsieSettings {
+    fn default() -> Self {
+        VpsieSettings {
+            api_url: "https://api.vpsie.com".into(),
+            api_key_file: PathBuf::from("/etc/vpsie-lb/api-key"),
+            loadbalancer_id: String::new(),
+            poll_interval_s: 30,
+            connect_timeout_s: 5,
+            request_timeout_s: 30,
+            allowed_hosts: vec!["api.vpsie.com".into()],
+        }
+    }
+}
+
+/// The agent's own metrics and health endpoints (served from issue 5 on).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    pub address: IpAddr,
+    pub port: u16,
+    /// The one port Prometheus scrapes, through Envoy.
+    pub scrape_port: u16,
+    pub allowed_cidrs: Vec<String>,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 9101,
+            scrape_port: 9100,
+            allowed_cidrs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingSettings {
+    /// error, warn, info, debug or trace; `RUST_LOG` overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        LoggingSettings {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// What the command line may override (`run` and `once` take these flags).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub api_url: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub loadbalancer_id: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -30,9 +123,12 @@ fn default_state_dir() -> PathBuf {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            vpsie: VpsieSettings::default(),
             envoy: EnvoySettings::default(),
             supervisor: SupervisorSettings::default(),
             state_dir: default_state_dir(),
+            metrics: MetricsSettings::default(),
+            logging: LoggingSettings::default(),
             dev: DevSettings::default(),
         }
     }
@@ -133,6 +229,8 @@ impl Default for EnvoySettings {
 pub struct DevSettings {
     /// Lets backends sit on 127.0.0.0/8 and ::1. For tests and the local demo only.
     pub allow_loopback_backends: bool,
+    /// Lets the API be plain http on a loopback host (the local stand-in). Never in production.
+    pub allow_insecure_http: bool,
 }
 
 impl Settings {
@@ -151,12 +249,83 @@ impl Settings {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Settings> {
-        let s: Settings = serde_yaml::from_str(text)?;
+        Self::parse_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses with `env` as the environment (tests pass their own).
+    pub fn parse_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Settings> {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(text)?;
+        if doc.is_null() {
+            doc = serde_yaml::Value::Mapping(Default::default());
+        }
+        interpolate(&mut doc, "", env)?;
+        env_defaults(&mut doc, env)?;
+        let s: Settings = serde_yaml::from_value(doc)?;
         s.check()?;
         Ok(s)
     }
 
+    /// Applies command-line flags on top of the file, and checks the result again.
+    pub fn with_overrides(mut self, o: &Overrides) -> anyhow::Result<Settings> {
+        if let Some(v) = &o.api_url {
+            self.vpsie.api_url = v.clone();
+        }
+        if let Some(v) = &o.api_key_file {
+            self.vpsie.api_key_file = v.clone();
+        }
+        if let Some(v) = &o.loadbalancer_id {
+            self.vpsie.loadbalancer_id = v.clone();
+        }
+        self.check()?;
+        Ok(self)
+    }
+
+    /// What following the API needs beyond `check`: a load balancer id.
+    pub fn check_api(&self) -> anyhow::Result<()> {
+        let id = &self.vpsie.loadbalancer_id;
+        if id.is_empty() {
+            bail!("vpsie.loadbalancer_id: is required to follow the API (set it in agent.yaml, with --lb-id, or VPSIE_LB_ID)");
+        }
+        Ok(())
+    }
+
     fn check(&self) -> anyhow::Result<()> {
+        let v = &self.vpsie;
+        crate::api::check_api_url(&v.api_url, &v.allowed_hosts, self.dev.allow_insecure_http)
+            .map_err(|e| anyhow::anyhow!("vpsie.api_url: {e}"))?;
+        let id = &v.loadbalancer_id;
+        if !id.is_empty()
+            && (id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            bail!("vpsie.loadbalancer_id: {id:?} must match ^[a-zA-Z0-9_-]{{1,64}}$");
+        }
+        if !(1..=3600).contains(&v.poll_interval_s) {
+            bail!("vpsie.poll_interval_s: must be between 1 and 3600");
+        }
+        if !(1..=300).contains(&v.connect_timeout_s) {
+            bail!("vpsie.connect_timeout_s: must be between 1 and 300");
+        }
+        if !(1..=300).contains(&v.request_timeout_s) {
+            bail!("vpsie.request_timeout_s: must be between 1 and 300");
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.logging.level.as_str()) {
+            bail!(
+                "logging.level: {:?} is not one of error, warn, info, debug, trace",
+                self.logging.level
+            );
+        }
+        if !self.metrics.address.is_loopback() {
+            bail!(
+                "metrics.address: {} is not a loopback address; Prometheus scrapes through Envoy's metrics.scrape_port",
+                self.metrics.address
+            );
+        }
         let e = &self.envoy;
         if !e.admin_address.is_loopback() {
             bail!(
@@ -197,6 +366,15 @@ impl Settings {
         Ok(())
     }
 
+    /// The agent's state file (applied hash, epoch) and event queue live here.
+    pub fn agent_state_path(&self) -> PathBuf {
+        self.state_dir.join("agent.json")
+    }
+
+    pub fn event_queue_path(&self) -> PathBuf {
+        self.state_dir.join("events.json")
+    }
+
     pub fn cert_dir(&self) -> PathBuf {
         self.envoy
             .cert_dir
@@ -216,6 +394,86 @@ impl Settings {
             now,
         }
     }
+}
+
+/// Replaces `${NAME}` in every string value; `path` names the key for errors.
+fn interpolate(
+    v: &mut serde_yaml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    match v {
+        serde_yaml::Value::String(s) if s.contains("${") => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let Some(end) = rest[start..].find('}') else {
+                    bail!("{path}: unclosed ${{ in {s:?}");
+                };
+                let name = &rest[start + 2..start + end];
+                let valid = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !name.as_bytes()[0].is_ascii_digit();
+                if !valid {
+                    bail!("{path}: ${{{name}}} is not a valid environment variable name");
+                }
+                let Some(value) = env(name) else {
+                    bail!("{path}: the environment variable {name} is not set");
+                };
+                out.push_str(&value);
+                rest = &rest[start + end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                let key = k.as_str().unwrap_or("?");
+                let p = if path.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{path}.{key}")
+                };
+                interpolate(v, &p, env)?;
+            }
+        }
+        serde_yaml::Value::Sequence(seq) => {
+            for (i, v) in seq.iter_mut().enumerate() {
+                interpolate(v, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The environment fills what the file leaves out of the `vpsie` section.
+fn env_defaults(
+    doc: &mut serde_yaml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    let Some(top) = doc.as_mapping_mut() else {
+        bail!("the settings file must be a mapping of sections");
+    };
+    let vpsie = top
+        .entry("vpsie".into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    let Some(vpsie) = vpsie.as_mapping_mut() else {
+        bail!("vpsie: must be a mapping");
+    };
+    for (key, var) in [
+        ("api_url", "VPSIE_API_URL"),
+        ("api_key_file", "VPSIE_API_KEY_FILE"),
+        ("loadbalancer_id", "VPSIE_LB_ID"),
+    ] {
+        if !vpsie.contains_key(key) {
+            if let Some(value) = env(var) {
+                vpsie.insert(key.into(), serde_yaml::Value::String(value));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,6 +501,71 @@ mod tests {
         let e = Settings::parse("envoy:\n  admin_address: 0.0.0.0\n").unwrap_err();
         assert!(e.to_string().contains("envoy.admin_address"), "{e}");
         assert!(Settings::parse("envoy:\n  admin_address: \"::1\"\n").is_ok());
+    }
+
+    #[test]
+    fn environment_interpolation_and_precedence() {
+        let env = |name: &str| match name {
+            "LB" => Some("lb-7".to_owned()),
+            "VPSIE_API_URL" => Some("https://env.example.com".to_owned()),
+            "VPSIE_LB_ID" => Some("from-env".to_owned()),
+            "EVIL" => Some("x\nenvoy:\n  admin_port: 1".to_owned()),
+            _ => None,
+        };
+        let text = "vpsie:\n  loadbalancer_id: ${LB}\n  allowed_hosts: [env.example.com]\n";
+        let s = Settings::parse_with_env(text, &env).unwrap();
+        assert_eq!(
+            s.vpsie.loadbalancer_id, "lb-7",
+            "the file wins over VPSIE_LB_ID"
+        );
+        assert_eq!(
+            s.vpsie.api_url, "https://env.example.com",
+            "the environment fills the rest"
+        );
+        let s = s
+            .with_overrides(&Overrides {
+                loadbalancer_id: Some("flag".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(s.vpsie.loadbalancer_id, "flag", "flags win over the file");
+
+        let e = Settings::parse_with_env("vpsie:\n  loadbalancer_id: ${NOPE}\n", &env).unwrap_err();
+        assert!(
+            e.to_string().contains("vpsie.loadbalancer_id") && e.to_string().contains("NOPE"),
+            "{e}"
+        );
+        // An environment value is a string, never YAML: it cannot add keys.
+        let e = Settings::parse_with_env(
+            "vpsie:\n  loadbalancer_id: ${EVIL}\n  allowed_hosts: [env.example.com]\n",
+            &env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("vpsie.loadbalancer_id"), "{e}");
+    }
+
+    #[test]
+    fn every_value_is_checked_with_its_key() {
+        for (text, key) in [
+            ("vpsie:\n  poll_interval_s: 0\n", "vpsie.poll_interval_s"),
+            ("vpsie:\n  api_url: http://api.vpsie.com\n", "vpsie.api_url"),
+            (
+                "vpsie:\n  api_url: https://evil.example.com\n",
+                "vpsie.api_url",
+            ),
+            ("vpsie:\n  loadbalancer_id: a b\n", "vpsie.loadbalancer_id"),
+            ("logging:\n  level: loud\n", "logging.level"),
+            ("metrics:\n  address: 0.0.0.0\n", "metrics.address"),
+            (
+                "envoy:\n  drain_time_s: 10\n  parent_shutdown_time_s: 5\n",
+                "envoy.parent_shutdown_time_s",
+            ),
+        ] {
+            let e = Settings::parse_with_env(text, &|_| None).unwrap_err();
+            assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
+        }
+        let dev = "vpsie:\n  api_url: http://127.0.0.1:8080\n  allowed_hosts: [127.0.0.1]\ndev:\n  allow_insecure_http: true\n";
+        assert!(Settings::parse_with_env(dev, &|_| None).is_ok());
     }
 
     #[test]

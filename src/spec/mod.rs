@@ -12,7 +12,7 @@ mod path;
 mod tls;
 
 pub use address::{backend_address, dns_name_error, forbidden_ip};
-pub use error::{Finding, SpecErrors};
+pub use error::{shown, Finding, SpecErrors};
 pub use model::*;
 pub use parse::{
     Options, DEFAULT_COOKIE_NAME, DEFAULT_MAX_CONNECTIONS, MAX_BACKENDS, MAX_BODY_BYTES,
