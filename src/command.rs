@@ -155,12 +155,8 @@ fn apply_timeout(settings: &Settings) -> Duration {
     )
 }
 
-/// Hands a prepared config to the supervisor and maps its outcome onto a result.
-pub async fn hand_over(
-    p: &Prepared,
-    settings: &Settings,
-    force: bool,
-) -> Result<ApplyOutcome, Failure> {
+/// Hands a prepared config to the supervisor and returns its outcome as it is.
+pub async fn hand_over_raw(p: &Prepared, settings: &Settings, force: bool) -> anyhow::Result<ApplyOutcome> {
     let req = Request::Apply(ApplyRequest {
         hash: p.hash.clone(),
         config: p.rendered.config.clone(),
@@ -175,16 +171,16 @@ pub async fn hand_over(
             .collect(),
         force,
     });
-    let resp = protocol::call(&settings.supervisor.socket, &req, apply_timeout(settings)).await?;
-    let out = match resp {
-        Response::Apply(out) => out,
-        Response::Error { message } => {
-            return Err(anyhow::anyhow!("the supervisor refused the request: {message}").into())
-        }
-        Response::Status(_) => {
-            return Err(anyhow::anyhow!("the supervisor answered out of turn").into())
-        }
-    };
+    match protocol::call(&settings.supervisor.socket, &req, apply_timeout(settings)).await? {
+        Response::Apply(out) => Ok(out),
+        Response::Error { message } => anyhow::bail!("the supervisor refused the request: {message}"),
+        Response::Status(_) => anyhow::bail!("the supervisor answered out of turn"),
+    }
+}
+
+/// Hands a prepared config to the supervisor and maps its outcome onto a result.
+pub async fn hand_over(p: &Prepared, settings: &Settings, force: bool) -> Result<ApplyOutcome, Failure> {
+    let out = hand_over_raw(p, settings, force).await?;
     let detail = |out: &ApplyOutcome| {
         let mut s = out.error.clone().unwrap_or_default();
         if let Some(r) = &out.restore_error {
