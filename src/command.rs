@@ -156,7 +156,11 @@ fn apply_timeout(settings: &Settings) -> Duration {
 }
 
 /// Hands a prepared config to the supervisor and returns its outcome as it is.
-pub async fn hand_over_raw(p: &Prepared, settings: &Settings, force: bool) -> anyhow::Result<ApplyOutcome> {
+pub async fn hand_over_raw(
+    p: &Prepared,
+    settings: &Settings,
+    force: bool,
+) -> anyhow::Result<ApplyOutcome> {
     let req = Request::Apply(ApplyRequest {
         hash: p.hash.clone(),
         config: p.rendered.config.clone(),
@@ -173,13 +177,19 @@ pub async fn hand_over_raw(p: &Prepared, settings: &Settings, force: bool) -> an
     });
     match protocol::call(&settings.supervisor.socket, &req, apply_timeout(settings)).await? {
         Response::Apply(out) => Ok(out),
-        Response::Error { message } => anyhow::bail!("the supervisor refused the request: {message}"),
+        Response::Error { message } => {
+            anyhow::bail!("the supervisor refused the request: {message}")
+        }
         Response::Status(_) => anyhow::bail!("the supervisor answered out of turn"),
     }
 }
 
 /// Hands a prepared config to the supervisor and maps its outcome onto a result.
-pub async fn hand_over(p: &Prepared, settings: &Settings, force: bool) -> Result<ApplyOutcome, Failure> {
+pub async fn hand_over(
+    p: &Prepared,
+    settings: &Settings,
+    force: bool,
+) -> Result<ApplyOutcome, Failure> {
     let out = hand_over_raw(p, settings, force).await?;
     let detail = |out: &ApplyOutcome| {
         let mut s = out.error.clone().unwrap_or_default();
@@ -232,5 +242,38 @@ pub async fn status(settings: &Settings) -> Result<Status, Failure> {
     {
         Response::Status(s) => Ok(s),
         other => Err(anyhow::anyhow!("unexpected answer from the supervisor: {other:?}").into()),
+    }
+}
+
+/// What `status` prints: the supervisor's view and the agent's.
+#[derive(Debug, serde::Serialize)]
+pub struct FullStatus {
+    pub supervisor: Option<Status>,
+    pub supervisor_error: Option<String>,
+    pub agent: crate::agent::AgentState,
+    pub queued_events: usize,
+    pub dropped_events: u64,
+}
+
+/// `status`: the supervisor's answer (if it answers) plus the agent's state files.
+pub async fn full_status(settings: &Settings) -> FullStatus {
+    let (supervisor, supervisor_error) = match status(settings).await {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let agent = std::fs::read(settings.agent_state_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let (queued_events, dropped_events) =
+        crate::events::EventQueue::open(&settings.event_queue_path(), crate::agent::QUEUE_CAPACITY)
+            .map(|q| (q.len(), q.dropped()))
+            .unwrap_or((0, 0));
+    FullStatus {
+        supervisor,
+        supervisor_error,
+        agent,
+        queued_events,
+        dropped_events,
     }
 }

@@ -6,6 +6,7 @@
 //! - [`render`]: turns a valid spec into an Envoy bootstrap (Tera templates, escaped, parsed back).
 //! - [`envoy`]: runs the Envoy binary (`--mode validate` now; supervision comes with issue 3).
 
+pub mod agent;
 pub mod api;
 pub mod command;
 pub mod envoy;

@@ -10,8 +10,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vpsie_lb_agent::agent;
 use vpsie_lb_agent::command::{self, Failure, Prepared};
-use vpsie_lb_agent::settings::Settings;
+use vpsie_lb_agent::settings::{LogFormat, Overrides, Settings};
 use vpsie_lb_agent::supervisor::{self, protocol::ApplyResult, StopKind};
 
 #[derive(Parser)]
@@ -63,22 +64,58 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Show what the supervisor runs: epoch, hash, Envoy state and pid, last apply.
+    /// Show what runs: the supervisor (epoch, hash, Envoy state and pid, last apply) and the agent
+    /// (last poll, last event sent, queued events).
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Follow the VPSie API: poll, apply what changed through the supervisor, report events.
+    Run(ApiArgs),
+    /// One reconcile cycle; the exit code says how it went (0 applied or unchanged, 2 invalid
+    /// spec, 3 Envoy rejected, 4 rolled back, 1 anything else).
+    Once(ApiArgs),
+}
+
+/// Flags that override agent.yaml (which overrides VPSIE_API_URL, VPSIE_API_KEY_FILE, VPSIE_LB_ID).
+#[derive(clap::Args)]
+struct ApiArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    api_url: Option<String>,
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    #[arg(long)]
+    lb_id: Option<String>,
+}
+
+/// Logging: `RUST_LOG` when set, else `level` (the settings' for the daemons, warn for one-shot
+/// commands); text or JSON lines on stderr.
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The daemons log at the level their settings ask for; the rest only warns.
+    let daemon_config = match &cli.command {
+        Command::Supervise { config } => Some(config.clone()),
+        Command::Run(a) | Command::Once(a) => Some(a.config.clone()),
+        _ => None,
+    };
+    match daemon_config.map(|c| Settings::load(c.as_deref())) {
+        Some(Ok(s)) => init_logging(&s.logging.level, s.logging.format),
+        _ => init_logging("warn", LogFormat::Text),
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -89,6 +126,16 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+fn api_settings(a: &ApiArgs) -> Result<Settings, Failure> {
+    let s = Settings::load(a.config.as_deref())?.with_overrides(&Overrides {
+        api_url: a.api_url.clone(),
+        api_key_file: a.api_key_file.clone(),
+        loadbalancer_id: a.lb_id.clone(),
+    })?;
+    s.check_api()?;
+    Ok(s)
 }
 
 fn settings(path: Option<&PathBuf>) -> Result<Settings, Failure> {
@@ -173,11 +220,72 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Status { config } => {
-            let s = runtime()?.block_on(command::status(&settings(config.as_ref())?))?;
+            let s = runtime()?.block_on(command::full_status(&settings(config.as_ref())?));
             println!(
                 "{}",
                 serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?
             );
+            if let Some(e) = s.supervisor_error {
+                return Err(anyhow::anyhow!("{e}").into());
+            }
+        }
+        Command::Run(a) => {
+            let settings = api_settings(&a)?;
+            runtime()?.block_on(async {
+                let agent = agent::Agent::new(settings)?;
+                let (resync_tx, resync_rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                        return;
+                    };
+                    while hup.recv().await.is_some() {
+                        let _ = resync_tx.try_send(());
+                    }
+                });
+                agent::run(
+                    agent,
+                    async {
+                        stop_signal().await;
+                    },
+                    resync_rx,
+                )
+                .await
+            })?;
+        }
+        Command::Once(a) => {
+            let settings = api_settings(&a)?;
+            let outcome = runtime()?.block_on(async {
+                let mut agent = agent::Agent::new(settings)?;
+                let outcome = agent.cycle(false).await;
+                agent.flush_events().await;
+                anyhow::Ok(outcome)
+            })?;
+            match outcome {
+                agent::Outcome::Unchanged => println!("UNCHANGED"),
+                agent::Outcome::Applied { hash, epoch } => println!("APPLIED epoch {epoch} {hash}"),
+                agent::Outcome::Rejected {
+                    by_envoy: false,
+                    errors,
+                    ..
+                } => return Err(Failure::Invalid(vpsie_lb_agent::spec::SpecErrors(errors))),
+                agent::Outcome::Rejected { errors, .. } => {
+                    let msg: Vec<String> = errors.iter().map(|e| e.message.clone()).collect();
+                    return Err(Failure::Rejected(msg.join("\n")));
+                }
+                agent::Outcome::RolledBack { hash } => {
+                    return Err(Failure::RolledBack(format!(
+                        "{hash} failed at runtime; the previous config serves (see `status`)"
+                    )))
+                }
+                agent::Outcome::Critical { hash } => {
+                    return Err(anyhow::anyhow!(
+                        "CRITICAL: {hash} could not be applied and envoy is not serving"
+                    )
+                    .into())
+                }
+                agent::Outcome::Unreachable(e) => return Err(anyhow::anyhow!("{e}").into()),
+            }
         }
     }
     Ok(())

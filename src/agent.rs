@@ -1,0 +1,419 @@
+//! The agent: follows the VPSie API, hands what changed to the supervisor, reports what happened.
+//!
+//! Owns: the reconcile loop, its persisted state (`<state_dir>/agent.json`: applied hash and
+//! epoch, last poll, last event sent) and the event queue's delivery. Does not: touch Envoy
+//! (only the supervisor does), so killing or restarting the agent never costs a request.
+//!
+//! One cycle: fetch → 304, or the same config hash as applied → nothing. An invalid spec → one
+//! `config_rejected` per distinct spec, the running config untouched. A valid one → render →
+//! supervisor (validate, hot restart, LIVE) → `config_applied`, `reload_failed` or
+//! `critical_failure`. A failed fetch changes nothing: the last good config keeps serving.
+//!
+//! Signals (mapped in `main`): TERM and INT finish the current step, flush events within a
+//! deadline and exit 0; HUP resyncs at once and re-applies even an unchanged hash.
+
+use crate::api::{self, ApiClient, Fetched};
+use crate::command::{self, Prepared};
+use crate::events::{Event, EventQueue};
+use crate::render;
+use crate::settings::Settings;
+use crate::spec::{self, Finding};
+use crate::store::{self, ConfigStore};
+use crate::supervisor::protocol::{ApplyOutcome, ApplyResult};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::Instrument;
+
+/// Events kept while the API is away; the oldest go first.
+pub const QUEUE_CAPACITY: usize = 1000;
+/// How long a stopping agent keeps trying to deliver queued events.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the agent remembers across restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentState {
+    pub applied_hash: Option<String>,
+    pub epoch: Option<u32>,
+    /// The last spec refused, by the hash of its body, so that it is reported once.
+    pub rejected: Option<String>,
+    pub last_poll: Option<String>,
+    pub last_poll_result: Option<String>,
+    pub last_event_sent: Option<String>,
+}
+
+/// How one cycle ended; `once` turns it into an exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Applied {
+        hash: String,
+        epoch: u32,
+    },
+    /// The spec is invalid (2) or Envoy refused the config (3).
+    Rejected {
+        hash: String,
+        by_envoy: bool,
+        errors: Vec<Finding>,
+    },
+    /// The new config failed at runtime; the previous one serves.
+    RolledBack {
+        hash: String,
+    },
+    Critical {
+        hash: String,
+    },
+    /// The API or the supervisor could not be reached; nothing changed.
+    Unreachable(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Unchanged | Outcome::Applied { .. } => 0,
+            Outcome::Rejected {
+                by_envoy: false, ..
+            } => 2,
+            Outcome::Rejected { by_envoy: true, .. } => 3,
+            Outcome::RolledBack { .. } => 4,
+            Outcome::Critical { .. } | Outcome::Unreachable(_) => 1,
+        }
+    }
+}
+
+pub struct Agent {
+    settings: Settings,
+    api: ApiClient,
+    queue: EventQueue,
+    state: AgentState,
+    event_backoff: Duration,
+    next_event_attempt: Option<Instant>,
+}
+
+fn now_str() -> String {
+    crate::events::rfc3339(SystemTime::now())
+}
+
+impl Agent {
+    pub fn new(settings: Settings) -> anyhow::Result<Agent> {
+        Self::with_api(ApiClient::new(&settings)?, settings)
+    }
+
+    /// With a client built elsewhere (tests resolve names to loopback with one).
+    pub fn with_api(api: ApiClient, settings: Settings) -> anyhow::Result<Agent> {
+        store::create_private_dir(&settings.state_dir)?;
+        let queue = EventQueue::open(&settings.event_queue_path(), QUEUE_CAPACITY)?;
+        let state = std::fs::read(settings.agent_state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(Agent {
+            settings,
+            api,
+            queue,
+            state,
+            event_backoff: Duration::from_secs(1),
+            next_event_attempt: None,
+        })
+    }
+
+    pub fn state(&self) -> &AgentState {
+        &self.state
+    }
+
+    pub fn queued_events(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn save(&self) {
+        let result = serde_json::to_vec_pretty(&self.state)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| store::write_private(&self.settings.agent_state_path(), &b));
+        if let Err(e) = result {
+            tracing::error!("cannot save the agent state: {e:#}");
+        }
+    }
+
+    fn report(&mut self, event: Event) {
+        tracing::info!(kind = event.kind.as_str(), "{}", event.message);
+        if let Err(e) = self.queue.push(event) {
+            tracing::error!("cannot queue an event: {e:#}");
+        }
+        self.next_event_attempt = Some(Instant::now());
+    }
+
+    /// Queues `agent_started` with the agent's and Envoy's versions.
+    pub async fn started(&mut self) {
+        let envoy_version = envoy_version(&self.settings).await;
+        self.report(Event::agent_started(
+            env!("CARGO_PKG_VERSION"),
+            &envoy_version,
+            SystemTime::now(),
+        ));
+    }
+
+    /// One reconcile step. `force` (SIGHUP) fetches the whole spec and re-applies it.
+    pub async fn cycle(&mut self, force: bool) -> Outcome {
+        if force {
+            self.api.forget_etag();
+        }
+        let fetched = self.api.fetch().await;
+        self.state.last_poll = Some(now_str());
+        let body = match fetched {
+            Err(e) => {
+                tracing::warn!("poll failed, the running config keeps serving: {e}");
+                self.state.last_poll_result = Some(format!("error: {e}"));
+                self.save();
+                return Outcome::Unreachable(e.to_string());
+            }
+            Ok(Fetched::NotModified) => {
+                self.state.last_poll_result = Some("not modified".into());
+                self.save();
+                return Outcome::Unchanged;
+            }
+            Ok(Fetched::Spec { body, .. }) => body,
+        };
+        let outcome = self.reconcile(&body, force).await;
+        self.state.last_poll_result = Some(format!("{outcome:?}"));
+        self.save();
+        outcome
+    }
+
+    async fn reconcile(&mut self, body: &[u8], force: bool) -> Outcome {
+        let now = command::now_unix();
+        let loaded = match spec::load(body, &self.settings.spec_options(now)) {
+            Ok(l) => l,
+            Err(errors) => {
+                let body_hash = hex::encode(Sha256::digest(body));
+                if self.state.rejected.as_deref() != Some(body_hash.as_str()) {
+                    self.report(Event::config_rejected(
+                        &body_hash,
+                        &errors.0,
+                        SystemTime::now(),
+                    ));
+                    self.state.rejected = Some(body_hash.clone());
+                }
+                tracing::warn!("{errors}");
+                return Outcome::Rejected {
+                    hash: body_hash,
+                    by_envoy: false,
+                    errors: errors.0,
+                };
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("spec warning: {w}");
+        }
+        let hash = spec::config_hash(&loaded.spec, render::template_version());
+        if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
+            return Outcome::Unchanged;
+        }
+        let mut local = self.settings.clone();
+        local.envoy.cert_dir =
+            Some(ConfigStore::new(&self.settings.envoy.config_dir).cert_dir(&hash));
+        let rendered = match render::render(&loaded.spec, &local) {
+            Ok(r) => r,
+            Err(e) => {
+                self.report(Event::reload_failed(
+                    &hash,
+                    self.state.epoch,
+                    &e.to_string(),
+                    SystemTime::now(),
+                ));
+                return Outcome::Critical { hash };
+            }
+        };
+        let prepared = Prepared {
+            loaded,
+            hash: hash.clone(),
+            rendered,
+        };
+        let span = tracing::info_span!("apply", %hash);
+        match command::hand_over_raw(&prepared, &self.settings, force)
+            .instrument(span)
+            .await
+        {
+            Err(e) => {
+                tracing::error!(
+                    "cannot hand the config to the supervisor (will retry at the next poll): {e:#}"
+                );
+                Outcome::Unreachable(format!("{e:#}"))
+            }
+            Ok(out) => self.record(out),
+        }
+    }
+
+    /// Turns the supervisor's answer into state and events.
+    fn record(&mut self, out: ApplyOutcome) -> Outcome {
+        let hash = out.hash.clone();
+        let now = SystemTime::now();
+        match out.result {
+            ApplyResult::Applied | ApplyResult::Unchanged => {
+                let epoch = out.epoch.unwrap_or(0);
+                if out.result == ApplyResult::Applied {
+                    self.report(Event::config_applied(
+                        &hash,
+                        out.previous_hash.as_deref(),
+                        epoch,
+                        out.apply_ms,
+                        now,
+                    ));
+                }
+                self.state.applied_hash = Some(hash.clone());
+                self.state.epoch = Some(epoch);
+                self.state.rejected = None;
+                Outcome::Applied { hash, epoch }
+            }
+            ApplyResult::Rejected => {
+                let finding = Finding {
+                    path: String::new(),
+                    message: out.error.unwrap_or_default(),
+                };
+                if self.state.rejected.as_deref() != Some(hash.as_str()) {
+                    self.report(Event::config_rejected(
+                        &hash,
+                        std::slice::from_ref(&finding),
+                        now,
+                    ));
+                    self.state.rejected = Some(hash.clone());
+                }
+                Outcome::Rejected {
+                    hash,
+                    by_envoy: true,
+                    errors: vec![finding],
+                }
+            }
+            ApplyResult::RolledBack => {
+                let mut error = out.error.unwrap_or_default();
+                if !out.envoy_log.is_empty() {
+                    error.push_str("\nenvoy: ");
+                    error.push_str(&out.envoy_log.join("\nenvoy: "));
+                }
+                self.report(Event::reload_failed(&hash, out.epoch, &error, now));
+                Outcome::RolledBack { hash }
+            }
+            ApplyResult::Critical | ApplyResult::Error => {
+                self.report(Event::critical_failure(
+                    &hash,
+                    out.epoch,
+                    out.error.as_deref().unwrap_or(""),
+                    out.restore_error.as_deref().unwrap_or(""),
+                    now,
+                ));
+                Outcome::Critical { hash }
+            }
+        }
+    }
+
+    /// Sends queued events, oldest first, until the queue is empty or the API fails; backs off
+    /// after a failure. Returns how many were delivered.
+    pub async fn flush_events(&mut self) -> usize {
+        let mut sent = 0;
+        while let Some(event) = self.queue.peek().cloned() {
+            match self.api.post_event(&event).await {
+                Ok(()) => {
+                    if let Err(e) = self.queue.pop() {
+                        tracing::error!("cannot update the event queue: {e:#}");
+                        break;
+                    }
+                    sent += 1;
+                    self.state.last_event_sent =
+                        Some(format!("{} at {}", event.kind.as_str(), now_str()));
+                    self.event_backoff = Duration::from_secs(1);
+                    self.next_event_attempt = None;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        queued = self.queue.len(),
+                        "cannot deliver events yet ({e}); retrying in {:?}",
+                        self.event_backoff
+                    );
+                    self.next_event_attempt = Some(Instant::now() + self.event_backoff);
+                    self.event_backoff = (self.event_backoff * 2).min(MAX_EVENT_BACKOFF);
+                    break;
+                }
+            }
+        }
+        if sent > 0 {
+            self.save();
+        }
+        sent
+    }
+}
+
+/// Envoy's version, as `envoy --version` prints it (`.../1.40.0/Clean/...`).
+async fn envoy_version(settings: &Settings) -> String {
+    let out = tokio::process::Command::new(&settings.envoy.binary)
+        .arg("--version")
+        .output()
+        .await;
+    out.ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.split('/').nth(1).map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What the loop waits for.
+enum Wake {
+    Poll,
+    Resync,
+    Events,
+    Stop,
+}
+
+/// Runs the agent until `stop` resolves. `resync` yields on SIGHUP.
+pub async fn run(
+    mut agent: Agent,
+    stop: impl Future<Output = ()>,
+    mut resync: tokio::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    agent.started().await;
+    tokio::pin!(stop);
+    let interval = Duration::from_secs(agent.settings.vpsie.poll_interval_s.into());
+    let mut next_poll = Instant::now();
+    loop {
+        let events_at = agent.next_event_attempt;
+        let wake = tokio::select! {
+            _ = &mut stop => Wake::Stop,
+            _ = tokio::time::sleep_until(next_poll.into()) => Wake::Poll,
+            Some(()) = resync.recv() => Wake::Resync,
+            _ = sleep_until(events_at), if events_at.is_some() => Wake::Events,
+        };
+        match wake {
+            Wake::Stop => break,
+            Wake::Poll | Wake::Resync => {
+                let force = matches!(wake, Wake::Resync);
+                let outcome = agent.cycle(force).await;
+                tracing::debug!(?outcome, "cycle done");
+                next_poll = Instant::now() + api::jitter(interval, 0.1);
+                agent.flush_events().await;
+            }
+            Wake::Events => {
+                agent.flush_events().await;
+            }
+        }
+    }
+    // The current step has finished; deliver what is queued, within a deadline.
+    let _ = tokio::time::timeout(FLUSH_DEADLINE, async {
+        while !agent.queue.is_empty() {
+            if agent.flush_events().await == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+    .await;
+    agent.save();
+    tracing::info!(queued = agent.queue.len(), "agent stopped");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
