@@ -30,14 +30,10 @@ test: fmt clippy unit
 
 lint: fmt clippy
 
-## Renders the example spec, checks it with the real Envoy and prints its hash.
-## (Issue 4 turns this into the full agent + API stand-in demo.)
+## The whole product on this machine: API stand-in + supervisor + real Envoy + agent (Ctrl-C stops).
 run: envoy
 	$(CARGO) build --release --locked
-	mkdir -p run
-	./target/release/vpsie-lb-agent validate --spec ../shared/api/lb-full.json --config examples/agent.yaml
-	./target/release/vpsie-lb-agent render --spec ../shared/api/lb-full.json --config examples/agent.yaml --out run/envoy.json
-	@echo "rendered config: run/envoy.json (certificates under run/certs/)"
+	scripts/demo.sh
 
 ## Parse + validate + hash + render for 10, 1,000 and 10,000 backends (criterion; prints figures).
 bench:

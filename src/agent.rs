@@ -186,7 +186,7 @@ impl Agent {
         let loaded = match spec::load(body, &self.settings.spec_options(now)) {
             Ok(l) => l,
             Err(errors) => {
-                let body_hash = hex::encode(Sha256::digest(body));
+                let body_hash = rejected_hash(body);
                 if self.state.rejected.as_deref() != Some(body_hash.as_str()) {
                     self.report(Event::config_rejected(
                         &body_hash,
@@ -343,18 +343,81 @@ impl Agent {
     }
 }
 
-/// Envoy's version, as `envoy --version` prints it (`.../1.40.0/Clean/...`).
+/// Fields the contract calls informational: they change without the load balancer changing.
+const INFORMATIONAL: &[&str] = &[
+    "created_on",
+    "updated_on",
+    "traffic",
+    "dc_name",
+    "dcId",
+    "boxsize_id",
+    "user_id",
+    "created_by",
+    "default_ip",
+    "vmIdentifier",
+    "status",
+];
+
+/// Identifies a refused spec so that it is reported once: SHA-256 of its JSON without the
+/// informational fields, keys sorted. (A hash of the raw body would change with every
+/// `traffic` update and report the same mistake at every poll.)
+pub fn rejected_hash(body: &[u8]) -> String {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !INFORMATIONAL.contains(&k.as_str()));
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            strip(&mut v);
+            // serde_json's map is ordered by key, so this serialisation is canonical.
+            hex::encode(Sha256::digest(v.to_string().as_bytes()))
+        }
+        Err(_) => hex::encode(Sha256::digest(body)),
+    }
+}
+
+/// Envoy's version from `envoy --version` (`... version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`).
+pub fn parse_envoy_version(text: &str) -> Option<String> {
+    let after = text.split("version: ").nth(1)?;
+    after.split('/').nth(1).map(str::to_owned)
+}
+
 async fn envoy_version(settings: &Settings) -> String {
     let out = tokio::process::Command::new(&settings.envoy.binary)
         .arg("--version")
         .output()
         .await;
     out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            text.split('/').nth(1).map(str::to_owned)
-        })
+        .and_then(|o| parse_envoy_version(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_versions() {
+        let out = "\n/x/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(parse_envoy_version(out).as_deref(), Some("1.40.0"));
+        assert_eq!(parse_envoy_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_its_identity_when_only_informational_fields_change() {
+        let a = br#"{"error":false,"data":{"identifier":"x","traffic":1,"updated_on":"a","rules":[{"ruleId":"r","backends":[{"identifier":"b","status":"up"}]}]}}"#;
+        let b = br#"{"data":{"rules":[{"backends":[{"status":"down","identifier":"b"}],"ruleId":"r"}],"updated_on":"b","identifier":"x","traffic":99},"error":false}"#;
+        let c = br#"{"error":false,"data":{"identifier":"y","traffic":1,"rules":[]}}"#;
+        assert_eq!(rejected_hash(a), rejected_hash(b));
+        assert_ne!(rejected_hash(a), rejected_hash(c));
+        assert_eq!(rejected_hash(b"not json").len(), 64);
+    }
 }
 
 /// What the loop waits for.

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent;
 mod api_sim;
 mod envoy_validate;
 mod hostile;

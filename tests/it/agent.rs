@@ -1,0 +1,453 @@
+//! The agent end to end, on loopback: the API stand-in (`vpsie-api-sim`), a real supervisor and
+//! Envoy, and the agent, in-process (a cycle at a time, for exact control of faults) or as the
+//! real `vpsie-lb-agent run` process (for the loop, its signals and restarts).
+
+use crate::support::load::Load;
+use crate::support::supervisor::Stand;
+use crate::support::upstream::{self, Upstream};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vpsie_lb_agent::agent::{Agent, Outcome};
+use vpsie_lb_agent::api::ApiClient;
+use vpsie_lb_agent::settings::Settings;
+
+const LB: &str = "lb-agent";
+
+/// The API stand-in as a process; killed on drop.
+struct Sim {
+    child: Child,
+    port: u16,
+    token: String,
+    spec: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    fn start(spec: &Value) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "test-token-123".to_owned();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &token).unwrap();
+        let spec_path = dir.path().join("lb.json");
+        std::fs::write(&spec_path, spec.to_string()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vpsie-api-sim"))
+            .args(["--listen", "127.0.0.1:0", "--token-file"])
+            .arg(&token_file)
+            .arg("--lb")
+            .arg(format!("{LB}={}", spec_path.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Sim {
+            child,
+            port,
+            token,
+            spec: spec_path,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn write_spec(&self, spec: &Value) {
+        std::fs::write(&self.spec, spec.to_string()).unwrap();
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        let r: Value = client()
+            .get(self.url(&format!("/sim/events?lb={LB}")))
+            .header("Vpsie-Auth", &self.token)
+            .send()
+            .await
+            .unwrap()
+            .json_value()
+            .await;
+        r["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn fault(&self, kind: &str, count: u32) {
+        let r = client()
+            .post(self.url("/sim/faults"))
+            .header("Vpsie-Auth", &self.token)
+            .header("content-type", "application/json")
+            .body(json!({"kind": kind, "count": count, "delay_ms": 300}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "fault {kind}: {}", r.status());
+    }
+}
+
+impl Sim {
+    async fn clear_faults(&self) {
+        let r = client()
+            .delete(self.url("/sim/faults"))
+            .header("Vpsie-Auth", &self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+trait JsonValue {
+    async fn json_value(self) -> Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> Value {
+        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn backend(id: &str, up: &Upstream) -> Value {
+    json!({"identifier": id, "ip": "127.0.0.1", "port": up.port()})
+}
+
+fn spec(front: u16, backends: &[(&str, &Upstream)]) -> Value {
+    let b: Vec<Value> = backends.iter().map(|(id, u)| backend(id, u)).collect();
+    json!({"identifier": LB, "lbName": "agent", "updated_on": "2026-11-24 10:00:00",
+           "rules": [{"ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1, "backends": b}]})
+}
+
+/// Settings for an agent talking to `sim` and the stand's supervisor.
+fn agent_settings(stand: &Stand, sim: &Sim) -> Settings {
+    let mut s = stand.settings.clone();
+    let key = stand.dir.path().join("api-key");
+    std::fs::write(&key, &sim.token).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    s.vpsie.api_url = format!("http://127.0.0.1:{}", sim.port);
+    s.vpsie.allowed_hosts = vec!["127.0.0.1".into()];
+    s.vpsie.api_key_file = key;
+    s.vpsie.loadbalancer_id = LB.into();
+    s.vpsie.poll_interval_s = 1;
+    s.vpsie.request_timeout_s = 5;
+    s.dev.allow_insecure_http = true;
+    s.state_dir = stand.dir.path().join("agent-state");
+    s
+}
+
+async fn flush_all(agent: &mut Agent) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.queued_events() > 0 {
+        agent.flush_events().await;
+        assert!(Instant::now() < deadline, "events never delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_edit_is_applied_and_every_event_arrives_with_its_metadata() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let mut agent = Agent::new(agent_settings(&stand, &sim)).unwrap();
+    agent.started().await;
+
+    let first = agent.cycle(false).await;
+    let Outcome::Applied { epoch: 0, hash: h1 } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        agent.cycle(false).await,
+        Outcome::Unchanged,
+        "304: nothing to do"
+    );
+    let body = client()
+        .get(format!("http://127.0.0.1:{front}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.text().await.unwrap(), "u1");
+
+    sim.write_spec(&spec(front, &[("u2", &u2)]));
+    let second = agent.cycle(false).await;
+    let Outcome::Applied { epoch: 1, hash: h2 } = second else {
+        panic!("{second:?}")
+    };
+    flush_all(&mut agent).await;
+
+    let events = sim.events().await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["agent_started", "config_applied", "config_applied"]);
+    assert_eq!(events[0]["metadata"]["envoy_version"], "1.40.0");
+    assert_eq!(events[1]["metadata"]["config_hash"], h1.as_str());
+    assert_eq!(events[1]["metadata"]["epoch"], 0);
+    assert_eq!(events[2]["metadata"]["config_hash"], h2.as_str());
+    assert_eq!(events[2]["metadata"]["previous_hash"], h1.as_str());
+    assert_eq!(events[2]["metadata"]["epoch"], 1);
+    assert!(events[2]["metadata"]["apply_ms"].as_u64().is_some());
+    assert!(events[2]["timestamp"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_is_reported_once_and_changes_nothing() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let good = spec(front, &[("u1", &u1)]);
+    let sim = Sim::start(&good);
+    let mut agent = Agent::new(agent_settings(&stand, &sim)).unwrap();
+    let Outcome::Applied { hash, .. } = agent.cycle(false).await else {
+        panic!()
+    };
+
+    let mut bad = good.clone();
+    bad["rules"][0]["backends"][0]["ip"] = json!("169.254.169.254");
+    bad["rules"][0]["frontPort"] = json!(0);
+    sim.write_spec(&bad);
+    let out = agent.cycle(false).await;
+    assert!(
+        matches!(&out, Outcome::Rejected { by_envoy: false, errors, .. } if errors.len() == 2),
+        "{out:?}"
+    );
+    assert_eq!(out.exit_code(), 2);
+    assert_eq!(
+        agent.cycle(false).await,
+        Outcome::Unchanged,
+        "304: nothing new"
+    );
+    // Only informational fields change (as `traffic` does all the time): the same mistake, so no
+    // second report.
+    bad["updated_on"] = json!("2026-11-24 11:00:00");
+    bad["traffic"] = json!(12345);
+    sim.write_spec(&bad);
+    assert!(matches!(agent.cycle(false).await, Outcome::Rejected { .. }));
+    flush_all(&mut agent).await;
+    let events = sim.events().await;
+    let rejected: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "config_rejected")
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "one config_rejected per distinct spec: {events:?}"
+    );
+    let errors = rejected[0]["metadata"]["errors"].as_array().unwrap();
+    let paths: Vec<&str> = errors.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["rules[0].frontPort", "rules[0].backends[0].ip"],
+        "all errors at once"
+    );
+    assert_eq!(
+        stand.status().await.hash,
+        Some(hash),
+        "the running config is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_faults_never_touch_traffic_and_queued_events_arrive_in_order() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let mut agent = Agent::new(agent_settings(&stand, &sim)).unwrap();
+    agent.started().await;
+    assert!(matches!(agent.cycle(false).await, Outcome::Applied { .. }));
+    flush_all(&mut agent).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 3, 1);
+
+    // Each kind of fault while polling: nothing applies, nothing breaks, the agent recovers.
+    for kind in [
+        "status_500",
+        "status_429",
+        "error_envelope",
+        "oversize",
+        "drop",
+    ] {
+        sim.fault(kind, 3).await;
+        let out = agent.cycle(false).await;
+        assert!(matches!(out, Outcome::Unreachable(_)), "{kind}: {out:?}");
+        let Outcome::Unreachable(msg) = &out else {
+            unreachable!()
+        };
+        match kind {
+            "oversize" => assert!(msg.contains("10 MiB"), "{msg}"),
+            "error_envelope" => assert!(msg.contains("error"), "{msg}"),
+            _ => {}
+        }
+        sim.clear_faults().await;
+    }
+    sim.fault("delay", 1).await;
+    assert_eq!(
+        agent.cycle(false).await,
+        Outcome::Unchanged,
+        "a slow answer is still an answer"
+    );
+
+    // Events made while the API refuses them are queued and arrive afterwards, in order.
+    sim.write_spec(&spec(front, &[("u2", &u2)]));
+    assert!(matches!(
+        agent.cycle(false).await,
+        Outcome::Applied { epoch: 1, .. }
+    ));
+    sim.write_spec(&spec(front, &[("u1", &u1), ("u2", &u2)]));
+    assert!(matches!(
+        agent.cycle(false).await,
+        Outcome::Applied { epoch: 2, .. }
+    ));
+    sim.fault("status_500", 100).await;
+    assert_eq!(agent.flush_events().await, 0);
+    assert_eq!(agent.queued_events(), 2, "queued while the API is down");
+    sim.clear_faults().await;
+    flush_all(&mut agent).await;
+    let events = sim.events().await;
+    let epochs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "config_applied")
+        .map(|e| e["metadata"]["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [0, 1, 2], "in order, none lost");
+
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_refuses_forbidden_api_addresses_before_connecting() {
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&json!({}));
+    let mut s = agent_settings(&stand, &sim);
+    // A name allowed by the settings that resolves to loopback, in production mode: refused at
+    // connect time by the resolver (the test maps the name; nothing is looked up or reached).
+    s.vpsie.api_url = format!("https://api.test:{}", sim.port);
+    s.vpsie.allowed_hosts = vec!["api.test".into()];
+    s.dev.allow_insecure_http = false;
+    let overrides = HashMap::from([("api.test".to_owned(), vec!["127.0.0.1".parse().unwrap()])]);
+    let mut agent = Agent::with_api(ApiClient::with_resolver(&s, overrides).unwrap(), s).unwrap();
+    let out = agent.cycle(false).await;
+    let Outcome::Unreachable(msg) = &out else {
+        panic!("{out:?}")
+    };
+    assert!(msg.contains("SSRF") && msg.contains("127.0.0.1"), "{msg}");
+    assert!(sim.events().await.is_empty());
+}
+
+/// The real `vpsie-lb-agent run`: edits go live within a poll, a restart with an unchanged spec
+/// causes no new epoch, SIGHUP forces one, and kill -9 of the agent under load drops nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_on_hup() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let settings = agent_settings(&stand, &sim);
+    let conf = stand.dir.path().join("agent-run.yaml");
+    std::fs::write(&conf, serde_yaml::to_string(&settings).unwrap()).unwrap();
+    let start_agent = || {
+        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_epoch = |want: u32| {
+        let stand = &stand;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let s = stand.status().await;
+                if s.epoch == Some(want) && s.envoy_state == "LIVE" {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "epoch {want} never came: {s:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut agent = start_agent();
+    wait_epoch(0).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 3, 1);
+
+    let edited = Instant::now();
+    sim.write_spec(&spec(front, &[("u2", &u2)]));
+    wait_epoch(1).await;
+    assert!(
+        edited.elapsed() < Duration::from_secs(4),
+        "live within about one poll: {:?}",
+        edited.elapsed()
+    );
+
+    // kill -9 under load, then a restart with the same spec: no new epoch.
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGKILL).unwrap();
+    agent.wait().unwrap();
+    let mut agent = start_agent();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        stand.status().await.epoch,
+        Some(1),
+        "an unchanged spec causes no reload"
+    );
+
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGHUP).unwrap();
+    wait_epoch(2).await;
+
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
+    let stopped = Instant::now();
+    while agent.try_wait().unwrap().is_none() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "the agent stops on TERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(agent.wait().unwrap().code(), Some(0));
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    let kinds: Vec<String> = sim
+        .events()
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "config_applied").count(),
+        3,
+        "epochs 0, 1 and the forced 2: {kinds:?}"
+    );
+}
