@@ -398,28 +398,6 @@ async fn envoy_version(settings: &Settings) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envoy_versions() {
-        let out = "\n/x/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL\n";
-        assert_eq!(parse_envoy_version(out).as_deref(), Some("1.40.0"));
-        assert_eq!(parse_envoy_version("garbage"), None);
-    }
-
-    #[test]
-    fn a_refused_spec_keeps_its_identity_when_only_informational_fields_change() {
-        let a = br#"{"error":false,"data":{"identifier":"x","traffic":1,"updated_on":"a","rules":[{"ruleId":"r","backends":[{"identifier":"b","status":"up"}]}]}}"#;
-        let b = br#"{"data":{"rules":[{"backends":[{"status":"down","identifier":"b"}],"ruleId":"r"}],"updated_on":"b","identifier":"x","traffic":99},"error":false}"#;
-        let c = br#"{"error":false,"data":{"identifier":"y","traffic":1,"rules":[]}}"#;
-        assert_eq!(rejected_hash(a), rejected_hash(b));
-        assert_ne!(rejected_hash(a), rejected_hash(c));
-        assert_eq!(rejected_hash(b"not json").len(), 64);
-    }
-}
-
 /// What the loop waits for.
 enum Wake {
     Poll,
@@ -478,5 +456,27 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envoy_versions() {
+        let out = "\n/x/envoy  version: 9e5580933739775e8bce696a57a2e1bc99368f23/1.40.0/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(parse_envoy_version(out).as_deref(), Some("1.40.0"));
+        assert_eq!(parse_envoy_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_its_identity_when_only_informational_fields_change() {
+        let a = br#"{"error":false,"data":{"identifier":"x","traffic":1,"updated_on":"a","rules":[{"ruleId":"r","backends":[{"identifier":"b","status":"up"}]}]}}"#;
+        let b = br#"{"data":{"rules":[{"backends":[{"status":"down","identifier":"b"}],"ruleId":"r"}],"updated_on":"b","identifier":"x","traffic":99},"error":false}"#;
+        let c = br#"{"error":false,"data":{"identifier":"y","traffic":1,"rules":[]}}"#;
+        assert_eq!(rejected_hash(a), rejected_hash(b));
+        assert_ne!(rejected_hash(a), rejected_hash(c));
+        assert_eq!(rejected_hash(b"not json").len(), 64);
     }
 }
