@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
 RUN=run/demo
+# `make run` installs the pinned Envoy here (or ENVOY_BIN points elsewhere).
+export ENVOY_BIN="${ENVOY_BIN:-$PWD/.tools/envoy/bin/envoy}"
+[ -x "$ENVOY_BIN" ] || { echo "no Envoy at $ENVOY_BIN: run 'make envoy' first (make run does)" >&2; exit 1; }
 rm -rf "$RUN"
 mkdir -p "$RUN"
 chmod 700 "$RUN"

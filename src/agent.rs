@@ -239,9 +239,19 @@ impl Agent {
                 tracing::error!(
                     "cannot hand the config to the supervisor (will retry at the next poll): {e:#}"
                 );
+                // Without this, the next poll's 304 would look like "nothing to do".
+                self.api.forget_etag();
                 Outcome::Unreachable(format!("{e:#}"))
             }
-            Ok(out) => self.record(out),
+            Ok(out) => {
+                let outcome = self.record(out);
+                // A critical failure is retried at every poll; a rolled-back config is not (it
+                // would fail again): it waits for a new spec or a HUP.
+                if matches!(outcome, Outcome::Critical { .. }) {
+                    self.api.forget_etag();
+                }
+                outcome
+            }
         }
     }
 

@@ -451,3 +451,24 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
         "epochs 0, 1 and the forced 2: {kinds:?}"
     );
 }
+
+/// A spec fetched while the supervisor is down is applied once it is back, even though the API
+/// then answers 304 (the agent forgets the ETag of a spec it could not hand over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_fetched_while_the_supervisor_is_down_is_applied_when_it_returns() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let mut stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let mut agent = Agent::new(agent_settings(&stand, &sim)).unwrap();
+
+    stand.signal_supervisor(nix::sys::signal::Signal::SIGKILL);
+    assert!(stand.wait_supervisor(Duration::from_secs(5)));
+    let out = agent.cycle(false).await;
+    assert!(matches!(out, Outcome::Unreachable(_)), "{out:?}");
+
+    stand.spawn_supervisor().await;
+    let out = agent.cycle(false).await;
+    assert!(matches!(out, Outcome::Applied { epoch: 0, .. }), "{out:?}");
+    assert_eq!(agent.cycle(false).await, Outcome::Unchanged);
+}
