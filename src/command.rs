@@ -277,3 +277,39 @@ pub async fn full_status(settings: &Settings) -> FullStatus {
         dropped_events,
     }
 }
+
+/// `diff`: what applying `spec_path` would change against the running config, as a unified diff
+/// of the two Envoy configs (pretty-printed). Empty when nothing would change.
+pub async fn diff(spec_path: &Path, settings: &Settings) -> Result<String, Failure> {
+    let p = prepare_for_store(&read_spec(spec_path)?, settings, now_unix())?;
+    let store = ConfigStore::new(&settings.envoy.config_dir);
+    let running_hash = match status(settings).await {
+        Ok(s) => s.hash,
+        Err(_) => store.current(),
+    };
+    let running = match &running_hash {
+        Some(h) => std::fs::read_to_string(store.config_path(h)).with_context(|| {
+            format!(
+                "cannot read the running config {}",
+                store.config_path(h).display()
+            )
+        })?,
+        None => String::new(),
+    };
+    let pretty = |text: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(text)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or_default()
+    };
+    let (old, new) = (pretty(&running), pretty(&p.rendered.config));
+    if old == new {
+        return Ok(String::new());
+    }
+    let old_name = format!("running {}", running_hash.as_deref().unwrap_or("(none)"));
+    let new_name = format!("{} {}", spec_path.display(), p.hash);
+    Ok(similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_name, &new_name)
+        .to_string())
+}

@@ -70,6 +70,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Show what applying a spec would change against the running config (a unified diff).
+    Diff {
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Follow the VPSie API: poll, apply what changed through the supervisor, report events.
     Run(ApiArgs),
     /// One reconcile cycle; the exit code says how it went (0 applied or unchanged, 2 invalid
@@ -227,6 +234,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             if let Some(e) = s.supervisor_error {
                 return Err(anyhow::anyhow!("{e}").into());
+            }
+        }
+        Command::Diff { spec, config } => {
+            let settings = settings(config.as_ref())?;
+            let d = runtime()?.block_on(command::diff(&spec, &settings))?;
+            if d.is_empty() {
+                println!("no change: the running config is what this spec renders to");
+            } else {
+                print!("{d}");
             }
         }
         Command::Run(a) => {

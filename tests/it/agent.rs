@@ -472,3 +472,58 @@ async fn a_spec_fetched_while_the_supervisor_is_down_is_applied_when_it_returns(
     assert!(matches!(out, Outcome::Applied { epoch: 0, .. }), "{out:?}");
     assert_eq!(agent.cycle(false).await, Outcome::Unchanged);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_clearly_and_nothing_is_applied() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let settings = agent_settings(&stand, &sim);
+    std::fs::write(&settings.vpsie.api_key_file, "not-the-token").unwrap();
+    let mut agent = Agent::new(settings).unwrap();
+    let out = agent.cycle(false).await;
+    let Outcome::Unreachable(msg) = &out else {
+        panic!("{out:?}")
+    };
+    assert!(msg.contains("401"), "the refusal says why: {msg}");
+    assert!(
+        !msg.contains("not-the-token"),
+        "the token never reaches a message"
+    );
+    assert_eq!(stand.status().await.hash, None, "nothing applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_what_a_spec_would_change() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let a = spec(front, &[("u1", &u1)]);
+    stand.apply_ok(&a).await;
+    let file = stand.dir.path().join("spec.json");
+    std::fs::write(&file, a.to_string()).unwrap();
+    let same = vpsie_lb_agent::command::diff(&file, &stand.settings)
+        .await
+        .unwrap();
+    assert_eq!(same, "", "the running spec changes nothing");
+
+    std::fs::write(&file, spec(front, &[("u2", &u2)]).to_string()).unwrap();
+    let d = vpsie_lb_agent::command::diff(&file, &stand.settings)
+        .await
+        .unwrap();
+    assert!(d.starts_with("--- running "), "{d}");
+    assert!(
+        d.lines()
+            .any(|l| l.starts_with('-') && l.contains(&u1.port().to_string())),
+        "{d}"
+    );
+    assert!(
+        d.lines()
+            .any(|l| l.starts_with('+') && l.contains(&u2.port().to_string())),
+        "{d}"
+    );
+}
