@@ -527,3 +527,109 @@ async fn diff_shows_what_a_spec_would_change() {
         "{d}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_retried_within_the_poll_honouring_retry_after() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let mut agent = Agent::new(agent_settings(&stand, &sim)).unwrap();
+    sim.fault("status_500", 1).await;
+    assert!(
+        matches!(agent.cycle(false).await, Outcome::Applied { .. }),
+        "one 500, then success"
+    );
+    sim.write_spec(&spec(front, &[("u1b", &u1)]));
+    sim.fault("status_429", 1).await;
+    let t = Instant::now();
+    assert!(matches!(agent.cycle(false).await, Outcome::Applied { .. }));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "Retry-After: 1 was honoured: {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_never_followed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The "elsewhere" a redirect points to: a loopback listener that counts connections.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = target.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // An "API" that answers every request with a redirect.
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = api.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{target_port}/api/v1/lb/{LB}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&json!({}));
+    let mut settings = agent_settings(&stand, &sim);
+    settings.vpsie.api_url = format!("http://127.0.0.1:{api_port}");
+    let mut agent = Agent::new(settings).unwrap();
+    let out = agent.cycle(false).await;
+    let Outcome::Unreachable(msg) = &out else {
+        panic!("{out:?}")
+    };
+    assert!(msg.contains("302"), "{msg}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_with_the_outcome() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let good = spec(front, &[("u1", &u1)]);
+    let sim = Sim::start(&good);
+    let settings = agent_settings(&stand, &sim);
+    let conf = stand.dir.path().join("once.yaml");
+    std::fs::write(&conf, serde_yaml::to_string(&settings).unwrap()).unwrap();
+    let once = || {
+        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+            .args(["once", "--config"])
+            .arg(&conf)
+            .output()
+            .unwrap()
+    };
+    let o = once();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("APPLIED epoch 0"));
+    let o = once();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).starts_with("UNCHANGED"),
+        "a new process, an unchanged spec: no reload"
+    );
+    let mut bad = good.clone();
+    bad["rules"][0]["scheme"] = json!("udp");
+    sim.write_spec(&bad);
+    let o = once();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rules[0].scheme"));
+}
