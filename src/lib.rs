@@ -11,6 +11,7 @@ pub mod api;
 pub mod command;
 pub mod envoy;
 pub mod events;
+pub mod metrics;
 pub mod render;
 pub mod settings;
 pub mod spec;

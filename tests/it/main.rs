@@ -7,6 +7,7 @@ mod agent;
 mod api_sim;
 mod envoy_validate;
 mod hostile;
+mod observability;
 mod proptest_specs;
 mod supervision;
 mod traffic;

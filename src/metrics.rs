@@ -1,0 +1,320 @@
+//! Prometheus metrics of the agent and of the supervisor: their names, their labels and the text
+//! exposition. Owns no HTTP; the agent serves it, and Envoy's metrics listener routes to it.
+//!
+//! Label values come only from closed sets (results, kinds, ops) or from ids the spec bounds
+//! (certificate ids, one config hash at a time), never from free text of the API, so the number of
+//! series stays bounded. Every labelled series of a closed set exists from the start (at 0), so
+//! dashboards and alerts never see a missing series.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Results of one poll.
+pub const POLL_RESULTS: &[&str] = &[
+    "applied",
+    "unchanged",
+    "not_modified",
+    "rejected",
+    "rolled_back",
+    "critical",
+    "unreachable",
+];
+/// Results of one apply (agent and supervisor alike).
+pub const APPLY_RESULTS: &[&str] = &["applied", "rejected", "rolled_back", "critical", "error"];
+pub const API_OPS: &[&str] = &["fetch", "event"];
+pub const RESTART_KINDS: &[&str] = &["hot", "full"];
+
+const DURATION_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Builds a metric and registers it; names and help are constants, so this cannot fail except by
+/// a duplicate name, which the tests below would catch.
+fn reg<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    let m = m.unwrap_or_else(|e| panic!("metric definition: {e}"));
+    r.register(Box::new(m.clone()))
+        .unwrap_or_else(|e| panic!("metric registration: {e}"));
+    m
+}
+
+pub struct AgentMetrics {
+    pub registry: Registry,
+    pub polls: IntCounterVec,
+    pub api_request_duration: HistogramVec,
+    pub applies: IntCounterVec,
+    pub apply_duration: Histogram,
+    pub envoy_epoch: IntGauge,
+    pub config_info: IntGaugeVec,
+    pub last_apply: Gauge,
+    pub spec_rejections: IntCounter,
+    pub events_queued: IntGauge,
+    pub events_sent: IntCounter,
+    pub events_dropped: IntCounter,
+    pub envoy_up: IntGauge,
+    pub certificate_expiry: GaugeVec,
+    pub build_info: IntGaugeVec,
+}
+
+impl AgentMetrics {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> AgentMetrics {
+        let r = Registry::new();
+        let p = "vpsie_lb_agent_";
+        let hist = |name: &str, help: &str| {
+            HistogramOpts::new(format!("{p}{name}"), help).buckets(DURATION_BUCKETS.to_vec())
+        };
+        let m = AgentMetrics {
+            polls: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}polls_total"),
+                        "Polls of the VPSie API, by result",
+                    ),
+                    &["result"],
+                ),
+            ),
+            api_request_duration: reg(
+                &r,
+                HistogramVec::new(
+                    hist(
+                        "api_request_duration_seconds",
+                        "Duration of VPSie API requests, retries included",
+                    ),
+                    &["op"],
+                ),
+            ),
+            applies: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}applies_total"),
+                        "Configs handed to the supervisor, by result",
+                    ),
+                    &["result"],
+                ),
+            ),
+            apply_duration: reg(
+                &r,
+                Histogram::with_opts(hist(
+                    "apply_duration_seconds",
+                    "From render to the new epoch LIVE",
+                )),
+            ),
+            envoy_epoch: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}envoy_epoch"),
+                    "Hot-restart epoch of the live Envoy",
+                ),
+            ),
+            config_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{p}config_info"),
+                        "The applied config hash (value 1)",
+                    ),
+                    &["config_hash"],
+                ),
+            ),
+            last_apply: reg(
+                &r,
+                Gauge::new(
+                    format!("{p}last_apply_timestamp_seconds"),
+                    "Unix time of the last successful apply",
+                ),
+            ),
+            spec_rejections: reg(
+                &r,
+                IntCounter::new(
+                    format!("{p}spec_rejections_total"),
+                    "Specs refused by validation or by Envoy",
+                ),
+            ),
+            events_queued: reg(
+                &r,
+                IntGauge::new(format!("{p}events_queued"), "Events waiting for the API"),
+            ),
+            events_sent: reg(
+                &r,
+                IntCounter::new(format!("{p}events_sent_total"), "Events the API accepted"),
+            ),
+            events_dropped: reg(
+                &r,
+                IntCounter::new(
+                    format!("{p}events_dropped_total"),
+                    "Events dropped because the queue was full",
+                ),
+            ),
+            envoy_up: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}envoy_up"),
+                    "1 when the supervisor reports Envoy LIVE",
+                ),
+            ),
+            certificate_expiry: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        format!("{p}certificate_expiry_timestamp_seconds"),
+                        "notAfter of each certificate in the applied spec",
+                    ),
+                    &["certificate_id"],
+                ),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{p}build_info"),
+                        "Agent and Envoy versions (value 1)",
+                    ),
+                    &["version", "envoy_version"],
+                ),
+            ),
+            registry: r,
+        };
+        for v in POLL_RESULTS {
+            m.polls.with_label_values(&[v]);
+        }
+        for v in APPLY_RESULTS {
+            m.applies.with_label_values(&[v]);
+        }
+        for v in API_OPS {
+            m.api_request_duration.with_label_values(&[v]);
+        }
+        m
+    }
+
+    /// Marks `hash` as the applied config (one series at a time).
+    pub fn set_config(&self, hash: &str, epoch: u32) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.envoy_epoch.set(epoch.into());
+    }
+
+    /// Certificate expiry of the applied spec: the old ids go, so the series stay bounded.
+    pub fn set_certificates<'a>(&self, certs: impl Iterator<Item = (&'a str, i64)>) {
+        self.certificate_expiry.reset();
+        for (id, not_after) in certs {
+            self.certificate_expiry
+                .with_label_values(&[id])
+                .set(not_after as f64);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+pub struct SupervisorMetrics {
+    pub registry: Registry,
+    pub envoy_up: IntGauge,
+    pub envoy_epoch: IntGauge,
+    pub envoy_restarts: IntCounterVec,
+    pub applies: IntCounterVec,
+    pub apply_duration: Histogram,
+}
+
+impl SupervisorMetrics {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> SupervisorMetrics {
+        let r = Registry::new();
+        let p = "vpsie_lb_supervisor_";
+        let m = SupervisorMetrics {
+            envoy_up: reg(
+                &r,
+                IntGauge::new(format!("{p}envoy_up"), "1 while an Envoy epoch is LIVE"),
+            ),
+            envoy_epoch: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}envoy_epoch"),
+                    "Hot-restart epoch of the live Envoy",
+                ),
+            ),
+            envoy_restarts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}envoy_restarts_total"),
+                        "Envoy starts, by kind: hot restart or full (crash, rollback, upgrade)",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            applies: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(format!("{p}applies_total"), "Applies handled, by result"),
+                    &["result"],
+                ),
+            ),
+            apply_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{p}apply_duration_seconds"),
+                        "From request to the new epoch LIVE",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                ),
+            ),
+            registry: r,
+        };
+        for v in RESTART_KINDS {
+            m.envoy_restarts.with_label_values(&[v]);
+        }
+        for v in APPLY_RESULTS {
+            m.applies.with_label_values(&[v]);
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        encode(&self.registry)
+    }
+}
+
+fn encode(r: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding gathered families into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&r.gather(), &mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_of_a_closed_set_exists_from_the_start() {
+        let a = AgentMetrics::new().render();
+        for r in POLL_RESULTS {
+            assert!(
+                a.contains(&format!("vpsie_lb_agent_polls_total{{result=\"{r}\"}} 0")),
+                "{r}"
+            );
+        }
+        assert!(a.contains("vpsie_lb_agent_api_request_duration_seconds_bucket{op=\"fetch\""));
+        let s = SupervisorMetrics::new().render();
+        assert!(s.contains("vpsie_lb_supervisor_envoy_restarts_total{kind=\"hot\"} 0"));
+    }
+
+    #[test]
+    fn one_config_hash_at_a_time() {
+        let m = AgentMetrics::new();
+        m.set_config("aaa", 1);
+        m.set_config("bbb", 2);
+        let t = m.render();
+        assert!(t.contains("vpsie_lb_agent_config_info{config_hash=\"bbb\"} 1"));
+        assert!(!t.contains("aaa"));
+        assert!(t.contains("vpsie_lb_agent_envoy_epoch 2"));
+    }
+}
