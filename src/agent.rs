@@ -15,6 +15,7 @@
 use crate::api::{self, ApiClient, Fetched};
 use crate::command::{self, Prepared};
 use crate::events::{Event, EventQueue};
+use crate::metrics::AgentMetrics;
 use crate::render;
 use crate::settings::Settings;
 use crate::spec::{self, Finding};
@@ -23,6 +24,8 @@ use crate::supervisor::protocol::{ApplyOutcome, ApplyResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
 
@@ -90,6 +93,18 @@ pub struct Agent {
     state: AgentState,
     event_backoff: Duration,
     next_event_attempt: Option<Instant>,
+    metrics: Arc<AgentMetrics>,
+    health: Arc<Health>,
+    dropped_seen: u64,
+}
+
+/// What `/healthz` and `/readyz` read, shared with the HTTP server.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Unix seconds of the loop's last turn.
+    pub heartbeat: AtomicU64,
+    /// A config has been applied (by this agent or before its restart).
+    pub applied: AtomicBool,
 }
 
 fn now_str() -> String {
@@ -105,10 +120,17 @@ impl Agent {
     pub fn with_api(api: ApiClient, settings: Settings) -> anyhow::Result<Agent> {
         store::create_private_dir(&settings.state_dir)?;
         let queue = EventQueue::open(&settings.event_queue_path(), QUEUE_CAPACITY)?;
-        let state = std::fs::read(settings.agent_state_path())
+        let state: AgentState = std::fs::read(settings.agent_state_path())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let metrics = Arc::new(AgentMetrics::new());
+        let health = Arc::new(Health::default());
+        health
+            .applied
+            .store(state.applied_hash.is_some(), Ordering::Relaxed);
+        metrics.events_queued.set(queue.len() as i64);
+        let dropped_seen = queue.dropped();
         Ok(Agent {
             settings,
             api,
@@ -116,6 +138,9 @@ impl Agent {
             state,
             event_backoff: Duration::from_secs(1),
             next_event_attempt: None,
+            metrics,
+            health,
+            dropped_seen,
         })
     }
 
@@ -125,6 +150,32 @@ impl Agent {
 
     pub fn queued_events(&self) -> usize {
         self.queue.len()
+    }
+
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    fn beat(&self) {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.health.heartbeat.store(now, Ordering::Relaxed);
+    }
+
+    fn count_queue(&mut self) {
+        self.metrics.events_queued.set(self.queue.len() as i64);
+        let dropped = self.queue.dropped();
+        if dropped > self.dropped_seen {
+            self.metrics
+                .events_dropped
+                .inc_by(dropped - self.dropped_seen);
+            self.dropped_seen = dropped;
+        }
     }
 
     fn save(&self) {
@@ -141,12 +192,17 @@ impl Agent {
         if let Err(e) = self.queue.push(event) {
             tracing::error!("cannot queue an event: {e:#}");
         }
+        self.count_queue();
         self.next_event_attempt = Some(Instant::now());
     }
 
     /// Queues `agent_started` with the agent's and Envoy's versions.
     pub async fn started(&mut self) {
         let envoy_version = envoy_version(&self.settings).await;
+        self.metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &envoy_version])
+            .set(1);
         self.report(Event::agent_started(
             env!("CARGO_PKG_VERSION"),
             &envoy_version,
@@ -156,10 +212,46 @@ impl Agent {
 
     /// One reconcile step. `force` (SIGHUP) fetches the whole spec and re-applies it.
     pub async fn cycle(&mut self, force: bool) -> Outcome {
+        self.beat();
+        let outcome = self.cycle_inner(force).await;
+        let result = match &outcome {
+            Outcome::Unchanged
+                if self.state.last_poll_result.as_deref() == Some("not modified") =>
+            {
+                "not_modified"
+            }
+            Outcome::Unchanged => "unchanged",
+            Outcome::Applied { .. } => "applied",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::RolledBack { .. } => "rolled_back",
+            Outcome::Critical { .. } => "critical",
+            Outcome::Unreachable(_) => "unreachable",
+        };
+        self.metrics.polls.with_label_values(&[result]).inc();
+        if let Ok(s) = command::status(&self.settings).await {
+            self.metrics
+                .envoy_up
+                .set(i64::from(s.envoy_state == "LIVE"));
+            if let Some(e) = s.epoch {
+                self.metrics.envoy_epoch.set(e.into());
+            }
+        } else {
+            self.metrics.envoy_up.set(0);
+        }
+        self.beat();
+        outcome
+    }
+
+    async fn cycle_inner(&mut self, force: bool) -> Outcome {
         if force {
             self.api.forget_etag();
         }
+        let started = Instant::now();
         let fetched = self.api.fetch().await;
+        self.metrics
+            .api_request_duration
+            .with_label_values(&["fetch"])
+            .observe(started.elapsed().as_secs_f64());
         self.state.last_poll = Some(now_str());
         let body = match fetched {
             Err(e) => {
@@ -245,6 +337,15 @@ impl Agent {
             }
             Ok(out) => {
                 let outcome = self.record(out);
+                if let Outcome::Applied { .. } = &outcome {
+                    self.metrics.set_certificates(
+                        prepared
+                            .loaded
+                            .spec
+                            .certificates()
+                            .map(|t| (t.id.as_str(), t.not_after)),
+                    );
+                }
                 // A critical failure is retried at every poll; a rolled-back config is not (it
                 // would fail again): it waits for a new spec or a HUP.
                 if matches!(outcome, Outcome::Critical { .. }) {
@@ -259,10 +360,31 @@ impl Agent {
     fn record(&mut self, out: ApplyOutcome) -> Outcome {
         let hash = out.hash.clone();
         let now = SystemTime::now();
+        let label = match out.result {
+            ApplyResult::Applied => Some("applied"),
+            ApplyResult::Unchanged => None,
+            ApplyResult::Rejected => Some("rejected"),
+            ApplyResult::RolledBack => Some("rolled_back"),
+            ApplyResult::Critical => Some("critical"),
+            ApplyResult::Error => Some("error"),
+        };
+        if let Some(l) = label {
+            self.metrics.applies.with_label_values(&[l]).inc();
+        }
         match out.result {
             ApplyResult::Applied | ApplyResult::Unchanged => {
                 let epoch = out.epoch.unwrap_or(0);
+                self.metrics.set_config(&hash, epoch);
+                self.health.applied.store(true, Ordering::Relaxed);
                 if out.result == ApplyResult::Applied {
+                    self.metrics
+                        .apply_duration
+                        .observe(out.apply_ms as f64 / 1000.0);
+                    self.metrics.last_apply.set(
+                        SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                    );
                     self.report(Event::config_applied(
                         &hash,
                         out.previous_hash.as_deref(),
@@ -322,8 +444,15 @@ impl Agent {
     pub async fn flush_events(&mut self) -> usize {
         let mut sent = 0;
         while let Some(event) = self.queue.peek().cloned() {
-            match self.api.post_event(&event).await {
+            let started = Instant::now();
+            let sent_result = self.api.post_event(&event).await;
+            self.metrics
+                .api_request_duration
+                .with_label_values(&["event"])
+                .observe(started.elapsed().as_secs_f64());
+            match sent_result {
                 Ok(()) => {
+                    self.metrics.events_sent.inc();
                     if let Err(e) = self.queue.pop() {
                         tracing::error!("cannot update the event queue: {e:#}");
                         break;
@@ -349,6 +478,7 @@ impl Agent {
         if sent > 0 {
             self.save();
         }
+        self.count_queue();
         sent
     }
 }
@@ -408,6 +538,104 @@ async fn envoy_version(settings: &Settings) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// How long the loop may go without a turn before `/healthz` calls it stuck: three polls plus the
+/// longest step it can legitimately take (an apply waiting out a drain, with retries).
+pub fn stuck_after(settings: &Settings) -> Duration {
+    let v = &settings.vpsie;
+    Duration::from_secs(
+        3 * u64::from(v.poll_interval_s)
+            + 3 * u64::from(v.request_timeout_s)
+            + crate::envoy::VALIDATE_TIMEOUT.as_secs()
+            + u64::from(settings.envoy.parent_shutdown_time_s)
+            + 3 * u64::from(settings.supervisor.live_timeout_s)
+            + 30,
+    )
+}
+
+/// Serves `/metrics` (the agent's metrics and the supervisor's), `/healthz` (the loop turns) and
+/// `/readyz` (a config is applied and Envoy is LIVE) on `listener`, a loopback address.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<AgentMetrics>,
+    health: Arc<Health>,
+    settings: Settings,
+) -> anyhow::Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let socket = settings.supervisor.socket.clone();
+    let stuck = stuck_after(&settings);
+    let metrics_route = {
+        let socket = socket.clone();
+        move || async move {
+            let mut text = metrics.render();
+            match crate::supervisor::protocol::call(
+                &socket,
+                &crate::supervisor::protocol::Request::Metrics,
+                Duration::from_secs(2),
+            )
+            .await
+            {
+                Ok(crate::supervisor::protocol::Response::Metrics { text: sup }) => {
+                    text.push_str(&sup)
+                }
+                _ => text.push_str("# the supervisor did not answer; its metrics are missing\n"),
+            }
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+        }
+    };
+    let healthz = {
+        let health = health.clone();
+        move || async move {
+            let now = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let age = now.saturating_sub(health.heartbeat.load(Ordering::Relaxed));
+            if age <= stuck.as_secs() {
+                (StatusCode::OK, "ok\n".to_owned())
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the loop has not turned for {age} s\n"),
+                )
+            }
+        }
+    };
+    let readyz = move || async move {
+        if !health.applied.load(Ordering::Relaxed) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no config applied yet\n".to_owned(),
+            );
+        }
+        match crate::supervisor::protocol::call(
+            &socket,
+            &crate::supervisor::protocol::Request::Status,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(crate::supervisor::protocol::Response::Status(s)) if s.envoy_state == "LIVE" => {
+                (StatusCode::OK, "ready\n".to_owned())
+            }
+            Ok(crate::supervisor::protocol::Response::Status(s)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("envoy is {}\n", s.envoy_state),
+            ),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the supervisor does not answer\n".to_owned(),
+            ),
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_route))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| anyhow::anyhow!("the metrics server stopped: {e}"))
+}
+
 /// What the loop waits for.
 enum Wake {
     Poll,
@@ -422,7 +650,18 @@ pub async fn run(
     stop: impl Future<Output = ()>,
     mut resync: tokio::sync::mpsc::Receiver<()>,
 ) -> anyhow::Result<()> {
+    let addr = (agent.settings.metrics.address, agent.settings.metrics.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("metrics.port: cannot listen on {}:{}: {e}", addr.0, addr.1)
+    })?;
+    let server = tokio::spawn(serve_metrics(
+        listener,
+        agent.metrics(),
+        agent.health(),
+        agent.settings.clone(),
+    ));
     agent.started().await;
+    agent.beat();
     tokio::pin!(stop);
     let interval = Duration::from_secs(agent.settings.vpsie.poll_interval_s.into());
     let mut next_poll = Instant::now();
@@ -458,6 +697,7 @@ pub async fn run(
     })
     .await;
     agent.save();
+    server.abort();
     tracing::info!(queued = agent.queue.len(), "agent stopped");
     Ok(())
 }

@@ -180,7 +180,9 @@ pub async fn hand_over_raw(
         Response::Error { message } => {
             anyhow::bail!("the supervisor refused the request: {message}")
         }
-        Response::Status(_) => anyhow::bail!("the supervisor answered out of turn"),
+        Response::Status(_) | Response::Metrics { .. } => {
+            anyhow::bail!("the supervisor answered out of turn")
+        }
     }
 }
 

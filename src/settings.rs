@@ -326,6 +326,9 @@ impl Settings {
                 self.metrics.address
             );
         }
+        for (i, c) in self.metrics.allowed_cidrs.iter().enumerate() {
+            parse_cidr(c).map_err(|e| anyhow::anyhow!("metrics.allowed_cidrs[{i}]: {e}"))?;
+        }
         let e = &self.envoy;
         if !e.admin_address.is_loopback() {
             bail!(
@@ -387,13 +390,45 @@ impl Settings {
         crate::spec::Options {
             allow_loopback_backends: self.dev.allow_loopback_backends,
             redirect_port: self.envoy.redirect_port,
-            reserved_ports: vec![(
-                self.envoy.admin_port,
-                "the Envoy admin interface (setting envoy.admin_port)".to_owned(),
-            )],
+            reserved_ports: {
+                let mut r = vec![
+                    (
+                        self.envoy.admin_port,
+                        "the Envoy admin interface (setting envoy.admin_port)".to_owned(),
+                    ),
+                    (
+                        self.metrics.port,
+                        "the agent's metrics (setting metrics.port)".to_owned(),
+                    ),
+                ];
+                if !self.metrics.allowed_cidrs.is_empty() {
+                    r.push((
+                        self.metrics.scrape_port,
+                        "the metrics scrape port (setting metrics.scrape_port)".to_owned(),
+                    ));
+                }
+                r
+            },
             now,
         }
     }
+}
+
+/// Parses `address/prefix` (IPv4 or IPv6).
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not address/prefix (e.g. 10.0.0.0/8)"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix {len:?} must be 0 to {max}"))?;
+    Ok((ip, len))
 }
 
 /// Replaces `${NAME}` in every string value; `path` names the key for errors.
@@ -566,6 +601,21 @@ mod tests {
         }
         let dev = "vpsie:\n  api_url: http://127.0.0.1:8080\n  allowed_hosts: [127.0.0.1]\ndev:\n  allow_insecure_http: true\n";
         assert!(Settings::parse_with_env(dev, &|_| None).is_ok());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(
+            parse_cidr("10.0.0.0/8"),
+            Ok(("10.0.0.0".parse().unwrap(), 8))
+        );
+        assert_eq!(parse_cidr("::1/128"), Ok(("::1".parse().unwrap(), 128)));
+        for bad in ["10.0.0.0", "10.0.0.0/33", "::/129", "x/8", "10.0.0.0/-1"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        let e = Settings::parse_with_env("metrics:\n  allowed_cidrs: [10.0.0.0/99]\n", &|_| None)
+            .unwrap_err();
+        assert!(e.to_string().contains("metrics.allowed_cidrs[0]"), "{e}");
     }
 
     #[test]

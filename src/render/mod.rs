@@ -259,7 +259,22 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     if admin.address != view.admin_address || admin.port_value != view.admin_port {
         return fail("admin address".into());
     }
-    let listeners = &doc.static_resources.listeners;
+    let listeners = match &view.metrics {
+        Some(m) => {
+            let n = doc.static_resources.listeners.len();
+            let Some(last) = doc.static_resources.listeners.last() else {
+                return fail("the metrics listener is missing".into());
+            };
+            if last.name != m.listener_name
+                || last.address.socket_address.port_value != m.port
+                || n == 0
+            {
+                return fail("the metrics listener".into());
+            }
+            &doc.static_resources.listeners[..n - 1]
+        }
+        None => &doc.static_resources.listeners[..],
+    };
     let same_listeners = listeners.len() == view.listeners.len()
         && listeners.iter().zip(&view.listeners).all(|(l, vl)| {
             l.name == vl.name
@@ -271,7 +286,39 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_ref()).collect();
         return fail(format!("listeners {names:?}"));
     }
-    let clusters = &doc.static_resources.clusters;
+    let mut clusters = &doc.static_resources.clusters[..];
+    if let Some(m) = &view.metrics {
+        let n = clusters.len();
+        let tail: Vec<(&str, &str, u16)> = clusters[n.saturating_sub(2)..]
+            .iter()
+            .filter_map(|c| {
+                let [loc] = c.load_assignment.endpoints.as_slice() else {
+                    return None;
+                };
+                let [ep] = loc.lb_endpoints.as_slice() else {
+                    return None;
+                };
+                let sa = &ep.endpoint.address.socket_address;
+                Some((c.name.as_ref(), sa.address.as_ref(), sa.port_value))
+            })
+            .collect();
+        let want = [
+            (
+                m.admin_cluster.as_str(),
+                m.admin_address.as_str(),
+                m.admin_port,
+            ),
+            (
+                m.agent_cluster.as_str(),
+                m.agent_address.as_str(),
+                m.agent_port,
+            ),
+        ];
+        if n < 2 || tail != want {
+            return fail("the metrics clusters".into());
+        }
+        clusters = &clusters[..n - 2];
+    }
     if clusters.len() != view.clusters.len() {
         return fail(format!(
             "{} clusters, expected {}",

@@ -22,6 +22,27 @@ pub struct View {
     pub max_connections: u32,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    /// The scrape port, when `metrics.allowed_cidrs` names anyone allowed to scrape.
+    pub metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Metrics {
+    pub listener_name: String,
+    pub port: u16,
+    pub cidrs: Vec<Cidr>,
+    pub admin_cluster: String,
+    pub admin_address: String,
+    pub admin_port: u16,
+    pub agent_cluster: String,
+    pub agent_address: String,
+    pub agent_port: u16,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cidr {
+    pub address: String,
+    pub prefix_len: u8,
 }
 
 #[derive(Debug, Serialize)]
@@ -317,8 +338,38 @@ pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
         max_connections: spec.max_connections,
         listeners,
         clusters,
+        metrics: metrics_view(settings),
     };
     (view, files)
+}
+
+/// The scrape port's listener and its two loopback clusters. Names hold `:`, which rule ids
+/// cannot, so they never collide with a rule's listener or cluster.
+fn metrics_view(settings: &Settings) -> Option<Metrics> {
+    let m = &settings.metrics;
+    let cidrs: Vec<Cidr> = m
+        .allowed_cidrs
+        .iter()
+        .filter_map(|c| crate::settings::parse_cidr(c).ok())
+        .map(|(ip, len)| Cidr {
+            address: ip.to_string(),
+            prefix_len: len,
+        })
+        .collect();
+    if cidrs.is_empty() {
+        return None;
+    }
+    Some(Metrics {
+        listener_name: format!("metrics:{}", m.scrape_port),
+        port: m.scrape_port,
+        cidrs,
+        admin_cluster: "admin:metrics".into(),
+        admin_address: settings.envoy.admin_address.to_string(),
+        admin_port: settings.envoy.admin_port,
+        agent_cluster: "agent:metrics".into(),
+        agent_address: m.address.to_string(),
+        agent_port: m.port,
+    })
 }
 
 fn http(rule: &Rule) -> Http {

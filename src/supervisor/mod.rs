@@ -102,6 +102,7 @@ pub struct Supervisor {
     snapshot: watch::Sender<Status>,
     /// The live epoch's exit, when it was seen while waiting for something else.
     live_died: Option<process::Exit>,
+    metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
 }
 
 /// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
@@ -142,6 +143,7 @@ pub async fn run(
         req_tx,
         sup.snapshot.subscribe(),
         sup.admin.clone(),
+        sup.metrics.clone(),
     ));
     tokio::pin!(shutdown);
     let stop = loop {
@@ -196,13 +198,14 @@ async fn accept_loop(
     requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
     snapshot: watch::Receiver<Status>,
     admin: Admin,
+    metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let requests = requests.clone();
-        let (snapshot, admin) = (snapshot.clone(), admin.clone());
+        let (snapshot, admin, metrics) = (snapshot.clone(), admin.clone(), metrics.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read.take(protocol::MAX_LINE as u64)).lines();
@@ -212,6 +215,9 @@ async fn accept_loop(
                         message: format!("cannot read the request: {e}"),
                     },
                     Ok(Request::Status) => answer_status(&snapshot, &admin).await,
+                    Ok(Request::Metrics) => Response::Metrics {
+                        text: metrics.render(),
+                    },
                     Ok(req) => {
                         let (tx, rx) = oneshot::channel();
                         if requests.send((req, tx)).await.is_err() {
@@ -268,6 +274,7 @@ impl Supervisor {
             backoff: Duration::from_secs(1),
             snapshot: watch::channel(Status::default()).0,
             live_died: None,
+            metrics: std::sync::Arc::new(crate::metrics::SupervisorMetrics::new()),
         })
     }
 
@@ -297,9 +304,27 @@ impl Supervisor {
     async fn handle(&mut self, req: Request) -> Response {
         match req {
             Request::Status => answer_status(&self.snapshot.subscribe(), &self.admin).await,
+            Request::Metrics => Response::Metrics {
+                text: self.metrics.render(),
+            },
             Request::Apply(a) => {
-                let span = tracing::info_span!("apply", hash = %a.hash);
+                let span =
+                    tracing::info_span!("apply", hash = %a.hash, epoch = tracing::field::Empty);
                 let out = self.apply(a).instrument(span).await;
+                let result = match out.result {
+                    ApplyResult::Applied => "applied",
+                    ApplyResult::Rejected => "rejected",
+                    ApplyResult::RolledBack => "rolled_back",
+                    ApplyResult::Critical => "critical",
+                    ApplyResult::Error => "error",
+                    ApplyResult::Unchanged => "",
+                };
+                if !result.is_empty() {
+                    self.metrics.applies.with_label_values(&[result]).inc();
+                    self.metrics
+                        .apply_duration
+                        .observe(out.apply_ms as f64 / 1000.0);
+                }
                 self.state.last_apply = Some(out.clone());
                 self.save();
                 Response::Apply(out)
@@ -479,6 +504,10 @@ impl Supervisor {
 
     fn set_live(&mut self, e: process::Epoch, hash: &str) {
         tracing::info!(epoch = e.epoch, pid = e.pid, %hash, "envoy epoch is LIVE");
+        let kind = if e.epoch == 0 { "full" } else { "hot" };
+        self.metrics.envoy_restarts.with_label_values(&[kind]).inc();
+        self.metrics.envoy_up.set(1);
+        self.metrics.envoy_epoch.set(e.epoch.into());
         if let Some(prev) = self.live.replace(e) {
             self.old.push(prev);
         }
@@ -656,6 +685,7 @@ impl Supervisor {
     async fn stop_all(&mut self, how: StopKind) {
         let mut all: Vec<process::Epoch> = self.old.drain(..).collect();
         all.extend(self.live.take());
+        self.metrics.envoy_up.set(0);
         self.publish();
         if all.is_empty() {
             return;
@@ -702,6 +732,7 @@ impl Supervisor {
             return;
         }
         let Some(dead) = self.live.take() else { return };
+        self.metrics.envoy_up.set(0);
         self.publish();
         tracing::error!(
             epoch = dead.epoch,

@@ -16,6 +16,8 @@ pub enum Request {
     /// Store, validate and hot-restart into a rendered config.
     Apply(ApplyRequest),
     Status,
+    /// The supervisor's metrics, in Prometheus text format.
+    Metrics,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +90,7 @@ pub struct Status {
 pub enum Response {
     Apply(ApplyOutcome),
     Status(Status),
+    Metrics { text: String },
     Error { message: String },
 }
 

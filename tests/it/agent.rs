@@ -152,6 +152,7 @@ fn agent_settings(stand: &Stand, sim: &Sim) -> Settings {
     s.vpsie.request_timeout_s = 5;
     s.dev.allow_insecure_http = true;
     s.state_dir = stand.dir.path().join("agent-state");
+    s.metrics.port = crate::support::envoy::free_port();
     s
 }
 
