@@ -280,6 +280,7 @@ impl Agent {
             Err(errors) => {
                 let body_hash = rejected_hash(body);
                 if self.state.rejected.as_deref() != Some(body_hash.as_str()) {
+                    self.metrics.spec_rejections.inc();
                     self.report(Event::config_rejected(
                         &body_hash,
                         &errors.0,
@@ -404,6 +405,7 @@ impl Agent {
                     message: out.error.unwrap_or_default(),
                 };
                 if self.state.rejected.as_deref() != Some(hash.as_str()) {
+                    self.metrics.spec_rejections.inc();
                     self.report(Event::config_rejected(
                         &hash,
                         std::slice::from_ref(&finding),

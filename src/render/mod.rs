@@ -44,6 +44,14 @@ pub const TEMPLATES: &[(&str, &str)] = &[
         "upstream_tls.json.tera",
         include_str!("../../templates/upstream_tls.json.tera"),
     ),
+    (
+        "metrics_listener.json.tera",
+        include_str!("../../templates/metrics_listener.json.tera"),
+    ),
+    (
+        "metrics_clusters.json.tera",
+        include_str!("../../templates/metrics_clusters.json.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -634,3 +634,192 @@ async fn once_exits_with_the_outcome() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("rules[0].scheme"));
 }
+
+fn text_of(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// One scrape port through Envoy: Envoy's stats and the agent's (and supervisor's) metrics, and
+/// nothing else of the admin API; only sources inside `metrics.allowed_cidrs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrape_port_serves_two_paths_to_allowed_sources_only() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let mut settings = agent_settings(&stand, &sim);
+    settings.metrics.allowed_cidrs = vec!["127.0.0.1/32".into()];
+    settings.metrics.scrape_port = crate::support::envoy::free_port();
+    let scrape = settings.metrics.scrape_port;
+    let mut agent = Agent::new(settings.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind((settings.metrics.address, settings.metrics.port))
+        .await
+        .unwrap();
+    tokio::spawn(vpsie_lb_agent::agent::serve_metrics(
+        listener,
+        agent.metrics(),
+        agent.health(),
+        settings.clone(),
+    ));
+    let first = agent.cycle(false).await;
+    assert!(
+        matches!(first, Outcome::Applied { .. }),
+        "{first:?}\n{}",
+        stand.log()
+    );
+    let c = client();
+    let url = |p: &str| format!("http://127.0.0.1:{scrape}{p}");
+
+    let envoy_stats = c.get(url("/stats/prometheus")).send().await.unwrap();
+    assert_eq!(envoy_stats.status(), 200);
+    let envoy_stats = envoy_stats.text().await.unwrap();
+    assert!(
+        envoy_stats.contains("envoy_server_live"),
+        "Envoy's own stats"
+    );
+    let agent_metrics = c.get(url("/metrics/agent")).send().await.unwrap();
+    assert_eq!(agent_metrics.status(), 200);
+    let m = agent_metrics.text().await.unwrap();
+    assert_eq!(
+        text_of(&m, "vpsie_lb_agent_applies_total{result=\"applied\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        text_of(&m, "vpsie_lb_supervisor_envoy_up"),
+        Some(1.0),
+        "the supervisor's too"
+    );
+    assert_eq!(text_of(&m, "vpsie_lb_agent_envoy_up"), Some(1.0));
+
+    // Nothing else of the admin API, however the path is spelt.
+    for (method, path) in [
+        ("GET", "/config_dump"),
+        ("POST", "/quitquitquit"),
+        ("GET", "/quitquitquit"),
+        ("POST", "/healthcheck/fail"),
+        ("GET", "/healthcheck/fail"),
+        ("GET", "/server_info"),
+        ("GET", "/stats"),
+        ("POST", "/stats/prometheus"),
+        ("GET", "/stats/prometheus/../../quitquitquit"),
+        ("GET", "//config_dump"),
+        ("GET", "/metrics/agent/../../config_dump"),
+        ("GET", "/stats%2Fprometheus"),
+        ("GET", "/stats/prometheus%2F..%2F..%2Fconfig_dump"),
+        ("GET", "/"),
+    ] {
+        let r = c
+            .request(method.parse().unwrap(), url(path))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            status == 404 || status == 400,
+            "{method} {path} answered {status}: {body:.200}"
+        );
+        assert!(
+            !body.contains("\"configs\""),
+            "{method} {path} leaked admin output"
+        );
+    }
+    let admin = c
+        .get(format!(
+            "http://127.0.0.1:{}/ready",
+            settings.envoy.admin_port
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.status(),
+        200,
+        "Envoy is still LIVE: nothing got through"
+    );
+
+    // A source outside the allowed CIDRs is refused.
+    let outsider = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let r = outsider.get(url("/stats/prometheus")).send().await;
+    assert!(
+        r.is_err() || r.is_ok_and(|r| r.status() != 200),
+        "127.0.0.2 must not scrape"
+    );
+
+    // Metric values move: a rejected spec, then a failed epoch rolled back.
+    let mut bad = spec(front, &[("u1", &u1)]);
+    bad["rules"][0]["backends"][0]["ip"] = json!("169.254.169.254");
+    sim.write_spec(&bad);
+    assert!(matches!(agent.cycle(false).await, Outcome::Rejected { .. }));
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut failing = spec(front, &[("u1", &u1)]);
+    failing["rules"].as_array_mut().unwrap().push(json!({
+        "ruleId": "extra", "scheme": "tcp", "frontPort": held.local_addr().unwrap().port(),
+        "backPort": u1.port(), "backends": [{"identifier": "t", "ip": "127.0.0.1"}]}));
+    sim.write_spec(&failing);
+    assert!(matches!(
+        agent.cycle(false).await,
+        Outcome::RolledBack { .. }
+    ));
+    let m = c
+        .get(url("/metrics/agent"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text_of(&m, "vpsie_lb_agent_spec_rejections_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        text_of(&m, "vpsie_lb_agent_polls_total{result=\"rejected\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        text_of(&m, "vpsie_lb_agent_applies_total{result=\"rolled_back\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        text_of(
+            &m,
+            "vpsie_lb_supervisor_applies_total{result=\"rolled_back\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        text_of(&m, "vpsie_lb_agent_envoy_epoch"),
+        Some(0.0),
+        "the old epoch serves"
+    );
+
+    // Health endpoints on the agent's own loopback port.
+    let base = format!("http://127.0.0.1:{}", settings.metrics.port);
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(held);
+}
