@@ -643,7 +643,17 @@ enum Wake {
     Poll,
     Resync,
     Events,
+    Watchdog,
     Stop,
+}
+
+/// Tells systemd how the agent is doing (a no-op outside systemd).
+fn notify_status(agent: &Agent) {
+    let status = match (&agent.state.applied_hash, agent.state.epoch) {
+        (Some(h), Some(e)) => format!("epoch {e}, config {}", &h[..h.len().min(12)]),
+        _ => "no config applied yet".to_owned(),
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
 }
 
 /// Runs the agent until `stop` resolves. `resync` yields on SIGHUP.
@@ -666,7 +676,11 @@ pub async fn run(
     agent.beat();
     tokio::pin!(stop);
     let interval = Duration::from_secs(agent.settings.vpsie.poll_interval_s.into());
+    // The watchdog is pinged from the loop itself, so a stuck loop stops pinging.
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let mut next_poll = Instant::now();
+    let mut ready = false;
     loop {
         let events_at = agent.next_event_attempt;
         let wake = tokio::select! {
@@ -674,6 +688,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_poll.into()) => Wake::Poll,
             Some(()) = resync.recv() => Wake::Resync,
             _ = sleep_until(events_at), if events_at.is_some() => Wake::Events,
+            _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Wake::Watchdog,
         };
         match wake {
             Wake::Stop => break,
@@ -683,12 +698,24 @@ pub async fn run(
                 tracing::debug!(?outcome, "cycle done");
                 next_poll = Instant::now() + api::jitter(interval, 0.1);
                 agent.flush_events().await;
+                if !ready {
+                    // READY once the first reconcile is done, whatever it found.
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    ready = true;
+                }
+                notify_status(&agent);
             }
             Wake::Events => {
                 agent.flush_events().await;
             }
+            Wake::Watchdog => {}
+        }
+        if let Some(d) = watchdog {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            next_watchdog = Some(Instant::now() + d);
         }
     }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // The current step has finished; deliver what is queued, within a deadline.
     let _ = tokio::time::timeout(FLUSH_DEADLINE, async {
         while !agent.queue.is_empty() {

@@ -239,7 +239,8 @@ pub struct ApiClient {
     client: reqwest::Client,
     spec_url: reqwest::Url,
     events_url: reqwest::Url,
-    token: String,
+    /// Marked sensitive, so HTTP libraries' debug output shows it as `Sensitive`.
+    token: reqwest::header::HeaderValue,
     etag: Option<String>,
 }
 
@@ -302,7 +303,9 @@ impl ApiClient {
             settings.dev.allow_insecure_http,
         )
         .map_err(|e| anyhow::anyhow!("vpsie.api_url: {e}"))?;
-        let token = read_key_file(&v.api_key_file)?;
+        let mut token = reqwest::header::HeaderValue::from_str(&read_key_file(&v.api_key_file)?)
+            .context("vpsie.api_key_file: the token cannot be sent as a header")?;
+        token.set_sensitive(true);
         let resolver = GuardedResolver {
             allow_loopback: settings.dev.allow_insecure_http,
             overrides,

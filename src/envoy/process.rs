@@ -90,6 +90,10 @@ pub fn spawn(
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
+        // systemd's notifications are the supervisor's to send, not Envoy's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         // Envoy must outlive a dropped handle; the supervisor stops it deliberately.
         .kill_on_drop(false);
     let mut child = cmd.spawn().map_err(|e| {

@@ -72,6 +72,7 @@ enum Event {
     Request(Request, oneshot::Sender<Response>),
     Exit(process::Exit),
     Retry,
+    Watchdog,
     Shutdown(StopKind),
 }
 
@@ -137,6 +138,12 @@ pub async fn run(
     let mut sup = Supervisor::new(settings).await?;
     sup.resume().await;
     sup.publish();
+    // READY once Envoy is LIVE with the current config, or at once when there is none yet (the
+    // agent, ordered after this unit, brings the first one).
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    sup.notify_status();
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let (req_tx, mut req_rx) = mpsc::channel(16);
     let accept = tokio::spawn(accept_loop(
         listener,
@@ -153,6 +160,7 @@ pub async fn run(
             Some((req, reply)) = req_rx.recv() => Event::Request(req, reply),
             Some(exit) = sup.exits_rx.recv() => Event::Exit(exit),
             _ = sleep_until(retry_at), if retry_at.is_some() => Event::Retry,
+            _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Event::Watchdog,
         };
         match event {
             Event::Shutdown(kind) => break kind,
@@ -163,12 +171,19 @@ pub async fn run(
             }
             Event::Exit(exit) => sup.on_exit(exit).await,
             Event::Retry => sup.retry().await,
+            Event::Watchdog => {}
+        }
+        if let Some(d) = watchdog {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            next_watchdog = Some(Instant::now() + d);
         }
         while let Some(exit) = sup.live_died.take() {
             sup.on_exit(exit).await;
         }
         sup.publish();
+        sup.notify_status();
     };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     accept.abort();
     sup.stop(stop).await;
     Ok(())
@@ -332,6 +347,20 @@ impl Supervisor {
         }
     }
 
+    /// Tells systemd what runs (a no-op outside systemd).
+    fn notify_status(&self) {
+        let status = match (&self.live, &self.critical) {
+            (_, Some(c)) => format!("CRITICAL: envoy is not serving: {c}"),
+            (Some(e), None) => format!(
+                "epoch {}, config {}",
+                e.epoch,
+                &e.hash[..e.hash.len().min(12)]
+            ),
+            (None, None) => "waiting for the first config".to_owned(),
+        };
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+
     /// Publishes what `status` shows; `envoy_state` is filled in live when asked.
     fn publish(&self) {
         self.snapshot.send_replace(Status {
@@ -485,6 +514,7 @@ impl Supervisor {
                 log: Vec::new(),
             },
         )?;
+        tracing::Span::current().record("epoch", epoch);
         tracing::info!(epoch, pid = e.pid, "started envoy epoch");
         let timeout = Duration::from_secs(self.settings.supervisor.live_timeout_s.into());
         match self.wait_live(&e, timeout).await {

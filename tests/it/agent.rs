@@ -823,3 +823,143 @@ async fn the_scrape_port_serves_two_paths_to_allowed_sources_only() {
     );
     drop(held);
 }
+
+/// Reads systemd notifications sent to `sock` until `want` arrives or the time runs out.
+fn notifications_until(
+    sock: &std::os::unix::net::UnixDatagram,
+    want: &str,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// READY, STATUS, WATCHDOG and STOPPING reach systemd from both daemons; and at trace level, with
+/// an https spec, neither the API token nor any private key appears in any log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_and_no_secret_reaches_a_log() {
+    use std::os::unix::net::UnixDatagram;
+    let u1 = upstream::http("u1", None).await;
+    let cert = crate::support::certs::cert(&["secure.test"]);
+    let front = Stand::front_port();
+    let notify_dir = tempfile::tempdir().unwrap();
+    let sup_sock_path = notify_dir.path().join("sup.sock");
+    let sup_sock = UnixDatagram::bind(&sup_sock_path).unwrap();
+    let stand = Stand::start_with_env(
+        |_| {},
+        vec![
+            ("NOTIFY_SOCKET".into(), sup_sock_path.display().to_string()),
+            ("RUST_LOG".into(), "trace".into()),
+        ],
+    )
+    .await;
+    let sup_msgs = notifications_until(&sup_sock, "READY=1", Duration::from_secs(10));
+    assert!(
+        sup_msgs.iter().any(|m| m.contains("READY=1")),
+        "supervisor READY: {sup_msgs:?}"
+    );
+
+    let https = json!({"identifier": LB, "lbName": "secure", "rules": [{
+        "ruleId": "web", "scheme": "https", "frontPort": front, "backPort": u1.port(),
+        "tls": {"certificateId": "c1", "certificatePem": cert.cert_pem, "privateKeyPem": cert.key_pem},
+        "backends": [{"identifier": "b", "ip": "127.0.0.1"}]}]});
+    let sim = Sim::start(&https);
+    let settings = agent_settings(&stand, &sim);
+    let conf = stand.dir.path().join("notify.yaml");
+    std::fs::write(&conf, serde_yaml::to_string(&settings).unwrap()).unwrap();
+    let agent_sock_path = notify_dir.path().join("agent.sock");
+    let agent_sock = UnixDatagram::bind(&agent_sock_path).unwrap();
+    let agent_log = stand.dir.path().join("agent-trace.log");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &agent_sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(stand.dir.path().join("agent-out.log")).unwrap())
+        .stderr(std::fs::File::create(&agent_log).unwrap())
+        .spawn()
+        .unwrap();
+    let msgs = notifications_until(&agent_sock, "READY=1", Duration::from_secs(20));
+    assert!(
+        msgs.iter().any(|m| m.contains("READY=1")),
+        "agent READY: {msgs:?}"
+    );
+    let more = notifications_until(&agent_sock, "never", Duration::from_millis(2500));
+    let all: Vec<&String> = msgs.iter().chain(&more).collect();
+    assert!(
+        all.iter().any(|m| m.contains("STATUS=epoch 0, config ")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "the loop pings the watchdog (every 0.5 s): {all:?}"
+    );
+    let sup_more = notifications_until(&sup_sock, "never", Duration::from_millis(300));
+    assert!(
+        sup_more.iter().any(|m| m.contains("STATUS=epoch 0")),
+        "supervisor STATUS: {sup_more:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = notifications_until(&agent_sock, "STOPPING=1", Duration::from_secs(10));
+    assert!(
+        stopping.iter().any(|m| m.contains("STOPPING=1")),
+        "{stopping:?}"
+    );
+    agent.wait().unwrap();
+
+    // The secrets: the token and every line of the private key's body.
+    let key_lines: Vec<&str> = cert
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_lines.is_empty());
+    for (name, text) in [
+        ("agent", std::fs::read_to_string(&agent_log).unwrap()),
+        ("supervisor", stand.log()),
+        (
+            "envoy",
+            std::fs::read_to_string(&stand.settings.envoy.log_file).unwrap_or_default(),
+        ),
+    ] {
+        assert!(
+            text.len() > 1000,
+            "{name} logged at trace level ({} bytes)",
+            text.len()
+        );
+        assert!(
+            !text.contains(&sim.token),
+            "the API token appears in the {name} log"
+        );
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "a private key appears in the {name} log"
+        );
+        for l in &key_lines {
+            assert!(
+                !text.contains(l),
+                "private key material appears in the {name} log"
+            );
+        }
+    }
+}

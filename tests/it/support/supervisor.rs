@@ -21,6 +21,8 @@ pub struct Stand {
     pub dir: TempDir,
     pub settings: Settings,
     pub config_file: PathBuf,
+    /// Extra environment for the supervisor process (NOTIFY_SOCKET, RUST_LOG...).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -43,6 +45,13 @@ impl Stand {
     }
 
     pub async fn start(tweak: impl FnOnce(&mut Settings)) -> Stand {
+        Self::start_with_env(tweak, Vec::new()).await
+    }
+
+    pub async fn start_with_env(
+        tweak: impl FnOnce(&mut Settings),
+        env: Vec<(String, String)>,
+    ) -> Stand {
         let dir = tempfile::tempdir().unwrap();
         let settings = Self::settings(dir.path(), tweak);
         let config_file = dir.path().join("agent.yaml");
@@ -51,6 +60,7 @@ impl Stand {
             dir,
             settings,
             config_file,
+            env,
             child: None,
         };
         stand.spawn_supervisor().await;
@@ -68,6 +78,7 @@ impl Stand {
             .args(["supervise", "--config"])
             .arg(&self.config_file)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
