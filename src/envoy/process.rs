@@ -64,6 +64,10 @@ pub fn args(settings: &Settings, config: &Path, epoch: u32) -> Vec<String> {
         "info".to_owned(),
         "--log-path".to_owned(),
         e.log_file.display().to_string(),
+        // Envoy flushes log files every 10 s by default: a crash would lose the last lines,
+        // the ones worth reading.
+        "--file-flush-interval-msec".to_owned(),
+        "1000".to_owned(),
     ];
     if let Some(c) = e.concurrency {
         a.push("--concurrency".to_owned());

@@ -928,6 +928,8 @@ async fn systemd_is_told_and_no_secret_reaches_a_log() {
     agent.wait().unwrap();
 
     // The secrets: the token and every line of the private key's body.
+    // Envoy writes its log file once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let key_lines: Vec<&str> = cert
         .key_pem
         .lines()
