@@ -8,6 +8,7 @@ mod api_sim;
 mod envoy_validate;
 mod hostile;
 mod observability;
+mod packaging;
 mod proptest_specs;
 mod supervision;
 mod traffic;
