@@ -230,19 +230,6 @@ fn prepare_ok(input: &[u8], settings: &Settings, now: i64, n: usize) -> Prepared
     }
 }
 
-fn count_backends(s: &spec::Spec) -> usize {
-    s.rules
-        .iter()
-        .map(|r| {
-            r.pool.backends.len()
-                + r.domains
-                    .iter()
-                    .map(|d| d.pool.backends.len())
-                    .sum::<usize>()
-        })
-        .sum()
-}
-
 fn pipeline(c: &mut Criterion) {
     let settings = Settings::default();
     let now = command::now_unix();
@@ -261,7 +248,7 @@ fn pipeline(c: &mut Criterion) {
     for (n, bytes) in &inputs {
         let p = prepare_ok(bytes, &settings, now, *n);
         assert_eq!(
-            count_backends(&p.loaded.spec),
+            spec::Spec::backend_count(&p.loaded.spec),
             *n,
             "the generated spec must hold exactly {n} backends"
         );
