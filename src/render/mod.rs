@@ -147,20 +147,9 @@ pub fn render(spec: &Spec, settings: &Settings) -> Result<Rendered, RenderError>
         tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
     let config = tera
         .render("bootstrap.json.tera", &ctx)
-        .map_err(|e| RenderError::Render(error_chain(&e)))?;
+        .map_err(|e| RenderError::Render(format!("{:#}", anyhow::Error::new(e))))?;
     check(&config, &view)?;
     Ok(Rendered { config, files })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 /// The parts of a rendered config the self-check reads back. Strings are borrowed and every
