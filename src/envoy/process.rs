@@ -162,13 +162,50 @@ pub async fn binary_hot_restart_version(binary: &Path) -> anyhow::Result<String>
         .map_err(|e| {
             anyhow::anyhow!("cannot run {} --hot-restart-version: {e}", binary.display())
         })?;
-    // Envoy prints it on stderr.
-    let mut v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if v.is_empty() {
-        v = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    let v = version_from_output(&out.stdout, &out.stderr);
+    match v {
+        Some(v) if out.status.success() => Ok(v),
+        _ => anyhow::bail!(
+            "{} --hot-restart-version printed {:?}",
+            binary.display(),
+            String::from_utf8_lossy(&[out.stdout.as_slice(), out.stderr.as_slice()].concat())
+        ),
     }
-    if !out.status.success() || super::shm::parse_version(&v).is_none() {
-        anyhow::bail!("{} --hot-restart-version printed {v:?}", binary.display());
+}
+
+/// The version line of `--hot-restart-version`'s output. Envoy prints it on stderr, and may
+/// print log lines before it: under systemd's cgroup hardening 1.40 warns that a cgroup v2
+/// file is not accessible. So the answer is the last line that parses as a version.
+fn version_from_output(stdout: &[u8], stderr: &[u8]) -> Option<String> {
+    let text = [
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr),
+    ]
+    .join("\n");
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| super::shm::parse_version(l).is_some())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_from_output;
+
+    #[test]
+    fn hot_restart_version_is_the_last_version_line() {
+        // What Envoy 1.40 printed under the supervisor unit's hardening, in the booted image.
+        let stderr = b"[2026-11-24 07:43:52.591][892][warning][misc] [source/server/cgroup_cpu_util.cc:313] Expected cgroup v2 file not accessible at /sys/fs/cgroup/system.slice/vpsie-lb-envoy.service\n11.104\n";
+        assert_eq!(version_from_output(b"", stderr).as_deref(), Some("11.104"));
+        assert_eq!(
+            version_from_output(b"11.104\n", b"").as_deref(),
+            Some("11.104")
+        );
+        assert_eq!(
+            version_from_output(b"", b"[warning] no version here\n"),
+            None
+        );
+        assert_eq!(version_from_output(b"", b""), None);
     }
-    Ok(v)
 }

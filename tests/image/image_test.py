@@ -1,0 +1,484 @@
+#!/usr/bin/env python3
+"""`make image-test`: boots the load balancer image under QEMU and checks it from the host.
+
+1. mmdebstrap builds a Debian 12 root filesystem from Debian's packages: the parts the Debian
+   cloud image gives the Packer build (kernel, systemd, cloud-init, python3, ifupdown), plus
+   qemu-guest-agent so that the host can ask the guest questions without a network.
+2. The *same* packer/scripts/provision.sh and cleanup.sh that Packer runs are run inside it,
+   from the same stage directory (`make stage-amd64`). The only test-only file is the API
+   stand-in binary, /usr/local/bin/vpsie-api-sim; its unit and spec come from the user data.
+3. The tree is packed into an ext4 filesystem and a qcow2, and booted with qemu-system-x86_64
+   (software emulation; IMAGE_TEST_ACCEL=kvm for KVM), user-mode networking with
+   `restrict=on` (the guest reaches nothing outside) and host port forwards on 127.0.0.1 only.
+4. cloud-init user data (a NoCloud seed) configures the agent to follow the stand-in on the
+   guest's loopback. From the host the test then checks: both units active, Envoy LIVE, the
+   agent applied the stand-in's spec (same hash), a request through the forwarded listener port
+   reaches a backend, Prometheus can scrape through Envoy, kernel tuning is in force, and
+   restarting the agent unit leaves the supervisor and Envoy alone.
+
+Run as root (mmdebstrap's root mode, chroot, mkfs). Exits non-zero on the first failed check.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+STAGE = os.path.join(ROOT, "output", "stage-amd64")
+WORK = os.path.join(ROOT, "output", "image-test")
+LB_ID = "image-test-lb"
+API_PORT = 18090
+# Debian's packages that the Debian 12 cloud image already has (and Packer's build relies on),
+# plus the guest agent the test talks to. Nothing is installed from anywhere else.
+PACKAGES = [
+    "systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64", "initramfs-tools",
+    "python3", "cloud-init", "ifupdown", "isc-dhcp-client", "logrotate", "procps", "iproute2",
+    "curl", "locales", "openssh-server", "qemu-guest-agent",
+]
+REQUIRED_TOOLS = ["mmdebstrap", "qemu-system-x86_64", "qemu-img", "mkfs.ext4", "cloud-localds"]
+
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"[image-test {time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+# Run when a check fails, to show the guest's side (journal, unit states).
+DIAGNOSE = []
+
+
+def fail(msg):
+    print(f"[image-test] FAILED: {msg}", file=sys.stderr, flush=True)
+    while DIAGNOSE:
+        try:
+            DIAGNOSE.pop()()
+        except Exception as e:  # noqa: BLE001 - diagnostics must not hide the failure
+            print(f"[image-test] (diagnostics failed: {e!r})", file=sys.stderr)
+    sys.exit(1)
+
+
+def run(cmd, **kw):
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+def debian_sources():
+    """The host's apt sources for Debian, handed to mmdebstrap as they are: no mirror is
+    written here, the test uses whatever this machine's apt uses."""
+    override = os.environ.get("IMAGE_TEST_APT_SOURCES")
+    if override:
+        return override
+    for path in ["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"]:
+        if os.path.exists(path) and "bookworm" in open(path).read():
+            return path
+    fail("no apt sources for Debian bookworm on this machine; set IMAGE_TEST_APT_SOURCES")
+
+
+def preflight():
+    if os.geteuid() != 0:
+        fail("run as root: mmdebstrap (root mode), chroot and mkfs need it")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        fail(f"missing {' '.join(missing)}: apt-get install mmdebstrap qemu-system-x86 "
+             "qemu-utils e2fsprogs cloud-image-utils")
+    for f in ["vpsie-lb-agent", "vpsie-api-sim", "provision.sh", "cleanup.sh"]:
+        if not os.path.exists(os.path.join(STAGE, f)):
+            fail(f"{STAGE}/{f} is missing: run `scripts/stage-image.sh amd64 --with-sim` "
+                 "(make image-test does)")
+
+
+def build_rootfs(rootfs):
+    stage_in = "/tmp/vpsie-lb-stage"
+    hooks = [
+        # What the Debian cloud image has and a bare debootstrap does not.
+        'echo vpsie-lb > "$1/etc/hostname"',
+        'printf "LABEL=vpsie-root / ext4 defaults 0 1\\n" > "$1/etc/fstab"',
+        'sed -i "s/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/" "$1/etc/locale.gen"',
+        'chroot "$1" locale-gen',
+        # The image's provisioning, exactly as Packer runs it.
+        f'mkdir -p "$1{stage_in}" && cp -a {STAGE}/. "$1{stage_in}/"',
+        f'chroot "$1" {stage_in}/provision.sh {stage_in}',
+        # Test only: the API stand-in, run in the guest on its loopback (see the user data).
+        f'install -m 0755 {STAGE}/vpsie-api-sim "$1/usr/local/bin/vpsie-api-sim"',
+        f'chroot "$1" {stage_in}/cleanup.sh {stage_in}',
+    ]
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(PACKAGES)]
+    for h in hooks:
+        cmd += ["--customize-hook", h]
+    cmd += ["bookworm", rootfs, debian_sources()]
+    run(cmd)
+    # cleanup.sh must leave no identity behind: every VM gets its own at first boot.
+    if open(os.path.join(rootfs, "etc/machine-id")).read() != "":
+        fail("/etc/machine-id is not empty in the image")
+    keys = [f for f in os.listdir(os.path.join(rootfs, "etc/ssh")) if f.startswith("ssh_host_")] \
+        if os.path.isdir(os.path.join(rootfs, "etc/ssh")) else []
+    if keys:
+        fail(f"SSH host keys left in the image: {keys}")
+    log("rootfs provisioned; image has an empty machine-id and no SSH host keys")
+
+
+def pack(rootfs, work):
+    boot = os.path.join(rootfs, "boot")
+    kernel = sorted(f for f in os.listdir(boot) if f.startswith("vmlinuz-"))[-1]
+    initrd = sorted(f for f in os.listdir(boot) if f.startswith("initrd.img-"))[-1]
+    shutil.copy(os.path.join(boot, kernel), os.path.join(work, "vmlinuz"))
+    shutil.copy(os.path.join(boot, initrd), os.path.join(work, "initrd.img"))
+    raw = os.path.join(work, "disk.raw")
+    run(["mkfs.ext4", "-q", "-F", "-L", "vpsie-root", "-d", rootfs, raw, "3G"])
+    qcow = os.path.join(work, "disk.qcow2")
+    run(["qemu-img", "convert", "-O", "qcow2", raw, qcow])
+    os.unlink(raw)
+    log(f"packed: {qcow} ({os.path.getsize(qcow) // (1 << 20)} MiB), kernel {kernel}")
+    return qcow
+
+
+def spec():
+    return {
+        "identifier": LB_ID,
+        "lbName": "image-test",
+        "rules": [{
+            "ruleId": "web",
+            "scheme": "http",
+            "frontPort": 80,
+            "backPort": 8101,
+            "healthCheckPath": "/",
+            "checkInterval": 1000,
+            "backends": [
+                {"identifier": "web1", "ip": "127.0.0.1", "port": 8101, "weight": 100},
+                {"identifier": "web2", "ip": "127.0.0.1", "port": 8102, "weight": 100},
+            ],
+        }],
+    }
+
+
+def test_settings():
+    """The shipped agent.yaml with only what pointing at a loopback stand-in needs changed;
+    each change must apply, so the test notices when the template moves."""
+    text = open(os.path.join(ROOT, "packer", "files", "agent.yaml")).read()
+    changes = [
+        ("api_url: https://api.vpsie.com", f"api_url: http://127.0.0.1:{API_PORT}"),
+        ("poll_interval_s: 30", "poll_interval_s: 2"),
+        ("allowed_hosts: [api.vpsie.com]", "allowed_hosts: [127.0.0.1]"),
+        # The host's scrapes arrive from QEMU's user-mode gateway.
+        ("allowed_cidrs: []", "allowed_cidrs: [10.0.2.2/32]"),
+    ]
+    for old, new in changes:
+        if old not in text:
+            fail(f"packer/files/agent.yaml no longer contains {old!r}; update the image test")
+        text = text.replace(old, new)
+    return text + ("\ndev:\n  allow_loopback_backends: true   # image test: backends on the guest's loopback\n"
+                   "  allow_insecure_http: true       # image test: plain http to the loopback stand-in\n")
+
+
+def user_data(token):
+    def file(path, content, owner="root:root", mode="0644"):
+        return {"path": path, "owner": owner, "permissions": mode, "content": content}
+
+    sim_unit = f"""[Unit]
+Description=image test: VPSie API stand-in on the guest's loopback
+[Service]
+ExecStart=/usr/local/bin/vpsie-api-sim --listen 127.0.0.1:{API_PORT} --token-file /etc/vpsie-api-sim/token --lb {LB_ID}=/etc/vpsie-api-sim/lb.json --upstream web1=127.0.0.1:8101 --upstream web2=127.0.0.1:8102
+"""
+    doc = {
+        "write_files": [
+            # The first-boot settings an operator provides (packer/cloud-init/user-data.example).
+            file("/etc/vpsie-lb/agent.env",
+                 f"VPSIE_LB_ID={LB_ID}\n",
+                 "root:vpsie-lb", "0640"),
+            file("/etc/vpsie-lb/api-key", token + "\n", "vpsie-lb:vpsie-lb", "0600"),
+            file("/etc/vpsie-lb/agent.yaml", test_settings(), "root:vpsie-lb", "0640"),
+            # The stand-in the agent follows, and its two upstreams.
+            file("/etc/vpsie-api-sim/token", token + "\n", "root:root", "0600"),
+            file("/etc/vpsie-api-sim/lb.json", json.dumps(spec(), indent=2) + "\n"),
+            file("/etc/systemd/system/vpsie-api-sim.service", sim_unit),
+        ],
+        "runcmd": [
+            ["systemctl", "daemon-reload"],
+            ["systemctl", "start", "--no-block", "vpsie-api-sim.service"],
+        ],
+    }
+    # JSON is YAML: no YAML library needed, and no quoting mistakes.
+    return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GuestAgent:
+    """A client of qemu-guest-agent over the virtio-serial socket: commands run in the guest
+    without any network between host and guest."""
+
+    def __init__(self, path, vm):
+        self.path = path
+        self.vm = vm
+        self.sock = None
+        self.buf = b""
+
+    def connect(self, deadline):
+        while time.monotonic() < deadline:
+            if self.vm.poll() is not None:
+                fail(f"QEMU exited with {self.vm.returncode} (see qemu.log, console.log)")
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(self.path)
+                self.sock.settimeout(3)
+                self.buf = b""
+                sync_id = int.from_bytes(os.urandom(4), "big")
+                # Before the guest agent starts, nothing answers; guest-sync tells a fresh
+                # answer from a stale one.
+                self.sock.sendall(json.dumps(
+                    {"execute": "guest-sync", "arguments": {"id": sync_id}}).encode() + b"\n")
+                while True:
+                    reply = self._read()
+                    if reply.get("return") == sync_id:
+                        self.sock.settimeout(30)
+                        return
+            except (OSError, ValueError):
+                if self.sock:
+                    self.sock.close()
+                time.sleep(2)
+        fail("the guest agent never answered (the VM did not boot; see console.log)")
+
+    def _read(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("guest agent closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        line = line.strip().lstrip(b"\xff")
+        return json.loads(line) if line else {}
+
+    def call(self, execute, arguments=None):
+        msg = {"execute": execute}
+        if arguments is not None:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "error" in reply:
+                raise RuntimeError(f"{execute}: {reply['error']}")
+            if "return" in reply:
+                return reply["return"]
+
+    def sh(self, command, timeout=120):
+        """Runs `sh -c command` in the guest; returns (exit code, stdout + stderr)."""
+        pid = self.call("guest-exec", {"path": "/bin/sh", "arg": ["-c", command],
+                                       "capture-output": True})["pid"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.call("guest-exec-status", {"pid": pid})
+            if st.get("exited"):
+                out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
+                err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
+                return st.get("exitcode", -1), out + err
+            time.sleep(0.5)
+        fail(f"guest command timed out after {timeout}s: {command}")
+
+    def check(self, command, timeout=120):
+        code, out = self.sh(command, timeout)
+        if code != 0:
+            fail(f"guest command failed ({code}): {command}\n{out}")
+        return out
+
+
+def http_get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode(errors="replace")
+
+
+def wait_for(what, probe, timeout, interval=2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            ok, last = probe()
+            if ok:
+                return last
+        except Exception as e:  # noqa: BLE001 - anything means "not yet"
+            last = repr(e)
+        time.sleep(interval)
+    fail(f"timed out after {timeout}s waiting for {what}; last: {last}")
+
+
+def boot(work, qcow, seed, ports):
+    # Software emulation by default: it works everywhere. Nested KVM on this kind of machine
+    # has /dev/kvm but aborts on MSR 0x10a (or hangs); IMAGE_TEST_ACCEL=kvm where KVM works.
+    kvm = os.environ.get("IMAGE_TEST_ACCEL", "tcg") == "kvm"
+    accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
+    log(f"booting under {'KVM' if kvm else 'software emulation (TCG)'}")
+    fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in ports)
+    cmd = ["qemu-system-x86_64", *accel, "-m", "1536", "-smp", "2", "-nodefaults",
+           "-display", "none", "-no-reboot",
+           "-serial", f"file:{os.path.join(work, 'console.log')}",
+           "-kernel", os.path.join(work, "vmlinuz"), "-initrd", os.path.join(work, "initrd.img"),
+           "-append", "root=LABEL=vpsie-root rw console=ttyS0 panic=-1",
+           "-drive", f"file={qcow},if=virtio,format=qcow2",
+           "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+           "-netdev", f"user,id=net0,restrict=on,{fwd}",
+           "-device", "virtio-net-pci,netdev=net0",
+           "-chardev", f"socket,id=qga0,path={os.path.join(work, 'qga.sock')},server=on,wait=off",
+           "-device", "virtio-serial",
+           "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0"]
+    log("$ " + " ".join(cmd))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(
+        os.path.join(work, "qemu.log"), "w"))
+
+
+def main():
+    preflight()
+    if os.path.exists(WORK):
+        shutil.rmtree(WORK)
+    os.makedirs(WORK)
+    rootfs = os.path.join(WORK, "rootfs")
+    build_rootfs(rootfs)
+    qcow = pack(rootfs, WORK)
+    shutil.rmtree(rootfs)
+
+    token = hashlib.sha256(os.urandom(32)).hexdigest()
+    with open(os.path.join(WORK, "user-data"), "w") as f:
+        f.write(user_data(token))
+    with open(os.path.join(WORK, "meta-data"), "w") as f:
+        f.write(f"instance-id: image-test-{int(time.time())}\nlocal-hostname: vpsie-lb\n")
+    seed = os.path.join(WORK, "seed.img")
+    run(["cloud-localds", seed, os.path.join(WORK, "user-data"), os.path.join(WORK, "meta-data")])
+
+    http_port, scrape_port = free_port(), free_port()
+    vm = boot(WORK, qcow, seed, [(http_port, 80), (scrape_port, 9100)])
+    t_boot = time.monotonic()
+    try:
+        checks(GuestAgent(os.path.join(WORK, "qga.sock"), vm), http_port, scrape_port, t_boot)
+    finally:
+        vm.terminate()
+        try:
+            vm.wait(10)
+        except subprocess.TimeoutExpired:
+            vm.kill()
+        if os.environ.get("IMAGE_TEST_CONSOLE") or sys.exc_info()[0] is not None:
+            for name in ["qemu.log", "console.log"]:
+                print(f"--- {name} (end) ---")
+                print(open(os.path.join(WORK, name), errors="replace").read()[-6000:])
+    log(f"PASSED in {time.monotonic() - T0:.0f}s (VM up to all checks: "
+        f"{time.monotonic() - t_boot:.0f}s)")
+
+
+def checks(qga, http_port, scrape_port, t_boot):
+    qga.connect(time.monotonic() + 600)
+
+    def journal():
+        code, out = qga.sh("systemctl --no-pager status vpsie-lb-envoy vpsie-lb-agent "
+                           "vpsie-api-sim; for u in vpsie-lb-envoy vpsie-lb-agent vpsie-api-sim "
+                           "cloud-final; do echo \"--- journal of $u\"; journalctl --no-pager "
+                           "-b -n 40 -u $u; done; tail -n 40 /var/log/vpsie-lb/envoy.log", 60)
+        print("--- guest journal ---\n" + out, file=sys.stderr)
+    DIAGNOSE.append(journal)
+    log(f"guest agent answers ({time.monotonic() - t_boot:.0f}s after start)")
+
+    out = qga.check("cloud-init status --wait --long", timeout=600)
+    log("cloud-init:\n" + out.strip())
+    if "status: done" not in out:
+        fail("cloud-init did not finish cleanly")
+
+    def units_active():
+        # is-active exits 0 when *any* unit is active: read every line.
+        _, out = qga.sh("systemctl is-active vpsie-lb-envoy.service vpsie-lb-agent.service")
+        return out.split() == ["active", "active"], out.strip()
+    wait_for("both units active", units_active, 120)
+    log("units:\n" + qga.check(
+        "systemctl show -p Id -p ActiveState -p SubState -p MainPID -p User -p NRestarts "
+        "vpsie-lb-envoy.service vpsie-lb-agent.service").strip())
+
+    # A request from the host, through the forwarded port, into Envoy's listener on port 80.
+    def request():
+        status, body = http_get(f"http://127.0.0.1:{http_port}/")
+        return status == 200 and ("web1" in body or "web2" in body), f"{status} {body[:80]!r}"
+    got = wait_for("a request through the VM to reach a backend", request, 180)
+    log(f"GET http://127.0.0.1:{http_port}/ (guest port 80) -> {got}")
+    seen = set()
+    for _ in range(8):
+        _, body = http_get(f"http://127.0.0.1:{http_port}/")
+        seen.update(n for n in ("web1", "web2") if n in body)
+    if seen != {"web1", "web2"}:
+        fail(f"round robin over both backends expected, saw {sorted(seen)}")
+    log(f"8 more requests reached {sorted(seen)}")
+
+    server_info = json.loads(qga.check("curl -sf http://127.0.0.1:9901/server_info"))
+    if server_info.get("state") != "LIVE":
+        fail(f"Envoy is {server_info.get('state')}, not LIVE")
+    log(f"Envoy {server_info.get('version', '?').split('/')[1]} state LIVE, "
+        f"epoch {server_info.get('command_line_options', {}).get('restart_epoch')}")
+
+    # The applied config is the one rendered from the stand-in's spec.
+    want = qga.check("vpsie-lb-agent hash --spec /etc/vpsie-api-sim/lb.json "
+                     "--config /etc/vpsie-lb/agent.yaml").strip().split()[-1]
+    status = qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml")
+    log("vpsie-lb-agent status:\n" + status.strip())
+    if want not in status:
+        fail(f"the running config is not the stand-in's spec (hash {want})")
+    log(f"running config hash {want} = hash of the stand-in's spec")
+
+    # Prometheus' view: everything through Envoy's scrape port, admitted by allowed_cidrs.
+    _, prom = http_get(f"http://127.0.0.1:{scrape_port}/stats/prometheus")
+    _, agent_metrics = http_get(f"http://127.0.0.1:{scrape_port}/metrics/agent")
+    if "envoy_server_live" not in prom or "vpsie_lb_agent_" not in agent_metrics:
+        fail("scrape through Envoy is missing Envoy's or the agent's metrics")
+    applies = [ln for ln in agent_metrics.splitlines()
+               if re.match(r"vpsie_lb_\w*appl\w*(\{| )", ln)]
+    log(f"scrape through Envoy (guest port 9100): {len(prom.splitlines())} Envoy lines; "
+        f"{'; '.join(applies) or 'agent metrics present'}")
+
+    # Envoy runs as vpsie-lb, holding only CAP_NET_BIND_SERVICE (bit 10), yet serves port 80.
+    proc = qga.check("pid=$(pgrep -o -x envoy); ps -o user=,pid=,comm= -p $pid; "
+                     "grep -E '^Cap(Eff|Prm|Bnd):' /proc/$pid/status")
+    log("envoy process:\n" + proc.strip())
+    caps = dict(re.findall(r"^(Cap\w+):\s+([0-9a-f]+)$", proc, re.M))
+    if not proc.split()[0] == "vpsie-lb" or int(caps.get("CapEff", "0"), 16) != 1 << 10:
+        fail("Envoy must run as vpsie-lb with CAP_NET_BIND_SERVICE alone")
+
+    sysctl = qga.check("sysctl -n net.core.somaxconn net.ipv4.tcp_max_syn_backlog fs.file-max; "
+                       "cat /proc/$(pgrep -o -x envoy)/limits | grep 'open files'")
+    log("tuning: " + " | ".join(sysctl.split("\n")).strip())
+    if not sysctl.startswith("65535\n65535\n2097152") or "1048576" not in sysctl:
+        fail("sysctl or file-limit tuning is not in force")
+
+    machine_id = qga.check("cat /etc/machine-id").strip()
+    if not re.fullmatch(r"[0-9a-f]{32}", machine_id):
+        fail(f"no machine id was generated at first boot: {machine_id!r}")
+    host_keys = qga.check("ls /etc/ssh/ | grep -c '^ssh_host_.*_key$' || true").strip()
+    if host_keys in ("", "0"):
+        fail("no SSH host keys were generated at first boot")
+    log(f"first boot generated machine-id {machine_id} and {host_keys} SSH host keys")
+
+    # Restarting the agent unit must not touch the supervisor or Envoy.
+    before = qga.check("systemctl show -p MainPID --value vpsie-lb-envoy.service; "
+                       "pgrep -o -x envoy").split()
+    qga.check("systemctl restart vpsie-lb-agent.service")
+    wait_for("the agent unit active again", lambda: (
+        qga.sh("systemctl is-active vpsie-lb-agent.service")[0] == 0, "restarting"), 60)
+    after = qga.check("systemctl show -p MainPID --value vpsie-lb-envoy.service; "
+                      "pgrep -o -x envoy").split()
+    if before != after:
+        fail(f"restarting the agent restarted the supervisor or Envoy: {before} -> {after}")
+    status_code, _ = http_get(f"http://127.0.0.1:{http_port}/")
+    log(f"agent restarted; supervisor pid {after[0]} and envoy pid {after[1]} unchanged; "
+        f"request -> {status_code}")
+
+    exposure = qga.check("for u in vpsie-lb-envoy vpsie-lb-agent; do printf '%s: ' $u; "
+                         "systemd-analyze security --no-pager $u.service | tail -n1; done")
+    log("systemd-analyze security in the booted guest:\n" + exposure.strip())
+
+
+if __name__ == "__main__":
+    main()
