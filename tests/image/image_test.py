@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -141,7 +142,7 @@ def pack(rootfs, work):
     return qcow
 
 
-def spec():
+def spec(backends=("web1", "web2")):
     return {
         "identifier": LB_ID,
         "lbName": "image-test",
@@ -153,8 +154,9 @@ def spec():
             "healthCheckPath": "/",
             "checkInterval": 1000,
             "backends": [
-                {"identifier": "web1", "ip": "127.0.0.1", "port": 8101, "weight": 100},
-                {"identifier": "web2", "ip": "127.0.0.1", "port": 8102, "weight": 100},
+                {"identifier": name, "ip": "127.0.0.1", "port": 8100 + int(name[3:]),
+                 "weight": 100}
+                for name in backends
             ],
         }],
     }
@@ -186,7 +188,7 @@ def user_data(token):
     sim_unit = f"""[Unit]
 Description=image test: VPSie API stand-in on the guest's loopback
 [Service]
-ExecStart=/usr/local/bin/vpsie-api-sim --listen 127.0.0.1:{API_PORT} --token-file /etc/vpsie-api-sim/token --lb {LB_ID}=/etc/vpsie-api-sim/lb.json --upstream web1=127.0.0.1:8101 --upstream web2=127.0.0.1:8102
+ExecStart=/usr/local/bin/vpsie-api-sim --listen 127.0.0.1:{API_PORT} --token-file /etc/vpsie-api-sim/token --lb {LB_ID}=/etc/vpsie-api-sim/lb.json --upstream web1=127.0.0.1:8101 --upstream web2=127.0.0.1:8102 --upstream web3=127.0.0.1:8103
 """
     doc = {
         "write_files": [
@@ -273,10 +275,12 @@ class GuestAgent:
             if "return" in reply:
                 return reply["return"]
 
-    def sh(self, command, timeout=120):
+    def sh(self, command, timeout=120, stdin=None):
         """Runs `sh -c command` in the guest; returns (exit code, stdout + stderr)."""
-        pid = self.call("guest-exec", {"path": "/bin/sh", "arg": ["-c", command],
-                                       "capture-output": True})["pid"]
+        args = {"path": "/bin/sh", "arg": ["-c", command], "capture-output": True}
+        if stdin is not None:
+            args["input-data"] = base64.b64encode(stdin.encode()).decode()
+        pid = self.call("guest-exec", args)["pid"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.call("guest-exec-status", {"pid": pid})
@@ -287,8 +291,8 @@ class GuestAgent:
             time.sleep(0.5)
         fail(f"guest command timed out after {timeout}s: {command}")
 
-    def check(self, command, timeout=120):
-        code, out = self.sh(command, timeout)
+    def check(self, command, timeout=120, stdin=None):
+        code, out = self.sh(command, timeout, stdin)
         if code != 0:
             fail(f"guest command failed ({code}): {command}\n{out}")
         return out
@@ -435,7 +439,7 @@ def checks(qga, http_port, scrape_port, t_boot):
     if "envoy_server_live" not in prom or "vpsie_lb_agent_" not in agent_metrics:
         fail("scrape through Envoy is missing Envoy's or the agent's metrics")
     applies = [ln for ln in agent_metrics.splitlines()
-               if re.match(r"vpsie_lb_\w*appl\w*(\{| )", ln)]
+               if re.match(r'vpsie_lb_\w+_applies_total\{result="applied"\}', ln)]
     log(f"scrape through Envoy (guest port 9100): {len(prom.splitlines())} Envoy lines; "
         f"{'; '.join(applies) or 'agent metrics present'}")
 
@@ -475,9 +479,61 @@ def checks(qga, http_port, scrape_port, t_boot):
     log(f"agent restarted; supervisor pid {after[0]} and envoy pid {after[1]} unchanged; "
         f"request -> {status_code}")
 
+    hot_restart_under_load(qga, http_port)
+
     exposure = qga.check("for u in vpsie-lb-envoy vpsie-lb-agent; do printf '%s: ' $u; "
                          "systemd-analyze security --no-pager $u.service | tail -n1; done")
     log("systemd-analyze security in the booted guest:\n" + exposure.strip())
+
+
+def hot_restart_under_load(qga, http_port):
+    """A spec change while the host keeps sending requests: the agent must apply it with a hot
+    restart (epoch 1) under the units' hardening, and no request may fail."""
+    stop = threading.Event()
+    tally = {"ok": 0, "failed": 0, "errors": [], "seen": set()}
+
+    def load():
+        while not stop.is_set():
+            try:
+                status, body = http_get(f"http://127.0.0.1:{http_port}/", timeout=15)
+                if status == 200:
+                    tally["ok"] += 1
+                    tally["seen"].add(body.strip())
+                    continue
+                tally["errors"].append(f"status {status}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                tally["errors"].append(repr(e))
+            tally["failed"] += 1
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        new_spec = json.dumps(spec(("web1", "web2", "web3")), indent=2) + "\n"
+        # Written next to the old one and renamed: the stand-in never reads half a file.
+        qga.check("cat > /etc/vpsie-api-sim/lb.json.new && "
+                  "mv /etc/vpsie-api-sim/lb.json.new /etc/vpsie-api-sim/lb.json", stdin=new_spec)
+        want = qga.check("vpsie-lb-agent hash --spec /etc/vpsie-api-sim/lb.json "
+                         "--config /etc/vpsie-lb/agent.yaml").strip().split()[-1]
+
+        def applied():
+            st = json.loads(qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml"))
+            sup = st.get("supervisor") or {}
+            return (sup.get("hash") == want and sup.get("envoy_state") == "LIVE",
+                    f"epoch {sup.get('epoch')} hash {sup.get('hash')}")
+        got = wait_for("the changed spec to go live", applied, 120)
+        wait_for("a request to reach the new backend web3",
+                 lambda: ("web3" in tally["seen"], sorted(tally["seen"])), 60)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    log(f"spec change applied by hot restart ({got}); under load: {tally['ok']} requests "
+        f"answered by {sorted(tally['seen'])}, {tally['failed']} failed")
+    if tally["failed"]:
+        fail(f"{tally['failed']} requests failed during the hot restart: {tally['errors'][:5]}")
+    if not got.startswith("epoch 1 "):
+        fail(f"expected the hot restart to make epoch 1, got {got}")
 
 
 if __name__ == "__main__":
