@@ -283,19 +283,21 @@ impl Settings {
         Ok(self)
     }
 
-    /// What following the API needs beyond `check`: a load balancer id.
+    /// What following the API needs beyond `check`: a load balancer id and an allowed API URL.
+    /// Kept apart from `check` on purpose: the supervisor reads the same file, and a mistake in
+    /// the API settings must never stop Envoy from starting.
     pub fn check_api(&self) -> anyhow::Result<()> {
-        let id = &self.vpsie.loadbalancer_id;
-        if id.is_empty() {
+        let v = &self.vpsie;
+        if v.loadbalancer_id.is_empty() {
             bail!("vpsie.loadbalancer_id: is required to follow the API (set it in agent.yaml, with --lb-id, or VPSIE_LB_ID)");
         }
+        crate::api::check_api_url(&v.api_url, &v.allowed_hosts, self.dev.allow_insecure_http)
+            .map_err(|e| anyhow::anyhow!("vpsie.api_url: {e}"))?;
         Ok(())
     }
 
     fn check(&self) -> anyhow::Result<()> {
         let v = &self.vpsie;
-        crate::api::check_api_url(&v.api_url, &v.allowed_hosts, self.dev.allow_insecure_http)
-            .map_err(|e| anyhow::anyhow!("vpsie.api_url: {e}"))?;
         let id = &v.loadbalancer_id;
         if !id.is_empty()
             && (id.len() > 64
@@ -583,11 +585,6 @@ mod tests {
     fn every_value_is_checked_with_its_key() {
         for (text, key) in [
             ("vpsie:\n  poll_interval_s: 0\n", "vpsie.poll_interval_s"),
-            ("vpsie:\n  api_url: http://api.vpsie.com\n", "vpsie.api_url"),
-            (
-                "vpsie:\n  api_url: https://evil.example.com\n",
-                "vpsie.api_url",
-            ),
             ("vpsie:\n  loadbalancer_id: a b\n", "vpsie.loadbalancer_id"),
             ("logging:\n  level: loud\n", "logging.level"),
             ("metrics:\n  address: 0.0.0.0\n", "metrics.address"),
@@ -599,8 +596,22 @@ mod tests {
             let e = Settings::parse_with_env(text, &|_| None).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
         }
-        let dev = "vpsie:\n  api_url: http://127.0.0.1:8080\n  allowed_hosts: [127.0.0.1]\ndev:\n  allow_insecure_http: true\n";
-        assert!(Settings::parse_with_env(dev, &|_| None).is_ok());
+        let dev = "vpsie:\n  loadbalancer_id: lb\n  api_url: http://127.0.0.1:8080\n  allowed_hosts: [127.0.0.1]\ndev:\n  allow_insecure_http: true\n";
+        let s = Settings::parse_with_env(dev, &|_| None).unwrap();
+        assert!(s.check_api().is_ok());
+    }
+
+    /// The supervisor reads the same file but never calls the API: a wrong API URL must stop
+    /// the agent with a clear error and leave the supervisor (and so Envoy) able to start.
+    #[test]
+    fn api_url_mistakes_stop_only_the_agent() {
+        for url in ["http://api.vpsie.com", "https://evil.example.com"] {
+            let text = format!("vpsie:\n  loadbalancer_id: lb\n  api_url: {url}\n");
+            let s = Settings::parse_with_env(&text, &|_| None)
+                .unwrap_or_else(|e| panic!("{url}: the supervisor's view must load: {e:#}"));
+            let e = s.check_api().unwrap_err();
+            assert!(format!("{e:#}").contains("vpsie.api_url"), "{url}: {e:#}");
+        }
     }
 
     #[test]
