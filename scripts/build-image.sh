@@ -23,18 +23,23 @@ legacy_args='^\s*(cd_content|efi_boot|efi_firmware_code|efi_firmware_vars)\s*='
 is_legacy() { [ "$(printf '%s\n' "$packer_version" 1.7.0 | sort -V | head -n1)" != 1.7.0 ]; }
 
 if [ "$what" = validate ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  # Packer checks that the file provisioner's source exists; the templates do not need real
+  # binaries to be checked, so empty stage directories stand in for `make stage-ARCH`.
+  mkdir -p "$tmp/out/stage-amd64" "$tmp/out/stage-arm64"
   if is_legacy; then
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    cp packer/variables.pkr.hcl "$tmp/"
-    grep -Ev "$legacy_args" packer/vpsie-lb.pkr.hcl > "$tmp/vpsie-lb.pkr.hcl"
+    mkdir "$tmp/t"
+    cp packer/variables.pkr.hcl "$tmp/t/"
+    grep -Ev "$legacy_args" packer/vpsie-lb.pkr.hcl > "$tmp/t/vpsie-lb.pkr.hcl"
     echo "build-image: Packer $packer_version predates plugins; validating without plugins.pkr.hcl" \
       "and without: $(grep -Eo "$legacy_args" packer/vpsie-lb.pkr.hcl | tr -d ' =' | sort -u | tr '\n' ' ')"
-    "$packer" validate "$tmp"
+    "$packer" validate -var "output_dir=$tmp/out" "$tmp/t"
   else
     "$packer" init packer/
-    "$packer" validate packer/
+    "$packer" validate -var "output_dir=$tmp/out" packer/
   fi
+  echo "build-image: the templates are valid (Packer $packer_version)"
   exit 0
 fi
 
