@@ -27,15 +27,13 @@ locals {
   shutdown = "sudo sh -c 'userdel --force --remove ${local.build_user}; rm -f /etc/sudoers.d/90-cloud-init-users /etc/ssh/sshd_config.d/50-cloud-init.conf; shutdown -P now'"
 }
 
-source "qemu" "amd64" {
-  qemu_binary      = "qemu-system-x86_64"
+# What both architectures share. The build block below names the two variants (qemu.amd64,
+# qemu.arm64) and adds what differs; Packer lets it add settings, not change these.
+source "qemu" "debian12" {
   accelerator      = var.accelerator
-  machine_type     = "pc"
   cpus             = 2
   memory           = 2048
   disk_image       = true
-  iso_url          = var.base_image_amd64.url
-  iso_checksum     = var.base_image_amd64.checksum
   disk_size        = var.disk_size
   disk_interface   = "virtio"
   net_device       = "virtio-net"
@@ -44,50 +42,43 @@ source "qemu" "amd64" {
   headless         = true
   cd_content       = local.seed
   cd_label         = "cidata"
-  output_directory = "${var.output_dir}/packer-amd64"
-  vm_name          = "vpsie-lb-${var.version}-amd64.qcow2"
   communicator     = "ssh"
   ssh_username     = local.build_user
   ssh_password     = local.build_password
-  ssh_timeout      = "30m"
   shutdown_command = local.shutdown
-  shutdown_timeout = "5m"
-}
-
-source "qemu" "arm64" {
-  qemu_binary       = "qemu-system-aarch64"
-  accelerator       = var.accelerator
-  machine_type      = "virt"
-  qemuargs          = [["-cpu", var.accelerator == "kvm" ? "host" : "max"]]
-  efi_boot          = true
-  efi_firmware_code = var.arm64_firmware_code
-  efi_firmware_vars = var.arm64_firmware_vars
-  cdrom_interface   = "virtio-scsi"
-  cpus              = 2
-  memory            = 2048
-  disk_image        = true
-  iso_url           = var.base_image_arm64.url
-  iso_checksum      = var.base_image_arm64.checksum
-  disk_size         = var.disk_size
-  disk_interface    = "virtio"
-  net_device        = "virtio-net"
-  format            = "qcow2"
-  disk_compression  = true
-  headless          = true
-  cd_content        = local.seed
-  cd_label          = "cidata"
-  output_directory  = "${var.output_dir}/packer-arm64"
-  vm_name           = "vpsie-lb-${var.version}-arm64.qcow2"
-  communicator      = "ssh"
-  ssh_username      = local.build_user
-  ssh_password      = local.build_password
-  ssh_timeout       = "60m"
-  shutdown_command  = local.shutdown
-  shutdown_timeout  = "10m"
 }
 
 build {
-  sources = ["source.qemu.amd64", "source.qemu.arm64"]
+  source "source.qemu.debian12" {
+    name             = "amd64"
+    qemu_binary      = "qemu-system-x86_64"
+    machine_type     = "pc"
+    iso_url          = var.base_image_amd64.url
+    iso_checksum     = var.base_image_amd64.checksum
+    output_directory = "${var.output_dir}/packer-amd64"
+    vm_name          = "vpsie-lb-${var.version}-amd64.qcow2"
+    ssh_timeout      = "30m"
+    shutdown_timeout = "5m"
+  }
+
+  # arm64 boots by UEFI on QEMU's virt machine, which has no IDE for the seed CD. Under software
+  # emulation (an amd64 host) it is slow: hence the longer timeouts.
+  source "source.qemu.debian12" {
+    name              = "arm64"
+    qemu_binary       = "qemu-system-aarch64"
+    machine_type      = "virt"
+    qemuargs          = [["-cpu", var.accelerator == "kvm" ? "host" : "max"]]
+    efi_boot          = true
+    efi_firmware_code = var.arm64_firmware_code
+    efi_firmware_vars = var.arm64_firmware_vars
+    cdrom_interface   = "virtio-scsi"
+    iso_url           = var.base_image_arm64.url
+    iso_checksum      = var.base_image_arm64.checksum
+    output_directory  = "${var.output_dir}/packer-arm64"
+    vm_name           = "vpsie-lb-${var.version}-arm64.qcow2"
+    ssh_timeout       = "60m"
+    shutdown_timeout  = "10m"
+  }
 
   # cloud-init must be done (users, apt sources) before anything is installed.
   provisioner "shell" {
@@ -98,7 +89,7 @@ build {
   }
 
   provisioner "shell" {
-    execute_command = "sudo -E sh -c '{{ .Vars }} {{ .Path }}'"
+    execute_command  = "sudo -E sh -c '{{ .Vars }} {{ .Path }}'"
     environment_vars = ["DEBIAN_FRONTEND=noninteractive"]
     inline = var.apt_upgrade ? [
       "apt-get update -q",

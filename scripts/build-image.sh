@@ -28,6 +28,7 @@ if [ "$what" = validate ]; then
   # Packer checks that the file provisioner's source exists; the templates do not need real
   # binaries to be checked, so empty stage directories stand in for `make stage-ARCH`.
   mkdir -p "$tmp/out/stage-amd64" "$tmp/out/stage-arm64"
+  "$packer" fmt -check -diff packer/ || { echo "build-image: run 'packer fmt packer/'" >&2; exit 1; }
   if is_legacy; then
     mkdir "$tmp/t"
     cp packer/variables.pkr.hcl "$tmp/t/"
