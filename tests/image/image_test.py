@@ -325,7 +325,7 @@ def boot(work, qcow, seed, ports):
     log(f"booting under {'KVM' if kvm else 'software emulation (TCG)'}")
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in ports)
     cmd = ["qemu-system-x86_64", *accel, "-m", "1536", "-smp", "2", "-nodefaults",
-           "-display", "none", "-no-reboot",
+           "-display", "none",
            "-serial", f"file:{os.path.join(work, 'console.log')}",
            "-kernel", os.path.join(work, "vmlinuz"), "-initrd", os.path.join(work, "initrd.img"),
            "-append", "root=LABEL=vpsie-root rw console=ttyS0 panic=-1",
@@ -480,6 +480,7 @@ def checks(qga, http_port, scrape_port, t_boot):
         f"request -> {status_code}")
 
     hot_restart_under_load(qga, http_port)
+    reboot_without_api(qga, http_port)
 
     exposure = qga.check("for u in vpsie-lb-envoy vpsie-lb-agent; do printf '%s: ' $u; "
                          "systemd-analyze security --no-pager $u.service | tail -n1; done")
@@ -534,6 +535,53 @@ def hot_restart_under_load(qga, http_port):
         fail(f"{tally['failed']} requests failed during the hot restart: {tally['errors'][:5]}")
     if not got.startswith("epoch 1 "):
         fail(f"expected the hot restart to make epoch 1, got {got}")
+
+
+def supervisor_status(qga):
+    st = json.loads(qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml"))
+    return st.get("supervisor") or {}
+
+
+def reboot_without_api(qga, http_port):
+    """A reboot while the API is unreachable: the load balancer must come back by itself with
+    the last config it applied, and, once the API answers with the same spec, not reload.
+    (The stand-in's unit is not enabled, so after the reboot the API is down.)"""
+    want = supervisor_status(qga).get("hash")
+    boot_id = qga.check("cat /proc/sys/kernel/random/boot_id").strip()
+    t = time.monotonic()
+    # Not waited for: the guest agent goes down with the guest.
+    qga.call("guest-exec", {"path": "/bin/systemctl", "arg": ["reboot"]})
+    qga.sock.close()
+    # The old guest agent may still answer for a moment: wait for a new boot id.
+    def rebooted():
+        qga.connect(time.monotonic() + 600)
+        code, out = qga.sh("cat /proc/sys/kernel/random/boot_id")
+        return code == 0 and out.strip() != boot_id, out.strip()
+    wait_for("the VM to reboot", rebooted, 600, interval=3)
+    log(f"rebooted in {time.monotonic() - t:.0f}s")
+
+    def serving_last_config():
+        _, active = qga.sh("systemctl is-active vpsie-lb-envoy.service vpsie-lb-agent.service "
+                           "vpsie-api-sim.service")
+        sup = supervisor_status(qga)
+        return (active.split()[:2] == ["active", "active"] and sup.get("hash") == want
+                and sup.get("envoy_state") == "LIVE",
+                f"units {active.split()}, epoch {sup.get('epoch')}, {sup.get('envoy_state')}, "
+                f"hash {sup.get('hash')}")
+    got = wait_for("Envoy LIVE with the last applied config after the reboot",
+                   serving_last_config, 180)
+    log(f"after the reboot, API down: {got}")
+    if "'inactive'" not in got:
+        fail("the stand-in should not be running after the reboot (it is not enabled)")
+
+    qga.check("systemctl start vpsie-api-sim.service")
+    got = wait_for("a request through the VM after the reboot", lambda: (
+        http_get(f"http://127.0.0.1:{http_port}/")[0] == 200, "waiting"), 60)
+    time.sleep(6)  # three polls of the agent: an unchanged spec must not reload Envoy
+    sup = supervisor_status(qga)
+    if sup.get("epoch") != 0 or sup.get("hash") != want:
+        fail(f"the unchanged spec reloaded Envoy after the reboot: {sup}")
+    log(f"API back: requests served, still epoch 0 with hash {want} (no reload)")
 
 
 if __name__ == "__main__":
