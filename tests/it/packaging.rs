@@ -1,5 +1,7 @@
-//! The systemd units (`systemd/`): `systemd-analyze verify` is clean and the exposure figures of
-//! `systemd-analyze security` stay within target (agent <= 2.0). The figures are printed.
+//! What the image ships, checked without booting it (`make image-test` boots it): the systemd
+//! units verify and stay within their exposure targets (figures printed), the shipped settings
+//! are production settings that fit the units' writable paths, and the example user data writes
+//! what the units read.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,4 +53,102 @@ fn the_units_verify_and_stay_within_their_exposure_targets() {
         println!("{unit}: systemd-analyze security exposure {e}");
         assert!(e <= target, "{unit}: exposure {e} above {target}\n{out}");
     }
+}
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The `ReadWritePaths=` of a unit file, without systemd's "-" (ignore if missing) prefix.
+fn writable_paths(unit: &str) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(repo("systemd").join(unit)).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ReadWritePaths="))
+        .flat_map(|l| l.split_whitespace())
+        .map(|p| PathBuf::from(p.trim_start_matches('-')))
+        .collect()
+}
+
+/// The settings the image ships (`packer/files/agent.yaml`) are production settings, load as
+/// both units load them, and put every file where the units may write: a path outside
+/// `ReadWritePaths=` would only fail at boot, on a read-only file system.
+#[test]
+fn the_shipped_settings_are_valid_and_fit_the_units() {
+    use vpsie_lb_agent::settings::Settings;
+    let text = std::fs::read_to_string(repo("packer/files/agent.yaml")).unwrap();
+    // The units' environment, as cloud-init's user data writes it (agent.env).
+    let env = |name: &str| (name == "VPSIE_LB_ID").then(|| "lb-0123".to_owned());
+    let s = Settings::parse_with_env(&text, &env).expect("packer/files/agent.yaml must load");
+    s.check_api()
+        .expect("the agent must be able to follow the API with the shipped settings");
+    assert_eq!(s.vpsie.api_url, "https://api.vpsie.com");
+    assert_eq!(s.vpsie.loadbalancer_id, "lb-0123");
+    assert!(!s.dev.allow_insecure_http && !s.dev.allow_loopback_backends);
+    assert!(s.envoy.admin_address.is_loopback());
+    assert!(s.envoy.listen_address.is_unspecified());
+    assert_eq!(s.envoy.binary, PathBuf::from("/usr/local/bin/envoy"));
+    assert!(
+        s.metrics.allowed_cidrs.is_empty(),
+        "nobody may scrape until the operator says who"
+    );
+
+    let supervisor = writable_paths("vpsie-lb-envoy.service");
+    let agent = writable_paths("vpsie-lb-agent.service");
+    let under = |p: &std::path::Path, allowed: &[PathBuf]| allowed.iter().any(|a| p.starts_with(a));
+    for (what, path) in [
+        ("envoy.config_dir", &s.envoy.config_dir),
+        ("envoy.log_file", &s.envoy.log_file),
+        ("supervisor.socket", &s.supervisor.socket),
+        ("state_dir", &s.state_dir),
+    ] {
+        assert!(
+            under(path, &supervisor),
+            "{what} = {} is not writable by vpsie-lb-envoy.service ({supervisor:?})",
+            path.display()
+        );
+    }
+    for (what, path) in [
+        ("state_dir", &s.state_dir),
+        ("supervisor.socket", &s.supervisor.socket),
+    ] {
+        assert!(
+            under(path, &agent),
+            "{what} = {} is not writable by vpsie-lb-agent.service ({agent:?})",
+            path.display()
+        );
+    }
+}
+
+/// The example user data is cloud-config that writes the two files the units read, with the
+/// owners and modes the agent demands (a token others can read is refused).
+#[test]
+fn the_example_user_data_writes_what_the_units_read() {
+    let text = std::fs::read_to_string(repo("packer/cloud-init/user-data.example")).unwrap();
+    assert!(text.starts_with("#cloud-config\n"));
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let files = doc["write_files"].as_sequence().expect("write_files");
+    let file = |path: &str| {
+        files
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path))
+            .unwrap_or_else(|| panic!("the example does not write {path}"))
+    };
+    let env = file("/etc/vpsie-lb/agent.env");
+    assert!(env["content"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("VPSIE_LB_ID=")));
+    let key = file("/etc/vpsie-lb/api-key");
+    assert_eq!(key["owner"].as_str(), Some("vpsie-lb:vpsie-lb"));
+    assert_eq!(key["permissions"].as_str(), Some("0600"));
+    for unit in ["vpsie-lb-envoy.service", "vpsie-lb-agent.service"] {
+        let text = std::fs::read_to_string(repo("systemd").join(unit)).unwrap();
+        assert!(
+            text.contains("EnvironmentFile=-/etc/vpsie-lb/agent.env"),
+            "{unit} must read agent.env"
+        );
+    }
+    let agent = std::fs::read_to_string(repo("systemd/vpsie-lb-agent.service")).unwrap();
+    assert!(agent.contains("ConditionPathExists=/etc/vpsie-lb/api-key"));
 }
