@@ -108,6 +108,8 @@ def build_rootfs(rootfs):
         # The image's provisioning, exactly as Packer runs it.
         f'mkdir -p "$1{stage_in}" && cp -a {STAGE}/. "$1{stage_in}/"',
         f'chroot "$1" {stage_in}/provision.sh {stage_in}',
+        # Twice: an upgrade re-runs it on a provisioned system, so it must be idempotent.
+        f'chroot "$1" {stage_in}/provision.sh {stage_in}',
         # Test only: the API stand-in, run in the guest on its loopback (see the user data).
         f'install -m 0755 {STAGE}/vpsie-api-sim "$1/usr/local/bin/vpsie-api-sim"',
         f'chroot "$1" {stage_in}/cleanup.sh {stage_in}',
@@ -456,6 +458,18 @@ def checks(qga, http_port, scrape_port, t_boot):
     log("tuning: " + " | ".join(sysctl.split("\n")).strip())
     if not sysctl.startswith("65535\n65535\n2097152") or "1048576" not in sysctl:
         fail("sysctl or file-limit tuning is not in force")
+    # Every line of the sysctl file applied (a rejected key fails systemd-sysctl.service).
+    sysctl_unit = qga.check("systemctl show -p Result --value systemd-sysctl.service").strip()
+    if sysctl_unit != "success":
+        fail(f"systemd-sysctl.service did not apply every setting: {sysctl_unit}")
+
+    # The shipped logrotate rule works on Envoy's log (as vpsie-lb, in its 0700 directory), and
+    # Envoy is still LIVE afterwards.
+    rotated = qga.check("logrotate -f /etc/logrotate.d/vpsie-lb && ls /var/log/vpsie-lb && "
+                        "curl -sf http://127.0.0.1:9901/ready")
+    if "envoy.log.1" not in rotated or "LIVE" not in rotated:
+        fail(f"logrotate did not rotate Envoy's log, or Envoy is not LIVE after it:\n{rotated}")
+    log("logrotate rotated Envoy's log: " + " ".join(rotated.split()))
 
     machine_id = qga.check("cat /etc/machine-id").strip()
     if not re.fullmatch(r"[0-9a-f]{32}", machine_id):
