@@ -463,6 +463,16 @@ def checks(qga, http_port, scrape_port, t_boot):
     if sysctl_unit != "success":
         fail(f"systemd-sysctl.service did not apply every setting: {sysctl_unit}")
 
+    # With the cpu controller on (CPUWeight=), Envoy finds cpu.max in its cgroup and does not
+    # warn (its early warnings go to the unit's journal).
+    code, cpu_max = qga.sh("cat /sys/fs/cgroup/system.slice/vpsie-lb-envoy.service/cpu.max")
+    warnings = qga.check("journalctl -b -u vpsie-lb-envoy.service | "
+                         "grep -c 'cgroup v2 file not accessible' || true").strip()
+    if code != 0 or warnings != "0":
+        fail(f"Envoy cannot read its cgroup's cpu.max ({cpu_max.strip()}); "
+             f"{warnings} warnings in the journal")
+    log(f"Envoy's cgroup cpu.max: {cpu_max.strip()}; no cgroup warning in the journal")
+
     # The shipped logrotate rule works on Envoy's log (as vpsie-lb, in its 0700 directory), and
     # Envoy is still LIVE afterwards.
     rotated = qga.check("logrotate -f /etc/logrotate.d/vpsie-lb && ls /var/log/vpsie-lb && "
