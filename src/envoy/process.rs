@@ -174,8 +174,9 @@ pub async fn binary_hot_restart_version(binary: &Path) -> anyhow::Result<String>
 }
 
 /// The version line of `--hot-restart-version`'s output. Envoy prints it on stderr, and may
-/// print log lines before it: under systemd's cgroup hardening 1.40 warns that a cgroup v2
-/// file is not accessible. So the answer is the last line that parses as a version.
+/// print log lines before it: 1.40 warns when its cgroup has no `cpu.max` (the cpu controller
+/// is off, as it was under the unit before `CPUWeight=`). So the answer is the last line that
+/// parses as a version.
 fn version_from_output(stdout: &[u8], stderr: &[u8]) -> Option<String> {
     let text = [
         String::from_utf8_lossy(stdout),
