@@ -126,7 +126,7 @@ async fn supervised(applies: usize, ports: &[u16]) -> (Vec<Duration>, support::l
             .unwrap()
         })
         .collect();
-    command::hand_over(&specs[0], &stand.settings, false)
+    vpsie_lb_agent::supervisor::client::hand_over(&specs[0], &stand.settings, false)
         .await
         .unwrap();
     let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
@@ -136,9 +136,10 @@ async fn supervised(applies: usize, ports: &[u16]) -> (Vec<Duration>, support::l
     for i in 1..=applies {
         tokio::time::sleep(spacing).await;
         let t = Instant::now();
-        let out = command::hand_over(&specs[i % 2], &stand.settings, false)
-            .await
-            .unwrap();
+        let out =
+            vpsie_lb_agent::supervisor::client::hand_over(&specs[i % 2], &stand.settings, false)
+                .await
+                .unwrap();
         lat.push(t.elapsed());
         assert_eq!(out.epoch, Some(i as u32));
     }

@@ -234,7 +234,7 @@ fn pipeline(c: &mut Criterion) {
     let settings = Settings::default();
     let now = command::now_unix();
     let cert = Cert::generate();
-    let opts = settings.spec_options(now);
+    let opts = vpsie_lb_agent::pipeline::spec_options(&settings, now);
 
     let inputs: Vec<(usize, Vec<u8>)> = SIZES
         .iter()

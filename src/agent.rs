@@ -13,13 +13,14 @@
 //! deadline and exit 0; HUP resyncs at once and re-applies even an unchanged hash.
 
 use crate::api::{self, ApiClient, Fetched};
-use crate::command::{self, Prepared};
 use crate::events::{Event, EventQueue};
 use crate::metrics::AgentMetrics;
+use crate::pipeline::{self, Prepared};
 use crate::render;
 use crate::settings::Settings;
 use crate::spec::{self, Finding};
 use crate::store::{self, ConfigStore};
+use crate::supervisor::client;
 use crate::supervisor::protocol::{ApplyOutcome, ApplyResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -228,7 +229,7 @@ impl Agent {
             Outcome::Unreachable(_) => "unreachable",
         };
         self.metrics.polls.with_label_values(&[result]).inc();
-        if let Ok(s) = command::status(&self.settings).await {
+        if let Ok(s) = client::status(&self.settings).await {
             self.metrics
                 .envoy_up
                 .set(i64::from(s.envoy_state == "LIVE"));
@@ -274,8 +275,8 @@ impl Agent {
     }
 
     async fn reconcile(&mut self, body: &[u8], force: bool) -> Outcome {
-        let now = command::now_unix();
-        let loaded = match spec::load(body, &self.settings.spec_options(now)) {
+        let now = pipeline::now_unix();
+        let loaded = match spec::load(body, &pipeline::spec_options(&self.settings, now)) {
             Ok(l) => l,
             Err(errors) => {
                 let body_hash = rejected_hash(body);
@@ -324,7 +325,7 @@ impl Agent {
             rendered,
         };
         let span = tracing::info_span!("apply", %hash);
-        match command::hand_over_raw(&prepared, &self.settings, force)
+        match client::hand_over_raw(&prepared, &self.settings, force)
             .instrument(span)
             .await
         {

@@ -125,6 +125,22 @@ fn forbidden_v4(ip: Ipv4Addr, allow_loopback: bool) -> Option<&'static str> {
     None
 }
 
+/// What following the API needs beyond `Settings::load`'s checks: a load balancer id and an
+/// allowed API URL. Kept apart on purpose: the supervisor reads the same file, and a mistake in
+/// the API settings must never stop Envoy from starting.
+pub fn check_settings(settings: &Settings) -> anyhow::Result<()> {
+    let v = &settings.vpsie;
+    if v.loadbalancer_id.is_empty() {
+        anyhow::bail!("vpsie.loadbalancer_id: is required to follow the API (set it in agent.yaml, with --lb-id, or VPSIE_LB_ID)");
+    }
+    check_api_url(
+        &v.api_url,
+        &v.allowed_hosts,
+        settings.dev.allow_insecure_http,
+    )
+    .map_err(|e| anyhow::anyhow!("vpsie.api_url: {e}"))
+}
+
 /// Checks the API URL: https (or, in development, http to a loopback host), a host from the
 /// allowed list, and, for an IP literal, an allowed address.
 pub fn check_api_url(
@@ -297,7 +313,7 @@ impl ApiClient {
     ) -> anyhow::Result<ApiClient> {
         let v = &settings.vpsie;
         // The id and the URL (scheme, host allowed, no credentials).
-        settings.check_api()?;
+        check_settings(settings)?;
         let mut token = reqwest::header::HeaderValue::from_str(&read_key_file(&v.api_key_file)?)
             .context("vpsie.api_key_file: the token cannot be sent as a header")?;
         token.set_sensitive(true);
@@ -582,6 +598,22 @@ mod tests {
                 j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
                 "{j:?}"
             );
+        }
+    }
+
+    /// The supervisor reads the same file but never calls the API: a wrong API URL must stop
+    /// the agent with a clear error and leave the supervisor (and so Envoy) able to start.
+    #[test]
+    fn api_url_mistakes_stop_only_the_agent() {
+        let dev = "vpsie:\n  loadbalancer_id: lb\n  api_url: http://127.0.0.1:8080\n  allowed_hosts: [127.0.0.1]\ndev:\n  allow_insecure_http: true\n";
+        let s = crate::settings::Settings::parse_with_env(dev, &|_| None).unwrap();
+        assert!(check_settings(&s).is_ok());
+        for url in ["http://api.vpsie.com", "https://evil.example.com"] {
+            let text = format!("vpsie:\n  loadbalancer_id: lb\n  api_url: {url}\n");
+            let s = crate::settings::Settings::parse_with_env(&text, &|_| None)
+                .unwrap_or_else(|e| panic!("{url}: the supervisor's view must load: {e:#}"));
+            let e = check_settings(&s).unwrap_err();
+            assert!(format!("{e:#}").contains("vpsie.api_url"), "{url}: {e:#}");
         }
     }
 }

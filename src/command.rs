@@ -4,82 +4,15 @@
 //! Exit codes: 0 ok, 2 the spec is invalid, 3 Envoy rejected the config, 4 the config failed at
 //! runtime and the previous one was restored, 1 anything else.
 
-use crate::render::{self, Rendered};
+use crate::envoy;
+pub use crate::pipeline::{now_unix, prepare, prepare_for_store, Failure, Prepared};
 use crate::settings::Settings;
-use crate::spec::{self, Finding, Loaded, SpecErrors};
-use crate::store::ConfigStore;
-use crate::supervisor::protocol::{
-    self, ApplyOutcome, ApplyRequest, ApplyResult, FileData, Request, Response, Status,
-};
-use crate::{envoy, store};
+use crate::spec;
+use crate::store::{self, ConfigStore};
+use crate::supervisor::client::{hand_over, status};
+use crate::supervisor::protocol::{ApplyOutcome, Status};
 use anyhow::Context;
 use std::path::Path;
-use std::time::Duration;
-
-/// Why a command failed, as far as the exit code cares.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error(transparent)]
-    Invalid(#[from] SpecErrors),
-    #[error("{0}")]
-    Rejected(String),
-    #[error("{0}")]
-    RolledBack(String),
-    #[error(transparent)]
-    Other(#[from] anyhow::Error),
-}
-
-impl Failure {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Invalid(_) => 2,
-            Failure::Rejected(_) => 3,
-            Failure::RolledBack(_) => 4,
-            Failure::Other(_) => 1,
-        }
-    }
-}
-
-impl From<envoy::EnvoyError> for Failure {
-    fn from(e: envoy::EnvoyError) -> Self {
-        match e {
-            envoy::EnvoyError::Rejected(_) => Failure::Rejected(e.to_string()),
-            other => Failure::Other(other.into()),
-        }
-    }
-}
-
-/// A spec taken all the way to Envoy config text: the pipeline shared by every command.
-#[derive(Debug)]
-pub struct Prepared {
-    pub loaded: Loaded,
-    pub hash: String,
-    pub rendered: Rendered,
-}
-
-impl Prepared {
-    pub fn warnings(&self) -> &[Finding] {
-        &self.loaded.warnings
-    }
-}
-
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Parse, normalise, validate, hash and render.
-pub fn prepare(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, Failure> {
-    let loaded = spec::load(input, &settings.spec_options(now))?;
-    let hash = spec::config_hash(&loaded.spec, render::template_version());
-    let rendered = render::render(&loaded.spec, settings).map_err(anyhow::Error::from)?;
-    Ok(Prepared {
-        loaded,
-        hash,
-        rendered,
-    })
-}
 
 fn read_spec(path: &Path) -> anyhow::Result<Vec<u8>> {
     let meta = std::fs::metadata(path)
@@ -129,100 +62,6 @@ pub async fn validate(spec_path: &Path, settings: &Settings) -> Result<Prepared,
     Ok(p)
 }
 
-/// Renders a spec for the supervisor's config store: certificates go into the directory of the
-/// config's hash, so that each stored config is complete on its own.
-pub fn prepare_for_store(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, Failure> {
-    let loaded = spec::load(input, &settings.spec_options(now))?;
-    let hash = spec::config_hash(&loaded.spec, render::template_version());
-    let mut local = settings.clone();
-    local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
-    let rendered = render::render(&loaded.spec, &local).map_err(anyhow::Error::from)?;
-    Ok(Prepared {
-        loaded,
-        hash,
-        rendered,
-    })
-}
-
-/// How long an apply may take: validation, the previous epoch's drain, a start and a restore.
-fn apply_timeout(settings: &Settings) -> Duration {
-    let e = &settings.envoy;
-    Duration::from_secs(
-        envoy::VALIDATE_TIMEOUT.as_secs()
-            + u64::from(e.parent_shutdown_time_s)
-            + 3 * u64::from(settings.supervisor.live_timeout_s)
-            + 30,
-    )
-}
-
-/// Hands a prepared config to the supervisor and returns its outcome as it is.
-pub async fn hand_over_raw(
-    p: &Prepared,
-    settings: &Settings,
-    force: bool,
-) -> anyhow::Result<ApplyOutcome> {
-    let req = Request::Apply(ApplyRequest {
-        hash: p.hash.clone(),
-        config: p.rendered.config.clone(),
-        files: p
-            .rendered
-            .files
-            .iter()
-            .map(|f| FileData {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-            })
-            .collect(),
-        force,
-    });
-    match protocol::call(&settings.supervisor.socket, &req, apply_timeout(settings)).await? {
-        Response::Apply(out) => Ok(out),
-        Response::Error { message } => {
-            anyhow::bail!("the supervisor refused the request: {message}")
-        }
-        Response::Status(_) | Response::Metrics { .. } => {
-            anyhow::bail!("the supervisor answered out of turn")
-        }
-    }
-}
-
-/// Hands a prepared config to the supervisor and maps its outcome onto a result.
-pub async fn hand_over(
-    p: &Prepared,
-    settings: &Settings,
-    force: bool,
-) -> Result<ApplyOutcome, Failure> {
-    let out = hand_over_raw(p, settings, force).await?;
-    let detail = |out: &ApplyOutcome| {
-        let mut s = out.error.clone().unwrap_or_default();
-        if let Some(r) = &out.restore_error {
-            s.push_str(&format!("; restoring the previous config failed too: {r}"));
-        }
-        if !out.envoy_log.is_empty() {
-            s.push_str("\nenvoy's last lines:\n  ");
-            s.push_str(&out.envoy_log.join("\n  "));
-        }
-        s
-    };
-    match out.result {
-        ApplyResult::Applied | ApplyResult::Unchanged => Ok(out),
-        ApplyResult::Rejected => Err(Failure::Rejected(detail(&out))),
-        ApplyResult::RolledBack => Err(Failure::RolledBack(format!(
-            "the new config failed at runtime; the previous config ({}) serves again: {}",
-            out.previous_hash.as_deref().unwrap_or("none"),
-            detail(&out)
-        ))),
-        ApplyResult::Critical => {
-            Err(anyhow::anyhow!("CRITICAL: envoy is not serving: {}", detail(&out)).into())
-        }
-        ApplyResult::Error => Err(anyhow::anyhow!(
-            "the supervisor could not apply the config: {}",
-            detail(&out)
-        )
-        .into()),
-    }
-}
-
 /// `apply`: render, hand to the supervisor, wait for the outcome.
 pub async fn apply(
     spec_path: &Path,
@@ -231,20 +70,6 @@ pub async fn apply(
     let p = prepare_for_store(&read_spec(spec_path)?, settings, now_unix())?;
     let out = hand_over(&p, settings, false).await?;
     Ok((p, out))
-}
-
-/// `status`: what the supervisor reports.
-pub async fn status(settings: &Settings) -> Result<Status, Failure> {
-    match protocol::call(
-        &settings.supervisor.socket,
-        &Request::Status,
-        Duration::from_secs(10),
-    )
-    .await?
-    {
-        Response::Status(s) => Ok(s),
-        other => Err(anyhow::anyhow!("unexpected answer from the supervisor: {other:?}").into()),
-    }
 }
 
 /// What `status` prints: the supervisor's view and the agent's.

@@ -12,6 +12,7 @@ pub mod command;
 pub mod envoy;
 pub mod events;
 pub mod metrics;
+pub mod pipeline;
 pub mod render;
 pub mod settings;
 pub mod spec;

@@ -141,7 +141,7 @@ fn api_settings(a: &ApiArgs) -> Result<Settings, Failure> {
         api_key_file: a.api_key_file.clone(),
         loadbalancer_id: a.lb_id.clone(),
     })?;
-    s.check_api()?;
+    vpsie_lb_agent::api::check_settings(&s)?;
     Ok(s)
 }
 

@@ -283,19 +283,6 @@ impl Settings {
         Ok(self)
     }
 
-    /// What following the API needs beyond `check`: a load balancer id and an allowed API URL.
-    /// Kept apart from `check` on purpose: the supervisor reads the same file, and a mistake in
-    /// the API settings must never stop Envoy from starting.
-    pub fn check_api(&self) -> anyhow::Result<()> {
-        let v = &self.vpsie;
-        if v.loadbalancer_id.is_empty() {
-            bail!("vpsie.loadbalancer_id: is required to follow the API (set it in agent.yaml, with --lb-id, or VPSIE_LB_ID)");
-        }
-        crate::api::check_api_url(&v.api_url, &v.allowed_hosts, self.dev.allow_insecure_http)
-            .map_err(|e| anyhow::anyhow!("vpsie.api_url: {e}"))?;
-        Ok(())
-    }
-
     fn check(&self) -> anyhow::Result<()> {
         let v = &self.vpsie;
         let id = &v.loadbalancer_id;
@@ -385,34 +372,6 @@ impl Settings {
             .cert_dir
             .clone()
             .unwrap_or_else(|| self.envoy.config_dir.join("certs"))
-    }
-
-    /// What spec validation needs from the settings.
-    pub fn spec_options(&self, now: i64) -> crate::spec::Options {
-        crate::spec::Options {
-            allow_loopback_backends: self.dev.allow_loopback_backends,
-            redirect_port: self.envoy.redirect_port,
-            reserved_ports: {
-                let mut r = vec![
-                    (
-                        self.envoy.admin_port,
-                        "the Envoy admin interface (setting envoy.admin_port)".to_owned(),
-                    ),
-                    (
-                        self.metrics.port,
-                        "the agent's metrics (setting metrics.port)".to_owned(),
-                    ),
-                ];
-                if !self.metrics.allowed_cidrs.is_empty() {
-                    r.push((
-                        self.metrics.scrape_port,
-                        "the metrics scrape port (setting metrics.scrape_port)".to_owned(),
-                    ));
-                }
-                r
-            },
-            now,
-        }
     }
 }
 
@@ -595,22 +554,6 @@ mod tests {
         ] {
             let e = Settings::parse_with_env(text, &|_| None).unwrap_err();
             assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
-        }
-        let dev = "vpsie:\n  loadbalancer_id: lb\n  api_url: http://127.0.0.1:8080\n  allowed_hosts: [127.0.0.1]\ndev:\n  allow_insecure_http: true\n";
-        let s = Settings::parse_with_env(dev, &|_| None).unwrap();
-        assert!(s.check_api().is_ok());
-    }
-
-    /// The supervisor reads the same file but never calls the API: a wrong API URL must stop
-    /// the agent with a clear error and leave the supervisor (and so Envoy) able to start.
-    #[test]
-    fn api_url_mistakes_stop_only_the_agent() {
-        for url in ["http://api.vpsie.com", "https://evil.example.com"] {
-            let text = format!("vpsie:\n  loadbalancer_id: lb\n  api_url: {url}\n");
-            let s = Settings::parse_with_env(&text, &|_| None)
-                .unwrap_or_else(|e| panic!("{url}: the supervisor's view must load: {e:#}"));
-            let e = s.check_api().unwrap_err();
-            assert!(format!("{e:#}").contains("vpsie.api_url"), "{url}: {e:#}");
         }
     }
 

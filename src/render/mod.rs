@@ -394,7 +394,13 @@ mod tests {
         let input = include_bytes!("../../tests/it/data/render-check.json");
         let mut settings = Settings::default();
         settings.dev.allow_loopback_backends = true;
-        let loaded = crate::spec::load(input, &settings.spec_options(0)).unwrap();
+        let opts = crate::spec::Options {
+            allow_loopback_backends: true,
+            redirect_port: settings.envoy.redirect_port,
+            reserved_ports: Vec::new(),
+            now: 0,
+        };
+        let loaded = crate::spec::load(input, &opts).unwrap();
         (loaded.spec, settings)
     }
 

@@ -503,7 +503,12 @@ mod tests {
         settings.envoy.redirect_port = 8081;
         let loaded = crate::spec::load(
             spec.to_string().as_bytes(),
-            &settings.spec_options(crate::command::now_unix()),
+            &crate::spec::Options {
+                allow_loopback_backends: false,
+                redirect_port: settings.envoy.redirect_port,
+                reserved_ports: Vec::new(),
+                now: 1_700_000_000,
+            },
         )
         .unwrap_or_else(|e| panic!("{e}"));
         build(&loaded.spec, &settings).0

@@ -23,6 +23,7 @@
 //! The supervisor must run on a current-thread runtime on the main thread: Envoy's hot-restart
 //! children set PR_SET_PDEATHSIG, so they die with the *thread* that spawned them.
 
+pub mod client;
 pub mod protocol;
 
 use crate::envoy::{self, admin::Admin, process, shm};

@@ -11,7 +11,7 @@ use vpsie_lb_agent::settings::Settings;
 
 fn example_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/api")
+        .join("examples/specs")
         .join(name)
 }
 

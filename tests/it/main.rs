@@ -7,6 +7,7 @@ mod agent;
 mod api_sim;
 mod envoy_validate;
 mod hostile;
+mod layout;
 mod observability;
 mod packaging;
 mod proptest_specs;

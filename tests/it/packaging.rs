@@ -79,7 +79,7 @@ fn the_shipped_settings_are_valid_and_fit_the_units() {
     // The units' environment, as cloud-init's user data writes it (agent.env).
     let env = |name: &str| (name == "VPSIE_LB_ID").then(|| "lb-0123".to_owned());
     let s = Settings::parse_with_env(&text, &env).expect("packer/files/agent.yaml must load");
-    s.check_api()
+    vpsie_lb_agent::api::check_settings(&s)
         .expect("the agent must be able to follow the API with the shipped settings");
     assert_eq!(s.vpsie.api_url, "https://api.vpsie.com");
     assert_eq!(s.vpsie.loadbalancer_id, "lb-0123");

@@ -382,7 +382,7 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
                 crate::support::now(),
             )
             .unwrap();
-            vpsie_lb_agent::command::hand_over(&p, &settings, false).await
+            vpsie_lb_agent::supervisor::client::hand_over(&p, &settings, false).await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -28,10 +28,10 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
-/// The API contract's example specs, from `../shared/api/`.
+/// The API contract's example specs, kept in `examples/specs/` (copies of the contract's).
 pub fn example(name: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/api")
+        .join("examples/specs")
         .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read example spec {}: {e}", p.display()))
 }

@@ -107,7 +107,7 @@ impl Stand {
     pub async fn apply(&self, spec: &Value) -> Result<ApplyOutcome, Failure> {
         let p =
             command::prepare_for_store(spec.to_string().as_bytes(), &self.settings, super::now())?;
-        command::hand_over(&p, &self.settings, false).await
+        vpsie_lb_agent::supervisor::client::hand_over(&p, &self.settings, false).await
     }
 
     pub async fn apply_ok(&self, spec: &Value) -> ApplyOutcome {
@@ -117,7 +117,9 @@ impl Stand {
     }
 
     pub async fn status(&self) -> Status {
-        command::status(&self.settings).await.unwrap()
+        vpsie_lb_agent::supervisor::client::status(&self.settings)
+            .await
+            .unwrap()
     }
 
     pub fn supervisor_pid(&self) -> u32 {
