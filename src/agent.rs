@@ -499,6 +499,8 @@ const INFORMATIONAL: &[&str] = &[
     "default_ip",
     "vmIdentifier",
     "status",
+    "type",
+    "proxy_mode",
 ];
 
 /// Identifies a refused spec so that it is reported once: SHA-256 of its JSON without the

@@ -123,6 +123,8 @@ pub struct Cluster {
     pub health: HealthCheck,
     pub proxy_protocol: Option<&'static str>,
     pub upstream_tls: bool,
+    /// HTTP/2 to the backends (http2 rules): protocol options, h2 health checks, ALPN h2.
+    pub http2: bool,
     pub sni: Option<String>,
     pub endpoints: Vec<Endpoint>,
 }
@@ -262,9 +264,10 @@ pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
                     hash_source_ip: hashes_source(rule.pool.algorithm),
                 }),
             },
-            Scheme::Http | Scheme::Https => {
+            Scheme::Http | Scheme::Https | Scheme::Http2 => {
                 let mut chains = Vec::new();
-                if rule.scheme == Scheme::Https {
+                // https rules always have a certificate; http2 rules when their front is TLS.
+                if rule.tls.is_some() {
                     for d in &rule.domains {
                         if let Some(tls) = &d.tls {
                             chains.push(Chain {
@@ -277,17 +280,19 @@ pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
                         server_names: vec![],
                         tls: rule.tls.as_ref().map(&mut tls_files),
                     });
-                    redirect_vhosts.extend(redirects(rule));
                 } else {
                     chains.push(Chain {
                         server_names: vec![],
                         tls: None,
                     });
                 }
+                if rule.scheme == Scheme::Https {
+                    redirect_vhosts.extend(redirects(rule));
+                }
                 Listener {
                     name: rule.id.clone(),
                     port: rule.front_port,
-                    tls_inspector: rule.scheme == Scheme::Https,
+                    tls_inspector: rule.tls.is_some(),
                     chains,
                     http: Some(http(rule)),
                     tcp: None,
@@ -479,6 +484,7 @@ fn cluster(rule: &Rule, pool: &Pool, domain: Option<&str>, host: Option<String>)
             ProxyProtocol::V2 => Some("V2"),
         },
         upstream_tls,
+        http2: rule.scheme == Scheme::Http2,
         sni: if upstream_tls { host } else { None },
         endpoints: pool
             .backends

@@ -23,12 +23,16 @@ pub struct Spec {
 pub enum Scheme {
     Http,
     Https,
+    /// HTTP/1.1 and HTTP/2 at the front (cleartext prior knowledge, or TLS with ALPN when the
+    /// rule has `tls`), HTTP/2 to the backends: what gRPC needs end to end.
+    Http2,
     Tcp,
 }
 
 impl Scheme {
+    /// Rules that speak HTTP at the front: host routing, sticky cookies, HTTP health checks.
     pub fn is_http(self) -> bool {
-        matches!(self, Scheme::Http | Scheme::Https)
+        matches!(self, Scheme::Http | Scheme::Https | Scheme::Http2)
     }
 }
 
@@ -90,7 +94,8 @@ pub struct Rule {
     pub front_port: u16,
     pub proxy_protocol: ProxyProtocol,
     pub timeouts: Timeouts,
-    /// Present exactly when `scheme` is https.
+    /// Always present on https rules; optional on http2 rules (then the front is TLS); never on
+    /// http and tcp rules.
     pub tls: Option<Tls>,
     /// Only ever true on https rules: plain HTTP for every host not claimed by a domain answers 301.
     pub redirect_http: bool,
@@ -105,7 +110,7 @@ pub struct Timeouts {
     pub connect_s: u32,
     /// 0 = no limit.
     pub idle_s: u32,
-    /// 0 = no limit. Not used by tcp rules.
+    /// 0 = no limit. Not used by tcp rules; http2 rules default to 0 (gRPC streams are long).
     pub request_s: u32,
 }
 

@@ -2,7 +2,9 @@
 //!
 //! The JSON is walked by hand rather than derived with serde so that a wrong type is one more
 //! finding with its path instead of the end of parsing: the user gets every error at once.
-//! Unknown fields are ignored (the API adds fields over time); `null` counts as absent.
+//! Unknown fields are ignored (the API adds fields over time); `null` and `""` count as absent
+//! (the real API sends `"cookieName": ""`, `"subdomain": null`), except that an empty
+//! `healthCheckPath` explicitly asks for a TCP check.
 
 use super::address;
 use super::error::{shown, Findings};
@@ -71,6 +73,7 @@ impl PoolFields {
 const SCHEMES: &[(&str, Scheme)] = &[
     ("http", Scheme::Http),
     ("https", Scheme::Https),
+    ("http2", Scheme::Http2),
     ("tcp", Scheme::Tcp),
 ];
 const BACKEND_SCHEMES: &[(&str, BackendScheme)] = &[
@@ -172,9 +175,20 @@ fn described(v: &Value) -> String {
     }
 }
 
+/// A field's value; `null` and the empty string are absent.
 fn get<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-    obj.get(key).filter(|v| !v.is_null())
+    obj.get(key)
+        .filter(|v| !v.is_null() && v.as_str() != Some(""))
 }
+
+/// Health-check intervals below these are raised to them (with a warning): the real API passes
+/// through whatever its clients send (the VPSie cloud controller's documented example gives
+/// `10`), and checking every backend more than ten times a second only loads the backends.
+const MIN_CHECK_INTERVAL_MS: u32 = 100;
+const MIN_FAST_INTERVAL_MS: u32 = 50;
+/// `rise`/`fall` above this are accepted with a warning: the VPSie cloud controller sends its
+/// check interval (1000) as `rise`, which is valid but makes recovery very slow.
+const SLOW_THRESHOLD: u32 = 100;
 
 fn ident_ok(s: &str, max: usize) -> bool {
     !s.is_empty()
@@ -295,20 +309,55 @@ impl Walker<'_> {
             .map(|n| n as u32)
     }
 
-    /// A flag: 0/1 or false/true.
+    /// A flag: 0/1 or false/true, as JSON or as a string (the API sends every form).
     fn flag(&mut self, obj: &Map<String, Value>, p: &Path, key: &'static str) -> Option<bool> {
         match get(obj, key)? {
             Value::Bool(b) => Some(*b),
             Value::Number(n) if n.as_u64() == Some(0) => Some(false),
             Value::Number(n) if n.as_u64() == Some(1) => Some(true),
+            Value::String(s) if s == "0" || s == "false" => Some(false),
+            Value::String(s) if s == "1" || s == "true" => Some(true),
             other => {
                 self.f.error(
                     p.field(key),
-                    format!("must be 0, 1, false or true, got {}", described(other)),
+                    format!(
+                        "must be 0, 1, false or true (or one of them as a string), got {}",
+                        described(other)
+                    ),
                 );
                 None
             }
         }
+    }
+
+    /// An interval in ms, raised to `floor` with a warning when set below it.
+    fn interval(
+        &mut self,
+        obj: &Map<String, Value>,
+        p: &Path,
+        key: &'static str,
+        floor: u32,
+    ) -> Option<u32> {
+        let n = self.u32_in(obj, p, key, 1, 3_600_000)?;
+        if n < floor {
+            self.f.warning(
+                p.field(key),
+                format!("{n} ms is raised to {floor} ms: no backend is checked more often"),
+            );
+        }
+        Some(n.max(floor))
+    }
+
+    /// A health-check threshold; unusually large ones are accepted but warned about.
+    fn threshold(&mut self, obj: &Map<String, Value>, p: &Path, key: &'static str) -> Option<u32> {
+        let n = self.u32_in(obj, p, key, 1, 10_000)?;
+        if n > SLOW_THRESHOLD {
+            self.f.warning(
+                p.field(key),
+                format!("{n} checks in a row are needed to change a backend's health state; recovery or removal will be slow"),
+            );
+        }
+        Some(n)
     }
 
     fn choice<T: Copy>(
@@ -362,10 +411,11 @@ impl Walker<'_> {
     }
 
     fn pool_fields(&mut self, obj: &Map<String, Value>, p: &Path, with_ports: bool) -> PoolFields {
-        let health_path = self.string(obj, p, "healthCheckPath").and_then(|s| {
-            if s.is_empty() {
-                return Some(None);
-            }
+        let explicit_tcp = obj.get("healthCheckPath").and_then(Value::as_str) == Some("");
+        let health_path = if explicit_tcp {
+            Some(None)
+        } else {
+            self.string(obj, p, "healthCheckPath").and_then(|s| {
             let ok = s.len() <= MAX_HEALTH_PATH
                 && s.starts_with('/')
                 && s.bytes()
@@ -382,7 +432,8 @@ impl Walker<'_> {
                 );
                 None
             }
-        });
+        })
+        };
         let cookie_name = self.string(obj, p, "cookieName").and_then(|s| {
             if ident_ok(s, 64) {
                 Some(s.to_owned())
@@ -407,10 +458,10 @@ impl Walker<'_> {
             },
             algorithm: self.choice(obj, p, "algorithm", ALGORITHMS),
             health_path,
-            check_interval: self.u32_in(obj, p, "checkInterval", 100, 3_600_000),
-            fast_interval: self.u32_in(obj, p, "fastInterval", 50, 3_600_000),
-            rise: self.u32_in(obj, p, "rise", 1, 100),
-            fall: self.u32_in(obj, p, "fall", 1, 100),
+            check_interval: self.interval(obj, p, "checkInterval", MIN_CHECK_INTERVAL_MS),
+            fast_interval: self.interval(obj, p, "fastInterval", MIN_FAST_INTERVAL_MS),
+            rise: self.threshold(obj, p, "rise"),
+            fall: self.threshold(obj, p, "fall"),
             cookie_check: self.flag(obj, p, "cookieCheck"),
             cookie_name,
             redirect: self.flag(obj, p, "redirectHTTP"),
@@ -564,11 +615,12 @@ impl Walker<'_> {
         }
     }
 
-    fn timeouts(&mut self, obj: &Map<String, Value>, p: &Path) -> Timeouts {
+    fn timeouts(&mut self, obj: &Map<String, Value>, p: &Path, scheme: Scheme) -> Timeouts {
         let mut t = Timeouts {
             connect_s: 5,
             idle_s: 300,
-            request_s: 60,
+            // A gRPC stream lives as long as its call: no overall limit unless the spec sets one.
+            request_s: if scheme == Scheme::Http2 { 0 } else { 60 },
         };
         let Some(v) = get(obj, "timeouts") else {
             return t;
@@ -592,16 +644,17 @@ impl Walker<'_> {
     /// Rejects a field that the contract does not allow for this rule's scheme, when the
     /// spec sets it explicitly. LB-wide defaults simply don't apply there.
     fn not_for_scheme(&mut self, obj: &Map<String, Value>, p: &Path, key: &'static str, why: &str) {
-        let set = match get(obj, key) {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Number(n)) => n.as_u64() != Some(0),
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(Value::String(s)) => !s.is_empty() && s != "none" && s != "http",
-            Some(_) => true,
-        };
-        if set {
+        if set_to_something(obj, key) {
             self.f.error(p.field(key), why.to_owned());
+        }
+    }
+
+    /// Warns about a field that is set but means nothing here. The real API carries every
+    /// setting on every domain (`redirectHTTP: 1` on a plain http rule's domain), so this is no
+    /// reason to refuse a load balancer.
+    fn no_effect(&mut self, obj: &Map<String, Value>, p: &Path, key: &'static str, why: &str) {
+        if set_to_something(obj, key) {
+            self.f.warning(p.field(key), format!("is ignored: {why}"));
         }
     }
 
@@ -611,22 +664,32 @@ impl Walker<'_> {
         p: &Path,
         rule: &PoolFields,
         scheme: Scheme,
+        rule_tls: bool,
     ) -> Option<Domain> {
         let id = self.ident(obj, p, "domainId", 64);
         let id = self.required(id, obj, p, "domainId");
         let host = self.host(obj, p);
         let fields = self.pool_fields(obj, p, true).over(rule);
         if scheme != Scheme::Https {
-            self.not_for_scheme(obj, p, "redirectHTTP", "applies to https rules only");
+            self.no_effect(
+                obj,
+                p,
+                "redirectHTTP",
+                "redirectHTTP applies to https rules only",
+            );
+        }
+        // A domain's certificate is chosen by SNI, so the rule's front must be TLS.
+        let tls_front = scheme == Scheme::Https || (scheme == Scheme::Http2 && rule_tls);
+        if !tls_front {
             self.not_for_scheme(
                 obj,
                 p,
                 "tls",
-                "applies to https rules only (plain http serves no certificate)",
+                "applies to https rules, and to http2 rules that have their own tls (this front is plain text)",
             );
         }
         let tls = match get(obj, "tls") {
-            Some(v) if scheme == Scheme::Https => self.tls(v, &p.field("tls")),
+            Some(v) if tls_front => self.tls(v, &p.field("tls")),
             _ => None,
         };
         let backends = match self.array(obj, p, "backends") {
@@ -716,33 +779,43 @@ impl Walker<'_> {
         let proxy_protocol = self
             .choice(obj, p, "proxyProtocol", PROXY_PROTOCOLS)
             .unwrap_or(ProxyProtocol::None);
-        let timeouts = self.timeouts(obj, p);
         let scheme_s = scheme.unwrap_or(Scheme::Http);
+        let timeouts = self.timeouts(obj, p, scheme_s);
 
         if scheme_s == Scheme::Tcp {
-            let why = "applies to http and https rules only";
+            let why = "applies to http, https and http2 rules only";
             self.not_for_scheme(obj, p, "cookieCheck", why);
             self.not_for_scheme(
                 obj,
                 p,
                 "domains",
-                "applies to http and https rules only (host routing needs HTTP)",
+                "applies to http, https and http2 rules only (host routing needs HTTP)",
             );
             if fields.backend_scheme == Some(BackendScheme::Https) {
                 self.f.error(
                     p.field("backendScheme"),
-                    "https applies to http and https rules only",
+                    "https applies to http, https and http2 rules only",
                 );
             }
         }
         if scheme.is_some() && scheme_s != Scheme::Https {
-            self.not_for_scheme(obj, p, "redirectHTTP", "applies to https rules only");
-            self.not_for_scheme(obj, p, "tls", "applies to https rules only");
+            self.no_effect(
+                obj,
+                p,
+                "redirectHTTP",
+                "redirectHTTP applies to https rules only",
+            );
+        }
+        if scheme.is_some() && !matches!(scheme_s, Scheme::Https | Scheme::Http2) {
+            self.not_for_scheme(obj, p, "tls", "applies to https and http2 rules only");
         }
         let tls = match (scheme, get(obj, "tls")) {
-            (Some(Scheme::Https), Some(v)) => self.tls(v, &p.field("tls")),
+            (Some(Scheme::Https | Scheme::Http2), Some(v)) => self.tls(v, &p.field("tls")),
             (Some(Scheme::Https), None) => {
-                self.f.error(p.field("tls"), "is required for https rules");
+                self.f.error(
+                    p.field("tls"),
+                    "is required for https rules: certificates managed by the agent (ACME) for https rules without tls are not supported yet",
+                );
                 None
             }
             _ => None,
@@ -767,7 +840,7 @@ impl Walker<'_> {
                     let Some(o) = self.object(item, &ip) else {
                         continue;
                     };
-                    let Some(d) = self.domain(o, &ip, &fields, scheme_s) else {
+                    let Some(d) = self.domain(o, &ip, &fields, scheme_s, tls.is_some()) else {
                         continue;
                     };
                     if let Some(prev) = seen.insert(d.host.clone(), i) {
@@ -975,5 +1048,17 @@ impl Walker<'_> {
                 format!("port {redirect_port} is the redirect port (setting envoy.redirect_port), used by redirectHTTP of rules[{user}]"),
             );
         }
+    }
+}
+
+/// Whether a spec sets `key` to something other than an "off" value (0, false, none, http, []).
+fn set_to_something(obj: &Map<String, Value>, key: &str) -> bool {
+    match get(obj, key) {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_u64() != Some(0),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::String(s)) => !["0", "false", "none", "http"].contains(&s.as_str()),
+        Some(_) => true,
     }
 }

@@ -11,6 +11,7 @@ mod layout;
 mod observability;
 mod packaging;
 mod proptest_specs;
+mod real_shape;
 mod supervision;
 mod traffic;
 mod validation;

@@ -317,7 +317,7 @@ fn identifiers_match_their_pattern_and_length() {
             ));
         }
         let too_long = "y".repeat(max + 1);
-        for bad in ["", "a.b", "a b", "a/b", "a:b", "a=b", "ä", "a\n", &too_long] {
+        for bad in ["a.b", "a b", "a/b", "a:b", "a=b", "ä", "a\n", &too_long] {
             cases.push(err(
                 format!("{name} = {bad:?}"),
                 base,
@@ -333,6 +333,18 @@ fn identifiers_match_their_pattern_and_length() {
             path,
             "must be a string",
         ));
+        // "" is absent, as the real API means it (`"cookieName": ""`).
+        if required {
+            cases.push(err(
+                format!("{name} = \"\""),
+                base,
+                set(ptr, json!("")),
+                path,
+                "is required",
+            ));
+        } else {
+            cases.push(ok(format!("{name} = \"\""), base, set(ptr, json!(""))));
+        }
         if required {
             cases.push(err(
                 format!("{name} missing"),
@@ -551,7 +563,6 @@ fn ports_are_1_to_65535_as_numbers_or_numeric_strings() {
         for (bad, frag) in [
             (json!("8o"), "must be a whole number"),
             (json!("-1"), "must be a whole number"),
-            (json!(""), "must be a whole number"),
             (json!(" 80"), "must be a whole number"),
             (json!("80 "), "must be a whole number"),
             (json!("+80"), "must be a whole number"),
@@ -592,8 +603,16 @@ fn ports_are_1_to_65535_as_numbers_or_numeric_strings() {
                 path,
                 "is required",
             ));
+            cases.push(err(
+                format!("{name} \"\""),
+                base,
+                set(ptr, json!("")),
+                path,
+                "is required",
+            ));
         } else {
             cases.push(ok(format!("{name} missing"), base, unset(ptr)));
+            cases.push(ok(format!("{name} \"\""), base, set(ptr, json!(""))));
         }
     }
     run(cases);
@@ -696,7 +715,19 @@ fn flags_are_0_1_false_or_true() {
     ];
     let mut cases = Vec::new();
     for &(name, base, ptr, path) in fields {
-        for good in [json!(0), json!(1), json!(true), json!(false), Value::Null] {
+        // The real API sends every one of these forms; "" is absent like null.
+        for good in [
+            json!(0),
+            json!(1),
+            json!(true),
+            json!(false),
+            json!("0"),
+            json!("1"),
+            json!("true"),
+            json!("false"),
+            json!(""),
+            Value::Null,
+        ] {
             cases.push(ok(format!("{name} = {good}"), base, set(ptr, good)));
         }
         for bad in [
@@ -704,8 +735,9 @@ fn flags_are_0_1_false_or_true() {
             json!(-1),
             json!(0.5),
             json!("yes"),
-            json!("1"),
-            json!("true"),
+            json!("2"),
+            json!("TRUE"),
+            json!(" 1"),
             json!([]),
         ] {
             cases.push(err(
@@ -713,7 +745,7 @@ fn flags_are_0_1_false_or_true() {
                 base,
                 set(ptr, bad),
                 path,
-                "must be 0, 1, false or true",
+                "must be 0, 1, false or true (or one of them as a string)",
             ));
         }
     }
@@ -802,19 +834,31 @@ fn schemes_and_backend_schemes() {
                 set("/rules/0/backendScheme", json!("https")),
             ]),
             "rules[0].backendScheme",
-            "https applies to http and https rules only",
+            "https applies to http, https and http2 rules only",
         ),
     ];
-    for bad in ["HTTP", "udp", "", " http", "http ", "ws"] {
+    for bad in ["HTTP", "udp", " http", "http ", "ws", "h2", "grpc"] {
         cases.push(err(
             format!("scheme {bad:?}"),
             Http,
             set("/rules/0/scheme", json!(bad)),
             "rules[0].scheme",
-            "must be one of http, https, tcp",
+            "must be one of http, https, http2, tcp",
         ));
     }
-    for bad in ["HTTPS", "tcp", "h2", "", "tls"] {
+    cases.push(err(
+        "scheme \"\"",
+        Http,
+        set("/rules/0/scheme", json!("")),
+        "rules[0].scheme",
+        "is required",
+    ));
+    cases.push(ok(
+        "scheme http2",
+        Http,
+        set("/rules/0/scheme", json!("http2")),
+    ));
+    for bad in ["HTTPS", "tcp", "h2", "tls"] {
         cases.push(err(
             format!("backendScheme {bad:?}"),
             Http,
@@ -855,15 +899,14 @@ fn algorithms_and_proxy_protocol() {
         ),
     ];
     for &(base, ptr, path) in places {
-        for a in algos {
-            cases.push(ok(format!("{path} {a}"), base, set(ptr, json!(a))));
+        for a in algos.iter().chain(&[""]) {
+            cases.push(ok(format!("{path} {a:?}"), base, set(ptr, json!(a))));
         }
         for bad in [
             "round_robin",
             "ROUNDROBIN",
             "least_conn",
             "ringhash",
-            "",
             "hash",
         ] {
             cases.push(err(
@@ -892,7 +935,12 @@ fn algorithms_and_proxy_protocol() {
             set("/rules/0/proxyProtocol", json!("v2")),
         ]),
     ));
-    for bad in ["v3", "V1", "", "true", "proxy"] {
+    cases.push(ok(
+        "proxyProtocol \"\"",
+        Http,
+        set("/rules/0/proxyProtocol", json!("")),
+    ));
+    for bad in ["v3", "V1", "true", "proxy"] {
         cases.push(err(
             format!("proxyProtocol {bad:?}"),
             Http,
@@ -1051,13 +1099,82 @@ fn health_check_path_empty_means_tcp_check() {
 /// The contract names no bounds for intervals and thresholds; these are the parser's
 /// (`checkInterval` 100 ms..1 h, `fastInterval` 50 ms..1 h, `rise`/`fall` 1..100).
 #[test]
+fn intervals_under_the_floor_are_raised_and_large_thresholds_warned_about() {
+    // (pointer, path, value, what the model holds, words of the warning)
+    let cases: &[(&str, &str, Value, u32, &str)] = &[
+        (
+            "/rules/0/checkInterval",
+            "rules[0].checkInterval",
+            json!(10),
+            100,
+            "raised to 100 ms",
+        ),
+        (
+            "/rules/0/checkInterval",
+            "rules[0].checkInterval",
+            json!("99"),
+            100,
+            "raised to 100 ms",
+        ),
+        (
+            "/rules/0/fastInterval",
+            "rules[0].fastInterval",
+            json!(10),
+            50,
+            "raised to 50 ms",
+        ),
+        (
+            "/rules/0/rise",
+            "rules[0].rise",
+            json!(1000),
+            1000,
+            "1000 checks in a row",
+        ),
+        (
+            "/rules/0/fall",
+            "rules[0].fall",
+            json!("101"),
+            101,
+            "101 checks in a row",
+        ),
+    ];
+    for (ptr, path, value, want, words) in cases {
+        let mut v = http_spec();
+        put(&mut v, ptr, value.clone());
+        let l = load_ok(&v);
+        let h = &l.spec.rules[0].pool.health;
+        let got = match *path {
+            p if p.ends_with("checkInterval") => h.interval_ms,
+            p if p.ends_with("fastInterval") => h.fast_interval_ms,
+            p if p.ends_with("rise") => h.rise,
+            _ => h.fall,
+        };
+        assert_eq!(got, *want, "{path} {value}");
+        assert!(
+            l.warnings
+                .iter()
+                .any(|w| w.path == *path && w.message.contains(words)),
+            "{path} {value}: {:?}",
+            l.warnings
+        );
+    }
+    // At the floor and at 100 checks: no warning.
+    let mut v = http_spec();
+    put(&mut v, "/rules/0/checkInterval", json!(100));
+    put(&mut v, "/rules/0/fastInterval", json!(50));
+    put(&mut v, "/rules/0/rise", json!(100));
+    assert!(load_ok(&v).warnings.is_empty());
+}
+
+#[test]
 fn intervals_thresholds_weights_and_timeouts_have_ranges() {
     use Base::*;
     let ranges: &[(&str, u64, u64)] = &[
-        ("checkInterval", 100, 3_600_000),
-        ("fastInterval", 50, 3_600_000),
-        ("rise", 1, 100),
-        ("fall", 1, 100),
+        // Intervals under the floor (100 / 50 ms) are raised, not refused: see below.
+        ("checkInterval", 1, 3_600_000),
+        ("fastInterval", 1, 3_600_000),
+        ("rise", 1, 10_000),
+        ("fall", 1, 10_000),
     ];
     let mut cases = Vec::new();
     let places: &[(Base, &str, &str)] = &[
@@ -1312,8 +1429,14 @@ fn domain_names_wildcards_and_subdomains() {
             set(name, json!(good)),
         ));
     }
+    cases.push(err(
+        "domainName \"\"",
+        Https,
+        set(name, json!("")),
+        "rules[0].domains[0].domainName",
+        "is required",
+    ));
     for bad in [
-        "",
         "exa_mple.com",
         "-a.com",
         "a-.com",
@@ -1448,7 +1571,7 @@ fn forbidden_backend_addresses() {
         ("127.1", "numeric label"),
         ("2130706433", "numeric label"),
         ("10.0.0.256", "numeric label"),
-        ("", "neither an IP address nor a valid host name"),
+        ("", "is required"),
         ("bad_host", "neither an IP address nor a valid host name"),
         ("http://10.0.0.1", "not a valid IPv6 address"),
         ("10.0.0.1 ", "neither an IP address nor a valid host name"),
@@ -1812,7 +1935,10 @@ fn tls_versions_and_alpn() {
         "rules[0].tls.minVersion",
         "must not be above maxVersion",
     ));
-    for bad in ["TLSv1.1", "TLSv1.0", "tlsv1.2", "1.2", "TLSv1.4", ""] {
+    for key in ["minVersion", "maxVersion"] {
+        cases.push(ok(format!("{key} \"\""), Https, set(p(t, key), json!(""))));
+    }
+    for bad in ["TLSv1.1", "TLSv1.0", "tlsv1.2", "1.2", "TLSv1.4"] {
         for key in ["minVersion", "maxVersion"] {
             cases.push(err(
                 format!("{key} {bad:?}"),
@@ -1957,14 +2083,14 @@ fn fields_that_belong_to_some_schemes_only() {
             Http,
             set("/rules/0/tls", tls.clone()),
             "rules[0].tls",
-            "applies to https rules only",
+            "applies to https and http2 rules only",
         ),
         err(
             "tls on a tcp rule",
             Http,
             all(vec![tcp(), set("/rules/0/tls", tls.clone())]),
             "rules[0].tls",
-            "applies to https rules only",
+            "applies to https and http2 rules only",
         ),
         ok(
             "tls null on an http rule",
@@ -1979,7 +2105,7 @@ fn fields_that_belong_to_some_schemes_only() {
                 unset("/rules/0/tls"),
             ]),
             "rules[0].domains[0].tls",
-            "applies to https rules only",
+            "applies to https rules, and to http2 rules that have their own tls",
         ),
         err(
             "domains on a tcp rule",
@@ -1992,7 +2118,7 @@ fn fields_that_belong_to_some_schemes_only() {
                 ),
             ]),
             "rules[0].domains",
-            "applies to http and https rules only",
+            "applies to http, https and http2 rules only",
         ),
         ok(
             "empty domains on a tcp rule",
@@ -2012,14 +2138,14 @@ fn fields_that_belong_to_some_schemes_only() {
             Http,
             all(vec![tcp(), set("/rules/0/cookieCheck", json!(1))]),
             "rules[0].cookieCheck",
-            "applies to http and https rules only",
+            "applies to http, https and http2 rules only",
         ),
         err(
             "cookieCheck true on a tcp rule",
             Http,
             all(vec![tcp(), set("/rules/0/cookieCheck", json!(true))]),
             "rules[0].cookieCheck",
-            "applies to http and https rules only",
+            "applies to http, https and http2 rules only",
         ),
         ok(
             "cookieCheck 0 on a tcp rule",
@@ -2041,21 +2167,17 @@ fn fields_that_belong_to_some_schemes_only() {
             Http,
             all(vec![tcp(), set("/cookieCheck", json!(1))]),
         ),
-        err(
+        ok(
             "redirectHTTP on an http rule",
             Http,
             set("/rules/0/redirectHTTP", json!(1)),
-            "rules[0].redirectHTTP",
-            "applies to https rules only",
         ),
-        err(
+        ok(
             "redirectHTTP on a tcp rule",
             Http,
             all(vec![tcp(), set("/rules/0/redirectHTTP", json!(true))]),
-            "rules[0].redirectHTTP",
-            "applies to https rules only",
         ),
-        err(
+        ok(
             "redirectHTTP on a domain of an http rule",
             Http,
             all(vec![
@@ -2065,8 +2187,6 @@ fn fields_that_belong_to_some_schemes_only() {
                 ),
                 set("/rules/0/domains/0/redirectHTTP", json!(1)),
             ]),
-            "rules[0].domains[0].redirectHTTP",
-            "applies to https rules only",
         ),
         ok(
             "redirectHTTP 0 on an http rule",
@@ -2995,4 +3115,49 @@ fn the_base_specs_are_valid() {
             "is required",
         ),
     ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The http2 scheme (what the VPSie cloud controller sends for gRPC services).
+
+#[test]
+fn http2_rules_take_tls_optionally_and_have_no_request_limit_by_default() {
+    // Plain (h2c) front: no tls, no request limit, HTTP/2 health checks are the render's job.
+    let mut v = http_spec();
+    put(&mut v, "/rules/0/scheme", json!("http2"));
+    let l = load_ok(&v);
+    let r = &l.spec.rules[0];
+    assert_eq!((r.scheme, r.tls.is_none()), (Scheme::Http2, true));
+    assert_eq!(r.timeouts.request_s, 0);
+    put(&mut v, "/rules/0/timeouts", json!({"request": 30}));
+    assert_eq!(load_ok(&v).spec.rules[0].timeouts.request_s, 30);
+
+    // TLS front: the https base's certificates, on an http2 rule.
+    let mut v = https_spec();
+    put(&mut v, "/rules/0/scheme", json!("http2"));
+    let l = load_ok(&v);
+    assert!(l.spec.rules[0].tls.is_some());
+    assert!(l.spec.rules[0].domains[0].tls.is_some(), "SNI certificate per domain");
+
+    // A domain certificate needs a TLS front.
+    take(&mut v, "/rules/0/tls");
+    let e = load_err(&v);
+    only_error(
+        &e,
+        "rules[0].domains[0].tls",
+        "applies to https rules, and to http2 rules that have their own tls",
+    );
+
+    // redirectHTTP means nothing here: warned, not refused.
+    let mut v = http_spec();
+    put(&mut v, "/rules/0/scheme", json!("http2"));
+    put(&mut v, "/rules/0/redirectHTTP", json!("1"));
+    let l = load_ok(&v);
+    assert!(!l.spec.rules[0].redirect_http);
+    assert!(
+        l.warnings.iter().any(|w| w.path == "rules[0].redirectHTTP"
+            && w.message.contains("applies to https rules only")),
+        "{:?}",
+        l.warnings
+    );
 }

@@ -69,6 +69,7 @@ async fn answer(
         .header("x-seen-host", header("host"))
         .header("x-seen-xff", header("x-forwarded-for"))
         .header("x-seen-proto", header("x-forwarded-proto"))
+        .header("x-seen-version", format!("{:?}", req.version()))
         .body(Full::new(Bytes::from(name)))
         .unwrap())
 }
@@ -90,10 +91,16 @@ pub async fn http(name: &str, tls: Option<&super::certs::TestCert>) -> Upstream 
             let (n, f, s, acceptor) = (n.clone(), f.clone(), s.clone(), acceptor.clone());
             conns.spawn(async move {
                 let svc = service_fn(move |req| answer(n.clone(), f.clone(), req));
-                let builder = hyper::server::conn::http1::Builder::new();
+                // HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 by ALPN): http2 rules speak
+                // HTTP/2 to their backends.
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
                 match acceptor {
                     None => {
-                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                            .await;
                     }
                     Some(acceptor) => {
                         let Ok(tls) = acceptor.accept(stream).await else {
@@ -102,7 +109,9 @@ pub async fn http(name: &str, tls: Option<&super::certs::TestCert>) -> Upstream 
                         if let Some(sni) = tls.get_ref().1.server_name() {
                             s.lock().unwrap().push(sni.to_owned());
                         }
-                        let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                            .await;
                     }
                 }
             });
@@ -133,6 +142,8 @@ fn server_config(c: &super::certs::TestCert) -> Arc<rustls::ServerConfig> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
 
