@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy test lint fmt clippy unit run bench bench-apply proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -17,16 +17,20 @@ envoy:
 	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.tools/envoy/bin/envoy" ]; then scripts/install-envoy.sh .tools/envoy; \
 	 else test -x "$(ENVOY_BIN)" || { echo "ENVOY_BIN=$(ENVOY_BIN) is not executable" >&2; exit 1; }; fi
 
+## promtool and h2load, from Debian's packages, when missing (the tests call them).
+tools:
+	scripts/install-test-tools.sh
+
 fmt:
 	$(CARGO) fmt --all -- --check
 
 clippy:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-unit: envoy
+unit: envoy tools
 	$(CARGO) test --locked
 
-## fmt check, clippy and every test (the tests use the real Envoy).
+## fmt check, clippy and every test (the tests use the real Envoy, promtool and h2load).
 test: fmt clippy unit
 
 lint: fmt clippy

@@ -6,6 +6,7 @@ mod support;
 mod agent;
 mod api_sim;
 mod envoy_validate;
+mod grpc;
 mod hostile;
 mod layout;
 mod observability;

@@ -513,7 +513,7 @@ fn the_metric_reader_reads_promql() {
     assert_eq!(fams.len(), 2, "h's samples are h's: {fams:?}");
 }
 
-/// promtool, from Debian's `prometheus` package (`.ci/run` installs it).
+/// promtool, from Debian's `prometheus` package (`make test` installs it).
 fn promtool() -> Command {
     let found = Command::new("promtool").arg("--version").output();
     assert!(

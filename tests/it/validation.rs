@@ -3137,7 +3137,10 @@ fn http2_rules_take_tls_optionally_and_have_no_request_limit_by_default() {
     put(&mut v, "/rules/0/scheme", json!("http2"));
     let l = load_ok(&v);
     assert!(l.spec.rules[0].tls.is_some());
-    assert!(l.spec.rules[0].domains[0].tls.is_some(), "SNI certificate per domain");
+    assert!(
+        l.spec.rules[0].domains[0].tls.is_some(),
+        "SNI certificate per domain"
+    );
 
     // A domain certificate needs a TLS front.
     take(&mut v, "/rules/0/tls");

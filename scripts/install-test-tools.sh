@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make test` runs this first: the tools the tests call besides Envoy, from Debian's packages.
+# Idempotent (installs only what is missing); says plainly what to do when it cannot install.
+#   promtool  (prometheus)      alert rules and metric names, tests/it/observability.rs
+#   h2load    (nghttp2-client)  HTTP/2 load through an http2 rule, tests/it/grpc.rs
+set -euo pipefail
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+  else
+    echo "install-test-tools: the tests need: ${need[*]} (Debian packages)." >&2
+    echo "  Install them as root:  apt-get install --no-install-recommends ${need[*]}" >&2
+    echo "  then run 'make test' again." >&2
+    exit 1
+  fi
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-test-tools: no apt-get here; install promtool and h2load (${need[*]} on Debian) by hand." >&2
+  exit 1
+fi
+echo "install-test-tools: installing ${need[*]}"
+"${sudo[@]}" apt-get update -qq
+# One package at a time: apt refuses a whole batch when one of them conflicts with a held package.
+for p in "${need[@]}"; do
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$p" >/dev/null
+done
+for tool in promtool h2load; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "install-test-tools: $tool is still missing after installing ${need[*]}" >&2; exit 1; }
+done
