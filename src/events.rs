@@ -45,9 +45,15 @@ impl EventKind {
 }
 
 /// One event, serialized as the API's body:
-/// `{"type": ..., "message": ..., "timestamp": ..., "metadata": {...}}`.
+/// `{"id": ..., "type": ..., "message": ..., "timestamp": ..., "metadata": {...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// A random UUID given when the event is made and kept with it in the queue, so that the
+    /// same event sent again (delivery is at least once) carries the same id and the API can
+    /// drop the duplicate. Empty only in a queue file written before ids existed; `open` fills
+    /// those in before anything is sent.
+    #[serde(default)]
+    pub id: String,
     #[serde(rename = "type")]
     pub kind: EventKind,
     /// For people reading the API's event log; the metadata carries the facts.
@@ -165,6 +171,7 @@ impl Event {
             other => Map::from_iter([("value".to_owned(), other)]),
         };
         Event {
+            id: uuid::Uuid::new_v4().to_string(),
             kind,
             message,
             timestamp: rfc3339(now),
@@ -278,6 +285,16 @@ impl EventQueue {
             Ok(file) => {
                 queue.events = file.events;
                 queue.dropped = file.dropped;
+                // Events queued by an agent before ids existed get theirs now, and on disk at
+                // once, so a resend after another restart still carries the same id.
+                let mut named = false;
+                for e in queue.events.iter_mut().filter(|e| e.id.is_empty()) {
+                    e.id = uuid::Uuid::new_v4().to_string();
+                    named = true;
+                }
+                if named {
+                    queue.save()?;
+                }
                 if queue.events.len() > capacity {
                     let excess = queue.events.len() - capacity;
                     queue.events.drain(..excess);
@@ -419,12 +436,19 @@ mod tests {
         at(1_795_496_400)
     }
 
+    /// The event's body without its id, after checking that the id is a UUID.
     fn body(e: &Event) -> Value {
-        serde_json::to_value(e).unwrap()
+        let mut v = serde_json::to_value(e).unwrap();
+        let id = v.as_object_mut().unwrap().remove("id").unwrap();
+        assert!(uuid::Uuid::try_parse(id.as_str().unwrap()).is_ok(), "{id}");
+        v
     }
 
+    /// Event number `i`, with a fixed id so that two calls make equal events.
     fn numbered(i: u32) -> Event {
-        Event::reload_failed(HASH, Some(i), &format!("failure {i}"), now())
+        let mut e = Event::reload_failed(HASH, Some(i), &format!("failure {i}"), now());
+        e.id = format!("00000000-0000-4000-8000-{i:012}");
+        e
     }
 
     fn epochs(q: &EventQueue) -> Vec<Value> {
@@ -575,7 +599,7 @@ mod tests {
             }],
             now(),
         );
-        let back: Event = serde_json::from_value(body(&e)).unwrap();
+        let back: Event = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
         assert_eq!(back, e);
     }
 
@@ -639,6 +663,47 @@ mod tests {
                 d = days_in_month(y, m);
             }
         }
+    }
+
+    #[test]
+    fn every_event_has_its_own_uuid_and_keeps_it_through_the_queue() {
+        let (a, b) = (
+            Event::agent_started("0.1.0", "1.40.0", now()),
+            Event::agent_started("0.1.0", "1.40.0", now()),
+        );
+        assert_ne!(a.id, b.id, "two events, two ids, even when alike");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.json");
+        let mut q = EventQueue::open(&path, 10).unwrap();
+        q.push(a.clone()).unwrap();
+        drop(q);
+        // A restart (the agent killed before it popped) resends the same id.
+        let q = EventQueue::open(&path, 10).unwrap();
+        assert_eq!(q.peek().map(|e| e.id.as_str()), Some(a.id.as_str()));
+        assert_eq!(body(q.peek().unwrap()), body(&a));
+    }
+
+    #[test]
+    fn events_queued_before_ids_existed_get_one_that_lasts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.json");
+        let mut old = serde_json::to_value(numbered(0)).unwrap();
+        old.as_object_mut().unwrap().remove("id");
+        std::fs::write(&path, json!({"dropped": 0, "events": [old]}).to_string()).unwrap();
+        let first = EventQueue::open(&path, 10)
+            .unwrap()
+            .peek()
+            .unwrap()
+            .id
+            .clone();
+        assert!(uuid::Uuid::try_parse(&first).is_ok(), "{first}");
+        let again = EventQueue::open(&path, 10)
+            .unwrap()
+            .peek()
+            .unwrap()
+            .id
+            .clone();
+        assert_eq!(first, again, "the id given on open is on disk");
     }
 
     #[test]
@@ -743,7 +808,7 @@ mod tests {
         let on_disk: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(
             on_disk,
-            json!({ "dropped": 1, "events": [body(&numbered(1))] })
+            json!({ "dropped": 1, "events": [serde_json::to_value(numbered(1)).unwrap()] })
         );
     }
 

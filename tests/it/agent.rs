@@ -82,11 +82,15 @@ impl Sim {
     }
 
     async fn fault(&self, kind: &str, count: u32) {
+        self.fault_ms(kind, count, 300).await;
+    }
+
+    async fn fault_ms(&self, kind: &str, count: u32, delay_ms: u64) {
         let r = client()
             .post(self.url("/sim/faults"))
             .header("Vpsie-Auth", &self.token)
             .header("content-type", "application/json")
-            .body(json!({"kind": kind, "count": count, "delay_ms": 300}).to_string())
+            .body(json!({"kind": kind, "count": count, "delay_ms": delay_ms}).to_string())
             .send()
             .await
             .unwrap();
@@ -414,11 +418,13 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
         edited.elapsed()
     );
 
-    // kill -9 under load, then a restart with the same spec: no new epoch.
+    // kill -9 under load, then a restart with the same spec: no new epoch. "No reload" is
+    // judged once the new agent has finished a poll (its state file says so).
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGKILL).unwrap();
     agent.wait().unwrap();
+    forget_last_poll(&settings);
     let mut agent = start_agent();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_polled(&settings, "Unchanged").await;
     assert_eq!(
         stand.status().await.epoch,
         Some(1),
@@ -440,23 +446,155 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     assert_eq!(agent.wait().unwrap().code(), Some(0));
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
-    // Delivery is at least once: an agent killed between the API's answer and its own queue
-    // write sends that event again after the restart, unchanged. So count distinct events
-    // (apart from the id the stand-in gives each delivery).
+    // An event resent after the kill carries its id again, and the API keeps it once.
     let events = sim.events().await;
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    let mut applied: Vec<String> = events
+    let applied: Vec<u64> = events
         .iter()
         .filter(|e| e["type"] == "config_applied")
-        .map(|e| {
-            let mut e = e.clone();
-            e.as_object_mut().unwrap().remove("id");
-            e.to_string()
-        })
+        .map(|e| e["metadata"]["epoch"].as_u64().unwrap())
         .collect();
-    applied.sort();
-    applied.dedup();
-    assert_eq!(applied.len(), 3, "epochs 0, 1 and the forced 2: {kinds:?}");
+    assert_eq!(
+        applied,
+        [0, 1, 2],
+        "epochs 0, 1 and the forced 2: {kinds:?}"
+    );
+}
+
+/// The agent's state file without its last poll result, so that the next poll is observable.
+fn forget_last_poll(settings: &Settings) {
+    let path = settings.agent_state_path();
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["last_poll_result"] = Value::Null;
+    std::fs::write(&path, state.to_string()).unwrap();
+}
+
+/// Waits until the agent's state file reports a finished poll with this result.
+async fn wait_polled(settings: &Settings, result: &str) {
+    let path = settings.agent_state_path();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state: Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if state["last_poll_result"] == result {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no poll ended {result} within 20 s: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The events the agent still holds (its durable queue), read from its file.
+fn queued_on_disk(settings: &Settings) -> usize {
+    std::fs::read(settings.event_queue_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["events"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// Killed between the API's recording of an event and its own queue write, the agent sends the
+/// event again after its restart with the same id, and the API keeps one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_resent_after_a_kill_is_recorded_once() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let settings = agent_settings(&stand, &sim);
+    let conf = stand.dir.path().join("agent-run.yaml");
+    std::fs::write(&conf, serde_yaml::to_string(&settings).unwrap()).unwrap();
+    let start_agent = || {
+        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let applied = |events: &[Value], epoch: u64| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == "config_applied" && e["metadata"]["epoch"] == epoch)
+            .cloned()
+            .collect()
+    };
+    let wait_events = |epoch: u64| {
+        let sim = &sim;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let events = sim.events().await;
+                if !applied(&events, epoch).is_empty() {
+                    return events;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no config_applied for epoch {epoch}: {events:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut agent = start_agent();
+    wait_events(0).await;
+
+    // The next event is recorded, then its answer held back for a minute: the agent is killed
+    // while the API has the event and the agent's queue still holds it.
+    sim.fault_ms("delay_after_record", 1, 60_000).await;
+    sim.write_spec(&spec(front, &[("u2", &u2)]));
+    let events = wait_events(1).await;
+    let first = applied(&events, 1);
+    assert_eq!(queued_on_disk(&settings), 1, "the agent has not heard back");
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGKILL).unwrap();
+    agent.wait().unwrap();
+
+    let mut agent = start_agent();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while queued_on_disk(&settings) > 0 || sim.events().await.len() < events.len() + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the queued event was never resent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = sim.events().await;
+    let again = applied(&events, 1);
+    assert_eq!(
+        again, first,
+        "one config_applied for epoch 1, as first recorded: {events:?}"
+    );
+    let ids: std::collections::HashSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids.len(),
+        events.len(),
+        "every recorded event has its own id"
+    );
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "agent_started",
+            "config_applied",
+            "config_applied",
+            "agent_started"
+        ],
+        "the restart adds its own agent_started, nothing else"
+    );
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
+    agent.wait().unwrap();
 }
 
 /// A spec fetched while the supervisor is down is applied once it is back, even though the API

@@ -195,8 +195,10 @@ fn sim_command(dir: &TempDir) -> Command {
     cmd
 }
 
+/// An event as the agent sends it, with a fresh id.
 fn event(kind: &str, message: &str) -> Value {
     json!({
+        "id": uuid::Uuid::new_v4().to_string(),
         "type": kind,
         "message": message,
         "timestamp": "2026-11-23T08:15:00Z",
@@ -341,16 +343,19 @@ async fn events_are_validated_and_recorded_in_order() {
         let r = sim.post_event(&event(kind, &format!("event {i}"))).await;
         let v = envelope(r, 201).await;
         assert_eq!(v["error"], false);
-        ids.push(v["data"]["id"].as_u64().unwrap());
+        ids.push(v["data"]["seq"].as_u64().unwrap());
     }
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "seqs increase: {ids:?}"
+    );
 
     let listed = sim.events().await;
     assert_eq!(listed.len(), 3);
     for (i, (e, kind)) in listed.iter().zip(kinds).enumerate() {
         assert_eq!(e["type"], kind);
         assert_eq!(e["message"], format!("event {i}"));
-        assert_eq!(e["id"], ids[i]);
+        assert_eq!(e["seq"], ids[i]);
         assert_eq!(e["metadata"]["epoch"], 1);
     }
     let lines: Vec<Value> = std::fs::read_to_string(&file)
@@ -369,11 +374,17 @@ async fn events_are_validated_and_recorded_in_order() {
     bad_time["timestamp"] = json!("yesterday");
     let mut list_metadata = event("config_applied", "m");
     list_metadata["metadata"] = json!([1]);
+    let mut no_id = event("config_applied", "m");
+    no_id.as_object_mut().unwrap().remove("id");
+    let mut bad_id = event("config_applied", "m");
+    bad_id["id"] = json!("42");
     for (body, says) in [
         (no_metadata, "metadata: missing"),
         (bad_time, "timestamp"),
         (list_metadata, "metadata: must be an object"),
         (json!({"type": 1, "message": "m"}), "type: must be a string"),
+        (no_id, "id: missing"),
+        (bad_id, "is not a UUID"),
         (json!([]), "object"),
     ] {
         let v = envelope(sim.post_event(&body).await, 400).await;
@@ -404,6 +415,12 @@ async fn events_are_validated_and_recorded_in_order() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+    assert_eq!(sim.events().await.len(), 3);
+
+    // The same event again (same id): acknowledged with its first seq, not recorded twice.
+    let again = listed[1].clone();
+    let v = envelope(sim.post_event(&again).await, 200).await;
+    assert_eq!(v["data"], json!({"seq": ids[1], "duplicate": true}));
     assert_eq!(sim.events().await.len(), 3);
 
     // /sim/events needs the token and an lb; DELETE clears.

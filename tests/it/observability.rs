@@ -519,7 +519,7 @@ fn promtool() -> Command {
     assert!(
         found.is_ok_and(|o| o.status.success()),
         "promtool is required for this test but is not on PATH: \
-         `apt-get install -y --no-install-recommends prometheus` (`.ci/run` does it)"
+         `apt-get install -y --no-install-recommends prometheus` (`make test` does it)"
     );
     Command::new("promtool")
 }

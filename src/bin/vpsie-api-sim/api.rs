@@ -123,10 +123,12 @@ enum Answer {
     Oversize,
     /// With this response and nothing else.
     Fault(Response),
+    /// As usual, but only after this wait, which comes after any recording the route does.
+    Late(std::time::Duration),
 }
 
 async fn fault_answer(sim: &Sim, conn: &Conn, route: &str) -> Answer {
-    let Some(fault) = sim.faults.take() else {
+    let Some(fault) = sim.faults.take(route == "POST event") else {
         return Answer::Normal;
     };
     info!(?fault, route, peer = %conn.peer, "injecting fault");
@@ -135,6 +137,7 @@ async fn fault_answer(sim: &Sim, conn: &Conn, route: &str) -> Answer {
             tokio::time::sleep(d).await;
             Answer::Normal
         }
+        Fault::DelayAfterRecord(d) => Answer::Late(d),
         Fault::Oversize => Answer::Oversize,
         Fault::Status500 => Answer::Fault(envelope_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -232,6 +235,7 @@ async fn get_spec(
 ) -> Response {
     match fault_answer(&sim, &conn, "GET spec").await {
         Answer::Normal => {}
+        Answer::Late(d) => tokio::time::sleep(d).await,
         Answer::Fault(r) => return r,
         Answer::Oversize => {
             let data = match read_spec(&sim, &id).await {
@@ -277,11 +281,12 @@ async fn post_event(
     body: Bytes,
 ) -> Response {
     // The API is "down" while a fault answers: the event is not recorded.
-    match fault_answer(&sim, &conn, "POST event").await {
-        Answer::Normal => {}
+    let late = match fault_answer(&sim, &conn, "POST event").await {
+        Answer::Normal => None,
+        Answer::Late(d) => Some(d),
         Answer::Fault(r) => return r,
         Answer::Oversize => return oversize(json!({})),
-    }
+    };
     if let Err(r) = check_token(&sim, &headers) {
         return r.into_response();
     }
@@ -310,10 +315,21 @@ async fn post_event(
         );
     }
     let recorded = sim.events.lock().await.record(&id, event).await;
+    if let Some(d) = late {
+        tokio::time::sleep(d).await;
+    }
     match recorded {
-        Ok(n) => {
-            info!(lb = id, id = n, kind, "event recorded");
-            envelope_ok(StatusCode::CREATED, json!({"id": n}))
+        Ok(events::Recorded::New(seq)) => {
+            info!(lb = id, seq, kind, "event recorded");
+            envelope_ok(StatusCode::CREATED, json!({"seq": seq}))
+        }
+        // Delivery is at least once: the same event again is acknowledged, not recorded twice.
+        Ok(events::Recorded::Duplicate(seq)) => {
+            info!(
+                lb = id,
+                seq, kind, "event already recorded (same id); not recorded again"
+            );
+            envelope_ok(StatusCode::OK, json!({"seq": seq, "duplicate": true}))
         }
         Err(e) => {
             warn!("{e:#}");

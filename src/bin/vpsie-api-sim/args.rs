@@ -18,15 +18,18 @@ It listens on loopback only and prints one line to stdout once it is listening.
 API (every request needs the header `Vpsie-Auth: <token>`):
   GET  /api/v1/lb/{id}          the spec file of --lb ID, read fresh on every request, in the
                                 envelope, with an ETag (If-None-Match: 304)
-  POST /api/v1/lb/{id}/events   records {type, message, timestamp, metadata}; 201 {id}
+  POST /api/v1/lb/{id}/events   records {id, type, message, timestamp, metadata}; 201 {seq};
+                                an id recorded before is not recorded again: 200 {seq, duplicate}
 
 Control (token required too):
   GET|DELETE /sim/events?lb=ID  list (in arrival order) or clear the recorded events
   GET|POST|DELETE /sim/faults   list, queue or clear faults. POST {\"kind\": K, \"count\": N,
                                 \"delay_ms\": M}: the next N API requests get fault K, one of
-                                status_500, status_429, delay, error_envelope, oversize, drop.
-                                Faults queue up in order; a fault answers before the token is
-                                checked, and an event posted while one answers is not recorded.
+                                status_500, status_429, delay, error_envelope, oversize, drop,
+                                or delay_after_record (event posts only: recorded, then answered
+                                after delay_ms). Faults queue up in order; a fault answers before
+                                the token is checked, and an event posted while one answers is
+                                not recorded.
 
 Signals: TERM stops gracefully (requests in flight finish, 5 s at most); INT stops at once.
 Exit codes: 0 stopped by a signal, 1 failure (message says what), 2 bad command line.";

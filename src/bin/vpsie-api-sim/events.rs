@@ -1,7 +1,8 @@
-//! Events the agent reports: checked against the contract, numbered, kept in memory per load
-//! balancer in arrival order, and optionally appended to a file as JSON lines. Events are never
-//! dropped or reordered here; the log grows until `DELETE /sim/events` (a development tool's
-//! runs are short).
+//! Events the agent reports: checked against the contract, numbered (`seq`), kept in memory per
+//! load balancer in arrival order, and optionally appended to a file as JSON lines. An event
+//! whose `id` was already recorded for that load balancer is acknowledged and not recorded again
+//! (delivery is at least once). Events are never dropped or reordered here; the log grows until
+//! `DELETE /sim/events` (a development tool's runs are short).
 
 use anyhow::Context;
 use serde_json::{Map, Value};
@@ -27,6 +28,14 @@ pub fn validate(body: &[u8]) -> Result<Map<String, Value>, String> {
         return Err("the body must be a JSON object".into());
     };
     let mut problems = Vec::new();
+    match event.get("id") {
+        Some(Value::String(id)) if uuid::Uuid::try_parse(id).is_ok() => {}
+        Some(Value::String(id)) => problems.push(format!("id: {id:?} is not a UUID")),
+        Some(_) => problems.push("id: must be a string (a UUID)".to_owned()),
+        None => {
+            problems.push("id: missing (a UUID, the same when an event is sent again)".to_owned())
+        }
+    }
     for field in ["type", "message", "timestamp"] {
         match event.get(field) {
             Some(Value::String(_)) => {}
@@ -103,11 +112,21 @@ fn is_rfc3339_utc(s: &str) -> bool {
     matches!(rest, "Z" | "z" | "+00:00" | "-00:00")
 }
 
+/// What recording an event did.
+pub enum Recorded {
+    /// Recorded under this sequence number.
+    New(u64),
+    /// Its id was recorded before, under this number; nothing was recorded now.
+    Duplicate(u64),
+}
+
 /// The recorded events. Behind a tokio mutex: recording holds it across the file append, so
 /// ids, the in-memory order and the file's line order always agree.
 pub struct Log {
-    next_id: u64,
+    next_seq: u64,
     by_lb: HashMap<String, Vec<Value>>,
+    /// (load balancer, event id) → seq, for deduplication.
+    seen: HashMap<(String, String), u64>,
     file: Option<(PathBuf, tokio::fs::File)>,
 }
 
@@ -126,17 +145,31 @@ impl Log {
             }
         };
         Ok(Log {
-            next_id: 1,
+            next_seq: 1,
             by_lb: HashMap::new(),
+            seen: HashMap::new(),
             file,
         })
     }
 
-    /// Records a valid event and returns its id. If the file cannot be written the event is not
-    /// recorded anywhere, so memory and file never disagree.
-    pub async fn record(&mut self, lb: &str, mut event: Map<String, Value>) -> anyhow::Result<u64> {
-        let id = self.next_id;
-        event.insert("id".into(), id.into());
+    /// Records a valid event and returns its sequence number, or the number it was recorded
+    /// under before when its `id` was seen already. If the file cannot be written the event is
+    /// not recorded anywhere, so memory and file never disagree.
+    pub async fn record(
+        &mut self,
+        lb: &str,
+        mut event: Map<String, Value>,
+    ) -> anyhow::Result<Recorded> {
+        let event_id = event
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(seq) = self.seen.get(&(lb.to_owned(), event_id.clone())) {
+            return Ok(Recorded::Duplicate(*seq));
+        }
+        let seq = self.next_seq;
+        event.insert("seq".into(), seq.into());
         if let Some((path, file)) = &mut self.file {
             let mut line = Map::new();
             line.insert("lb".into(), lb.into());
@@ -147,12 +180,13 @@ impl Log {
                 .await
                 .with_context(|| format!("cannot append to the events file {}", path.display()))?;
         }
-        self.next_id += 1;
+        self.next_seq += 1;
+        self.seen.insert((lb.to_owned(), event_id), seq);
         self.by_lb
             .entry(lb.to_owned())
             .or_default()
             .push(Value::Object(event));
-        Ok(id)
+        Ok(Recorded::New(seq))
     }
 
     pub fn list(&self, lb: &str) -> Vec<Value> {
@@ -161,6 +195,7 @@ impl Log {
 
     /// Forgets the events of one load balancer (the file keeps them); returns how many.
     pub fn clear(&mut self, lb: &str) -> usize {
+        self.seen.retain(|(l, _), _| l != lb);
         self.by_lb.remove(lb).map_or(0, |v| v.len())
     }
 }
@@ -202,6 +237,7 @@ mod tests {
         assert_eq!(
             e.lines().collect::<Vec<_>>(),
             [
+                "id: missing (a UUID, the same when an event is sent again)",
                 "type: must be a string",
                 "message: missing",
                 "metadata: must be an object",
@@ -210,7 +246,10 @@ mod tests {
         );
         assert!(validate(b"[]").is_err());
         assert!(validate(b"{").is_err());
-        let ok = br#"{"type": "agent_started", "message": "m",
+        let not_uuid = br#"{"id": "7", "type": "t", "message": "m",
+                           "timestamp": "2026-11-23T08:15:00Z", "metadata": {}}"#;
+        assert_eq!(validate(not_uuid).unwrap_err(), "id: \"7\" is not a UUID");
+        let ok = br#"{"id": "6f1c1f7e-2d0b-4a53-9a55-0c3c7f2f5b21", "type": "agent_started", "message": "m",
                       "timestamp": "2026-11-23T08:15:00Z", "metadata": {}}"#;
         assert!(validate(ok).is_ok());
     }

@@ -19,6 +19,11 @@ pub enum Kind {
     Status429,
     #[serde(rename = "delay")]
     Delay,
+    /// For event posts only (spec requests pass it by and leave it queued): record the event,
+    /// then answer only after `delay_ms`, so a test can kill the agent while the API has its
+    /// event and the agent has not heard back.
+    #[serde(rename = "delay_after_record")]
+    DelayAfterRecord,
     #[serde(rename = "error_envelope")]
     ErrorEnvelope,
     #[serde(rename = "oversize")]
@@ -57,6 +62,7 @@ pub enum Fault {
     Status500,
     Status429,
     Delay(Duration),
+    DelayAfterRecord(Duration),
     ErrorEnvelope,
     Oversize,
     Drop,
@@ -75,11 +81,13 @@ impl Faults {
             return Err("count must be at least 1".into());
         }
         let delay_ms = match (req.kind, req.delay_ms) {
-            (Kind::Delay, None) => return Err("kind delay needs delay_ms".into()),
-            (Kind::Delay, Some(ms)) if ms > MAX_DELAY_MS => {
+            (Kind::Delay | Kind::DelayAfterRecord, None) => {
+                return Err("kinds delay and delay_after_record need delay_ms".into())
+            }
+            (Kind::Delay | Kind::DelayAfterRecord, Some(ms)) if ms > MAX_DELAY_MS => {
                 return Err(format!("delay_ms must be at most {MAX_DELAY_MS}, got {ms}"))
             }
-            (Kind::Delay, Some(ms)) => ms,
+            (Kind::Delay | Kind::DelayAfterRecord, Some(ms)) => ms,
             // Only `delay` waits; a delay_ms sent with another kind means nothing.
             (_, _) => 0,
         };
@@ -93,13 +101,20 @@ impl Faults {
     }
 
     /// The fault for the request being answered now, if any; counts it against its queue entry.
-    pub fn take(&self) -> Option<Fault> {
+    /// `event` says whether the request posts an event (only those take `delay_after_record`).
+    pub fn take(&self, event: bool) -> Option<Fault> {
         let mut queue = self.lock();
         let front = queue.front_mut()?;
+        if front.kind == Kind::DelayAfterRecord && !event {
+            return None;
+        }
         let fault = match front.kind {
             Kind::Status500 => Fault::Status500,
             Kind::Status429 => Fault::Status429,
             Kind::Delay => Fault::Delay(Duration::from_millis(front.delay_ms)),
+            Kind::DelayAfterRecord => {
+                Fault::DelayAfterRecord(Duration::from_millis(front.delay_ms))
+            }
             Kind::ErrorEnvelope => Fault::ErrorEnvelope,
             Kind::Oversize => Fault::Oversize,
             Kind::Drop => Fault::Drop,
@@ -143,10 +158,19 @@ mod tests {
         let f = Faults::default();
         f.add(req(r#"{"kind": "status_500", "count": 2}"#)).unwrap();
         f.add(req(r#"{"kind": "delay", "delay_ms": 5}"#)).unwrap();
-        assert_eq!(f.take(), Some(Fault::Status500));
-        assert_eq!(f.take(), Some(Fault::Status500));
-        assert_eq!(f.take(), Some(Fault::Delay(Duration::from_millis(5))));
-        assert_eq!(f.take(), None);
+        assert_eq!(f.take(false), Some(Fault::Status500));
+        assert_eq!(f.take(false), Some(Fault::Status500));
+        assert_eq!(f.take(false), Some(Fault::Delay(Duration::from_millis(5))));
+        assert_eq!(f.take(false), None);
+        // delay_after_record waits for an event post; spec requests pass it by.
+        f.add(req(r#"{"kind": "delay_after_record", "delay_ms": 7}"#))
+            .unwrap();
+        assert_eq!(f.take(false), None);
+        assert_eq!(
+            f.take(true),
+            Some(Fault::DelayAfterRecord(Duration::from_millis(7)))
+        );
+        assert_eq!(f.take(true), None);
     }
 
     #[test]
@@ -154,6 +178,7 @@ mod tests {
         let f = Faults::default();
         assert!(f.add(req(r#"{"kind": "drop", "count": 0}"#)).is_err());
         assert!(f.add(req(r#"{"kind": "delay"}"#)).is_err());
+        assert!(f.add(req(r#"{"kind": "delay_after_record"}"#)).is_err());
         assert!(f
             .add(req(r#"{"kind": "delay", "delay_ms": 600001}"#))
             .is_err());
