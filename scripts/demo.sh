@@ -5,7 +5,8 @@
 # Ctrl-C stops it all cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release
+# The binaries: `make run` builds target/release; the demo test runs the debug build.
+BIN="${BIN:-target/release}"
 RUN=run/demo
 # `make run` installs the pinned Envoy here (or ENVOY_BIN points elsewhere).
 export ENVOY_BIN="${ENVOY_BIN:-$PWD/.tools/envoy/bin/envoy}"
@@ -39,7 +40,6 @@ cat > "$RUN/lb.json" <<'SPEC'
 }
 SPEC
 
-export VPSIE_LB_ID=demo-lb
 CONF=examples/agent.yaml
 pids=()
 stop() {
@@ -74,7 +74,8 @@ cat <<MSG
   vpsie-lb-agent demo is running (everything on 127.0.0.1, files under $RUN/):
 
     curl http://127.0.0.1:18080/                 # answers web1 or web2 (round robin)
-    $BIN/vpsie-lb-agent status --config $CONF    # epoch, hash, last poll, events
+    $BIN/vpsie-lb-agent status --config $CONF           # Envoy, config, last poll, events
+    $BIN/vpsie-lb-agent status --config $CONF --json    # everything, as JSON
 
   Change the load balancer live: edit $RUN/lb.json (e.g. add
     {"identifier": "web3", "ip": "127.0.0.1", "port": 18103}

@@ -40,6 +40,8 @@ const MAX_EVENT_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentState {
     pub applied_hash: Option<String>,
+    /// When the agent saw `applied_hash` go live (RFC 3339).
+    pub applied_at: Option<String>,
     pub epoch: Option<u32>,
     /// The last spec refused, by the hash of its body, so that it is reported once.
     pub rejected: Option<String>,
@@ -396,6 +398,7 @@ impl Agent {
                     ));
                 }
                 self.state.applied_hash = Some(hash.clone());
+                self.state.applied_at = Some(now_str());
                 self.state.epoch = Some(epoch);
                 self.state.rejected = None;
                 Outcome::Applied { hash, epoch }

@@ -105,6 +105,86 @@ pub async fn full_status(settings: &Settings) -> FullStatus {
     }
 }
 
+/// `status` for people: a few lines that say whether traffic is served, by what, and whether
+/// anything needs attention. `--json` prints the whole [`FullStatus`] instead.
+pub fn status_summary(s: &FullStatus) -> String {
+    let short = |h: &str| h.chars().take(12).collect::<String>();
+    // One line each, whatever a message holds (errors can quote Envoy or the API).
+    let line = |t: &str| -> String {
+        let mut l: String = t
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect();
+        if t.chars().count() > 200 {
+            l.push('…');
+        }
+        l
+    };
+    let mut out = Vec::new();
+    match (&s.supervisor, &s.supervisor_error) {
+        (Some(sup), _) => {
+            let mut envoy = format!("Envoy       {}", sup.envoy_state);
+            if let Some(e) = sup.epoch {
+                envoy.push_str(&format!(", epoch {e}"));
+            }
+            if let Some(pid) = sup.envoy_pid {
+                envoy.push_str(&format!(", pid {pid}"));
+            }
+            out.push(envoy);
+            let mut config = match &sup.hash {
+                Some(h) => format!("Config      {}", short(h)),
+                None => "Config      none applied yet".to_owned(),
+            };
+            if sup.hash.is_some() && sup.hash == s.agent.applied_hash {
+                if let Some(at) = &s.agent.applied_at {
+                    config.push_str(&format!(", applied {at}"));
+                }
+            }
+            config.push_str(&format!(" ({} known-good kept)", sup.good.len()));
+            out.push(config);
+            if let Some(last) = &sup.last_apply {
+                let result = serde_json::to_value(last.result)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let mut text = format!(
+                    "Last apply  {result} {} in {} ms",
+                    short(&last.hash),
+                    last.apply_ms
+                );
+                if let Some(e) = &last.error {
+                    text.push_str(&format!(": {}", line(e)));
+                }
+                out.push(text);
+            }
+            if let Some(c) = &sup.critical {
+                out.push(format!("CRITICAL    {}", line(c)));
+            }
+        }
+        (None, e) => out.push(format!(
+            "Supervisor  UNREACHABLE: {}",
+            line(e.as_deref().unwrap_or("no answer"))
+        )),
+    }
+    let a = &s.agent;
+    out.push(match (&a.last_poll, &a.last_poll_result) {
+        (Some(at), Some(r)) => format!("Last poll   {at}: {}", line(r)),
+        (Some(at), None) => format!("Last poll   {at}"),
+        _ => "Last poll   never (is `vpsie-lb-agent run` running?)".to_owned(),
+    });
+    let mut events = format!("Events      {} queued", s.queued_events);
+    if s.dropped_events > 0 {
+        events.push_str(&format!(", {} DROPPED (queue was full)", s.dropped_events));
+    }
+    if let Some(at) = &a.last_event_sent {
+        events.push_str(&format!(", last sent {at}"));
+    }
+    out.push(events);
+    out.push(String::new());
+    out.join("\n")
+}
+
 /// `diff`: what applying `spec_path` would change against the running config, as a unified diff
 /// of the two Envoy configs (pretty-printed). Empty when nothing would change.
 pub async fn diff(spec_path: &Path, settings: &Settings) -> Result<String, Failure> {
@@ -139,4 +219,69 @@ pub async fn diff(spec_path: &Path, settings: &Settings) -> Result<String, Failu
         .context_radius(3)
         .header(&old_name, &new_name)
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::protocol::{ApplyResult, Status};
+
+    fn full(supervisor: Option<Status>) -> FullStatus {
+        FullStatus {
+            supervisor_error: supervisor
+                .is_none()
+                .then(|| "cannot reach the supervisor at /run/x.sock".to_owned()),
+            supervisor,
+            agent: crate::agent::AgentState::default(),
+            queued_events: 3,
+            dropped_events: 2,
+        }
+    }
+
+    #[test]
+    fn the_summary_says_what_needs_attention() {
+        let s = status_summary(&full(None));
+        assert!(
+            s.contains("Supervisor  UNREACHABLE: cannot reach the supervisor"),
+            "{s}"
+        );
+        assert!(s.contains("Last poll   never"), "{s}");
+        assert!(s.contains("3 queued, 2 DROPPED"), "{s}");
+
+        let hash = "a".repeat(64);
+        let mut f = full(Some(Status {
+            epoch: Some(4),
+            hash: Some(hash.clone()),
+            envoy_state: "LIVE".into(),
+            envoy_pid: Some(42),
+            good: vec![hash.clone(), "b".repeat(64)],
+            critical: Some("envoy exited\nagain".into()),
+            last_apply: Some(ApplyOutcome {
+                result: ApplyResult::RolledBack,
+                hash: "c".repeat(64),
+                previous_hash: None,
+                epoch: Some(4),
+                apply_ms: 17,
+                error: Some("port 80 is held".into()),
+                restore_error: None,
+                envoy_log: vec![],
+            }),
+            ..Status::default()
+        }));
+        f.agent.applied_hash = Some(hash);
+        f.agent.applied_at = Some("2026-11-30T10:00:00Z".into());
+        f.agent.last_poll = Some("2026-11-30T10:01:00Z".into());
+        f.agent.last_poll_result = Some("Unchanged".into());
+        let s = status_summary(&f);
+        let want = [
+            "Envoy       LIVE, epoch 4, pid 42",
+            "Config      aaaaaaaaaaaa, applied 2026-11-30T10:00:00Z (2 known-good kept)",
+            "Last apply  rolled_back cccccccccccc in 17 ms: port 80 is held",
+            "CRITICAL    envoy exited again",
+            "Last poll   2026-11-30T10:01:00Z: Unchanged",
+        ];
+        for w in want {
+            assert!(s.lines().any(|l| l == w), "missing {w:?} in:\n{s}");
+        }
+    }
 }

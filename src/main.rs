@@ -69,6 +69,9 @@ enum Command {
     Status {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print everything, as JSON, instead of the short summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what applying a spec would change against the running config (a unified diff).
     Diff {
@@ -226,12 +229,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ),
             }
         }
-        Command::Status { config } => {
+        Command::Status { config, json } => {
             let s = runtime()?.block_on(command::full_status(&settings(config.as_ref())?));
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?
+                );
+            } else {
+                print!("{}", command::status_summary(&s));
+            }
             if let Some(e) = s.supervisor_error {
                 return Err(anyhow::anyhow!("{e}").into());
             }

@@ -5,6 +5,7 @@ mod support;
 
 mod agent;
 mod api_sim;
+mod demo;
 mod envoy_validate;
 mod grpc;
 mod hostile;
