@@ -324,6 +324,9 @@ impl Supervisor {
                 text: self.metrics.render(),
             },
             Request::Apply(a) => {
+                // Logged on arrival: an operator (and a test) can tell an apply in progress
+                // from one never received.
+                tracing::info!(hash = %a.hash, force = a.force, "apply requested");
                 let span =
                     tracing::info_span!("apply", hash = %a.hash, epoch = tracing::field::Empty);
                 let out = self.apply(a).instrument(span).await;

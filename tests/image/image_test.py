@@ -558,8 +558,8 @@ def hot_restart_under_load(qga, http_port):
 
 
 def agent_status(qga):
-    """`vpsie-lb-agent status` in the guest, as an operator would run it."""
-    return json.loads(qga.check("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml"))
+    """`vpsie-lb-agent status --json` in the guest, as an operator would run it."""
+    return json.loads(qga.check("vpsie-lb-agent status --json --config /etc/vpsie-lb/agent.yaml"))
 
 
 def supervisor_status(qga):
@@ -607,7 +607,13 @@ def reboot_without_api(qga, http_port):
     qga.check("systemctl start vpsie-api-sim.service")
     wait_for("a request through the VM after the reboot", lambda: (
         http_get(f"http://127.0.0.1:{http_port}/")[0] == 200, "waiting"), 60)
-    time.sleep(6)  # three polls of the agent: an unchanged spec must not reload Envoy
+    # An unchanged spec must not reload Envoy: judged once the agent has finished a poll
+    # against the API that is back (its state says so), not after a guessed wait.
+    def polled_again():
+        poll = (agent_status(qga).get("agent") or {}).get("last_poll_result") or ""
+        return poll in ("Unchanged", "not modified"), f"last poll: {poll}"
+    wait_for("a finished poll of the agent after the API came back", polled_again, 120,
+             interval=0.5)
     sup = supervisor_status(qga)
     if sup.get("epoch") != 0 or sup.get("hash") != want:
         fail(f"the unchanged spec reloaded Envoy after the reboot: {sup}")

@@ -732,7 +732,7 @@ async fn redirects_are_never_followed() {
         panic!("{out:?}")
     };
     assert!(msg.contains("302"), "{msg}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The cycle is over: a followed redirect would have been requested within it.
     assert_eq!(
         hits.load(std::sync::atomic::Ordering::SeqCst),
         0,
@@ -974,19 +974,26 @@ fn notifications_until(
     want: &str,
     timeout: Duration,
 ) -> Vec<String> {
+    notifications_while(sock, timeout, |seen| {
+        !seen.iter().any(|m| m.lines().any(|l| l == want))
+    })
+}
+
+/// Reads systemd notifications sent to `sock` while `more` says the ones so far are not enough,
+/// or until the time runs out.
+fn notifications_while(
+    sock: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+    more: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && more(&seen) {
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let done = msg.lines().any(|l| l == want);
-            seen.push(msg);
-            if done {
-                break;
-            }
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
     seen
@@ -1043,7 +1050,16 @@ async fn systemd_is_told_and_no_secret_reaches_a_log() {
         msgs.iter().any(|m| m.contains("READY=1")),
         "agent READY: {msgs:?}"
     );
-    let more = notifications_until(&agent_sock, "never", Duration::from_millis(2500));
+    // Until the loop has said its status and pinged the watchdog three times (every 0.5 s).
+    let more = notifications_while(&agent_sock, Duration::from_secs(10), |seen| {
+        let all = msgs.iter().chain(seen);
+        let (mut status, mut pings) = (false, 0);
+        for m in all {
+            status |= m.contains("STATUS=epoch 0, config ");
+            pings += usize::from(m.contains("WATCHDOG=1"));
+        }
+        !(status && pings >= 3)
+    });
     let all: Vec<&String> = msgs.iter().chain(&more).collect();
     assert!(
         all.iter().any(|m| m.contains("STATUS=epoch 0, config ")),
@@ -1053,7 +1069,9 @@ async fn systemd_is_told_and_no_secret_reaches_a_log() {
         all.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
         "the loop pings the watchdog (every 0.5 s): {all:?}"
     );
-    let sup_more = notifications_until(&sup_sock, "never", Duration::from_millis(300));
+    let sup_more = notifications_while(&sup_sock, Duration::from_secs(10), |seen| {
+        !seen.iter().any(|m| m.contains("STATUS=epoch 0"))
+    });
     assert!(
         sup_more.iter().any(|m| m.contains("STATUS=epoch 0")),
         "supervisor STATUS: {sup_more:?}"
@@ -1071,9 +1089,14 @@ async fn systemd_is_told_and_no_secret_reaches_a_log() {
     );
     agent.wait().unwrap();
 
-    // The secrets: the token and every line of the private key's body.
-    // Envoy writes its log file once a second.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The secrets: the token and every line of the private key's body. Envoy writes its log
+    // file once a second, and all of it when it exits: stop the supervisor (and so Envoy).
+    let mut stand = stand;
+    stand.signal_supervisor(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        stand.wait_supervisor(Duration::from_secs(30)),
+        "the supervisor stops on TERM"
+    );
     let key_lines: Vec<&str> = cert
         .key_pem
         .lines()

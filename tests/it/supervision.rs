@@ -61,7 +61,7 @@ async fn applies_under_load_drop_nothing() {
         assert_eq!(out.result, ApplyResult::Applied);
         assert_eq!(out.epoch, Some(i as u32), "one epoch per apply");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.more(200).await;
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
     assert!(counts.ok > 100, "the load ran: {counts:?}");
@@ -94,7 +94,7 @@ async fn held_port_case(preflight: bool) {
     let stand = Stand::start(|s| s.supervisor.preflight_ports = preflight).await;
     let good = stand.apply_ok(&a).await;
     let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.more(50).await;
 
     let err = stand.apply(&bad).await.unwrap_err();
     assert_eq!(err.exit_code(), 4, "{err}");
@@ -130,7 +130,7 @@ async fn held_port_case(preflight: bool) {
         Some(status.epoch.unwrap() + 1),
         "the next apply is a hot restart"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.more(50).await;
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
     drop(held);
@@ -236,12 +236,7 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once its request is in flight (the supervisor has seen the socket connect).
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    client.kill().unwrap();
-    client.wait().unwrap();
-
-    // The supervisor finishes the apply on its own.
+    // Kill it once its request is in flight: the supervisor has logged its arrival.
     let want = vpsie_lb_agent::command::prepare_for_store(
         b.to_string().as_bytes(),
         &stand.settings,
@@ -249,6 +244,23 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
     )
     .unwrap()
     .hash;
+    let arrived = |log: String| {
+        log.lines()
+            .any(|l| l.contains("apply requested") && l.contains(&want))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !arrived(stand.log()) {
+        assert!(
+            Instant::now() < deadline,
+            "the apply never reached the supervisor: {}",
+            stand.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+
+    // The supervisor finishes the apply on its own.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = stand.status().await;
@@ -263,7 +275,7 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.more(50).await;
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
 }
@@ -289,7 +301,7 @@ async fn graceful_stop_lets_in_flight_requests_finish() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_upstream_request_in_flight(&stand).await;
     let stopping = Instant::now();
     stand.signal_supervisor(Signal::SIGTERM);
 
@@ -370,7 +382,7 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
         s.envoy.parent_shutdown_time_s = 4;
     })
     .await;
-    stand.apply_ok(&a).await;
+    let first = stand.apply_ok(&a).await.hash;
     stand.apply_ok(&b).await;
     // This apply must wait for epoch 0 to finish draining (about 4 s).
     let third = {
@@ -385,7 +397,18 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
             vpsie_lb_agent::supervisor::client::hand_over(&p, &settings, false).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The third apply has reached the supervisor (a's hash requested a second time).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stand
+        .log()
+        .lines()
+        .filter(|l| l.contains("apply requested") && l.contains(&first))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the third apply never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let asked = Instant::now();
     let s = stand.status().await;
     assert!(
@@ -462,5 +485,32 @@ async fn a_restart_that_cannot_serve_is_critical_and_retried() {
         }
         assert!(Instant::now() < deadline, "still critical: {s:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until Envoy has a request in flight to a backend (its `upstream_rq_active` stat).
+async fn wait_upstream_request_in_flight(stand: &Stand) {
+    // A fresh connection for each admin request: a kept-alive one could reach an old epoch.
+    let admin = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/stats?filter=upstream_rq_active",
+        stand.settings.envoy.admin_port
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = admin.get(&url).send().await.unwrap().text().await.unwrap();
+        let active: u64 = text
+            .lines()
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+            .sum();
+        if active > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no request in flight: {text}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -1,7 +1,7 @@
 //! A load generator on loopback: clients that keep connections alive and clients that open a new
 //! connection per request, all counting every failure. Bounded: it runs until stopped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -29,6 +29,8 @@ impl Counts {
 
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Successful requests so far, across the clients: what `more` waits on.
+    ok: Arc<AtomicU64>,
     tasks: Vec<JoinHandle<Counts>>,
 }
 
@@ -40,6 +42,7 @@ impl Load {
             "load goes to loopback only"
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for i in 0..keep_alive + fresh {
             let mut b = reqwest::Client::builder()
@@ -49,13 +52,16 @@ impl Load {
                 b = b.pool_max_idle_per_host(0);
             }
             let client = b.build().unwrap();
-            let (url, stop) = (url.to_owned(), stop.clone());
+            let (url, stop, ok) = (url.to_owned(), stop.clone(), ok.clone());
             tasks.push(tokio::spawn(async move {
                 let mut c = Counts::default();
                 while !stop.load(Ordering::Relaxed) {
                     match client.get(&url).send().await {
                         Ok(r) if r.status() == 200 => match r.bytes().await {
-                            Ok(_) => c.ok += 1,
+                            Ok(_) => {
+                                c.ok += 1;
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(e) => {
                                 c.failed += 1;
                                 if c.errors.len() < 10 {
@@ -80,7 +86,21 @@ impl Load {
                 c
             }));
         }
-        Load { stop, tasks }
+        Load { stop, ok, tasks }
+    }
+
+    /// Waits until `n` more requests have succeeded (traffic has gone through whatever just
+    /// changed), with a deadline.
+    pub async fn more(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.ok.load(Ordering::Relaxed) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load made fewer than {n} more requests in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn finish(self) -> Counts {
