@@ -1,10 +1,19 @@
 //! vpsie-lb-agent: the control-plane agent of the VPSie load balancer.
 //!
-//! The modules follow the data's path (see `ARCHITECTURE.md`):
+//! The modules follow the data's path, each importing only from those listed before it
+//! (`ARCHITECTURE.md`; `tests/it/layout.rs` checks there is no cycle):
 //! - [`settings`]: the agent's own settings (`agent.yaml`), checked at start-up.
 //! - [`spec`]: parses, normalises, validates and hashes the load-balancer specification.
 //! - [`render`]: turns a valid spec into an Envoy bootstrap (Tera templates, escaped, parsed back).
-//! - [`envoy`]: runs the Envoy binary (`--mode validate` now; supervision comes with issue 3).
+//! - [`store`]: private files written atomically; configs kept by hash.
+//! - [`envoy`]: runs the Envoy binary: `--mode validate`, epochs, admin, hot-restart memory.
+//! - [`events`]: the events reported to the API, with their ids, and their durable queue.
+//! - [`metrics`]: the agent's and the supervisor's Prometheus metrics.
+//! - [`pipeline`]: load → hash → render, shared by every command and the agent.
+//! - [`api`]: the VPSie API client, behind its address guard.
+//! - [`supervisor`]: the parent of every Envoy epoch, its protocol and its client.
+//! - [`agent`]: the reconcile loop: poll the API, hand over to the supervisor, report.
+//! - [`command`]: what each CLI command does.
 
 pub mod agent;
 pub mod api;
