@@ -410,30 +410,32 @@ impl Walker<'_> {
         }
     }
 
+    /// `Some(None)`: an explicit TCP check (`""`, which `get` would call absent);
+    /// `Some(Some(path))`: an HTTP check; `None`: not set here (or refused).
+    fn health_path(&mut self, obj: &Map<String, Value>, p: &Path) -> Option<Option<String>> {
+        if obj.get("healthCheckPath").and_then(Value::as_str) == Some("") {
+            return Some(None);
+        }
+        let s = self.string(obj, p, "healthCheckPath")?;
+        let ok = s.len() <= MAX_HEALTH_PATH
+            && s.starts_with('/')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.~%-".contains(&b));
+        if ok {
+            return Some(Some(s.to_owned()));
+        }
+        self.f.error(
+            p.field("healthCheckPath"),
+            format!(
+                "must be empty or match ^/[A-Za-z0-9/_.~%-]*$ with at most {MAX_HEALTH_PATH} characters, got {}",
+                shown(s)
+            ),
+        );
+        None
+    }
+
     fn pool_fields(&mut self, obj: &Map<String, Value>, p: &Path, with_ports: bool) -> PoolFields {
-        let explicit_tcp = obj.get("healthCheckPath").and_then(Value::as_str) == Some("");
-        let health_path = if explicit_tcp {
-            Some(None)
-        } else {
-            self.string(obj, p, "healthCheckPath").and_then(|s| {
-            let ok = s.len() <= MAX_HEALTH_PATH
-                && s.starts_with('/')
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"/_.~%-".contains(&b));
-            if ok {
-                Some(Some(s.to_owned()))
-            } else {
-                self.f.error(
-                    p.field("healthCheckPath"),
-                    format!(
-                        "must be empty or match ^/[A-Za-z0-9/_.~%-]*$ with at most {MAX_HEALTH_PATH} characters, got {}",
-                        shown(s)
-                    ),
-                );
-                None
-            }
-        })
-        };
+        let health_path = self.health_path(obj, p);
         let cookie_name = self.string(obj, p, "cookieName").and_then(|s| {
             if ident_ok(s, 64) {
                 Some(s.to_owned())

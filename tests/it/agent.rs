@@ -380,17 +380,7 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     let stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(front, &[("u1", &u1)]));
     let settings = agent_settings(&stand, &sim);
-    let conf = stand.dir.path().join("agent-run.yaml");
-    std::fs::write(&conf, serde_yaml::to_string(&settings).unwrap()).unwrap();
-    let start_agent = || {
-        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start_agent = agent_process(&stand, &settings);
     let wait_epoch = |want: u32| {
         let stand = &stand;
         async move {
@@ -461,6 +451,21 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     );
 }
 
+/// Writes `settings` for the real `vpsie-lb-agent run` and returns what starts one.
+fn agent_process(stand: &Stand, settings: &Settings) -> impl Fn() -> Child {
+    let conf = stand.dir.path().join("agent-run.yaml");
+    std::fs::write(&conf, serde_yaml::to_string(settings).unwrap()).unwrap();
+    move || {
+        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
 /// The agent's state file without its last poll result, so that the next poll is observable.
 fn forget_last_poll(settings: &Settings) {
     let path = settings.agent_state_path();
@@ -512,17 +517,7 @@ async fn an_event_resent_after_a_kill_is_recorded_once() {
     let stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(front, &[("u1", &u1)]));
     let settings = agent_settings(&stand, &sim);
-    let conf = stand.dir.path().join("agent-run.yaml");
-    std::fs::write(&conf, serde_yaml::to_string(&settings).unwrap()).unwrap();
-    let start_agent = || {
-        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start_agent = agent_process(&stand, &settings);
     let applied = |events: &[Value], epoch: u64| -> Vec<Value> {
         events
             .iter()
