@@ -76,7 +76,7 @@ async fn baseline(applies: usize, ports: &[u16]) -> (Vec<Duration>, support::loa
         let rendered: Rendered = p.rendered;
         paths.push(store.write(&p.hash, &rendered).unwrap());
     }
-    let admin = Admin::new(settings.envoy.admin_address, settings.envoy.admin_port).unwrap();
+    let admin = Admin::new(&settings.envoy.admin_socket).unwrap();
     // Bare Envoy, started the way the supervisor starts it (same arguments), access log discarded.
     let start = |path: &std::path::Path, epoch: u32| {
         std::process::Command::new(&settings.envoy.binary)

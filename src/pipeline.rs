@@ -91,16 +91,11 @@ pub fn prepare_for_store(input: &[u8], settings: &Settings, now: i64) -> Result<
 /// What spec validation needs from the settings: the ports the load balancer itself holds, the
 /// redirect port and the development switch for loopback backends.
 pub fn spec_options(settings: &Settings, now: i64) -> spec::Options {
-    let mut reserved_ports = vec![
-        (
-            settings.envoy.admin_port,
-            "the Envoy admin interface (setting envoy.admin_port)".to_owned(),
-        ),
-        (
-            settings.metrics.port,
-            "the agent's metrics (setting metrics.port)".to_owned(),
-        ),
-    ];
+    // Envoy's admin is a Unix socket: it holds no port.
+    let mut reserved_ports = vec![(
+        settings.metrics.port,
+        "the agent's metrics (setting metrics.port)".to_owned(),
+    )];
     if !settings.metrics.allowed_cidrs.is_empty() {
         reserved_ports.push((
             settings.metrics.scrape_port,

@@ -180,9 +180,10 @@ pub struct EnvoySettings {
     /// Where rendered configs live; certificates go to `<config_dir>/certs` unless `cert_dir` is set.
     pub config_dir: PathBuf,
     pub cert_dir: Option<PathBuf>,
-    /// Envoy's admin interface. It can stop Envoy, so it must stay on loopback.
-    pub admin_address: IpAddr,
-    pub admin_port: u16,
+    /// Envoy's admin interface: a Unix socket (mode 0600), never a TCP port, so that no
+    /// address a spec names (a backend host name resolving to loopback, say) can reach it. It
+    /// can stop Envoy. The supervisor and the metrics route are its only clients.
+    pub admin_socket: PathBuf,
     /// Where customer listeners bind.
     pub listen_address: IpAddr,
     /// The plain-HTTP port of `redirectHTTP`.
@@ -210,8 +211,7 @@ impl Default for EnvoySettings {
                 .unwrap_or_else(|| PathBuf::from("envoy")),
             config_dir: PathBuf::from("/var/lib/vpsie-lb/envoy"),
             cert_dir: None,
-            admin_address: IpAddr::from([127, 0, 0, 1]),
-            admin_port: 9901,
+            admin_socket: PathBuf::from("/run/vpsie-lb/envoy-admin.sock"),
             listen_address: IpAddr::from([0, 0, 0, 0]),
             redirect_port: 80,
             base_id: 7,
@@ -319,21 +319,19 @@ impl Settings {
             parse_cidr(c).map_err(|e| anyhow::anyhow!("metrics.allowed_cidrs[{i}]: {e}"))?;
         }
         let e = &self.envoy;
-        if !e.admin_address.is_loopback() {
+        // sockaddr_un holds 108 bytes, the terminating NUL included.
+        let admin = e.admin_socket.as_os_str().len();
+        if admin == 0 || admin > 107 {
             bail!(
-                "envoy.admin_address: {} is not a loopback address; the admin interface can stop Envoy and must never be exposed",
-                e.admin_address
+                "envoy.admin_socket: a Unix socket path must be 1 to 107 bytes long, got {admin}"
             );
-        }
-        if e.admin_port == 0 {
-            bail!("envoy.admin_port: must be between 1 and 65535");
         }
         if e.redirect_port == 0 {
             bail!("envoy.redirect_port: must be between 1 and 65535");
         }
-        if e.redirect_port == e.admin_port {
+        if !self.metrics.allowed_cidrs.is_empty() && self.metrics.scrape_port == e.redirect_port {
             bail!(
-                "envoy.redirect_port: {} is also envoy.admin_port",
+                "envoy.redirect_port: {} is also metrics.scrape_port",
                 e.redirect_port
             );
         }
@@ -478,8 +476,9 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let s = Settings::parse("envoy:\n  admin_port: 19901\n  redirect_port: 8080\n").unwrap();
-        assert_eq!(s.envoy.admin_port, 19901);
+        let s = Settings::parse("envoy:\n  admin_socket: /run/a.sock\n  redirect_port: 8080\n")
+            .unwrap();
+        assert_eq!(s.envoy.admin_socket, PathBuf::from("/run/a.sock"));
         assert_eq!(s.envoy.redirect_port, 8080);
         assert_eq!(s.cert_dir(), PathBuf::from("/var/lib/vpsie-lb/envoy/certs"));
         assert!(!s.dev.allow_loopback_backends);
@@ -493,10 +492,18 @@ mod tests {
     }
 
     #[test]
-    fn admin_must_stay_on_loopback() {
-        let e = Settings::parse("envoy:\n  admin_address: 0.0.0.0\n").unwrap_err();
-        assert!(e.to_string().contains("envoy.admin_address"), "{e}");
-        assert!(Settings::parse("envoy:\n  admin_address: \"::1\"\n").is_ok());
+    fn admin_is_a_unix_socket_only() {
+        // The TCP admin settings are gone: naming them is an error, not a silent no-op.
+        for old in ["admin_address: 127.0.0.1", "admin_port: 9901"] {
+            let e = Settings::parse(&format!("envoy:\n  {old}\n")).unwrap_err();
+            assert!(format!("{e:#}").contains("unknown field"), "{old}: {e:#}");
+        }
+        let long = format!("envoy:\n  admin_socket: /{}\n", "a".repeat(107));
+        let e = Settings::parse(&long).unwrap_err();
+        assert!(e.to_string().contains("envoy.admin_socket"), "{e}");
+        assert!(
+            Settings::parse(&format!("envoy:\n  admin_socket: /{}\n", "a".repeat(106))).is_ok()
+        );
     }
 
     #[test]
@@ -505,7 +512,7 @@ mod tests {
             "LB" => Some("lb-7".to_owned()),
             "VPSIE_API_URL" => Some("https://env.example.com".to_owned()),
             "VPSIE_LB_ID" => Some("from-env".to_owned()),
-            "EVIL" => Some("x\nenvoy:\n  admin_port: 1".to_owned()),
+            "EVIL" => Some("x\nenvoy:\n  redirect_port: 1".to_owned()),
             _ => None,
         };
         let text = "vpsie:\n  loadbalancer_id: ${LB}\n  allowed_hosts: [env.example.com]\n";
@@ -574,7 +581,12 @@ mod tests {
 
     #[test]
     fn port_clash_is_an_error() {
-        let e = Settings::parse("envoy:\n  admin_port: 80\n").unwrap_err();
+        let text = "envoy:\n  redirect_port: 9100\nmetrics:\n  allowed_cidrs: [10.0.0.0/8]\n";
+        let e = Settings::parse(text).unwrap_err();
         assert!(e.to_string().contains("envoy.redirect_port"), "{e}");
+        assert!(
+            Settings::parse("envoy:\n  redirect_port: 9100\n").is_ok(),
+            "no scrape port"
+        );
     }
 }

@@ -1,8 +1,8 @@
-//! A client for Envoy's admin API on loopback: what the supervisor asks a running Envoy.
+//! A client for Envoy's admin API on its Unix socket: what the supervisor asks a running Envoy.
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -31,21 +31,18 @@ struct RawOptions {
 }
 
 impl Admin {
-    pub fn new(address: IpAddr, port: u16) -> anyhow::Result<Admin> {
-        let host = match address {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
-        };
+    pub fn new(socket: &Path) -> anyhow::Result<Admin> {
         // No connection reuse: after a hot restart a kept-alive connection would still reach the
         // old epoch's admin server, which keeps answering for its old epoch until it exits.
         let client = reqwest::Client::builder()
-            .no_proxy()
+            .unix_socket(socket)
             .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(2))
             .build()
             .context("cannot build the admin HTTP client")?;
         Ok(Admin {
-            base: format!("http://{host}:{port}"),
+            // Every request goes to the socket; the host only fills the Host header.
+            base: "http://envoy-admin".to_owned(),
             client,
         })
     }

@@ -184,10 +184,29 @@ mod readback {
         #[serde(borrow)]
         pub address: Address<'a>,
     }
+    /// A TCP address or a Unix socket (`pipe`), exactly one of them.
     #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
     pub struct Address<'a> {
+        #[serde(borrow, default)]
+        pub socket_address: Option<SocketAddress<'a>>,
+        #[serde(borrow, default)]
+        pub pipe: Option<Pipe<'a>>,
+    }
+    #[derive(Deserialize)]
+    pub struct Pipe<'a> {
         #[serde(borrow)]
-        pub socket_address: SocketAddress<'a>,
+        pub path: Cow<'a, str>,
+    }
+    impl Address<'_> {
+        /// `ADDRESS:PORT` or `unix:PATH`, for comparing with what the view asked for.
+        pub fn target(&self) -> Option<String> {
+            match (&self.socket_address, &self.pipe) {
+                (Some(sa), None) => Some(format!("{}:{}", sa.address, sa.port_value)),
+                (None, Some(p)) => Some(format!("unix:{}", p.path)),
+                _ => None,
+            }
+        }
     }
     #[derive(Deserialize)]
     pub struct SocketAddress<'a> {
@@ -252,8 +271,7 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     if doc.node.id != view.node_id {
         return fail("node id".into());
     }
-    let admin = &doc.admin.address.socket_address;
-    if admin.address != view.admin_address || admin.port_value != view.admin_port {
+    if doc.admin.address.target() != Some(format!("unix:{}", view.admin_socket)) {
         return fail("admin address".into());
     }
     let listeners = match &view.metrics {
@@ -262,10 +280,8 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
             let Some(last) = doc.static_resources.listeners.last() else {
                 return fail("the metrics listener is missing".into());
             };
-            if last.name != m.listener_name
-                || last.address.socket_address.port_value != m.port
-                || n == 0
-            {
+            let port = last.address.socket_address.as_ref().map(|s| s.port_value);
+            if last.name != m.listener_name || port != Some(m.port) || n == 0 {
                 return fail("the metrics listener".into());
             }
             &doc.static_resources.listeners[..n - 1]
@@ -275,8 +291,7 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     let same_listeners = listeners.len() == view.listeners.len()
         && listeners.iter().zip(&view.listeners).all(|(l, vl)| {
             l.name == vl.name
-                && l.address.socket_address.port_value == vl.port
-                && l.address.socket_address.address == view.listen_address
+                && l.address.target() == Some(format!("{}:{}", view.listen_address, vl.port))
                 && l.filter_chains.len() == vl.chains.len()
         });
     if !same_listeners {
@@ -286,7 +301,7 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     let mut clusters = &doc.static_resources.clusters[..];
     if let Some(m) = &view.metrics {
         let n = clusters.len();
-        let tail: Vec<(&str, &str, u16)> = clusters[n.saturating_sub(2)..]
+        let tail: Vec<(&str, String)> = clusters[n.saturating_sub(2)..]
             .iter()
             .filter_map(|c| {
                 let [loc] = c.load_assignment.endpoints.as_slice() else {
@@ -295,20 +310,14 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
                 let [ep] = loc.lb_endpoints.as_slice() else {
                     return None;
                 };
-                let sa = &ep.endpoint.address.socket_address;
-                Some((c.name.as_ref(), sa.address.as_ref(), sa.port_value))
+                Some((c.name.as_ref(), ep.endpoint.address.target()?))
             })
             .collect();
         let want = [
-            (
-                m.admin_cluster.as_str(),
-                m.admin_address.as_str(),
-                m.admin_port,
-            ),
+            (m.admin_cluster.as_str(), format!("unix:{}", m.admin_socket)),
             (
                 m.agent_cluster.as_str(),
-                m.agent_address.as_str(),
-                m.agent_port,
+                format!("{}:{}", m.agent_address, m.agent_port),
             ),
         ];
         if n < 2 || tail != want {
@@ -331,8 +340,11 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
         let same = c.name == vc.name
             && eps.len() == vc.endpoints.len()
             && eps.iter().zip(&vc.endpoints).all(|(e, ve)| {
-                let sa = &e.endpoint.address.socket_address;
-                sa.address == ve.address && sa.port_value == ve.port
+                e.endpoint
+                    .address
+                    .socket_address
+                    .as_ref()
+                    .is_some_and(|sa| sa.address == ve.address && sa.port_value == ve.port)
             });
         if !same {
             return fail(format!("cluster {} or its endpoints", vc.name));

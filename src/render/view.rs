@@ -16,8 +16,7 @@ use std::path::PathBuf;
 #[derive(Debug, Serialize)]
 pub struct View {
     pub node_id: String,
-    pub admin_address: String,
-    pub admin_port: u16,
+    pub admin_socket: String,
     pub listen_address: String,
     pub max_connections: u32,
     pub listeners: Vec<Listener>,
@@ -32,8 +31,7 @@ pub struct Metrics {
     pub port: u16,
     pub cidrs: Vec<Cidr>,
     pub admin_cluster: String,
-    pub admin_address: String,
-    pub admin_port: u16,
+    pub admin_socket: String,
     pub agent_cluster: String,
     pub agent_address: String,
     pub agent_port: u16,
@@ -337,8 +335,7 @@ pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
     }
     let view = View {
         node_id: spec.id.clone(),
-        admin_address: settings.envoy.admin_address.to_string(),
-        admin_port: settings.envoy.admin_port,
+        admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
         listen_address: settings.envoy.listen_address.to_string(),
         max_connections: spec.max_connections,
         listeners,
@@ -369,8 +366,7 @@ fn metrics_view(settings: &Settings) -> Option<Metrics> {
         port: m.scrape_port,
         cidrs,
         admin_cluster: "admin:metrics".into(),
-        admin_address: settings.envoy.admin_address.to_string(),
-        admin_port: settings.envoy.admin_port,
+        admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
         agent_cluster: "agent:metrics".into(),
         agent_address: m.address.to_string(),
         agent_port: m.port,

@@ -261,7 +261,7 @@ impl Supervisor {
     async fn new(settings: Settings) -> anyhow::Result<Supervisor> {
         let binary_hot_restart_version =
             process::binary_hot_restart_version(&settings.envoy.binary).await?;
-        let admin = Admin::new(settings.envoy.admin_address, settings.envoy.admin_port)?;
+        let admin = Admin::new(&settings.envoy.admin_socket)?;
         let state_path = settings.state_dir.join("supervisor.json");
         let state = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {

@@ -420,7 +420,7 @@ def checks(qga, http_port, scrape_port, t_boot):
         fail(f"round robin over both backends expected, saw {sorted(seen)}")
     log(f"8 more requests reached {sorted(seen)}")
 
-    server_info = json.loads(qga.check("curl -sf http://127.0.0.1:9901/server_info"))
+    server_info = json.loads(qga.check("curl -sf --unix-socket /run/vpsie-lb/envoy-admin.sock http://envoy-admin/server_info"))
     if server_info.get("state") != "LIVE":
         fail(f"Envoy is {server_info.get('state')}, not LIVE")
     log(f"Envoy {server_info.get('version', '?').split('/')[1]} state LIVE, "
@@ -475,7 +475,7 @@ def checks(qga, http_port, scrape_port, t_boot):
     # The shipped logrotate rule works on Envoy's log (as vpsie-lb, in its 0700 directory), and
     # Envoy is still LIVE afterwards.
     rotated = qga.check("logrotate -f /etc/logrotate.d/vpsie-lb && ls /var/log/vpsie-lb && "
-                        "curl -sf http://127.0.0.1:9901/ready")
+                        "curl -sf --unix-socket /run/vpsie-lb/envoy-admin.sock http://envoy-admin/ready")
     if "envoy.log.1" not in rotated or "LIVE" not in rotated:
         fail(f"logrotate did not rotate Envoy's log, or Envoy is not LIVE after it:\n{rotated}")
     log("logrotate rotated Envoy's log: " + " ".join(rotated.split()))

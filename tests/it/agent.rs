@@ -866,11 +866,8 @@ async fn the_scrape_port_serves_two_paths_to_allowed_sources_only() {
             "{method} {path} leaked admin output"
         );
     }
-    let admin = c
-        .get(format!(
-            "http://127.0.0.1:{}/ready",
-            settings.envoy.admin_port
-        ))
+    let admin = crate::support::envoy::admin_client(&settings)
+        .get("http://envoy-admin/ready")
         .send()
         .await
         .unwrap();

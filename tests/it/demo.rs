@@ -1,6 +1,6 @@
 //! `make run`'s demo (scripts/demo.sh) as a newcomer meets it: it starts, and every command it
 //! prints works when pasted into a new shell that has nothing of the demo's environment.
-//! (It uses the demo's fixed ports 18080-18103 and 19100-19901 and its folder run/demo.)
+//! (It uses the demo's fixed ports 18080-18103 and 19100-19101 and its folder run/demo.)
 
 use crate::support::envoy_bin;
 use std::io::{BufRead, BufReader};

@@ -84,7 +84,10 @@ fn the_shipped_settings_are_valid_and_fit_the_units() {
     assert_eq!(s.vpsie.api_url, "https://api.vpsie.com");
     assert_eq!(s.vpsie.loadbalancer_id, "lb-0123");
     assert!(!s.dev.allow_insecure_http && !s.dev.allow_loopback_backends);
-    assert!(s.envoy.admin_address.is_loopback());
+    assert_eq!(
+        s.envoy.admin_socket,
+        PathBuf::from("/run/vpsie-lb/envoy-admin.sock")
+    );
     assert!(s.envoy.listen_address.is_unspecified());
     assert_eq!(s.envoy.binary, PathBuf::from("/usr/local/bin/envoy"));
     assert!(
@@ -98,6 +101,7 @@ fn the_shipped_settings_are_valid_and_fit_the_units() {
     for (what, path) in [
         ("envoy.config_dir", &s.envoy.config_dir),
         ("envoy.log_file", &s.envoy.log_file),
+        ("envoy.admin_socket", &s.envoy.admin_socket),
         ("supervisor.socket", &s.supervisor.socket),
         ("state_dir", &s.state_dir),
     ] {

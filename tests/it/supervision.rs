@@ -319,15 +319,9 @@ async fn graceful_stop_lets_in_flight_requests_finish() {
         took >= Duration::from_millis(1000),
         "it waited for the request: {took:?}"
     );
-    let admin = reqwest::Client::builder()
-        .no_proxy()
+    let admin = crate::support::envoy::admin_client(&stand.settings)
+        .get("http://envoy-admin/ready")
         .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap()
-        .get(format!(
-            "http://127.0.0.1:{}/ready",
-            stand.settings.envoy.admin_port
-        ))
         .send()
         .await;
     assert!(admin.is_err(), "envoy is gone");
@@ -490,19 +484,11 @@ async fn a_restart_that_cannot_serve_is_critical_and_retried() {
 
 /// Waits until Envoy has a request in flight to a backend (its `upstream_rq_active` stat).
 async fn wait_upstream_request_in_flight(stand: &Stand) {
-    // A fresh connection for each admin request: a kept-alive one could reach an old epoch.
-    let admin = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let url = format!(
-        "http://127.0.0.1:{}/stats?filter=upstream_rq_active",
-        stand.settings.envoy.admin_port
-    );
+    let admin = crate::support::envoy::admin_client(&stand.settings);
+    let url = "http://envoy-admin/stats?filter=upstream_rq_active";
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = admin.get(&url).send().await.unwrap().text().await.unwrap();
+        let text = admin.get(url).send().await.unwrap().text().await.unwrap();
         let active: u64 = text
             .lines()
             .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())

@@ -634,39 +634,39 @@ fn numeric_string_ports_mean_the_number() {
 }
 
 #[test]
-fn reserved_admin_port_is_refused_as_front_port() {
+fn reserved_ports_are_refused_as_front_port() {
     use Base::*;
     run(vec![
         err(
-            "frontPort 9901",
+            "frontPort 9101",
             Http,
-            set("/rules/0/frontPort", json!(9901)),
+            set("/rules/0/frontPort", json!(9101)),
             "rules[0].frontPort",
-            "reserved for the Envoy admin interface",
+            "reserved for the agent's metrics",
         ),
         err(
-            "frontPort \"9901\"",
+            "frontPort \"9101\"",
             Http,
-            set("/rules/0/frontPort", json!("9901")),
+            set("/rules/0/frontPort", json!("9101")),
             "rules[0].frontPort",
             "reserved",
         ),
         err(
-            "https frontPort 9901",
+            "https frontPort 9101",
             Https,
-            set("/rules/0/frontPort", json!(9901)),
+            set("/rules/0/frontPort", json!(9101)),
             "rules[0].frontPort",
             "reserved",
         ),
         ok(
-            "frontPort 9900",
+            "frontPort 9100",
             Http,
-            set("/rules/0/frontPort", json!(9900)),
+            set("/rules/0/frontPort", json!(9100)),
         ),
         ok(
-            "backPort 9901 is a backend's port",
+            "backPort 9101 is a backend's port",
             Http,
-            set("/rules/0/backPort", json!(9901)),
+            set("/rules/0/backPort", json!(9101)),
         ),
     ]);
 }

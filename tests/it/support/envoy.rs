@@ -25,14 +25,23 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A client for the admin socket of `settings` (a fresh connection per request: after a hot
+/// restart a kept-alive one would reach the old epoch).
+pub fn admin_client(settings: &Settings) -> reqwest::Client {
+    reqwest::Client::builder()
+        .unix_socket(settings.envoy.admin_socket.as_path())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 /// Settings for a test stand: loopback everything, fresh ports, files in `dir`.
 pub fn test_settings(dir: &Path) -> Settings {
     let mut s = Settings::default();
     s.envoy.binary = super::envoy_bin();
     s.envoy.config_dir = dir.to_path_buf();
     s.envoy.cert_dir = Some(dir.join("certs"));
-    s.envoy.admin_address = "127.0.0.1".parse().unwrap();
-    s.envoy.admin_port = free_port();
+    s.envoy.admin_socket = dir.join("admin.sock");
     s.envoy.listen_address = "127.0.0.1".parse().unwrap();
     s.envoy.redirect_port = free_port();
     s.dev.allow_loopback_backends = true;
@@ -90,15 +99,17 @@ impl Envoy {
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.settings.envoy.admin_port)
+        format!("http://envoy-admin{path}")
+    }
+
+    /// A client that reaches Envoy's admin socket (and nothing else).
+    pub fn admin_client(&self) -> reqwest::Client {
+        admin_client(&self.settings)
     }
 
     /// GETs an admin page and returns its body.
     pub async fn admin_text(&self, path: &str) -> String {
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
+        self.admin_client()
             .get(self.admin_url(path))
             .send()
             .await
@@ -108,12 +119,16 @@ impl Envoy {
             .unwrap()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     async fn wait_live(&self) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let client = self.admin_client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(self.admin_url("/ready")).send().await {

@@ -43,12 +43,13 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// Validation options as production has them (no loopback backends, redirect port 80, admin 9901).
+/// Validation options as production has them (no loopback backends, redirect port 80, the
+/// agent's metrics on 9101; Envoy's admin is a Unix socket and holds no port).
 pub fn options() -> Options {
     Options {
         allow_loopback_backends: false,
         redirect_port: 80,
-        reserved_ports: vec![(9901, "the Envoy admin interface".into())],
+        reserved_ports: vec![(9101, "the agent's metrics".into())],
         now: now(),
     }
 }
