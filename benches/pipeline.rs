@@ -285,7 +285,9 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| spec::config_hash(black_box(s), template_version))
         });
         g.bench_with_input(BenchmarkId::new("render", n), &loaded.spec, |b, s| {
-            b.iter(|| render::render(black_box(s), &settings).expect("renders"))
+            b.iter(|| {
+                render::render(black_box(s), &settings, &Default::default()).expect("renders")
+            })
         });
     }
     g.finish();

@@ -15,15 +15,16 @@
 use crate::api::{self, ApiClient, Fetched};
 use crate::events::{Event, EventQueue};
 use crate::metrics::AgentMetrics;
-use crate::pipeline::{self, Prepared};
-use crate::render;
+use crate::pipeline;
+use crate::resolve::{self, Resolved, Resolver};
 use crate::settings::Settings;
 use crate::spec::{self, Finding};
-use crate::store::{self, ConfigStore};
+use crate::store;
 use crate::supervisor::client;
 use crate::supervisor::protocol::{ApplyOutcome, ApplyResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,6 +100,13 @@ pub struct Agent {
     metrics: Arc<AgentMetrics>,
     health: Arc<Health>,
     dropped_seen: u64,
+    /// Backend host names: where they are looked up (made on first need), their answers, the
+    /// problems already reported, and the last spec body, re-reconciled when an answer expires
+    /// while the API says "not modified".
+    resolver: Option<Resolver>,
+    answers: resolve::Cache,
+    reported: HashSet<String>,
+    last_body: Option<Vec<u8>>,
 }
 
 /// What `/healthz` and `/readyz` read, shared with the HTTP server.
@@ -144,7 +152,62 @@ impl Agent {
             metrics,
             health,
             dropped_seen,
+            resolver: None,
+            answers: resolve::Cache::default(),
+            reported: HashSet::new(),
+            last_body: None,
         })
+    }
+
+    /// Looks backend host names up here instead of in the system's DNS (tests map names to
+    /// loopback this way, without touching /etc/hosts).
+    pub fn set_resolver(&mut self, resolver: Resolver) {
+        self.resolver = Some(resolver);
+    }
+
+    /// Resolves (where an answer expired) and judges the spec's host names; reports each
+    /// distinct problem once, as an event and a metric.
+    async fn resolve(&mut self, spec: &spec::Spec) -> Resolved {
+        let names = resolve::names(spec);
+        if names.is_empty() {
+            return Resolved::new();
+        }
+        if self.resolver.is_none() {
+            match Resolver::system() {
+                Ok(r) => self.resolver = Some(r),
+                Err(e) => tracing::error!("backend host names cannot be resolved: {e:#}"),
+            }
+        }
+        let empty = Resolver::Map {
+            answers: Default::default(),
+            ttl: resolve::MAX_AGE,
+        };
+        let resolver = self.resolver.as_ref().unwrap_or(&empty);
+        let (resolved, problems) = self
+            .answers
+            .resolve(
+                resolver,
+                &names,
+                self.settings.dev.allow_loopback_backends,
+                Instant::now(),
+            )
+            .await;
+        for p in problems {
+            let key = p.message();
+            if self.reported.insert(key.clone()) {
+                tracing::warn!("{key}");
+                let kind = match p {
+                    resolve::Problem::Refused { .. } => "refused",
+                    resolve::Problem::Unresolved { .. } => "unresolved",
+                };
+                self.metrics
+                    .backend_problems
+                    .with_label_values(&[kind])
+                    .inc();
+                self.report(Event::backend_host_problem(&p, SystemTime::now()));
+            }
+        }
+        resolved
     }
 
     pub fn state(&self) -> &AgentState {
@@ -265,11 +328,30 @@ impl Agent {
             }
             Ok(Fetched::NotModified) => {
                 self.state.last_poll_result = Some("not modified".into());
-                self.save();
-                return Outcome::Unchanged;
+                // The spec is the same, but a host name's answer may have expired: look again,
+                // and apply if what the names resolve to changed.
+                let expired = self
+                    .answers
+                    .next_expiry()
+                    .is_some_and(|t| t <= Instant::now());
+                match self.last_body.clone() {
+                    Some(body) if expired => {
+                        let outcome = self.reconcile(&body, false).await;
+                        if outcome != Outcome::Unchanged {
+                            self.state.last_poll_result = Some(format!("{outcome:?}"));
+                        }
+                        self.save();
+                        return outcome;
+                    }
+                    _ => {
+                        self.save();
+                        return Outcome::Unchanged;
+                    }
+                }
             }
             Ok(Fetched::Spec { body, .. }) => body,
         };
+        self.last_body = Some(body.clone());
         let outcome = self.reconcile(&body, force).await;
         self.state.last_poll_result = Some(format!("{outcome:?}"));
         self.save();
@@ -302,15 +384,13 @@ impl Agent {
         for w in &loaded.warnings {
             tracing::warn!("spec warning: {w}");
         }
-        let hash = spec::config_hash(&loaded.spec, render::template_version());
+        let resolved = self.resolve(&loaded.spec).await;
+        let hash = pipeline::hash(&loaded, &resolved);
         if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
             return Outcome::Unchanged;
         }
-        let mut local = self.settings.clone();
-        local.envoy.cert_dir =
-            Some(ConfigStore::new(&self.settings.envoy.config_dir).cert_dir(&hash));
-        let rendered = match render::render(&loaded.spec, &local) {
-            Ok(r) => r,
+        let prepared = match pipeline::finish(loaded, &resolved, &self.settings, true) {
+            Ok(p) => p,
             Err(e) => {
                 self.report(Event::reload_failed(
                     &hash,
@@ -320,11 +400,6 @@ impl Agent {
                 ));
                 return Outcome::Critical { hash };
             }
-        };
-        let prepared = Prepared {
-            loaded,
-            hash: hash.clone(),
-            rendered,
         };
         let span = tracing::info_span!("apply", %hash);
         match client::hand_over_raw(&prepared, &self.settings, force)

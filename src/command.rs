@@ -24,19 +24,34 @@ fn read_spec(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the spec file {}", path.display()))
 }
 
+/// The pipeline with the spec's host names resolved by the system's DNS; what a name's answer
+/// held that cannot be used is said on stderr.
+async fn resolving(
+    input: &[u8],
+    settings: &Settings,
+    for_store: bool,
+) -> Result<Prepared, Failure> {
+    let (p, problems) =
+        crate::pipeline::prepare_resolving(input, settings, now_unix(), for_store, None).await?;
+    for problem in problems {
+        tracing::warn!("{}", problem.message());
+    }
+    Ok(p)
+}
+
 /// `hash`: the config hash of a valid spec.
-pub fn hash(spec_path: &Path, settings: &Settings) -> Result<Prepared, Failure> {
-    prepare(&read_spec(spec_path)?, settings, now_unix())
+pub async fn hash(spec_path: &Path, settings: &Settings) -> Result<Prepared, Failure> {
+    resolving(&read_spec(spec_path)?, settings, false).await
 }
 
 /// `render`: writes the certificate files to the certificate directory and the config to `out`
 /// (mode 0600), or returns it for printing when `out` is `None`.
-pub fn render(
+pub async fn render(
     spec_path: &Path,
     settings: &Settings,
     out: Option<&Path>,
 ) -> Result<Prepared, Failure> {
-    let p = prepare(&read_spec(spec_path)?, settings, now_unix())?;
+    let p = resolving(&read_spec(spec_path)?, settings, false).await?;
     match out {
         Some(out) => store::write_rendered(&p.rendered, out)?,
         None => {
@@ -55,7 +70,7 @@ pub async fn validate(spec_path: &Path, settings: &Settings) -> Result<Prepared,
     let mut local = settings.clone();
     local.envoy.config_dir = dir.path().to_path_buf();
     local.envoy.cert_dir = Some(dir.path().join("certs"));
-    let p = prepare(&input, &local, now_unix())?;
+    let p = resolving(&input, &local, false).await?;
     let config = dir.path().join("envoy.json");
     store::write_rendered(&p.rendered, &config)?;
     envoy::validate(&settings.envoy.binary, &config).await?;
@@ -67,7 +82,7 @@ pub async fn apply(
     spec_path: &Path,
     settings: &Settings,
 ) -> Result<(Prepared, ApplyOutcome), Failure> {
-    let p = prepare_for_store(&read_spec(spec_path)?, settings, now_unix())?;
+    let p = resolving(&read_spec(spec_path)?, settings, true).await?;
     let out = hand_over(&p, settings, false).await?;
     Ok((p, out))
 }
@@ -188,7 +203,7 @@ pub fn status_summary(s: &FullStatus) -> String {
 /// `diff`: what applying `spec_path` would change against the running config, as a unified diff
 /// of the two Envoy configs (pretty-printed). Empty when nothing would change.
 pub async fn diff(spec_path: &Path, settings: &Settings) -> Result<String, Failure> {
-    let p = prepare_for_store(&read_spec(spec_path)?, settings, now_unix())?;
+    let p = resolving(&read_spec(spec_path)?, settings, true).await?;
     let store = ConfigStore::new(&settings.envoy.config_dir);
     let running_hash = match status(settings).await {
         Ok(s) => s.hash,

@@ -29,6 +29,9 @@ pub enum EventKind {
     ConfigRejected,
     ReloadFailed,
     CriticalFailure,
+    /// Not in the contract's list yet (issue 11): a backend host name's answer held addresses
+    /// that carry no traffic, or the name stopped resolving.
+    BackendHostProblem,
 }
 
 impl EventKind {
@@ -40,6 +43,7 @@ impl EventKind {
             EventKind::ConfigRejected => "config_rejected",
             EventKind::ReloadFailed => "reload_failed",
             EventKind::CriticalFailure => "critical_failure",
+            EventKind::BackendHostProblem => "backend_host_problem",
         }
     }
 }
@@ -160,6 +164,34 @@ impl Event {
                 "error": error,
                 "restore_error": restore_error,
             }),
+        )
+    }
+
+    /// A backend host name cannot be used as it resolved: `refused` addresses get no traffic;
+    /// `error` says why it did not resolve at all, `kept` what it still uses.
+    pub fn backend_host_problem(problem: &crate::resolve::Problem, now: SystemTime) -> Event {
+        use crate::resolve::Problem;
+        let metadata = match problem {
+            Problem::Refused { name, refused } => json!({
+                "host": name,
+                "problem": "refused",
+                "refused": refused
+                    .iter()
+                    .map(|(ip, why)| json!({"address": ip.to_string(), "reason": why}))
+                    .collect::<Vec<_>>(),
+            }),
+            Problem::Unresolved { name, error, kept } => json!({
+                "host": name,
+                "problem": "unresolved",
+                "error": error,
+                "kept": kept.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            }),
+        };
+        Event::new(
+            EventKind::BackendHostProblem,
+            problem.message(),
+            now,
+            metadata,
         )
     }
 

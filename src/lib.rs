@@ -9,7 +9,8 @@
 //! - [`envoy`]: runs the Envoy binary: `--mode validate`, epochs, admin, hot-restart memory.
 //! - [`events`]: the events reported to the API, with their ids, and their durable queue.
 //! - [`metrics`]: the agent's and the supervisor's Prometheus metrics.
-//! - [`pipeline`]: load → hash → render, shared by every command and the agent.
+//! - [`resolve`]: backend host names → addresses the guard allows, TTL-cached.
+//! - [`pipeline`]: load → resolve → hash → render, shared by every command and the agent.
 //! - [`api`]: the VPSie API client, behind its address guard.
 //! - [`supervisor`]: the parent of every Envoy epoch, its protocol and its client.
 //! - [`agent`]: the reconcile loop: poll the API, hand over to the supervisor, report.
@@ -23,6 +24,7 @@ pub mod events;
 pub mod metrics;
 pub mod pipeline;
 pub mod render;
+pub mod resolve;
 pub mod settings;
 pub mod spec;
 pub mod store;

@@ -185,7 +185,8 @@ async fn stop_signal() -> StopKind {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Render { spec, out, config } => {
-            let p = command::render(&spec, &settings(config.as_ref())?, out.as_deref())?;
+            let settings = settings(config.as_ref())?;
+            let p = runtime()?.block_on(command::render(&spec, &settings, out.as_deref()))?;
             warn(&p);
             if out.is_none() {
                 println!("{}", p.rendered.config);
@@ -198,7 +199,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("OK {}", p.hash);
         }
         Command::Hash { spec, config } => {
-            let p = command::hash(&spec, &settings(config.as_ref())?)?;
+            let settings = settings(config.as_ref())?;
+            let p = runtime()?.block_on(command::hash(&spec, &settings))?;
             warn(&p);
             println!("{}", p.hash);
         }

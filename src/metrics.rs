@@ -50,6 +50,8 @@ pub struct AgentMetrics {
     pub config_info: IntGaugeVec,
     pub last_apply: Gauge,
     pub spec_rejections: IntCounter,
+    /// Backend host names reported for an answer that could not be used as it came.
+    pub backend_problems: IntCounterVec,
     pub events_queued: IntGauge,
     pub events_sent: IntCounter,
     pub events_dropped: IntCounter,
@@ -135,6 +137,16 @@ impl AgentMetrics {
                     "Specs refused by validation or by Envoy",
                 ),
             ),
+            backend_problems: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}backend_host_problems_total"),
+                        "Backend host names whose answer held refused addresses (refused) or that did not resolve (unresolved); reported once per distinct answer",
+                    ),
+                    &["kind"],
+                ),
+            ),
             events_queued: reg(
                 &r,
                 IntGauge::new(format!("{p}events_queued"), "Events waiting for the API"),
@@ -187,6 +199,9 @@ impl AgentMetrics {
         }
         for v in API_OPS {
             m.api_request_duration.with_label_values(&[v]);
+        }
+        for v in ["refused", "unresolved"] {
+            m.backend_problems.with_label_values(&[v]);
         }
         m
     }

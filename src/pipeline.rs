@@ -1,12 +1,14 @@
 //! The pipeline every command and the agent share: a spec's bytes → parsed, normalised and
-//! validated model → hash → rendered Envoy config. Pure apart from the clock the caller passes;
-//! nothing here talks to the supervisor or the API.
+//! validated model → its host names resolved and judged → hash → rendered Envoy config. Nothing
+//! here talks to the supervisor or the API.
 
 use crate::envoy;
 use crate::render::{self, Rendered};
+use crate::resolve::{self, Problem, Resolved, Resolver};
 use crate::settings::Settings;
 use crate::spec::{self, Finding, Loaded, SpecErrors};
 use crate::store::ConfigStore;
+use sha2::{Digest, Sha256};
 
 /// Why a spec did not become a running config, as far as a command's exit code cares.
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +63,49 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Parse, normalise, validate, hash and render.
-pub fn prepare(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, Failure> {
-    let loaded = spec::load(input, &spec_options(settings, now))?;
-    let hash = spec::config_hash(&loaded.spec, render::template_version());
-    let rendered = render::render(&loaded.spec, settings).map_err(anyhow::Error::from)?;
+/// Parse, normalise and validate.
+pub fn load(input: &[u8], settings: &Settings, now: i64) -> Result<Loaded, SpecErrors> {
+    spec::load(input, &spec_options(settings, now))
+}
+
+/// The config hash: the spec's, and, when it names backend hosts, what they resolved to (a
+/// changed answer is a changed config). A spec of IP literals only keeps its spec hash.
+pub fn hash(loaded: &Loaded, resolved: &Resolved) -> String {
+    let spec_hash = spec::config_hash(&loaded.spec, render::template_version());
+    if resolved.is_empty() {
+        return spec_hash;
+    }
+    let mut h = Sha256::new();
+    h.update(spec_hash.as_bytes());
+    h.update(b"\nresolved ");
+    for (name, addrs) in resolved {
+        h.update(name.as_bytes());
+        for a in addrs {
+            h.update(b" ");
+            h.update(a.to_string().as_bytes());
+        }
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+/// Hashes and renders a loaded spec. `for_store`: certificates go into the directory of the
+/// config's hash in the supervisor's store, so that each stored config is complete on its own.
+pub fn finish(
+    loaded: Loaded,
+    resolved: &Resolved,
+    settings: &Settings,
+    for_store: bool,
+) -> Result<Prepared, Failure> {
+    let hash = hash(&loaded, resolved);
+    let rendered = if for_store {
+        let mut local = settings.clone();
+        local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
+        render::render(&loaded.spec, &local, resolved)
+    } else {
+        render::render(&loaded.spec, settings, resolved)
+    }
+    .map_err(anyhow::Error::from)?;
     Ok(Prepared {
         loaded,
         hash,
@@ -73,19 +113,59 @@ pub fn prepare(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, 
     })
 }
 
-/// Renders a spec for the supervisor's config store: certificates go into the directory of the
-/// config's hash, so that each stored config is complete on its own.
+/// Parse, normalise, validate, hash and render, with no host name resolved (a backend host
+/// name then has no endpoint). For specs of IP literals, and tests.
+pub fn prepare(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, Failure> {
+    finish(
+        load(input, settings, now)?,
+        &Resolved::new(),
+        settings,
+        false,
+    )
+}
+
+/// As [`prepare`], rendered for the supervisor's config store.
 pub fn prepare_for_store(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, Failure> {
-    let loaded = spec::load(input, &spec_options(settings, now))?;
-    let hash = spec::config_hash(&loaded.spec, render::template_version());
-    let mut local = settings.clone();
-    local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
-    let rendered = render::render(&loaded.spec, &local).map_err(anyhow::Error::from)?;
-    Ok(Prepared {
-        loaded,
-        hash,
-        rendered,
-    })
+    finish(
+        load(input, settings, now)?,
+        &Resolved::new(),
+        settings,
+        true,
+    )
+}
+
+/// The whole pipeline with the spec's host names resolved (and judged) through `resolver`:
+/// what the CLI commands use. The problems (refused or unresolvable names) come back beside it.
+pub async fn prepare_resolving(
+    input: &[u8],
+    settings: &Settings,
+    now: i64,
+    for_store: bool,
+    resolver: Option<&Resolver>,
+) -> Result<(Prepared, Vec<Problem>), Failure> {
+    let loaded = load(input, settings, now)?;
+    let names = resolve::names(&loaded.spec);
+    let (resolved, problems) = if names.is_empty() {
+        (Resolved::new(), Vec::new())
+    } else {
+        let system;
+        let resolver = match resolver {
+            Some(r) => r,
+            None => {
+                system = Resolver::system()?;
+                &system
+            }
+        };
+        resolve::Cache::default()
+            .resolve(
+                resolver,
+                &names,
+                settings.dev.allow_loopback_backends,
+                std::time::Instant::now(),
+            )
+            .await
+    };
+    Ok((finish(loaded, &resolved, settings, for_store)?, problems))
 }
 
 /// What spec validation needs from the settings: the ports the load balancer itself holds, the

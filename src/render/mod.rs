@@ -14,6 +14,7 @@ mod view;
 
 pub use view::{cluster_name, redirect_listener_name, CertFile, View};
 
+use crate::resolve::Resolved;
 use crate::settings::Settings;
 use crate::spec::Spec;
 use serde_json::Value;
@@ -140,9 +141,13 @@ fn q_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
 }
 
 /// Renders the Envoy bootstrap for a valid spec.
-pub fn render(spec: &Spec, settings: &Settings) -> Result<Rendered, RenderError> {
+pub fn render(
+    spec: &Spec,
+    settings: &Settings,
+    resolved: &Resolved,
+) -> Result<Rendered, RenderError> {
     let tera = templates()?;
-    let (view, files) = view::build(spec, settings);
+    let (view, files) = view::build(spec, settings, resolved);
     let ctx =
         tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
     let config = tera
@@ -419,8 +424,8 @@ mod tests {
     #[test]
     fn the_self_check_catches_added_or_changed_structure() {
         let (spec, settings) = example();
-        let rendered = render(&spec, &settings).unwrap();
-        let (view, _) = view::build(&spec, &settings);
+        let rendered = render(&spec, &settings, &Resolved::new()).unwrap();
+        let (view, _) = view::build(&spec, &settings, &Resolved::new());
         assert!(check(&rendered.config, &view).is_ok());
         let tampered = [
             // An extra top-level key.

@@ -4,6 +4,7 @@
 //! Every decision about how a spec maps onto Envoy (policies, hash keys, names, timeouts) is made
 //! here, in Rust, where it can be tested; the templates only lay it out.
 
+use crate::resolve::Resolved;
 use crate::settings::Settings;
 use crate::spec::{
     Algorithm, BackendAddress, BackendScheme, Pool, ProxyProtocol, Rule, Scheme, Spec, Tls,
@@ -11,6 +12,7 @@ use crate::spec::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Serialize)]
@@ -114,8 +116,6 @@ pub struct Tcp {
 #[derive(Debug, Serialize)]
 pub struct Cluster {
     pub name: String,
-    /// STRICT_DNS when any backend is a host name; STATIC when all are IP literals.
-    pub dns: bool,
     pub connect_timeout: String,
     pub lb_policy: &'static str,
     pub health: HealthCheck,
@@ -209,7 +209,10 @@ fn tls_version(v: TlsVersion) -> &'static str {
 }
 
 /// Builds the view and the certificate files it refers to.
-pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
+/// `resolved` holds the addresses each backend host name may use (the agent resolved and
+/// judged them): a name becomes one endpoint per address, and none when it has none. Envoy
+/// itself never resolves a name.
+pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Vec<CertFile>) {
     let cert_dir = settings.cert_dir();
     let mut files = Vec::new();
     let mut tls_files = |tls: &Tls| -> TlsFiles {
@@ -244,7 +247,7 @@ pub fn build(spec: &Spec, settings: &Settings) -> (View, Vec<CertFile>) {
     let mut clusters = Vec::new();
     let mut redirect_vhosts = Vec::new();
     for rule in &spec.rules {
-        push_clusters(rule, &mut clusters);
+        push_clusters(rule, &mut clusters, resolved);
         let listener = match rule.scheme {
             Scheme::Tcp => Listener {
                 name: rule.id.clone(),
@@ -438,10 +441,10 @@ fn redirects(rule: &Rule) -> Vec<Vhost> {
     out
 }
 
-fn push_clusters(rule: &Rule, clusters: &mut Vec<Cluster>) {
+fn push_clusters(rule: &Rule, clusters: &mut Vec<Cluster>, resolved: &Resolved) {
     // A rule whose default pool lists no backend has no default cluster: its other hosts get 404.
     if !rule.pool.backends.is_empty() {
-        clusters.push(cluster(rule, &rule.pool, None, None));
+        clusters.push(cluster(rule, &rule.pool, None, None, resolved));
     }
     for d in &rule.domains {
         // Health checks of a domain's pool ask for the domain's host (a wildcard's base name).
@@ -450,19 +453,22 @@ fn push_clusters(rule: &Rule, clusters: &mut Vec<Cluster>) {
             &d.pool,
             Some(&d.id),
             Some(d.host.name.clone()),
+            resolved,
         ));
     }
 }
 
-fn cluster(rule: &Rule, pool: &Pool, domain: Option<&str>, host: Option<String>) -> Cluster {
+fn cluster(
+    rule: &Rule,
+    pool: &Pool,
+    domain: Option<&str>,
+    host: Option<String>,
+    resolved: &Resolved,
+) -> Cluster {
     let upstream_tls = rule.scheme.is_http() && pool.backend_scheme == BackendScheme::Https;
     let h = &pool.health;
     Cluster {
         name: cluster_name(&rule.id, domain),
-        dns: pool
-            .backends
-            .iter()
-            .any(|b| b.enabled && matches!(b.address, BackendAddress::Name(_))),
         connect_timeout: secs(rule.timeouts.connect_s),
         lb_policy: lb_policy(pool.algorithm),
         health: HealthCheck {
@@ -486,10 +492,21 @@ fn cluster(rule: &Rule, pool: &Pool, domain: Option<&str>, host: Option<String>)
             .backends
             .iter()
             .filter(|b| b.enabled)
-            .map(|b| Endpoint {
-                address: b.address.to_string(),
-                port: b.port,
-                weight: b.weight,
+            .flat_map(|b| {
+                let addrs: Vec<String> = match &b.address {
+                    BackendAddress::Ip(ip) => vec![ip.to_string()],
+                    BackendAddress::Name(n) => resolved
+                        .get(n)
+                        .into_iter()
+                        .flatten()
+                        .map(IpAddr::to_string)
+                        .collect(),
+                };
+                addrs.into_iter().map(|address| Endpoint {
+                    address,
+                    port: b.port,
+                    weight: b.weight,
+                })
             })
             .collect(),
     }
@@ -501,6 +518,10 @@ mod tests {
     use serde_json::json;
 
     fn build_from(spec: serde_json::Value) -> View {
+        build_with(spec, &Resolved::new())
+    }
+
+    fn build_with(spec: serde_json::Value, resolved: &Resolved) -> View {
         let mut settings = Settings::default();
         settings.envoy.redirect_port = 8081;
         let loaded = crate::spec::load(
@@ -513,7 +534,7 @@ mod tests {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        build(&loaded.spec, &settings).0
+        build(&loaded.spec, &settings, resolved).0
     }
 
     fn rule(extra: serde_json::Value) -> serde_json::Value {
@@ -526,18 +547,35 @@ mod tests {
     }
 
     #[test]
-    fn host_names_resolve_by_dns_ip_literals_do_not() {
-        let v = build_from(rule(json!({})));
-        assert!(!v.clusters[0].dns);
-        let v = build_from(rule(json!({"backends": [
-            {"identifier": "a", "ip": "10.0.0.1"}, {"identifier": "b", "ip": "db.internal"}]})));
-        assert!(v.clusters[0].dns);
-        // A disabled host name is not in the cluster, so it does not make it a DNS cluster.
-        let v = build_from(rule(json!({"backends": [
+    fn host_names_become_one_endpoint_per_resolved_address() {
+        let spec = rule(json!({"backends": [
             {"identifier": "a", "ip": "10.0.0.1"},
-            {"identifier": "b", "ip": "db.internal", "enabled": 0}]})));
-        assert!(!v.clusters[0].dns);
-        assert_eq!(v.clusters[0].endpoints.len(), 1);
+            {"identifier": "b", "ip": "db.internal", "port": 5432, "weight": 7},
+            {"identifier": "c", "ip": "gone.internal"},
+            {"identifier": "d", "ip": "off.internal", "enabled": 0}]}));
+        let resolved: Resolved = [
+            ("db.internal", vec!["10.0.0.7", "fd00::7"]),
+            ("gone.internal", vec![]),
+            ("off.internal", vec!["10.0.0.9"]),
+        ]
+        .into_iter()
+        .map(|(n, a)| (n.to_owned(), a.iter().map(|s| s.parse().unwrap()).collect()))
+        .collect();
+        let v = build_with(spec, &resolved);
+        let eps: Vec<(&str, u16, u32)> = v.clusters[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.port, e.weight))
+            .collect();
+        // A name without addresses, and a disabled backend, give no endpoint.
+        assert_eq!(
+            eps,
+            [
+                ("10.0.0.1", 80, 100),
+                ("10.0.0.7", 5432, 7),
+                ("fd00::7", 5432, 7)
+            ]
+        );
     }
 
     #[test]

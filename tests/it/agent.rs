@@ -1124,3 +1124,156 @@ async fn systemd_is_told_and_no_secret_reaches_a_log() {
         }
     }
 }
+
+fn map_resolver(entries: &[(&str, &[&str])], ttl: Duration) -> vpsie_lb_agent::resolve::Resolver {
+    vpsie_lb_agent::resolve::Resolver::Map {
+        answers: entries
+            .iter()
+            .map(|(n, a)| {
+                (
+                    n.to_string(),
+                    a.iter().map(|s| s.parse().unwrap()).collect(),
+                )
+            })
+            .collect(),
+        ttl,
+    }
+}
+
+/// Which upstreams answer on `front`, over `n` requests.
+async fn answering(front: u16, n: usize) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        if let Ok(r) = client()
+            .get(format!("http://127.0.0.1:{front}/"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                seen.insert(r.text().await.unwrap());
+            }
+        }
+    }
+    seen
+}
+
+/// A backend given as a host name: the agent resolves it (here through a map, to loopback),
+/// Envoy gets the addresses as endpoints, and a changed answer is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_named_backends_are_resolved_by_the_agent_and_changes_are_followed() {
+    let u1 = upstream::http("u1", None).await;
+    let port = u1.port();
+    // The same port on another loopback address: only the name's answer tells them apart.
+    let _u2 = upstream::http_at("u2", None, format!("127.0.0.2:{port}").parse().unwrap()).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let named = json!({"identifier": LB, "lbName": "named", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": port,
+        "backends": [{"identifier": "app", "ip": "app.test"}]}]});
+    let sim = Sim::start(&named);
+    let mut agent = Agent::new(agent_settings(&stand, &sim)).unwrap();
+    // Answers expire at once, so every cycle looks again.
+    agent.set_resolver(map_resolver(
+        &[("app.test", &["127.0.0.1"])],
+        Duration::ZERO,
+    ));
+    let Outcome::Applied { epoch: 0, hash: h1 } = agent.cycle(false).await else {
+        panic!("the first config applies")
+    };
+    assert_eq!(answering(front, 20).await, ["u1".to_owned()].into());
+
+    // The same answer: nothing to do, though the name was looked up again.
+    assert_eq!(agent.cycle(false).await, Outcome::Unchanged);
+
+    // The name moves (same spec, the API answers 304): the new address serves, the old none.
+    agent.set_resolver(map_resolver(
+        &[("app.test", &["127.0.0.2"])],
+        Duration::ZERO,
+    ));
+    let Outcome::Applied { epoch: 1, hash: h2 } = agent.cycle(false).await else {
+        panic!("a changed answer is a changed config")
+    };
+    assert_ne!(h1, h2);
+    assert_eq!(answering(front, 20).await, ["u2".to_owned()].into());
+
+    // Both: traffic reaches both addresses.
+    agent.set_resolver(map_resolver(
+        &[("app.test", &["127.0.0.2", "127.0.0.1"])],
+        Duration::ZERO,
+    ));
+    assert!(matches!(agent.cycle(false).await, Outcome::Applied { .. }));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = answering(front, 20).await;
+        if seen.len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {seen:?} answer");
+    }
+}
+
+/// A name whose answer holds a forbidden address (here loopback, where the admin API used to
+/// listen) carries no traffic there, and the problem is reported once, as an event and a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_resolving_to_a_forbidden_address_gets_no_endpoint_and_is_reported_once() {
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let spec = json!({"identifier": LB, "lbName": "evil", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 9901,
+        "backends": [{"identifier": "evil", "ip": "evil.test"}]}]});
+    let sim = Sim::start(&spec);
+    let mut settings = agent_settings(&stand, &sim);
+    // Production rules for backend addresses: loopback is forbidden.
+    settings.dev.allow_loopback_backends = false;
+    let mut agent = Agent::new(settings).unwrap();
+    agent.set_resolver(map_resolver(
+        &[("evil.test", &["127.0.0.1"])],
+        Duration::ZERO,
+    ));
+    let Outcome::Applied { hash, .. } = agent.cycle(false).await else {
+        panic!("the config applies, without the refused address")
+    };
+    assert_eq!(agent.cycle(false).await, Outcome::Unchanged);
+    flush_all(&mut agent).await;
+
+    // What Envoy runs has no endpoint at all for that pool.
+    let store = vpsie_lb_agent::store::ConfigStore::new(&stand.settings.envoy.config_dir);
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.config_path(&hash)).unwrap()).unwrap();
+    let cluster = &config["static_resources"]["clusters"][0];
+    assert_eq!(cluster["name"], "web");
+    assert_eq!(
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"],
+        json!([]),
+        "{cluster}"
+    );
+    let r = client()
+        .get(format!("http://127.0.0.1:{front}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "no endpoint: no traffic");
+
+    let problems: Vec<Value> = sim
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "backend_host_problem")
+        .collect();
+    assert_eq!(
+        problems.len(),
+        1,
+        "reported once over two cycles: {problems:?}"
+    );
+    assert_eq!(problems[0]["metadata"]["host"], "evil.test");
+    assert_eq!(problems[0]["metadata"]["problem"], "refused");
+    assert_eq!(
+        problems[0]["metadata"]["refused"][0]["address"],
+        "127.0.0.1"
+    );
+    let metrics = agent.metrics().render();
+    assert!(
+        metrics.contains("vpsie_lb_agent_backend_host_problems_total{kind=\"refused\"} 1"),
+        "{metrics}"
+    );
+}

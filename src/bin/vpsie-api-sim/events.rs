@@ -176,7 +176,12 @@ impl Log {
             line.extend(event.clone());
             let mut text = Value::Object(line).to_string();
             text.push('\n');
+            // tokio's File writes in the background: flush, so the line is in the file (and a
+            // reader sees it) before the event counts as recorded.
             file.write_all(text.as_bytes())
+                .await
+                .with_context(|| format!("cannot append to the events file {}", path.display()))?;
+            file.flush()
                 .await
                 .with_context(|| format!("cannot append to the events file {}", path.display()))?;
         }

@@ -76,7 +76,14 @@ async fn answer(
 
 /// An HTTP/1.1 upstream; with `tls`, it serves HTTPS with that certificate and records SNI.
 pub async fn http(name: &str, tls: Option<&super::certs::TestCert>) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    http_at(name, tls, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// As [`http`], on a chosen loopback address (a host name's answers can then differ only in
+/// their address, the port staying the backend's).
+pub async fn http_at(name: &str, tls: Option<&super::certs::TestCert>, at: SocketAddr) -> Upstream {
+    assert!(at.ip().is_loopback(), "upstreams live on loopback");
+    let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let failing = Arc::new(AtomicBool::new(false));
     let sni_seen = Arc::new(Mutex::new(Vec::new()));
