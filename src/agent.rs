@@ -21,7 +21,7 @@ use crate::settings::Settings;
 use crate::spec::{self, Finding};
 use crate::store;
 use crate::supervisor::client;
-use crate::supervisor::protocol::{ApplyOutcome, ApplyResult};
+use crate::supervisor::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -469,6 +469,7 @@ impl Agent {
                         out.previous_hash.as_deref(),
                         epoch,
                         out.apply_ms,
+                        out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
                         now,
                     ));
                 }

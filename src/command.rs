@@ -273,6 +273,7 @@ mod tests {
             critical: Some("envoy exited\nagain".into()),
             last_apply: Some(ApplyOutcome {
                 result: ApplyResult::RolledBack,
+                method: None,
                 hash: "c".repeat(64),
                 previous_hash: None,
                 epoch: Some(4),

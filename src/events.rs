@@ -85,13 +85,15 @@ impl Event {
         previous_hash: Option<&str>,
         epoch: u32,
         apply_ms: u64,
+        method: &str,
         now: SystemTime,
     ) -> Event {
         Event::new(
             EventKind::ConfigApplied,
             format!(
-                "config {} applied in {apply_ms} ms (Envoy epoch {epoch})",
-                short(config_hash)
+                "config {} applied in {apply_ms} ms by {} (Envoy epoch {epoch})",
+                short(config_hash),
+                method.replace('_', " ")
             ),
             now,
             json!({
@@ -99,6 +101,7 @@ impl Event {
                 "previous_hash": previous_hash,
                 "epoch": epoch,
                 "apply_ms": apply_ms,
+                "method": method,
             }),
         )
     }
@@ -506,26 +509,27 @@ mod tests {
 
     #[test]
     fn config_applied_body() {
-        let e = Event::config_applied(HASH, Some(PREV), 3, 1250, now());
+        let e = Event::config_applied(HASH, Some(PREV), 3, 1250, "hot_restart", now());
         assert_eq!(
             body(&e),
             json!({
                 "type": "config_applied",
-                "message": "config 0123456789ab applied in 1250 ms (Envoy epoch 3)",
+                "message": "config 0123456789ab applied in 1250 ms by hot restart (Envoy epoch 3)",
                 "timestamp": "2026-11-24T05:00:00Z",
                 "metadata": {
                     "config_hash": HASH,
                     "previous_hash": PREV,
                     "epoch": 3,
                     "apply_ms": 1250,
+                    "method": "hot_restart",
                 },
             })
         );
-        let first = Event::config_applied(HASH, None, 0, 7, now());
+        let first = Event::config_applied(HASH, None, 0, 7, "hot_restart", now());
         assert_eq!(body(&first)["metadata"]["previous_hash"], Value::Null);
         assert_eq!(
             first.metadata.len(),
-            4,
+            5,
             "every key is present, even when null"
         );
     }

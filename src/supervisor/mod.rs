@@ -32,7 +32,7 @@ use crate::settings::Settings;
 use crate::store::{self, ConfigStore};
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use protocol::{ApplyOutcome, ApplyRequest, ApplyResult, Request, Response, Status};
+use protocol::{ApplyMethod, ApplyOutcome, ApplyRequest, ApplyResult, Request, Response, Status};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -384,6 +384,7 @@ impl Supervisor {
         let previous = self.live.as_ref().map(|e| e.hash.clone());
         let mut out = ApplyOutcome {
             result: ApplyResult::Error,
+            method: None,
             hash: req.hash.clone(),
             previous_hash: previous.clone(),
             epoch: self.live.as_ref().map(|e| e.epoch),
@@ -432,7 +433,11 @@ impl Supervisor {
             }
         }
         match self.launch(&req.hash).await {
-            Ok(()) => out.result = ApplyResult::Applied,
+            Ok(()) => {
+                out.result = ApplyResult::Applied;
+                // Every apply starts a new epoch today; live (xDS) applies are issue 11's.
+                out.method = Some(ApplyMethod::HotRestart);
+            }
             Err(f) => {
                 tracing::error!("the new config failed to start: {}", f.error);
                 out.error = Some(f.error);

@@ -36,6 +36,25 @@ pub struct FileData {
     pub contents: String,
 }
 
+/// How a config was put into Envoy, as `config_applied` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyMethod {
+    /// Inside the running Envoy, no new process (xDS; not built yet: issue 11).
+    Live,
+    /// A new Envoy epoch took over by hot restart.
+    HotRestart,
+}
+
+impl ApplyMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyMethod::Live => "live",
+            ApplyMethod::HotRestart => "hot_restart",
+        }
+    }
+}
+
 /// How an apply ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,6 +76,9 @@ pub enum ApplyResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyOutcome {
     pub result: ApplyResult,
+    /// How an applied config reached Envoy (set with `Applied`).
+    #[serde(default)]
+    pub method: Option<ApplyMethod>,
     pub hash: String,
     /// The hash that was live before.
     pub previous_hash: Option<String>,

@@ -214,6 +214,8 @@ async fn a_spec_edit_is_applied_and_every_event_arrives_with_its_metadata() {
     assert_eq!(events[2]["metadata"]["previous_hash"], h1.as_str());
     assert_eq!(events[2]["metadata"]["epoch"], 1);
     assert!(events[2]["metadata"]["apply_ms"].as_u64().is_some());
+    // Every apply is a new epoch today (live applies are issue 11's).
+    assert_eq!(events[2]["metadata"]["method"], "hot_restart");
     assert!(events[2]["timestamp"].as_str().unwrap().ends_with('Z'));
 }
 
