@@ -24,7 +24,12 @@
 //! children set PR_SET_PDEATHSIG, so they die with the *thread* that spawned them.
 
 pub mod client;
+mod epochs;
 pub mod protocol;
+mod server;
+
+pub use server::bind;
+use server::{accept_loop, answer_status};
 
 use crate::envoy::{self, admin::Admin, process, shm};
 use crate::render::{CertFile, Rendered};
@@ -107,29 +112,6 @@ pub struct Supervisor {
     metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
 }
 
-/// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
-pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!(
-                "another supervisor is already listening on {}; two supervisors would fight over Envoy",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        store::create_private_dir(dir)?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", path.display()))?;
-    Ok(listener)
-}
-
 /// Runs the supervisor until `shutdown` resolves, then stops Envoy the way it says.
 pub async fn run(
     settings: Settings,
@@ -194,66 +176,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Status is answered here, from the last published snapshot plus a live look at the admin API,
-/// so that it never waits behind an apply (which can wait a whole drain time).
-async fn answer_status(snapshot: &watch::Receiver<Status>, admin: &Admin) -> Response {
-    let mut s = snapshot.borrow().clone();
-    s.envoy_state = match (s.envoy_pid, admin.server_info().await) {
-        (None, _) => "NOT_RUNNING".to_owned(),
-        (Some(_), Ok(info)) => info.state,
-        (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
-    };
-    Response::Status(s)
-}
-
-async fn accept_loop(
-    listener: UnixListener,
-    requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
-    snapshot: watch::Receiver<Status>,
-    admin: Admin,
-    metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let requests = requests.clone();
-        let (snapshot, admin, metrics) = (snapshot.clone(), admin.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read.take(protocol::MAX_LINE as u64)).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let resp = match serde_json::from_str::<Request>(&line) {
-                    Err(e) => Response::Error {
-                        message: format!("cannot read the request: {e}"),
-                    },
-                    Ok(Request::Status) => answer_status(&snapshot, &admin).await,
-                    Ok(Request::Metrics) => Response::Metrics {
-                        text: metrics.render(),
-                    },
-                    Ok(req) => {
-                        let (tx, rx) = oneshot::channel();
-                        if requests.send((req, tx)).await.is_err() {
-                            return;
-                        }
-                        match rx.await {
-                            Ok(r) => r,
-                            Err(_) => return,
-                        }
-                    }
-                };
-                let Ok(mut out) = serde_json::to_vec(&resp) else {
-                    return;
-                };
-                out.push(b'\n');
-                if write.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
-        });
     }
 }
 
@@ -479,195 +401,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts the config as the next epoch: a hot restart when Envoy runs, else a fresh start.
-    async fn launch(&mut self, hash: &str) -> Result<(), StartFailure> {
-        let Some(live_epoch) = self.live.as_ref().map(|e| e.epoch) else {
-            return self
-                .full_restart(hash, StopKind::Fast)
-                .await
-                .map_err(|error| StartFailure {
-                    error,
-                    log: Vec::new(),
-                });
-        };
-        match self.admin.hot_restart_version().await {
-            Ok(v) if v == self.binary_hot_restart_version => {}
-            Ok(v) => {
-                tracing::warn!(
-                    running = %v,
-                    binary = %self.binary_hot_restart_version,
-                    "the Envoy binary changed its hot restart version; doing a controlled full restart"
-                );
-                return self
-                    .full_restart(hash, StopKind::Graceful)
-                    .await
-                    .map_err(|error| StartFailure {
-                        error,
-                        log: Vec::new(),
-                    });
-            }
-            Err(e) => tracing::warn!("cannot read the running hot restart version: {e:#}"),
-        }
-        self.wait_old_exited().await;
-        let e = self.start(hash, live_epoch + 1).await?;
-        self.set_live(e, hash);
-        Ok(())
-    }
-
-    /// Spawns one epoch and waits for it to be LIVE. On failure the process is gone and reaped.
-    async fn start(&mut self, hash: &str, epoch: u32) -> Result<process::Epoch, StartFailure> {
-        let path = self.store.config_path(hash);
-        let e = process::spawn(&self.settings, &path, epoch, hash, self.exits_tx.clone()).map_err(
-            |err| StartFailure {
-                error: format!("{err:#}"),
-                log: Vec::new(),
-            },
-        )?;
-        tracing::Span::current().record("epoch", epoch);
-        tracing::info!(epoch, pid = e.pid, "started envoy epoch");
-        let timeout = Duration::from_secs(self.settings.supervisor.live_timeout_s.into());
-        match self.wait_live(&e, timeout).await {
-            Ok(()) => Ok(e),
-            Err((error, exited)) => {
-                if !exited {
-                    e.signal(Signal::SIGKILL);
-                    self.wait_exit(e.pid, KILL_DEADLINE).await;
-                }
-                Err(StartFailure {
-                    error,
-                    log: e.log_tail(),
-                })
-            }
-        }
-    }
-
-    fn set_live(&mut self, e: process::Epoch, hash: &str) {
-        tracing::info!(epoch = e.epoch, pid = e.pid, %hash, "envoy epoch is LIVE");
-        let kind = if e.epoch == 0 { "full" } else { "hot" };
-        self.metrics.envoy_restarts.with_label_values(&[kind]).inc();
-        self.metrics.envoy_up.set(1);
-        self.metrics.envoy_epoch.set(e.epoch.into());
-        if let Some(prev) = self.live.replace(e) {
-            self.old.push(prev);
-        }
-        let live = self.live.as_ref();
-        self.state.epoch = live.map(|e| e.epoch);
-        self.state.pid = live.map(|e| e.pid);
-        self.state.hash = Some(hash.to_owned());
-        self.state.good.retain(|h| h != hash);
-        self.state.good.insert(0, hash.to_owned());
-        self.state.good.truncate(KEEP_GOOD);
-        if let Err(err) = self.store.set_current(hash) {
-            tracing::error!("cannot switch the current config: {err:#}");
-        }
-        self.critical = None;
-        self.retry_at = None;
-        self.backoff = Duration::from_secs(1);
-        self.save();
-        self.publish();
-    }
-
-    /// Waits until the admin API reports this epoch LIVE; fails when the process exits first or
-    /// the time runs out (the flag says whether the process is already gone and reaped). Exits
-    /// of other (old) epochs seen meanwhile are handled on the way.
-    async fn wait_live(
-        &mut self,
-        e: &process::Epoch,
-        timeout: Duration,
-    ) -> Result<(), (String, bool)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(info) = self.admin.server_info().await {
-                if info.restart_epoch == e.epoch && info.state == "LIVE" {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err((
-                    format!("epoch {} did not become LIVE within {timeout:?}", e.epoch),
-                    false,
-                ));
-            }
-            tokio::select! {
-                Some(exit) = self.exits_rx.recv() => {
-                    if exit.pid == e.pid {
-                        return Err((
-                            format!("epoch {} exited before it was LIVE ({})", e.epoch, describe(&exit.status)),
-                            true,
-                        ));
-                    }
-                    self.forget(exit);
-                }
-                _ = tokio::time::sleep(LIVE_POLL) => {}
-            }
-        }
-    }
-
-    /// Waits for one process to exit, handling other exits on the way.
-    async fn wait_exit(&mut self, pid: u32, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.exits_rx.recv()).await {
-                Ok(Some(exit)) if exit.pid == pid => {
-                    self.forget(exit);
-                    return true;
-                }
-                Ok(Some(exit)) => self.forget(exit),
-                Ok(None) | Err(_) => return false,
-            }
-        }
-    }
-
-    /// The previous parent must be gone before the next hot restart, or Envoy cuts it short.
-    async fn wait_old_exited(&mut self) {
-        let grace = Duration::from_secs(u64::from(self.settings.envoy.parent_shutdown_time_s) + 5);
-        while let Some(pid) = self.old.first().map(|e| e.pid) {
-            if !self.wait_exit(pid, grace).await {
-                tracing::warn!(
-                    pid,
-                    "an old epoch outlived its parent shutdown time; killing it"
-                );
-                if let Some(e) = self.old.iter().find(|e| e.pid == pid) {
-                    e.signal(Signal::SIGKILL);
-                }
-                self.wait_exit(pid, KILL_DEADLINE).await;
-                self.old.retain(|e| e.pid != pid);
-            }
-        }
-    }
-
-    /// Drops a process that exited from the books.
-    fn forget(&mut self, exit: process::Exit) {
-        if let Some(i) = self.old.iter().position(|e| e.pid == exit.pid) {
-            let e = self.old.remove(i);
-            tracing::info!(
-                epoch = e.epoch,
-                pid = e.pid,
-                "old envoy epoch exited ({})",
-                describe(&exit.status)
-            );
-        } else if self.live.as_ref().map(|e| e.pid) == Some(exit.pid) {
-            // The live epoch died while something else was being waited for: the main loop
-            // handles it right after the current step, so it is never lost.
-            self.live_died = Some(exit);
-        }
-    }
-
-    /// Waits until every one of `pids` has exited; returns those still running at the deadline.
-    async fn wait_all_exit(&mut self, mut pids: Vec<u32>, timeout: Duration) -> Vec<u32> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !pids.is_empty() {
-            match tokio::time::timeout_at(deadline, self.exits_rx.recv()).await {
-                Ok(Some(exit)) => {
-                    pids.retain(|p| *p != exit.pid);
-                    self.forget(exit);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        pids
-    }
-
     /// After a failed start: bring the last good config back, keeping traffic where possible.
     async fn restore(&mut self) -> Result<(), String> {
         let Some(good) = self
@@ -717,51 +450,6 @@ impl Supervisor {
                 Ok(())
             }
             Err(f) => Err(format!("{} (envoy: {})", f.error, f.log.join(" | "))),
-        }
-    }
-
-    /// Stops every epoch this supervisor runs: drained first when `how` is graceful.
-    async fn stop_all(&mut self, how: StopKind) {
-        let mut all: Vec<process::Epoch> = self.old.drain(..).collect();
-        all.extend(self.live.take());
-        self.metrics.envoy_up.set(0);
-        self.publish();
-        if all.is_empty() {
-            return;
-        }
-        if how == StopKind::Graceful {
-            self.drain().await;
-        }
-        for e in &all {
-            e.signal(Signal::SIGTERM);
-        }
-        let pids = all.iter().map(|e| e.pid).collect();
-        let stubborn = self.wait_all_exit(pids, KILL_DEADLINE).await;
-        for e in all.iter().filter(|e| stubborn.contains(&e.pid)) {
-            tracing::warn!(pid = e.pid, "envoy did not stop after SIGTERM; killing it");
-            e.signal(Signal::SIGKILL);
-        }
-        self.wait_all_exit(stubborn, KILL_DEADLINE).await;
-        self.live_died = None;
-        self.state.pid = None;
-        self.save();
-    }
-
-    /// Fails health checks, drains listeners gracefully and waits until no connection is left
-    /// or the drain time is over.
-    async fn drain(&self) {
-        for path in ["/healthcheck/fail", "/drain_listeners?graceful"] {
-            if let Err(e) = self.admin.post(path).await {
-                tracing::warn!("{e:#}");
-            }
-        }
-        let deadline =
-            Instant::now() + Duration::from_secs(self.settings.envoy.drain_time_s.into());
-        while Instant::now() < deadline {
-            match self.admin.active_connections().await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
         }
     }
 

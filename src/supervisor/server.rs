@@ -1,0 +1,87 @@
+//! The supervisor's Unix socket: who may connect, one JSON line in, one out. Status is answered
+//! here without waiting for the loop (it may be busy with an apply); everything else goes to it.
+
+use super::*;
+
+/// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another supervisor is already listening on {}; two supervisors would fight over Envoy",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        store::create_private_dir(dir)?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(listener)
+}
+
+/// Status is answered here, from the last published snapshot plus a live look at the admin API,
+/// so that it never waits behind an apply (which can wait a whole drain time).
+pub(super) async fn answer_status(snapshot: &watch::Receiver<Status>, admin: &Admin) -> Response {
+    let mut s = snapshot.borrow().clone();
+    s.envoy_state = match (s.envoy_pid, admin.server_info().await) {
+        (None, _) => "NOT_RUNNING".to_owned(),
+        (Some(_), Ok(info)) => info.state,
+        (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
+    };
+    Response::Status(s)
+}
+
+pub(super) async fn accept_loop(
+    listener: UnixListener,
+    requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    snapshot: watch::Receiver<Status>,
+    admin: Admin,
+    metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let requests = requests.clone();
+        let (snapshot, admin, metrics) = (snapshot.clone(), admin.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read.take(protocol::MAX_LINE as u64)).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = match serde_json::from_str::<Request>(&line) {
+                    Err(e) => Response::Error {
+                        message: format!("cannot read the request: {e}"),
+                    },
+                    Ok(Request::Status) => answer_status(&snapshot, &admin).await,
+                    Ok(Request::Metrics) => Response::Metrics {
+                        text: metrics.render(),
+                    },
+                    Ok(req) => {
+                        let (tx, rx) = oneshot::channel();
+                        if requests.send((req, tx)).await.is_err() {
+                            return;
+                        }
+                        match rx.await {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                let Ok(mut out) = serde_json::to_vec(&resp) else {
+                    return;
+                };
+                out.push(b'\n');
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
