@@ -557,9 +557,12 @@ def hot_restart_under_load(qga, http_port):
         fail(f"expected the hot restart to make epoch 1, got {got}")
 
 
+STATUS_JSON = "vpsie-lb-agent status --json --config /etc/vpsie-lb/agent.yaml"
+
+
 def agent_status(qga):
     """`vpsie-lb-agent status --json` in the guest, as an operator would run it."""
-    return json.loads(qga.check("vpsie-lb-agent status --json --config /etc/vpsie-lb/agent.yaml"))
+    return json.loads(qga.check(STATUS_JSON))
 
 
 def supervisor_status(qga):
@@ -593,7 +596,12 @@ def reboot_without_api(qga, http_port):
     def serving_last_config():
         _, active = qga.sh("systemctl is-active vpsie-lb-envoy.service vpsie-lb-agent.service "
                            "vpsie-api-sim.service")
-        sup = supervisor_status(qga)
+        # Early in the boot the supervisor may not answer yet: `status` then exits 1, which is
+        # "not yet" here, not a failure.
+        code, out = qga.sh(STATUS_JSON)
+        if code != 0:
+            return False, f"units {active.split()}, status not answering yet: {out.strip()[-200:]}"
+        sup = json.loads(out).get("supervisor") or {}
         return (active.split()[:2] == ["active", "active"] and sup.get("hash") == want
                 and sup.get("envoy_state") == "LIVE",
                 f"units {active.split()}, epoch {sup.get('epoch')}, {sup.get('envoy_state')}, "
