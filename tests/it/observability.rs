@@ -585,6 +585,10 @@ fn lb_series(instance: &str, changed: Changes) -> String {
             "0x120",
         ),
         ("vpsie_lb_agent_applies_total{result=\"critical\"}", "0x120"),
+        (
+            "vpsie_lb_agent_backend_host_problems_total{kind=\"refused\"}",
+            "0x120",
+        ),
         ("vpsie_lb_agent_last_apply_timestamp_seconds", "0x120"),
         ("vpsie_lb_agent_envoy_up", "1x120"),
         ("vpsie_lb_supervisor_envoy_up", "1x120"),
@@ -685,6 +689,14 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
                 "1+1x120",
             )],
             &["VpsieLbEnvoyRestartLoop"],
+        ),
+        (
+            "lb-refused-host",
+            &[(
+                "vpsie_lb_agent_backend_host_problems_total{kind=\"refused\"}",
+                "0x90 1x30",
+            )],
+            &["VpsieLbBackendHostRefused"],
         ),
         (
             "lb-no-backend",
