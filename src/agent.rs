@@ -334,25 +334,23 @@ impl Agent {
                     .answers
                     .next_expiry()
                     .is_some_and(|t| t <= Instant::now());
-                match self.last_body.clone() {
-                    Some(body) if expired => {
-                        let outcome = self.reconcile(&body, false).await;
+                let mut outcome = Outcome::Unchanged;
+                if expired {
+                    if let Some(body) = self.last_body.take() {
+                        outcome = self.reconcile(&body, false).await;
+                        self.last_body = Some(body);
                         if outcome != Outcome::Unchanged {
                             self.state.last_poll_result = Some(format!("{outcome:?}"));
                         }
-                        self.save();
-                        return outcome;
-                    }
-                    _ => {
-                        self.save();
-                        return Outcome::Unchanged;
                     }
                 }
+                self.save();
+                return outcome;
             }
             Ok(Fetched::Spec { body, .. }) => body,
         };
-        self.last_body = Some(body.clone());
         let outcome = self.reconcile(&body, force).await;
+        self.last_body = Some(body);
         self.state.last_poll_result = Some(format!("{outcome:?}"));
         self.save();
         outcome
@@ -360,7 +358,7 @@ impl Agent {
 
     async fn reconcile(&mut self, body: &[u8], force: bool) -> Outcome {
         let now = pipeline::now_unix();
-        let loaded = match spec::load(body, &pipeline::spec_options(&self.settings, now)) {
+        let loaded = match pipeline::load(body, &self.settings, now) {
             Ok(l) => l,
             Err(errors) => {
                 let body_hash = rejected_hash(body);

@@ -32,7 +32,7 @@ async fn resolving(
     for_store: bool,
 ) -> Result<Prepared, Failure> {
     let (p, problems) =
-        crate::pipeline::prepare_resolving(input, settings, now_unix(), for_store, None).await?;
+        crate::pipeline::prepare_resolving(input, settings, now_unix(), for_store).await?;
     for problem in problems {
         tracing::warn!("{}", problem.message());
     }

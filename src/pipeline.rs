@@ -134,31 +134,23 @@ pub fn prepare_for_store(input: &[u8], settings: &Settings, now: i64) -> Result<
     )
 }
 
-/// The whole pipeline with the spec's host names resolved (and judged) through `resolver`:
-/// what the CLI commands use. The problems (refused or unresolvable names) come back beside it.
+/// The whole pipeline with the spec's host names resolved (and judged) through the system's
+/// DNS: what the CLI commands use. The problems (refused or unresolvable names) come back beside
+/// it. A spec without host names looks nothing up.
 pub async fn prepare_resolving(
     input: &[u8],
     settings: &Settings,
     now: i64,
     for_store: bool,
-    resolver: Option<&Resolver>,
 ) -> Result<(Prepared, Vec<Problem>), Failure> {
     let loaded = load(input, settings, now)?;
     let names = resolve::names(&loaded.spec);
     let (resolved, problems) = if names.is_empty() {
         (Resolved::new(), Vec::new())
     } else {
-        let system;
-        let resolver = match resolver {
-            Some(r) => r,
-            None => {
-                system = Resolver::system()?;
-                &system
-            }
-        };
         resolve::Cache::default()
             .resolve(
-                resolver,
+                &Resolver::system()?,
                 &names,
                 settings.dev.allow_loopback_backends,
                 std::time::Instant::now(),

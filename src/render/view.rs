@@ -12,7 +12,6 @@ use crate::spec::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Serialize)]
@@ -488,28 +487,31 @@ fn cluster(
         upstream_tls,
         http2: rule.scheme == Scheme::Http2,
         sni: if upstream_tls { host } else { None },
-        endpoints: pool
-            .backends
-            .iter()
-            .filter(|b| b.enabled)
-            .flat_map(|b| {
-                let addrs: Vec<String> = match &b.address {
-                    BackendAddress::Ip(ip) => vec![ip.to_string()],
-                    BackendAddress::Name(n) => resolved
-                        .get(n)
-                        .into_iter()
-                        .flatten()
-                        .map(IpAddr::to_string)
-                        .collect(),
-                };
-                addrs.into_iter().map(|address| Endpoint {
-                    address,
-                    port: b.port,
-                    weight: b.weight,
-                })
-            })
-            .collect(),
+        endpoints: endpoints(pool, resolved),
     }
+}
+
+/// The enabled backends as endpoints; a host name gives one per resolved address.
+fn endpoints(pool: &Pool, resolved: &Resolved) -> Vec<Endpoint> {
+    let mut out = Vec::with_capacity(pool.backends.len());
+    for b in pool.backends.iter().filter(|b| b.enabled) {
+        let endpoint = |address: String| Endpoint {
+            address,
+            port: b.port,
+            weight: b.weight,
+        };
+        match &b.address {
+            BackendAddress::Ip(ip) => out.push(endpoint(ip.to_string())),
+            BackendAddress::Name(n) => out.extend(
+                resolved
+                    .get(n)
+                    .into_iter()
+                    .flatten()
+                    .map(|ip| endpoint(ip.to_string())),
+            ),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
