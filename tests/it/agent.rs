@@ -411,12 +411,13 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     );
 
     // kill -9 under load, then a restart with the same spec: no new epoch. "No reload" is
-    // judged once the new agent has finished a poll (its state file says so).
+    // judged once the new agent has finished a poll that read the whole spec and found it
+    // applied: its own counter says so. (Its state file is no witness: the next poll, a 304,
+    // overwrites "Unchanged" a second later.)
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGKILL).unwrap();
     agent.wait().unwrap();
-    forget_last_poll(&settings);
     let mut agent = start_agent();
-    wait_polled(&settings, "Unchanged").await;
+    wait_polls(&settings, "unchanged").await;
     assert_eq!(
         stand.status().await.epoch,
         Some(1),
@@ -468,29 +469,29 @@ fn agent_process(stand: &Stand, settings: &Settings) -> impl Fn() -> Child {
     }
 }
 
-/// The agent's state file without its last poll result, so that the next poll is observable.
-fn forget_last_poll(settings: &Settings) {
-    let path = settings.agent_state_path();
-    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    state["last_poll_result"] = Value::Null;
-    std::fs::write(&path, state.to_string()).unwrap();
-}
-
-/// Waits until the agent's state file reports a finished poll with this result.
-async fn wait_polled(settings: &Settings, result: &str) {
-    let path = settings.agent_state_path();
+/// Waits until the running agent process has counted a poll with this result (its own
+/// `/metrics`: a new process starts from zero, so the count is about this process only).
+async fn wait_polls(settings: &Settings, result: &str) {
+    let url = format!("http://127.0.0.1:{}/metrics", settings.metrics.port);
+    let line = format!("vpsie_lb_agent_polls_total{{result=\"{result}\"}} ");
+    let c = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let state: Value = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if state["last_poll_result"] == result {
+        let text = match c.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if count >= 1.0 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "no poll ended {result} within 20 s: {state}"
+            "no poll ended {result} within 20 s:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
