@@ -630,6 +630,7 @@ pub fn stuck_after(settings: &Settings) -> Duration {
             + crate::envoy::VALIDATE_TIMEOUT.as_secs()
             + u64::from(settings.envoy.parent_shutdown_time_s)
             + 3 * u64::from(settings.supervisor.live_timeout_s)
+            + 3 * u64::from(settings.supervisor.confirm_timeout_s)
             + 30,
     )
 }

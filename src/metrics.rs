@@ -235,6 +235,8 @@ pub struct SupervisorMetrics {
     pub envoy_restarts: IntCounterVec,
     pub applies: IntCounterVec,
     pub apply_duration: Histogram,
+    pub live_applies: IntCounterVec,
+    pub resources_info: IntGaugeVec,
 }
 
 impl SupervisorMetrics {
@@ -281,8 +283,31 @@ impl SupervisorMetrics {
                     .buckets(DURATION_BUCKETS.to_vec()),
                 ),
             ),
+            live_applies: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}live_applies_total"),
+                        "Updates put into the running Envoy without a new epoch, by result (applied; rolled_back: Envoy rejected or did not confirm them)",
+                    ),
+                    &["result"],
+                ),
+            ),
+            resources_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{p}resources_info"),
+                        "The config whose dynamic resources the live Envoy serves (1 for that hash)",
+                    ),
+                    &["config_hash"],
+                ),
+            ),
             registry: r,
         };
+        for v in ["applied", "rolled_back"] {
+            m.live_applies.with_label_values(&[v]);
+        }
         for v in RESTART_KINDS {
             m.envoy_restarts.with_label_values(&[v]);
         }
@@ -294,6 +319,12 @@ impl SupervisorMetrics {
 
     pub fn render(&self) -> String {
         encode(&self.registry)
+    }
+
+    /// The config the live resources come from: one series at a time.
+    pub fn set_resources(&self, hash: &str) {
+        self.resources_info.reset();
+        self.resources_info.with_label_values(&[hash]).set(1);
     }
 }
 

@@ -144,6 +144,9 @@ pub struct SupervisorSettings {
     /// Before a hot restart, check that every port the new config adds can be bound, so that a
     /// port held by another process is refused before Envoy's admin hand-over can go wrong.
     pub preflight_ports: bool,
+    /// How long Envoy may take to report a live update (every resource at its new version,
+    /// clusters warm) before the update counts as failed and the last good one is put back.
+    pub confirm_timeout_s: u32,
 }
 
 impl Default for SupervisorSettings {
@@ -152,6 +155,7 @@ impl Default for SupervisorSettings {
             socket: PathBuf::from("/run/vpsie-lb/supervisor.sock"),
             live_timeout_s: 30,
             preflight_ports: true,
+            confirm_timeout_s: 30,
         }
     }
 }

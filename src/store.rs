@@ -17,11 +17,21 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
+    write_private_via(dir, path, contents)
+}
+
+/// Like [`write_private`], with the temporary file in `tmp_dir` (same filesystem): for a
+/// directory a process watches, where a temporary file must never appear (Envoy's xDS files).
+pub fn write_private_via(tmp_dir: &Path, path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
     create_private_dir(dir)?;
+    create_private_dir(tmp_dir)?;
     let name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
+    let tmp = tmp_dir.join(format!(
         ".{}.tmp-{}",
         name.to_string_lossy(),
         std::process::id()

@@ -11,6 +11,7 @@
 //! The templates are compiled into the binary, so the agent is self-contained.
 
 mod view;
+pub mod xds;
 
 pub use view::{cluster_name, redirect_listener_name, CertFile, View};
 

@@ -16,6 +16,7 @@ fn apply_timeout(settings: &Settings) -> Duration {
         envoy::VALIDATE_TIMEOUT.as_secs()
             + u64::from(e.parent_shutdown_time_s)
             + 3 * u64::from(settings.supervisor.live_timeout_s)
+            + 3 * u64::from(settings.supervisor.confirm_timeout_s)
             + 30,
     )
 }

@@ -34,29 +34,41 @@ impl Supervisor {
             Err(e) => tracing::warn!("cannot read the running hot restart version: {e:#}"),
         }
         self.wait_old_exited().await;
-        let e = self.start(hash, live_epoch + 1).await?;
-        self.set_live(e, hash);
+        let (e, files) = self.start(hash, live_epoch + 1).await?;
+        self.set_live(e, files, hash);
         Ok(())
     }
 
-    /// Spawns one epoch and waits for it to be LIVE. On failure the process is gone and reaped.
+    /// Spawns one epoch from the stored config `hash`, its xDS files written afresh into the
+    /// epoch's own directory, and waits until it is LIVE with every resource active. On failure
+    /// the process is gone and reaped.
     pub(super) async fn start(
         &mut self,
         hash: &str,
         epoch: u32,
-    ) -> Result<process::Epoch, StartFailure> {
-        let path = self.store.config_path(hash);
-        let e = process::spawn(&self.settings, &path, epoch, hash, self.exits_tx.clone()).map_err(
-            |err| StartFailure {
-                error: format!("{err:#}"),
-                log: Vec::new(),
-            },
-        )?;
+    ) -> Result<(process::Epoch, live::LiveFiles), StartFailure> {
+        let fail = |error: String| StartFailure {
+            error,
+            log: Vec::new(),
+        };
+        let x = self.split_stored(hash, epoch).map_err(fail)?;
+        let files = self.write_epoch_files(&x).map_err(fail)?;
+        let path = x.dir.join("bootstrap.json");
+        let binary = binary_id(&self.settings.envoy.binary);
+        let e = process::spawn(&self.settings, &path, epoch, hash, self.exits_tx.clone())
+            .map_err(|err| fail(format!("{err:#}")))?;
         tracing::Span::current().record("epoch", epoch);
         tracing::info!(epoch, pid = e.pid, "started envoy epoch");
         let timeout = Duration::from_secs(self.settings.supervisor.live_timeout_s.into());
-        match self.wait_live(&e, timeout).await {
-            Ok(()) => Ok(e),
+        let result = match self.wait_live(&e, timeout).await {
+            Ok(()) => self.confirm_started(&x).await.map_err(|err| (err, false)),
+            Err(failed) => Err(failed),
+        };
+        match result {
+            Ok(()) => {
+                self.binary_id = binary;
+                Ok((e, files))
+            }
             Err((error, exited)) => {
                 if !exited {
                     e.signal(Signal::SIGKILL);
@@ -70,7 +82,7 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn set_live(&mut self, e: process::Epoch, hash: &str) {
+    pub(super) fn set_live(&mut self, e: process::Epoch, files: live::LiveFiles, hash: &str) {
         tracing::info!(epoch = e.epoch, pid = e.pid, %hash, "envoy epoch is LIVE");
         let kind = if e.epoch == 0 { "full" } else { "hot" };
         self.metrics.envoy_restarts.with_label_values(&[kind]).inc();
@@ -79,10 +91,20 @@ impl Supervisor {
         if let Some(prev) = self.live.replace(e) {
             self.old.push(prev);
         }
+        self.files = Some(files);
         let live = self.live.as_ref();
         self.state.epoch = live.map(|e| e.epoch);
         self.state.pid = live.map(|e| e.pid);
+        self.record_good(hash);
+    }
+
+    /// `hash` serves now (a new epoch or a live update): it becomes the newest good config.
+    pub(super) fn record_good(&mut self, hash: &str) {
+        if let Some(live) = &mut self.live {
+            live.hash = hash.to_owned();
+        }
         self.state.hash = Some(hash.to_owned());
+        self.metrics.set_resources(hash);
         self.state.good.retain(|h| h != hash);
         self.state.good.insert(0, hash.to_owned());
         self.state.good.truncate(KEEP_GOOD);

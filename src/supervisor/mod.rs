@@ -25,6 +25,7 @@
 
 pub mod client;
 mod epochs;
+mod live;
 pub mod protocol;
 mod server;
 
@@ -32,7 +33,7 @@ pub use server::bind;
 use server::{accept_loop, answer_status};
 
 use crate::envoy::{self, admin::Admin, process, shm};
-use crate::render::{CertFile, Rendered};
+use crate::render::{self, CertFile, Rendered};
 use crate::settings::Settings;
 use crate::store::{self, ConfigStore};
 use anyhow::Context;
@@ -110,6 +111,29 @@ pub struct Supervisor {
     /// The live epoch's exit, when it was seen while waiting for something else.
     live_died: Option<process::Exit>,
     metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
+    /// The live epoch's xDS files and the resources Envoy confirmed.
+    files: Option<live::LiveFiles>,
+    /// The Envoy binary the live epoch was started from: another one needs a new process.
+    binary_id: Option<BinaryId>,
+}
+
+/// What identifies the Envoy binary on disk (device, inode, size, modification time).
+type BinaryId = (u64, u64, u64, i64);
+
+fn binary_id(path: &Path) -> Option<BinaryId> {
+    use std::os::unix::fs::MetadataExt;
+    let resolved = if path.components().count() == 1 {
+        // A bare name is looked up on the PATH, as spawning it does.
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(path))
+                .find(|p| p.is_file())
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    let m = std::fs::metadata(resolved).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime()))
 }
 
 /// Runs the supervisor until `shutdown` resolves, then stops Envoy the way it says.
@@ -213,6 +237,8 @@ impl Supervisor {
             snapshot: watch::channel(Status::default()).0,
             live_died: None,
             metrics: std::sync::Arc::new(crate::metrics::SupervisorMetrics::new()),
+            files: None,
+            binary_id: None,
         })
     }
 
@@ -354,23 +380,49 @@ impl Supervisor {
                 return out;
             }
         }
-        match self.launch(&req.hash).await {
-            Ok(()) => {
-                out.result = ApplyResult::Applied;
-                // Every apply starts a new epoch today; live (xDS) applies are issue 11's.
-                out.method = Some(ApplyMethod::HotRestart);
+        // Live when the running epoch can take it: same bootstrap, same binary.
+        let live_epoch = self.live.as_ref().map(|e| e.epoch);
+        let split = match live_epoch {
+            Some(epoch) => self.split_stored(&req.hash, epoch),
+            None => self.split_stored(&req.hash, 0),
+        };
+        let split = match split.and_then(|x| live::check_inotify(&x).map(|()| x)) {
+            Ok(x) => x,
+            Err(e) => {
+                out.result = ApplyResult::RolledBack;
+                out.error = Some(e);
+                self.prune();
+                return out;
             }
-            Err(f) => {
-                tracing::error!("the new config failed to start: {}", f.error);
-                out.error = Some(f.error);
-                out.envoy_log = f.log;
-                match self.restore().await {
-                    Ok(()) => out.result = ApplyResult::RolledBack,
-                    Err(e) => {
-                        out.result = ApplyResult::Critical;
-                        out.restore_error = Some(e.clone());
-                        self.enter_critical(e);
-                    }
+        };
+        let same_binary =
+            self.binary_id.is_some() && self.binary_id == binary_id(&self.settings.envoy.binary);
+        let can_go_live = live_epoch.is_some()
+            && same_binary
+            && self
+                .files
+                .as_ref()
+                .is_some_and(|f| f.xds.bootstrap_key == split.bootstrap_key);
+        if can_go_live {
+            if req.force {
+                // A forced resync writes every file again, whatever is believed to be there.
+                if let Some(f) = &mut self.files {
+                    f.written.clear();
+                }
+            }
+            self.apply_live_or_roll_back(&req.hash, &split, &mut out)
+                .await;
+        } else {
+            match self.launch(&req.hash).await {
+                Ok(()) => {
+                    out.result = ApplyResult::Applied;
+                    out.method = Some(ApplyMethod::HotRestart);
+                }
+                Err(f) => {
+                    tracing::error!("the new config failed to start: {}", f.error);
+                    out.error = Some(f.error);
+                    out.envoy_log = f.log;
+                    self.restore_into(&mut out).await;
                 }
             }
         }
@@ -401,6 +453,67 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Applies `x` inside the running epoch; on failure puts the last confirmed resources back,
+    /// and when even that is not confirmed, hot restarts into the last good config.
+    async fn apply_live_or_roll_back(
+        &mut self,
+        hash: &str,
+        x: &render::xds::Xds,
+        out: &mut ApplyOutcome,
+    ) {
+        let before = self.files.as_ref().map(|f| f.xds.clone());
+        match self.apply_live(x).await {
+            Ok(()) => {
+                tracing::info!(%hash, "applied live");
+                out.result = ApplyResult::Applied;
+                out.method = Some(ApplyMethod::Live);
+                self.metrics
+                    .live_applies
+                    .with_label_values(&["applied"])
+                    .inc();
+                self.record_good(hash);
+            }
+            Err(e) => {
+                tracing::error!(
+                    "the live update failed: {e}; putting the last good resources back"
+                );
+                out.error = Some(e);
+                if let Some(live) = &self.live {
+                    out.envoy_log = live.log_tail();
+                }
+                self.metrics
+                    .live_applies
+                    .with_label_values(&["rolled_back"])
+                    .inc();
+                let back = match &before {
+                    Some(b) => self.apply_live(b).await,
+                    None => Err("nothing to go back to".into()),
+                };
+                match back {
+                    Ok(()) => out.result = ApplyResult::RolledBack,
+                    Err(e2) => {
+                        tracing::error!(
+                            "the last good resources were not confirmed either ({e2}); hot restarting into the last good config"
+                        );
+                        self.restore_into(out).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restores the last good config after a failure, and says how that went in `out`.
+    async fn restore_into(&mut self, out: &mut ApplyOutcome) {
+        match self.restore().await {
+            Ok(()) => out.result = ApplyResult::RolledBack,
+            Err(e) => {
+                out.result = ApplyResult::Critical;
+                out.restore_error = Some(e.clone());
+                self.enter_critical(e);
+            }
+        }
+    }
+
     /// After a failed start: bring the last good config back, keeping traffic where possible.
     async fn restore(&mut self) -> Result<(), String> {
         let Some(good) = self
@@ -425,8 +538,8 @@ impl Supervisor {
             // The failed child never became a parent, so its epoch number is the one the live
             // parent answers to.
             match self.start(&good, live_epoch + 1).await {
-                Ok(e) => {
-                    self.set_live(e, &good);
+                Ok((e, files)) => {
+                    self.set_live(e, files, &good);
                     return Ok(());
                 }
                 Err(f) => tracing::error!(
@@ -445,8 +558,8 @@ impl Supervisor {
             tracing::warn!("{e:#}");
         }
         match self.start(hash, 0).await {
-            Ok(e) => {
-                self.set_live(e, hash);
+            Ok((e, files)) => {
+                self.set_live(e, files, hash);
                 Ok(())
             }
             Err(f) => Err(format!("{} (envoy: {})", f.error, f.log.join(" | "))),
@@ -498,6 +611,21 @@ impl Supervisor {
         keep.extend(self.live.iter().chain(&self.old).map(|e| e.hash.clone()));
         if let Err(e) = self.store.prune(&keep) {
             tracing::warn!("{e:#}");
+        }
+        // xDS directories of epochs that no longer run.
+        let running: Vec<String> = self
+            .live
+            .iter()
+            .chain(&self.old)
+            .map(|e| e.epoch.to_string())
+            .collect();
+        if let Ok(entries) = std::fs::read_dir(live::xds_root(&self.settings)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.bytes().all(|b| b.is_ascii_digit()) && !running.contains(&name) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
         }
     }
 

@@ -199,7 +199,7 @@ async fn a_spec_edit_is_applied_and_every_event_arrives_with_its_metadata() {
 
     sim.write_spec(&spec(front, &[("u2", &u2)]));
     let second = agent.cycle(false).await;
-    let Outcome::Applied { epoch: 1, hash: h2 } = second else {
+    let Outcome::Applied { epoch: 0, hash: h2 } = second else {
         panic!("{second:?}")
     };
     flush_all(&mut agent).await;
@@ -212,10 +212,11 @@ async fn a_spec_edit_is_applied_and_every_event_arrives_with_its_metadata() {
     assert_eq!(events[1]["metadata"]["epoch"], 0);
     assert_eq!(events[2]["metadata"]["config_hash"], h2.as_str());
     assert_eq!(events[2]["metadata"]["previous_hash"], h1.as_str());
-    assert_eq!(events[2]["metadata"]["epoch"], 1);
+    assert_eq!(events[2]["metadata"]["epoch"], 0);
     assert!(events[2]["metadata"]["apply_ms"].as_u64().is_some());
-    // Every apply is a new epoch today (live applies are issue 11's).
-    assert_eq!(events[2]["metadata"]["method"], "hot_restart");
+    // The first config needs a process; a backend change goes into it live.
+    assert_eq!(events[1]["metadata"]["method"], "hot_restart");
+    assert_eq!(events[2]["metadata"]["method"], "live");
     assert!(events[2]["timestamp"].as_str().unwrap().ends_with('Z'));
 }
 
@@ -324,12 +325,12 @@ async fn api_faults_never_touch_traffic_and_queued_events_arrive_in_order() {
     sim.write_spec(&spec(front, &[("u2", &u2)]));
     assert!(matches!(
         agent.cycle(false).await,
-        Outcome::Applied { epoch: 1, .. }
+        Outcome::Applied { epoch: 0, .. }
     ));
     sim.write_spec(&spec(front, &[("u1", &u1), ("u2", &u2)]));
     assert!(matches!(
         agent.cycle(false).await,
-        Outcome::Applied { epoch: 2, .. }
+        Outcome::Applied { epoch: 0, .. }
     ));
     sim.fault("status_500", 100).await;
     assert_eq!(agent.flush_events().await, 0);
@@ -337,12 +338,18 @@ async fn api_faults_never_touch_traffic_and_queued_events_arrive_in_order() {
     sim.clear_faults().await;
     flush_all(&mut agent).await;
     let events = sim.events().await;
-    let epochs: Vec<u64> = events
+    let applied: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "config_applied")
-        .map(|e| e["metadata"]["epoch"].as_u64().unwrap())
+        .map(|e| &e["metadata"])
         .collect();
-    assert_eq!(epochs, [0, 1, 2], "in order, none lost");
+    assert_eq!(applied.len(), 3, "none lost: {events:?}");
+    for pair in applied.windows(2) {
+        assert_eq!(
+            pair[1]["previous_hash"], pair[0]["config_hash"],
+            "in order: {events:?}"
+        );
+    }
 
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
@@ -369,7 +376,8 @@ async fn the_guard_refuses_forbidden_api_addresses_before_connecting() {
 }
 
 /// The real `vpsie-lb-agent run`: edits go live within a poll, a restart with an unchanged spec
-/// causes no new epoch, SIGHUP forces one, and kill -9 of the agent under load drops nothing.
+/// causes no reload, SIGHUP forces a resync (live, no new epoch), and kill -9 of the agent under
+/// load drops nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_on_hup() {
     use nix::sys::signal::{kill, Signal};
@@ -383,34 +391,43 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     let sim = Sim::start(&spec(front, &[("u1", &u1)]));
     let settings = agent_settings(&stand, &sim);
     let start_agent = agent_process(&stand, &settings);
-    let wait_epoch = |want: u32| {
-        let stand = &stand;
+    // Waits until the API has `n` config_applied events (the agent sends each after its apply).
+    let wait_applied = |n: usize| {
+        let sim = &sim;
         async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                let s = stand.status().await;
-                if s.epoch == Some(want) && s.envoy_state == "LIVE" {
-                    return;
+                let events = sim.events().await;
+                let applied: Vec<Value> = events
+                    .into_iter()
+                    .filter(|e| e["type"] == "config_applied")
+                    .collect();
+                if applied.len() >= n {
+                    return applied;
                 }
-                assert!(Instant::now() < deadline, "epoch {want} never came: {s:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(
+                    Instant::now() < deadline,
+                    "config_applied {n} never came: {applied:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     };
     let mut agent = start_agent();
-    wait_epoch(0).await;
+    wait_applied(1).await;
     let load = Load::start(&format!("http://127.0.0.1:{front}/"), 3, 1);
 
     let edited = Instant::now();
     sim.write_spec(&spec(front, &[("u2", &u2)]));
-    wait_epoch(1).await;
+    wait_applied(2).await;
     assert!(
         edited.elapsed() < Duration::from_secs(4),
         "live within about one poll: {:?}",
         edited.elapsed()
     );
+    let applied_hash = stand.status().await.hash;
 
-    // kill -9 under load, then a restart with the same spec: no new epoch. "No reload" is
+    // kill -9 under load, then a restart with the same spec: no reload. "No reload" is
     // judged once the new agent has finished a poll that read the whole spec and found it
     // applied: its own counter says so. (Its state file is no witness: the next poll, a 304,
     // overwrites "Unchanged" a second later.)
@@ -418,14 +435,15 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     agent.wait().unwrap();
     let mut agent = start_agent();
     wait_polls(&settings, "unchanged").await;
+    let s = stand.status().await;
     assert_eq!(
-        stand.status().await.epoch,
-        Some(1),
-        "an unchanged spec causes no reload"
+        (s.epoch, s.hash.clone(), s.good.len()),
+        (Some(0), applied_hash, 2),
+        "an unchanged spec causes no reload: {s:?}"
     );
 
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGHUP).unwrap();
-    wait_epoch(2).await;
+    wait_applied(3).await;
 
     kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM).unwrap();
     let stopped = Instant::now();
@@ -440,17 +458,20 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
     // An event resent after the kill carries its id again, and the API keeps it once.
-    let events = sim.events().await;
-    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    let applied: Vec<u64> = events
+    let applied = wait_applied(3).await;
+    let how: Vec<(u64, &str)> = applied
         .iter()
-        .filter(|e| e["type"] == "config_applied")
-        .map(|e| e["metadata"]["epoch"].as_u64().unwrap())
+        .map(|e| {
+            (
+                e["metadata"]["epoch"].as_u64().unwrap(),
+                e["metadata"]["method"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
-        applied,
-        [0, 1, 2],
-        "epochs 0, 1 and the forced 2: {kinds:?}"
+        how,
+        [(0, "hot_restart"), (0, "live"), (0, "live")],
+        "the first config starts Envoy; the edit and the forced resync go in live"
     );
 }
 
@@ -521,25 +542,40 @@ async fn an_event_resent_after_a_kill_is_recorded_once() {
     let sim = Sim::start(&spec(front, &[("u1", &u1)]));
     let settings = agent_settings(&stand, &sim);
     let start_agent = agent_process(&stand, &settings);
-    let applied = |events: &[Value], epoch: u64| -> Vec<Value> {
+    // Config applies are told apart by their hash (both go into epoch 0, the second live).
+    let hash_of = |spec: &Value| {
+        vpsie_lb_agent::command::prepare_for_store(
+            spec.to_string().as_bytes(),
+            &settings,
+            crate::support::now(),
+        )
+        .unwrap()
+        .hash
+    };
+    let hashes = [
+        hash_of(&spec(front, &[("u1", &u1)])),
+        hash_of(&spec(front, &[("u2", &u2)])),
+    ];
+    let applied = |events: &[Value], n: usize| -> Vec<Value> {
         events
             .iter()
-            .filter(|e| e["type"] == "config_applied" && e["metadata"]["epoch"] == epoch)
+            .filter(|e| e["type"] == "config_applied" && e["metadata"]["config_hash"] == hashes[n])
             .cloned()
             .collect()
     };
-    let wait_events = |epoch: u64| {
+    let wait_events = |n: usize| {
         let sim = &sim;
+        let applied = &applied;
         async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let events = sim.events().await;
-                if !applied(&events, epoch).is_empty() {
+                if !applied(&events, n).is_empty() {
                     return events;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "no config_applied for epoch {epoch}: {events:?}"
+                    "no config_applied for config {n}: {events:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -571,7 +607,7 @@ async fn an_event_resent_after_a_kill_is_recorded_once() {
     let again = applied(&events, 1);
     assert_eq!(
         again, first,
-        "one config_applied for epoch 1, as first recorded: {events:?}"
+        "one config_applied for the second config, as first recorded: {events:?}"
     );
     let ids: std::collections::HashSet<&str> =
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
@@ -1193,8 +1229,8 @@ async fn host_named_backends_are_resolved_by_the_agent_and_changes_are_followed(
         &[("app.test", &["127.0.0.2"])],
         Duration::ZERO,
     ));
-    let Outcome::Applied { epoch: 1, hash: h2 } = agent.cycle(false).await else {
-        panic!("a changed answer is a changed config")
+    let Outcome::Applied { epoch: 0, hash: h2 } = agent.cycle(false).await else {
+        panic!("a changed answer is a changed config, applied live")
     };
     assert_ne!(h1, h2);
     assert_eq!(answering(front, 20).await, ["u2".to_owned()].into());

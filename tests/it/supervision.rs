@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use vpsie_lb_agent::command::Failure;
-use vpsie_lb_agent::supervisor::protocol::ApplyResult;
+use vpsie_lb_agent::supervisor::protocol::{ApplyMethod, ApplyResult};
 
 fn backend(id: &str, up: &Upstream) -> Value {
     json!({"identifier": id, "ip": "127.0.0.1", "port": up.port()})
@@ -38,8 +38,8 @@ async fn upstreams() -> [Upstream; 3] {
     ]
 }
 
-/// Applies alternating between two specs under load. `SUPERVISION_APPLIES` scales it (CI: 10;
-/// the benchmark runs 100).
+/// Applies alternating between two specs under load, live into the one epoch.
+/// `SUPERVISION_APPLIES` scales it (CI: 10; the benchmark runs 100).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_under_load_drop_nothing() {
     let applies: usize = std::env::var("SUPERVISION_APPLIES")
@@ -59,7 +59,8 @@ async fn applies_under_load_drop_nothing() {
         let spec = if i % 2 == 1 { &b } else { &a };
         let out = stand.apply_ok(spec).await;
         assert_eq!(out.result, ApplyResult::Applied);
-        assert_eq!(out.epoch, Some(i as u32), "one epoch per apply");
+        assert_eq!(out.method, Some(ApplyMethod::Live), "apply {i}");
+        assert_eq!(out.epoch, Some(0), "no new epoch");
     }
     load.more(200).await;
     let counts = load.finish().await;
@@ -67,7 +68,7 @@ async fn applies_under_load_drop_nothing() {
     assert!(counts.ok > 100, "the load ran: {counts:?}");
     let status = stand.status().await;
     assert_eq!(status.envoy_state, "LIVE");
-    assert_eq!(status.epoch, Some(applies as u32));
+    assert_eq!(status.epoch, Some(0));
     assert!(
         status.good.len() <= 6,
         "at most 5 backups are kept: {:?}",
@@ -75,10 +76,10 @@ async fn applies_under_load_drop_nothing() {
     );
 }
 
-/// A spec that passes `envoy --mode validate` but cannot start: one of its ports is held by
-/// another process. With the preflight check (the default) it is refused before any epoch
-/// starts; without it, the new epoch fails for real and the supervisor restores the old config
-/// by hot restart. Either way traffic carries on and the next good spec applies normally.
+/// A spec that passes `envoy --mode validate` but cannot be served: one of its ports is held by
+/// another process. With the preflight check (the default) it is refused before anything is
+/// written; without it, Envoy itself rejects the new listener and the supervisor puts the last
+/// good resources back. Either way traffic carries on and the next good spec applies live.
 async fn held_port_case(preflight: bool) {
     let ups = upstreams().await;
     let front = Stand::front_port();
@@ -125,11 +126,8 @@ async fn held_port_case(preflight: bool) {
 
     let next = stand.apply_ok(&b).await;
     assert_eq!(next.result, ApplyResult::Applied);
-    assert_eq!(
-        next.epoch,
-        Some(status.epoch.unwrap() + 1),
-        "the next apply is a hot restart"
-    );
+    assert_eq!(next.method, Some(ApplyMethod::Live));
+    assert_eq!(next.epoch, status.epoch, "the next apply goes live");
     load.more(50).await;
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
@@ -142,7 +140,7 @@ async fn a_held_port_is_refused_before_anything_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_epoch_that_fails_to_start_is_rolled_back_by_hot_restart() {
+async fn a_listener_envoy_rejects_is_rolled_back_live() {
     held_port_case(false).await;
 }
 
@@ -212,8 +210,10 @@ async fn a_killed_envoy_serves_again_within_a_second() {
     );
     assert_eq!(after.epoch, Some(0), "a fresh start is epoch 0");
     assert_eq!(after.envoy_state, "LIVE");
-    // And the next apply is a normal hot restart again.
-    assert_eq!(stand.apply_ok(&a).await.epoch, Some(1));
+    // And the next apply goes into that epoch live again.
+    let next = stand.apply_ok(&a).await;
+    assert_eq!(next.epoch, Some(0));
+    assert_eq!(next.method, Some(ApplyMethod::Live));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +265,7 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
     loop {
         let s = stand.status().await;
         if s.hash.as_deref() == Some(want.as_str()) {
-            assert_eq!(s.epoch, Some(1));
+            assert_eq!(s.epoch, Some(0), "applied live");
             break;
         }
         assert!(
@@ -366,8 +366,10 @@ async fn a_restarted_supervisor_brings_back_the_last_good_config() {
     );
 }
 
+/// Hot restarts keep their one-at-a-time rule (a bootstrap change waits for the previous
+/// parent to finish draining) and status answers meanwhile; live applies never wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_answers_while_an_apply_waits_for_the_drain() {
+async fn live_applies_never_queue_behind_a_drain_and_hot_restarts_do() {
     let ups = upstreams().await;
     let front = Stand::front_port();
     let (a, b) = specs(front, &ups);
@@ -376,14 +378,38 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
         s.envoy.parent_shutdown_time_s = 4;
     })
     .await;
-    let first = stand.apply_ok(&a).await.hash;
-    stand.apply_ok(&b).await;
-    // This apply must wait for epoch 0 to finish draining (about 4 s).
+    stand.apply_ok(&a).await;
+    // maxConnections lives in the bootstrap: a new process is needed.
+    let mut a2 = a.clone();
+    a2["maxConnections"] = json!(5000);
+    let restarted = stand.apply_ok(&a2).await;
+    assert_eq!(restarted.method, Some(ApplyMethod::HotRestart));
+    assert_eq!(restarted.epoch, Some(1));
+
+    // Epoch 0 drains for about 4 s; a live apply does not wait for it.
+    let mut b2 = b.clone();
+    b2["maxConnections"] = json!(5000);
+    let asked = Instant::now();
+    let live = stand.apply_ok(&b2).await;
+    let took = asked.elapsed();
+    assert_eq!(live.method, Some(ApplyMethod::Live));
+    assert_eq!(live.epoch, Some(1));
+    assert!(
+        stand
+            .log()
+            .lines()
+            .all(|l| !l.contains("old envoy epoch exited")),
+        "the live apply ({took:?}) was made while epoch 0 still drained"
+    );
+
+    // Another bootstrap change must wait for epoch 0 to exit.
+    let mut a3 = a.clone();
+    a3["maxConnections"] = json!(6000);
     let third = {
-        let (settings, a) = (stand.settings.clone(), a.clone());
+        let (settings, a3) = (stand.settings.clone(), a3.clone());
         tokio::spawn(async move {
             let p = vpsie_lb_agent::command::prepare_for_store(
-                a.to_string().as_bytes(),
+                a3.to_string().as_bytes(),
                 &settings,
                 crate::support::now(),
             )
@@ -391,14 +417,18 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
             vpsie_lb_agent::supervisor::client::hand_over(&p, &settings, false).await
         })
     };
-    // The third apply has reached the supervisor (a's hash requested a second time).
+    let want = vpsie_lb_agent::command::prepare_for_store(
+        a3.to_string().as_bytes(),
+        &stand.settings,
+        crate::support::now(),
+    )
+    .unwrap()
+    .hash;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stand
+    while !stand
         .log()
         .lines()
-        .filter(|l| l.contains("apply requested") && l.contains(&first))
-        .count()
-        < 2
+        .any(|l| l.contains("apply requested") && l.contains(&want))
     {
         assert!(Instant::now() < deadline, "the third apply never arrived");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -410,11 +440,26 @@ async fn status_answers_while_an_apply_waits_for_the_drain() {
         "status took {:?}",
         asked.elapsed()
     );
-    assert!(!third.is_finished(), "the apply is still waiting");
+    let drained = stand
+        .log()
+        .lines()
+        .any(|l| l.contains("old envoy epoch exited"));
+    assert!(
+        drained || !third.is_finished(),
+        "the hot restart waits for the drain"
+    );
     assert_eq!(s.epoch, Some(1));
     assert_eq!(s.envoy_state, "LIVE");
     let out = third.await.unwrap().unwrap();
+    assert_eq!(out.method, Some(ApplyMethod::HotRestart));
     assert_eq!(out.epoch, Some(2));
+    assert!(
+        stand
+            .log()
+            .lines()
+            .any(|l| l.contains("old envoy epoch exited")),
+        "epoch 0 exited before epoch 2 started"
+    );
 }
 
 /// When nothing can be made to serve, the supervisor says so (`critical`) and keeps retrying

@@ -38,6 +38,7 @@ impl Stand {
         s.envoy.concurrency = Some(1);
         s.supervisor.socket = dir.join("supervisor.sock");
         s.supervisor.live_timeout_s = 10;
+        s.supervisor.confirm_timeout_s = 10;
         s.state_dir = dir.join("state");
         s.envoy.log_file = dir.join("envoy.log");
         tweak(&mut s);

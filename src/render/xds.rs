@@ -1,0 +1,440 @@
+//! Splits a rendered config into what needs a process (the bootstrap) and what the running Envoy
+//! takes live through file-based xDS (listeners, routes, clusters, endpoints, secrets).
+//!
+//! The templates render one complete static config: it is what `envoy --mode validate` checks
+//! (validate reads no xDS files) and what is stored by hash. This module moves its parts into
+//! xDS resources mechanically: no value is re-rendered, so the escaping and the read-back check
+//! of the templates still hold for every byte. Pure: no I/O; the caller writes the files.
+//!
+//! - Listeners (all but the metrics one) go to LDS. Each HTTP connection manager's inline route
+//!   table goes to RDS, so a route edit never drains a listener.
+//! - Clusters (all but the two metrics ones) go to CDS as `EDS` clusters; their endpoints go to
+//!   one EDS file each, so an endpoint change never rebuilds a connection pool.
+//! - Certificates go to SDS, named by the certificate's id and holding the PEM inline: a
+//!   rotation changes the secret, not the listener, and drains nothing.
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// Listeners and clusters that stay in the bootstrap: the scrape port and where it forwards.
+fn is_static_listener(name: &str) -> bool {
+    name.starts_with("metrics:")
+}
+fn is_static_cluster(name: &str) -> bool {
+    name == "admin:metrics" || name == "agent:metrics"
+}
+
+/// A config split for live apply. Resources are keyed by name; every resource's config source
+/// points into `dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Xds {
+    /// The bootstrap without `dynamic_resources` (see [`Xds::bootstrap`]).
+    pub base: Value,
+    /// SHA-256 of `base`: two configs with the same key can be applied live one over the other.
+    pub bootstrap_key: String,
+    pub dir: PathBuf,
+    pub listeners: BTreeMap<String, Value>,
+    pub routes: BTreeMap<String, Value>,
+    pub clusters: BTreeMap<String, Value>,
+    /// By cluster name.
+    pub endpoints: BTreeMap<String, Value>,
+    pub secrets: BTreeMap<String, Value>,
+}
+
+/// One xDS file as written: its name in the directory, version and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub name: String,
+    pub version: String,
+    pub text: String,
+}
+
+/// The kinds of xDS resource, each with its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Secret,
+    Endpoints,
+    Cluster,
+    Route,
+    Listener,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Secret => "sds",
+            Kind::Endpoints => "eds",
+            Kind::Cluster => "cds",
+            Kind::Route => "rds",
+            Kind::Listener => "lds",
+        }
+    }
+}
+
+/// The file of one named resource (routes, endpoints, secrets): hex of the name, so any name
+/// Envoy accepts is a safe file name.
+pub fn file_name(kind: Kind, name: &str) -> String {
+    format!("{}-{}.json", kind.prefix(), hex::encode(name.as_bytes()))
+}
+
+pub const LDS_FILE: &str = "lds.json";
+pub const CDS_FILE: &str = "cds.json";
+
+fn source(dir: &Path, file: &str) -> Value {
+    json!({
+        "resource_api_version": "V3",
+        "path_config_source": {"path": dir.join(file).to_string_lossy()}
+    })
+}
+
+/// A `DiscoveryResponse` holding `resources` of one type; its version is a digest of them, so
+/// the same resources always make the same file.
+pub fn discovery_file(name: String, type_url: &str, resources: &[&Value]) -> File {
+    let typed: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            m.insert("@type".into(), Value::String(type_url.into()));
+            if let Value::Object(o) = r {
+                m.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    let body = Value::Array(typed);
+    let version = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..8]);
+    let text = json!({"version_info": version, "resources": body}).to_string();
+    File {
+        name,
+        version,
+        text,
+    }
+}
+
+impl Xds {
+    /// The bootstrap an epoch starts from: the static part plus LDS and CDS from `dir`.
+    pub fn bootstrap(&self) -> String {
+        let mut b = self.base.clone();
+        if let Value::Object(o) = &mut b {
+            o.insert(
+                "dynamic_resources".into(),
+                json!({
+                    "lds_config": source(&self.dir, LDS_FILE),
+                    "cds_config": source(&self.dir, CDS_FILE),
+                }),
+            );
+        }
+        b.to_string()
+    }
+
+    /// The LDS file for these listeners.
+    pub fn lds(&self) -> File {
+        let ls: Vec<&Value> = self.listeners.values().collect();
+        discovery_file(LDS_FILE.into(), LISTENER, &ls)
+    }
+
+    /// The CDS file for these clusters plus `extra` (kept while listeners still use them).
+    pub fn cds(&self, extra: &BTreeMap<String, Value>) -> File {
+        let mut all: BTreeMap<&String, &Value> = self.clusters.iter().collect();
+        for (k, v) in extra {
+            all.entry(k).or_insert(v);
+        }
+        let cs: Vec<&Value> = all.into_values().collect();
+        discovery_file(CDS_FILE.into(), CLUSTER, &cs)
+    }
+
+    /// One file per named resource of this kind.
+    pub fn named_files(&self, kind: Kind) -> BTreeMap<String, File> {
+        let (map, type_url) = match kind {
+            Kind::Secret => (&self.secrets, SECRET),
+            Kind::Endpoints => (&self.endpoints, ENDPOINTS),
+            Kind::Route => (&self.routes, ROUTE),
+            Kind::Cluster | Kind::Listener => return BTreeMap::new(),
+        };
+        map.iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    discovery_file(file_name(kind, name), type_url, &[r]),
+                )
+            })
+            .collect()
+    }
+
+    /// Every file of this config, for a new epoch's directory.
+    pub fn all_files(&self) -> Vec<File> {
+        let mut out = Vec::new();
+        for kind in [Kind::Secret, Kind::Endpoints, Kind::Route] {
+            out.extend(self.named_files(kind).into_values());
+        }
+        out.push(self.cds(&BTreeMap::new()));
+        out.push(self.lds());
+        out
+    }
+}
+
+/// The endpoints of a `ClusterLoadAssignment` as (address, port, weight).
+pub fn endpoint_list(la: &Value) -> Vec<(&str, u32, u32)> {
+    la.get("endpoints")
+        .and_then(Value::as_array)
+        .map(|v| v.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .flat_map(|l| {
+            l.get("lb_endpoints")
+                .and_then(Value::as_array)
+                .map(|v| v.as_slice())
+                .unwrap_or(&[])
+        })
+        .filter_map(|le| {
+            let sa = le.pointer("/endpoint/address/socket_address")?;
+            let w = le
+                .get("load_balancing_weight")
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            Some((
+                sa.get("address")?.as_str()?,
+                u32::try_from(sa.get("port_value")?.as_u64()?).ok()?,
+                u32::try_from(w).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// `new` with the endpoints of `old` it does not have added, as they were.
+pub fn union_endpoints(new: &Value, old: &Value) -> Value {
+    let mut out = new.clone();
+    let have: std::collections::HashSet<(String, u32)> = endpoint_list(new)
+        .into_iter()
+        .map(|(a, p, _)| (a.to_owned(), p))
+        .collect();
+    let extra: Vec<Value> = old
+        .get("endpoints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.get("lb_endpoints").and_then(Value::as_array))
+        .flatten()
+        .filter(|le| {
+            let sa = le.pointer("/endpoint/address/socket_address");
+            let key = sa.and_then(|sa| {
+                Some((
+                    sa.get("address")?.as_str()?.to_owned(),
+                    u32::try_from(sa.get("port_value")?.as_u64()?).ok()?,
+                ))
+            });
+            key.is_some_and(|k| !have.contains(&k))
+        })
+        .cloned()
+        .collect();
+    if let Some(Value::Array(localities)) = out.get_mut("endpoints") {
+        match localities
+            .first_mut()
+            .and_then(|l| l.get_mut("lb_endpoints"))
+        {
+            Some(Value::Array(eps)) => eps.extend(extra),
+            _ => localities.push(json!({ "lb_endpoints": extra })),
+        }
+    }
+    out
+}
+
+/// Splits a rendered config (the templates' static bootstrap) for live apply from `dir`.
+/// `files` are the certificate files it names (path, contents): their PEM goes into the secrets.
+pub fn split(config: &str, files: &[(PathBuf, String)], dir: &Path) -> Result<Xds, String> {
+    let mut doc: Value =
+        serde_json::from_str(config).map_err(|e| format!("the config does not parse: {e}"))?;
+    let root = doc.as_object_mut().ok_or("the config is not an object")?;
+    let statics = root
+        .get_mut("static_resources")
+        .and_then(Value::as_object_mut)
+        .ok_or("static_resources is missing")?;
+    let listeners = take_array(statics, "listeners")?;
+    let clusters = take_array(statics, "clusters")?;
+    let mut xds = Xds {
+        base: Value::Null,
+        bootstrap_key: String::new(),
+        dir: dir.to_path_buf(),
+        listeners: BTreeMap::new(),
+        routes: BTreeMap::new(),
+        clusters: BTreeMap::new(),
+        endpoints: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    };
+    let mut static_listeners = Vec::new();
+    for mut l in listeners {
+        let name = name_of(&l)?;
+        if is_static_listener(&name) {
+            static_listeners.push(l);
+            continue;
+        }
+        move_out_routes_and_secrets(&mut l, &mut xds, files)?;
+        if xds.listeners.insert(name.clone(), l).is_some() {
+            return Err(format!("listener {name} appears twice"));
+        }
+    }
+    let mut static_clusters = Vec::new();
+    for mut c in clusters {
+        let name = name_of(&c)?;
+        if is_static_cluster(&name) {
+            static_clusters.push(c);
+            continue;
+        }
+        let o = c.as_object_mut().ok_or("a cluster is not an object")?;
+        let la = o
+            .remove("load_assignment")
+            .ok_or_else(|| format!("cluster {name} has no load_assignment"))?;
+        o.insert("type".into(), Value::String("EDS".into()));
+        o.insert(
+            "eds_cluster_config".into(),
+            json!({
+                "service_name": name,
+                "eds_config": source(dir, &file_name(Kind::Endpoints, &name)),
+            }),
+        );
+        xds.endpoints.insert(name.clone(), la);
+        if xds.clusters.insert(name.clone(), c).is_some() {
+            return Err(format!("cluster {name} appears twice"));
+        }
+    }
+    statics.insert("listeners".into(), Value::Array(static_listeners));
+    statics.insert("clusters".into(), Value::Array(static_clusters));
+    if root.contains_key("dynamic_resources") {
+        return Err("the config already has dynamic_resources".into());
+    }
+    xds.bootstrap_key = hex::encode(Sha256::digest(doc.to_string().as_bytes()));
+    xds.base = doc;
+    Ok(xds)
+}
+
+fn take_array(o: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, String> {
+    match o.remove(key) {
+        Some(Value::Array(a)) => Ok(a),
+        None => Ok(Vec::new()),
+        Some(_) => Err(format!("static_resources.{key} is not a list")),
+    }
+}
+
+fn name_of(v: &Value) -> Result<String, String> {
+    v.get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| "a resource has no name".to_owned())
+}
+
+/// In one listener: inline route tables become RDS references, certificate files SDS ones.
+fn move_out_routes_and_secrets(
+    l: &mut Value,
+    xds: &mut Xds,
+    files: &[(PathBuf, String)],
+) -> Result<(), String> {
+    let Some(chains) = l.get_mut("filter_chains").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    for chain in chains {
+        if let Some(ctx) = chain
+            .pointer_mut("/transport_socket/typed_config/common_tls_context")
+            .and_then(Value::as_object_mut)
+        {
+            if let Some(Value::Array(certs)) = ctx.remove("tls_certificates") {
+                let mut refs = Vec::new();
+                for cert in certs {
+                    let name = secret(&cert, files, xds)?;
+                    refs.push(json!({
+                        "name": name,
+                        "sds_config": source(&xds.dir, &file_name(Kind::Secret, &name)),
+                    }));
+                }
+                ctx.insert(
+                    "tls_certificate_sds_secret_configs".into(),
+                    Value::Array(refs),
+                );
+            }
+        }
+        let Some(filters) = chain.get_mut("filters").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for f in filters {
+            let Some(hcm) = f.get_mut("typed_config").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let Some(rc) = hcm.remove("route_config") else {
+                continue;
+            };
+            let name = name_of(&rc)?;
+            match xds.routes.get(&name) {
+                Some(existing) if existing != &rc => {
+                    return Err(format!("route table {name} differs between filter chains"))
+                }
+                _ => {
+                    xds.routes.insert(name.clone(), rc);
+                }
+            }
+            hcm.insert(
+                "rds".into(),
+                json!({
+                    "route_config_name": name,
+                    "config_source": source(&xds.dir, &file_name(Kind::Route, &name)),
+                }),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The secret for one `tls_certificates` entry: named by the certificate's id (its file is
+/// `<id>-<content tag>.crt`), PEM inline. Returns its name.
+fn secret(cert: &Value, files: &[(PathBuf, String)], xds: &mut Xds) -> Result<String, String> {
+    let path = |key: &str| {
+        cert.pointer(&format!("/{key}/filename"))
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("a certificate has no {key} file"))
+    };
+    let (chain, key) = (path("certificate_chain")?, path("private_key")?);
+    let contents = |p: &Path| {
+        files
+            .iter()
+            .find(|(fp, _)| fp == p)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| format!("{} is named but not given", p.display()))
+    };
+    let stem = chain
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or("a certificate file has no name")?;
+    // `<id>-<16 hex digits>`: the id alone names the secret, so a rotation keeps the name.
+    let name = match stem.rsplit_once('-') {
+        Some((id, tag)) if tag.len() == 16 => id.to_owned(),
+        _ => stem.to_owned(),
+    };
+    let value = |name: &str| -> Result<Value, String> {
+        Ok(json!({
+            "name": name,
+            "tls_certificate": {
+                "certificate_chain": {"inline_string": contents(&chain)?},
+                "private_key": {"inline_string": contents(&key)?},
+            }
+        }))
+    };
+    let mut v = value(&name)?;
+    // Two rules may name one certificate id with different material: the second is then
+    // named by its content too, so neither replaces the other.
+    let name = match xds.secrets.get(&name) {
+        Some(existing) if existing != &v => {
+            v = value(stem)?;
+            stem.to_owned()
+        }
+        _ => name,
+    };
+    xds.secrets.insert(name.clone(), v);
+    Ok(name)
+}

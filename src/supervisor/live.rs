@@ -1,0 +1,435 @@
+//! The xDS writer: puts a config's dynamic resources into the running Envoy through its
+//! file-based xDS, make before break, and confirms from Envoy's admin API that it took them.
+//!
+//! Why files and not ADS: the resources are the templates' output moved into place
+//! ([`crate::render::xds`]), so what Envoy validated is byte for byte what it serves, with no
+//! second rendering path (ADS would need the protobuf types and a gRPC server beside the
+//! templates). What files cost, and how it is paid:
+//! - Envoy sees only a rename onto the watched name: every file is written to `<xds>/.tmp`,
+//!   synced and renamed (temporary files never appear in a watched directory).
+//! - Separate files give no ordering: each step waits until Envoy reports it before the next.
+//! - One inotify instance per subscription: counted before an apply and refused with a clear
+//!   error when `fs.inotify.max_user_instances` cannot hold it (running out crashes Envoy).
+//! - Each epoch reads its own directory (`<xds>/<epoch>`): while a hot restart drains the old
+//!   epoch, changes reach only the new one.
+
+use super::*;
+use crate::envoy::admin::XdsState;
+use crate::render::xds::{self, Kind, Xds};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How often Envoy's config dump is read while waiting for a step.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
+/// Headroom left for everything else that uses inotify (systemd, other services).
+const INOTIFY_HEADROOM: u64 = 16;
+
+/// What the live epoch's directory holds.
+#[derive(Debug, Clone)]
+pub(super) struct LiveFiles {
+    /// The config Envoy confirmed last.
+    pub xds: Xds,
+    /// File name → version of what is on disk now (may be ahead of `xds` mid-apply).
+    pub written: BTreeMap<String, String>,
+    /// The clusters in `cds.json` now (during an apply: the old ones and the new).
+    pub clusters: BTreeMap<String, Value>,
+}
+
+/// What must hold in Envoy for a step to count as done.
+#[derive(Debug, Default)]
+struct Expect {
+    cds: Option<String>,
+    lds: Option<String>,
+    clusters: BTreeSet<String>,
+    endpoints: BTreeMap<String, String>,
+    listeners: BTreeSet<String>,
+    gone_listeners: BTreeSet<String>,
+    routes: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+}
+
+impl Expect {
+    /// What is still missing, or Envoy's rejection; `None` when everything holds.
+    fn check(&self, s: &XdsState) -> Option<Result<String, String>> {
+        for name in &self.listeners {
+            if let Some(err) = s.listeners.get(name).and_then(|l| l.error.clone()) {
+                return Some(Err(format!("envoy rejected listener {name}: {err}")));
+            }
+        }
+        let mut missing = Vec::new();
+        if let Some(v) = &self.cds {
+            if &s.cds_version != v {
+                missing.push(format!(
+                    "clusters at version {v} (envoy: {})",
+                    s.cds_version
+                ));
+            }
+        }
+        if let Some(v) = &self.lds {
+            if &s.lds_version != v {
+                missing.push(format!(
+                    "listeners at version {v} (envoy: {})",
+                    s.lds_version
+                ));
+            }
+        }
+        for c in &self.clusters {
+            if !s.active_clusters.contains(c) || s.warming_clusters.contains(c) {
+                missing.push(format!("cluster {c} active"));
+            }
+        }
+        for (name, v) in &self.endpoints {
+            if s.endpoints.get(name) != Some(v) {
+                missing.push(format!("the new endpoints of {name}"));
+            }
+        }
+        for l in &self.listeners {
+            match s.listeners.get(l) {
+                Some(st) if st.active.is_some() && !st.warming => {}
+                _ => missing.push(format!("listener {l} active")),
+            }
+        }
+        for l in &self.gone_listeners {
+            if s.listeners.get(l).is_some_and(|st| st.active.is_some()) {
+                missing.push(format!("listener {l} removed"));
+            }
+        }
+        for (name, v) in &self.routes {
+            if s.routes.get(name) != Some(v) {
+                missing.push(format!("routes {name} at {v}"));
+            }
+        }
+        for (name, v) in &self.secrets {
+            if s.secrets.get(name) != Some(v) {
+                missing.push(format!("secret {name} at {v}"));
+            }
+        }
+        (!missing.is_empty()).then(|| Ok(missing.join(", ")))
+    }
+}
+
+/// What Envoy's dump must show of each cluster's endpoints.
+fn expected_endpoints(x: &Xds) -> BTreeMap<String, String> {
+    x.endpoints
+        .iter()
+        .map(|(name, la)| {
+            let eps = xds::endpoint_list(la);
+            (
+                name.clone(),
+                crate::envoy::admin::endpoints_fingerprint(eps.into_iter()),
+            )
+        })
+        .collect()
+}
+
+/// Where the xDS files of every epoch live.
+pub(super) fn xds_root(settings: &Settings) -> PathBuf {
+    settings.envoy.config_dir.join("xds")
+}
+
+/// The directory epoch `epoch` reads.
+pub(super) fn epoch_dir(settings: &Settings, epoch: u32) -> PathBuf {
+    xds_root(settings).join(epoch.to_string())
+}
+
+/// Inotify instances an epoch of this config holds: one per file subscription.
+pub(super) fn inotify_need(x: &Xds) -> u64 {
+    (2 + x.routes.len() + x.endpoints.len() + x.secrets.len()) as u64
+}
+
+/// Refuses a config whose subscriptions, counted for two epochs at once (a hot restart), do not
+/// fit in the kernel's per-user inotify limit: Envoy would crash when it runs out.
+pub(super) fn check_inotify(x: &Xds) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances") else {
+        return Ok(());
+    };
+    let Ok(max) = text.trim().parse::<u64>() else {
+        return Ok(());
+    };
+    let need = 2 * inotify_need(x) + INOTIFY_HEADROOM;
+    if need > max {
+        return Err(format!(
+            "this config needs {} inotify instances per Envoy epoch ({need} with a hot restart and headroom), but fs.inotify.max_user_instances is {max}; raise it (the image sets 8192). The running config keeps serving",
+            inotify_need(x)
+        ));
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    /// Splits a stored config for the directory of `epoch`.
+    pub(super) fn split_stored(&self, hash: &str, epoch: u32) -> Result<Xds, String> {
+        let config = std::fs::read_to_string(self.store.config_path(hash))
+            .map_err(|e| format!("cannot read the stored config {hash}: {e}"))?;
+        let mut files = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.store.cert_dir(hash)) {
+            for e in entries.flatten() {
+                let contents = std::fs::read_to_string(e.path())
+                    .map_err(|err| format!("cannot read {}: {err}", e.path().display()))?;
+                files.push((e.path(), contents));
+            }
+        }
+        xds::split(&config, &files, &epoch_dir(&self.settings, epoch))
+    }
+
+    /// Writes every file of `x` into its (fresh) directory, bootstrap last.
+    pub(super) fn write_epoch_files(&self, x: &Xds) -> Result<LiveFiles, String> {
+        let _ = std::fs::remove_dir_all(&x.dir);
+        let mut written = BTreeMap::new();
+        for f in x.all_files() {
+            self.write_file(&x.dir, &f)?;
+            written.insert(f.name, f.version);
+        }
+        self.write_file(
+            &x.dir,
+            &xds::File {
+                name: "bootstrap.json".into(),
+                version: String::new(),
+                text: x.bootstrap(),
+            },
+        )?;
+        Ok(LiveFiles {
+            xds: x.clone(),
+            written,
+            clusters: x.clusters.clone(),
+        })
+    }
+
+    /// One file, renamed into place from outside the watched directory.
+    fn write_file(&self, dir: &Path, f: &xds::File) -> Result<(), String> {
+        let tmp = xds_root(&self.settings).join(".tmp");
+        store::write_private_via(&tmp, &dir.join(&f.name), f.text.as_bytes())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Writes `f` unless the same version is already there.
+    fn put(&mut self, f: &xds::File) -> Result<bool, String> {
+        let Some(files) = &self.files else {
+            return Err("no live epoch to apply to".into());
+        };
+        if files.written.get(&f.name) == Some(&f.version) {
+            return Ok(false);
+        }
+        let dir = files.xds.dir.clone();
+        self.write_file(&dir, f)?;
+        if let Some(files) = &mut self.files {
+            files.written.insert(f.name.clone(), f.version.clone());
+        }
+        Ok(true)
+    }
+
+    /// Puts `new` into the running Envoy, make before break: certificates and endpoints, then
+    /// clusters (old ones kept), wait warm; then routes and listeners, wait active; then the
+    /// clusters nothing uses any more are removed and their files deleted. Each step is
+    /// confirmed from Envoy's config dump within the deadline.
+    pub(super) async fn apply_live(&mut self, new: &Xds) -> Result<(), String> {
+        let deadline =
+            Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
+        let Some(files) = &self.files else {
+            return Err("no live epoch to apply to".into());
+        };
+        let before = files.xds.clone();
+        let on_disk = files.clusters.clone();
+
+        // 1. Secrets, endpoints, then clusters: the new ones and every one on disk now, since
+        //    listeners on disk may still route to them.
+        let secrets = new.named_files(Kind::Secret);
+        let endpoints = new.named_files(Kind::Endpoints);
+        for f in secrets.values() {
+            self.put(f)?;
+        }
+        // A pool that gains hosts and loses others keeps the old ones until the new ones have
+        // had their first health check: Envoy counts a new host unhealthy until then, and
+        // would answer "no healthy upstream" meanwhile (measured: about a second of 503s).
+        self.bridge_endpoints(&before, new, deadline).await?;
+        for f in endpoints.values() {
+            self.put(f)?;
+        }
+        let extra: BTreeMap<String, Value> = on_disk
+            .into_iter()
+            .filter(|(k, _)| !new.clusters.contains_key(k))
+            .collect();
+        let cds = new.cds(&extra);
+        self.put(&cds)?;
+        if let Some(f) = &mut self.files {
+            f.clusters = new.clusters.clone();
+            f.clusters.extend(extra.clone());
+        }
+        let mut expect = Expect {
+            cds: Some(cds.version.clone()),
+            clusters: new.clusters.keys().cloned().collect(),
+            endpoints: expected_endpoints(new),
+            ..Expect::default()
+        };
+        self.confirm(&expect, deadline).await?;
+
+        // 2. Routes, then listeners.
+        let routes = new.named_files(Kind::Route);
+        for f in routes.values() {
+            self.put(f)?;
+        }
+        let lds = new.lds();
+        self.put(&lds)?;
+        expect = Expect {
+            lds: Some(lds.version.clone()),
+            listeners: new.listeners.keys().cloned().collect(),
+            gone_listeners: before
+                .listeners
+                .keys()
+                .filter(|k| !new.listeners.contains_key(*k))
+                .cloned()
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|(n, f)| (n.clone(), f.version.clone()))
+                .collect(),
+            secrets: secrets
+                .iter()
+                .map(|(n, f)| (n.clone(), f.version.clone()))
+                .collect(),
+            ..Expect::default()
+        };
+        self.confirm(&expect, deadline).await?;
+
+        // 3. Remove what nothing uses any more.
+        if !extra.is_empty() {
+            let cds = new.cds(&BTreeMap::new());
+            self.put(&cds)?;
+            if let Some(f) = &mut self.files {
+                f.clusters = new.clusters.clone();
+            }
+            let expect = Expect {
+                cds: Some(cds.version.clone()),
+                ..Expect::default()
+            };
+            self.confirm(&expect, deadline).await?;
+        }
+        let keep: BTreeSet<String> = new.all_files().into_iter().map(|f| f.name).collect();
+        if let Some(f) = &mut self.files {
+            let dir = f.xds.dir.clone();
+            f.written.retain(|name, _| {
+                let keep_it = keep.contains(name);
+                if !keep_it {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+                keep_it
+            });
+            f.xds = new.clone();
+        }
+        Ok(())
+    }
+
+    /// For each pool (same cluster definition) that both gains and loses hosts: the old hosts
+    /// and the new together, until every new one has finished its first health check.
+    async fn bridge_endpoints(
+        &mut self,
+        before: &Xds,
+        new: &Xds,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let mut bridged = BTreeMap::new();
+        let mut added: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (name, la) in &new.endpoints {
+            let (Some(old_la), true) = (
+                before.endpoints.get(name),
+                before.clusters.get(name) == new.clusters.get(name),
+            ) else {
+                continue;
+            };
+            let key = |e: &(&str, u32, u32)| format!("{}:{}", e.0, e.1);
+            let old_keys: BTreeSet<String> = xds::endpoint_list(old_la).iter().map(key).collect();
+            let new_keys: BTreeSet<String> = xds::endpoint_list(la).iter().map(key).collect();
+            let gained: BTreeSet<String> = new_keys.difference(&old_keys).cloned().collect();
+            if gained.is_empty() || old_keys.is_subset(&new_keys) {
+                continue;
+            }
+            let union = xds::union_endpoints(la, old_la);
+            bridged.insert(name.clone(), union);
+            added.insert(name.clone(), gained);
+        }
+        if bridged.is_empty() {
+            return Ok(());
+        }
+        let mut expect = Expect::default();
+        for (name, la) in &bridged {
+            let f =
+                xds::discovery_file(xds::file_name(Kind::Endpoints, name), xds::ENDPOINTS, &[la]);
+            self.put(&f)?;
+            expect.endpoints.insert(
+                name.clone(),
+                crate::envoy::admin::endpoints_fingerprint(xds::endpoint_list(la).into_iter()),
+            );
+        }
+        self.confirm(&expect, deadline).await?;
+        loop {
+            let waiting: Vec<String> = match self.admin.hosts_pending_first_check().await {
+                Ok(pending) => added
+                    .iter()
+                    .flat_map(|(c, hosts)| {
+                        let p = pending.get(c);
+                        hosts
+                            .iter()
+                            .filter(move |h| p.is_some_and(|p| p.contains(*h)))
+                            .map(move |h| format!("{h} in {c}"))
+                    })
+                    .collect(),
+                Err(e) => vec![format!("{e:#}")],
+            };
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "new backends were not health-checked within {} s: {}",
+                    self.settings.supervisor.confirm_timeout_s,
+                    waiting.join(", ")
+                ));
+            }
+            tokio::time::sleep(CONFIRM_POLL).await;
+        }
+    }
+
+    /// Waits until Envoy reports `expect`, a rejection, or the deadline.
+    async fn confirm(&self, expect: &Expect, deadline: Instant) -> Result<(), String> {
+        loop {
+            let missing = match self.admin.xds_state().await {
+                Ok(s) => match expect.check(&s) {
+                    None => return Ok(()),
+                    Some(Err(rejected)) => return Err(rejected),
+                    Some(Ok(missing)) => missing,
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "envoy did not confirm the update within {} s; still waiting for: {missing}",
+                    self.settings.supervisor.confirm_timeout_s
+                ));
+            }
+            tokio::time::sleep(CONFIRM_POLL).await;
+        }
+    }
+
+    /// After an epoch is LIVE: every resource it was started with is active, none rejected.
+    pub(super) async fn confirm_started(&self, x: &Xds) -> Result<(), String> {
+        let deadline =
+            Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
+        let files = |kind| -> BTreeMap<String, String> {
+            x.named_files(kind)
+                .into_iter()
+                .map(|(n, f)| (n, f.version))
+                .collect()
+        };
+        let expect = Expect {
+            cds: Some(x.cds(&BTreeMap::new()).version),
+            lds: Some(x.lds().version),
+            clusters: x.clusters.keys().cloned().collect(),
+            endpoints: expected_endpoints(x),
+            listeners: x.listeners.keys().cloned().collect(),
+            routes: files(Kind::Route),
+            secrets: files(Kind::Secret),
+            ..Expect::default()
+        };
+        self.confirm(&expect, deadline).await
+    }
+}
