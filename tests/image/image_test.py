@@ -452,10 +452,11 @@ def checks(qga, http_port, scrape_port, t_boot):
     if not proc.split()[0] == "vpsie-lb" or int(caps.get("CapEff", "0"), 16) != 1 << 10:
         fail("Envoy must run as vpsie-lb with CAP_NET_BIND_SERVICE alone")
 
-    sysctl = qga.check("sysctl -n net.core.somaxconn net.ipv4.tcp_max_syn_backlog fs.file-max; "
+    sysctl = qga.check("sysctl -n net.core.somaxconn net.ipv4.tcp_max_syn_backlog fs.file-max "
+                       "fs.inotify.max_user_instances; "
                        "cat /proc/$(pgrep -o -x envoy)/limits | grep 'open files'")
     log("tuning: " + " | ".join(sysctl.split("\n")).strip())
-    if not sysctl.startswith("65535\n65535\n2097152") or "1048576" not in sysctl:
+    if not sysctl.startswith("65535\n65535\n2097152\n8192") or "1048576" not in sysctl:
         fail("sysctl or file-limit tuning is not in force")
     # Every line of the sysctl file applied (a rejected key fails systemd-sysctl.service).
     sysctl_unit = qga.check("systemctl show -p Result --value systemd-sysctl.service").strip()
