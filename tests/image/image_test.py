@@ -510,9 +510,10 @@ def checks(qga, http_port, scrape_port, t_boot):
     log("systemd-analyze security in the booted guest:\n" + exposure.strip())
 
 
-def hot_restart_under_load(qga, http_port):
-    """A spec change while the host keeps sending requests: the agent must apply it with a hot
-    restart (epoch 1) under the units' hardening, and no request may fail."""
+def change_under_load(qga, http_port, new, want_method, want_epoch, must_see):
+    """A spec change while the host keeps sending requests: the agent must apply it the way
+    expected (`live` into the running Envoy, or `hot_restart` into epoch `want_epoch`) under the
+    units' hardening, and no request may fail."""
     stop = threading.Event()
     tally = {"ok": 0, "failed": 0, "errors": [], "seen": set()}
 
@@ -533,7 +534,7 @@ def hot_restart_under_load(qga, http_port):
     for w in workers:
         w.start()
     try:
-        new_spec = json.dumps(spec(("web1", "web2", "web3")), indent=2) + "\n"
+        new_spec = json.dumps(new, indent=2) + "\n"
         # Written next to the old one and renamed: the stand-in never reads half a file.
         qga.check("cat > /etc/vpsie-api-sim/lb.json.new && "
                   "mv /etc/vpsie-api-sim/lb.json.new /etc/vpsie-api-sim/lb.json", stdin=new_spec)
@@ -541,21 +542,31 @@ def hot_restart_under_load(qga, http_port):
 
         def applied():
             sup = supervisor_status(qga)
+            method = (sup.get("last_apply") or {}).get("method")
             return (sup.get("hash") == want and sup.get("envoy_state") == "LIVE",
-                    f"epoch {sup.get('epoch')} hash {sup.get('hash')}")
+                    f"epoch {sup.get('epoch')} method {method} hash {sup.get('hash')}")
         got = wait_for("the changed spec to go live", applied, 120)
-        wait_for("a request to reach the new backend web3",
-                 lambda: ("web3" in tally["seen"], sorted(tally["seen"])), 60)
+        wait_for(f"a request to reach the backend {must_see}",
+                 lambda: (must_see in tally["seen"], sorted(tally["seen"])), 60)
     finally:
         stop.set()
         for w in workers:
             w.join()
-    log(f"spec change applied by hot restart ({got}); under load: {tally['ok']} requests "
+    log(f"spec change applied ({got}); under load: {tally['ok']} requests "
         f"answered by {sorted(tally['seen'])}, {tally['failed']} failed")
     if tally["failed"]:
-        fail(f"{tally['failed']} requests failed during the hot restart: {tally['errors'][:5]}")
-    if not got.startswith("epoch 1 "):
-        fail(f"expected the hot restart to make epoch 1, got {got}")
+        fail(f"{tally['failed']} requests failed during the change: {tally['errors'][:5]}")
+    if not got.startswith(f"epoch {want_epoch} method {want_method} "):
+        fail(f"expected epoch {want_epoch} by {want_method}, got {got}")
+
+
+def hot_restart_under_load(qga, http_port):
+    """A backend added goes into the running Envoy live (still epoch 0); a bootstrap change
+    (maxConnections) needs a new process: a hot restart into epoch 1. Both under load."""
+    change_under_load(qga, http_port, spec(("web1", "web2", "web3")), "live", 0, "web3")
+    bigger = spec(("web1", "web2", "web3"))
+    bigger["maxConnections"] = 20000
+    change_under_load(qga, http_port, bigger, "hot_restart", 1, "web3")
 
 
 STATUS_JSON = "vpsie-lb-agent status --json --config /etc/vpsie-lb/agent.yaml"
