@@ -319,8 +319,10 @@ impl Supervisor {
         Ok(())
     }
 
-    /// For each pool (same cluster definition) that both gains and loses hosts: the old hosts
-    /// and the new together, until every new one has finished its first health check.
+    /// For each pool (same cluster definition) that gains hosts: the new ones go in first, beside
+    /// the old ones, and the update waits until each has finished its first health check (pass
+    /// or fail). Only then are hosts removed: a change is in effect, traffic included, when
+    /// the apply returns.
     async fn bridge_endpoints(
         &mut self,
         before: &Xds,
@@ -340,11 +342,16 @@ impl Supervisor {
             let old_keys: BTreeSet<String> = xds::endpoint_list(old_la).iter().map(key).collect();
             let new_keys: BTreeSet<String> = xds::endpoint_list(la).iter().map(key).collect();
             let gained: BTreeSet<String> = new_keys.difference(&old_keys).cloned().collect();
-            if gained.is_empty() || old_keys.is_subset(&new_keys) {
+            if gained.is_empty() {
                 continue;
             }
-            let union = xds::union_endpoints(la, old_la);
-            bridged.insert(name.clone(), union);
+            // Only gaining: the new set is what goes in now. Gaining and losing: both sets.
+            let la = if old_keys.is_subset(&new_keys) {
+                la.clone()
+            } else {
+                xds::union_endpoints(la, old_la)
+            };
+            bridged.insert(name.clone(), la);
             added.insert(name.clone(), gained);
         }
         if bridged.is_empty() {

@@ -20,9 +20,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::server::HealthReporter;
 
 /// A gRPC server on loopback whose health service reports `service` as SERVING.
-struct GrpcServer {
-    addr: SocketAddr,
-    reporter: HealthReporter,
+pub(crate) struct GrpcServer {
+    pub addr: SocketAddr,
+    pub reporter: HealthReporter,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,7 +32,7 @@ impl Drop for GrpcServer {
     }
 }
 
-async fn grpc_server(service: &str, tls: Option<&TestCert>) -> GrpcServer {
+pub(crate) async fn grpc_server(service: &str, tls: Option<&TestCert>) -> GrpcServer {
     let (reporter, svc) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(service, tonic_health::ServingStatus::Serving)
@@ -64,7 +64,7 @@ fn backend(id: &str, addr: SocketAddr) -> Value {
 }
 
 /// A client whose requests carry `host` as :authority (and SNI), sent to 127.0.0.1:`port`.
-async fn client(host: &str, port: u16, tls: Option<&TestCert>) -> HealthClient<Channel> {
+pub(crate) async fn client(host: &str, port: u16, tls: Option<&TestCert>) -> HealthClient<Channel> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut ep = Endpoint::from_shared(format!("{scheme}://127.0.0.1:{port}"))
         .unwrap()
@@ -82,14 +82,14 @@ async fn client(host: &str, port: u16, tls: Option<&TestCert>) -> HealthClient<C
     HealthClient::new(ep.connect().await.unwrap())
 }
 
-fn req(service: &str) -> tonic::Request<HealthCheckRequest> {
+pub(crate) fn req(service: &str) -> tonic::Request<HealthCheckRequest> {
     tonic::Request::new(HealthCheckRequest {
         service: service.to_owned(),
     })
 }
 
 /// Calls Check until it answers at all (Envoy's first health check has passed), with a deadline.
-async fn first_answer(c: &mut HealthClient<Channel>, service: &str) {
+pub(crate) async fn first_answer(c: &mut HealthClient<Channel>, service: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match c.check(req(service)).await {
@@ -143,7 +143,9 @@ async fn grpc_through(envoy_port: u16, front: Option<&TestCert>, a: &GrpcServer)
 }
 
 /// The next message of a Watch stream, with a deadline.
-async fn next(s: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> ServingStatus {
+pub(crate) async fn next(
+    s: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> ServingStatus {
     tokio::time::timeout(Duration::from_secs(10), s.message())
         .await
         .expect("a stream message within 10 s")

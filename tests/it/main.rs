@@ -11,6 +11,7 @@ mod envoy_validate;
 mod grpc;
 mod hostile;
 mod layout;
+mod live;
 mod observability;
 mod packaging;
 mod proptest_specs;

@@ -207,3 +207,69 @@ pub async fn tcp(name: &str) -> Upstream {
         task,
     }
 }
+
+/// A long-lived-connection upstream: a plain TCP client's bytes are echoed back for as long as
+/// it stays; an HTTP `Upgrade: websocket` request is answered `101` and then echoed likewise
+/// (Envoy only forwards bytes after the upgrade); any other HTTP request (a health check) gets
+/// `200 ok`. Echoes are prefixed with the upstream's name: `name:bytes`.
+pub async fn echo(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let n = name.to_owned();
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let n = n.clone();
+            conns.spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let Ok(k) = stream.read(&mut buf).await else {
+                    return;
+                };
+                let mut first = buf[..k].to_vec();
+                if first.starts_with(b"GET ") {
+                    while !first.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => first.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&first).to_ascii_lowercase();
+                    if !head.contains("upgrade: websocket") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                            .await;
+                        return;
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+                        .await;
+                    first.clear();
+                }
+                loop {
+                    if !first.is_empty() {
+                        let mut out = format!("{n}:").into_bytes();
+                        out.extend_from_slice(&first);
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => first = buf[..k].to_vec(),
+                    }
+                }
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    Upstream {
+        name: name.to_owned(),
+        addr,
+        failing_health: Arc::new(AtomicBool::new(false)),
+        sni_seen: Arc::new(Mutex::new(Vec::new())),
+        task,
+    }
+}

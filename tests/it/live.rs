@@ -1,0 +1,384 @@
+//! Live apply with the real Envoy: changes go into the running epoch through xDS, long-lived
+//! connections live through them, every change is in effect (traffic included) when the apply
+//! returns, and what Envoy does not confirm is put back.
+
+use crate::grpc::{self, GrpcServer};
+use crate::support::certs;
+use crate::support::envoy::free_port;
+use crate::support::load::Load;
+use crate::support::supervisor::Stand;
+use crate::support::upstream::{self, Upstream};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vpsie_lb_agent::supervisor::protocol::{ApplyMethod, ApplyResult};
+
+fn backend(id: &str, up: &Upstream, weight: u32) -> Value {
+    json!({"identifier": id, "ip": "127.0.0.1", "port": up.port(), "weight": weight})
+}
+
+/// Writes `msg` and reads the echo, which must come from `from` (`from:msg`).
+async fn echo_round(conn: &mut TcpStream, msg: &str, from: &str, what: &str) {
+    conn.write_all(msg.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the connection was cut: {e}"));
+    let want = format!("{from}:{msg}");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < want.len() {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no echo within 5 s"))
+            .unwrap_or_else(|e| panic!("{what}: the connection was cut: {e}"));
+        assert!(n > 0, "{what}: the connection was closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), want, "{what}");
+}
+
+/// A WebSocket through the http rule on `port`: the upgrade answered 101, then bytes flow.
+async fn websocket(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: ws.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("the upgrade is answered")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed during the upgrade: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// The load balancer of the fifty changes, at step `i`. The pools of the long-lived
+/// connections gain, lose and re-weight backends (the TCP connection's own backend `ta` leaves
+/// and comes back); another rule and a domain come and go; the https certificate rotates.
+struct Fifty<'a> {
+    ports: [u16; 4],
+    tcp: [&'a Upstream; 3],
+    ws: [&'a Upstream; 2],
+    web: &'a Upstream,
+    grpc: &'a GrpcServer,
+    certs: [certs::TestCert; 2],
+}
+
+impl Fifty<'_> {
+    fn spec(&self, i: usize) -> Value {
+        let [p_tcp, p_ws, p_grpc, p_tls] = self.ports;
+        let [ta, tb, tc] = self.tcp;
+        let tcp_backends = match i % 4 {
+            0 => vec![backend("ta", ta, 100)],
+            1 => vec![backend("ta", ta, 100), backend("tb", tb, 100)],
+            2 => vec![backend("ta", ta, 30), backend("tb", tb, 70)],
+            _ => vec![backend("tb", tb, 100), backend("tc", tc, 100)],
+        };
+        let mut ws_backends = vec![backend("wa", self.ws[0], 100)];
+        if i % 3 == 1 {
+            ws_backends.push(backend("wb", self.ws[1], 10 + i as u32));
+        }
+        let cert = &self.certs[(i / 5) % 2];
+        let mut rules = vec![
+            json!({"ruleId": "tcp", "scheme": "tcp", "frontPort": p_tcp, "backPort": 1,
+                   "backends": tcp_backends}),
+            json!({"ruleId": "ws", "scheme": "http", "frontPort": p_ws, "backPort": 1,
+                   "backends": ws_backends}),
+            json!({"ruleId": "grpc", "scheme": "http2", "frontPort": p_grpc, "backPort": 1,
+                   "backends": [],
+                   "domains": [{"domainId": "alpha", "domainName": "alpha.grpc.test",
+                                "backends": [{"identifier": "g1", "ip": "127.0.0.1",
+                                              "port": self.grpc.addr.port(),
+                                              "weight": 100 + (i % 2) as u32}]}]}),
+            json!({"ruleId": "secure", "scheme": "https", "frontPort": p_tls, "backPort": 1,
+                   "tls": {"certificateId": "secure", "certificatePem": cert.cert_pem,
+                           "privateKeyPem": cert.key_pem},
+                   "backends": [backend("s1", self.web, 100)]}),
+        ];
+        if i % 2 == 1 {
+            rules.push(json!({"ruleId": format!("extra{i}"), "scheme": "http",
+                              "frontPort": free_port(), "backPort": 1,
+                              "backends": [backend("x1", self.web, 100)]}));
+        }
+        if i % 3 == 2 {
+            rules[1]["domains"] = json!([{"domainId": "d", "domainName": "d.ws.test",
+                                          "backends": [backend("d1", self.web, 100)]}]);
+        }
+        json!({"identifier": "lb-live", "lbName": "live", "rules": rules})
+    }
+}
+
+/// A long-lived TCP connection, a WebSocket and a gRPC stream through the load balancer live
+/// through fifty changes made live; the TCP one's backend is removed and re-added meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_connections_survive_fifty_live_changes() {
+    let (ta, tb, tc) = (
+        upstream::echo("ta").await,
+        upstream::echo("tb").await,
+        upstream::echo("tc").await,
+    );
+    let (wa, wb) = (upstream::echo("wa").await, upstream::echo("wb").await);
+    let web = upstream::http("web", None).await;
+    let g = grpc::grpc_server("alpha", None).await;
+    let lb = Fifty {
+        ports: [free_port(), free_port(), free_port(), free_port()],
+        tcp: [&ta, &tb, &tc],
+        ws: [&wa, &wb],
+        web: &web,
+        grpc: &g,
+        certs: [certs::cert(&["secure.test"]), certs::cert(&["secure.test"])],
+    };
+    // A short drain: a connection an update drained would be cut within the run.
+    let stand = Stand::start(|s| {
+        s.envoy.drain_time_s = 1;
+        s.envoy.parent_shutdown_time_s = 2;
+    })
+    .await;
+    let first = stand.apply_ok(&lb.spec(0)).await;
+    assert_eq!(first.epoch, Some(0));
+
+    let mut tcp = TcpStream::connect(("127.0.0.1", lb.ports[0]))
+        .await
+        .unwrap();
+    echo_round(&mut tcp, "hello", "ta", "tcp").await;
+    let mut ws = websocket(lb.ports[1]).await;
+    echo_round(&mut ws, "hi", "wa", "websocket").await;
+    let mut gc = grpc::client("alpha.grpc.test", lb.ports[2], None).await;
+    grpc::first_answer(&mut gc, "alpha").await;
+    let mut stream = gc.watch(grpc::req("alpha")).await.unwrap().into_inner();
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::ServingStatus as Set;
+    assert_eq!(grpc::next(&mut stream).await, ServingStatus::Serving);
+
+    for i in 1..=50 {
+        let out = stand.apply_ok(&lb.spec(i)).await;
+        assert_eq!(
+            (out.result, out.method, out.epoch),
+            (ApplyResult::Applied, Some(ApplyMethod::Live), Some(0)),
+            "change {i}"
+        );
+        if i % 10 == 0 {
+            // Idle in between: only the traffic of these rounds moves.
+            echo_round(&mut tcp, &format!("t{i}"), "ta", "tcp").await;
+            echo_round(&mut ws, &format!("w{i}"), "wa", "websocket").await;
+            let (set, want) = if i % 20 == 0 {
+                (Set::NotServing, ServingStatus::NotServing)
+            } else {
+                (Set::Serving, ServingStatus::Serving)
+            };
+            g.reporter.set_service_status("alpha", set).await;
+            assert_eq!(grpc::next(&mut stream).await, want, "grpc stream at {i}");
+        }
+    }
+    // Whatever an update drained has finished draining (and would have been cut by now):
+    // Envoy says no listener and no filter chain is draining any more.
+    let admin = crate::support::envoy::admin_client(&stand.settings);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = admin
+            .get("http://envoy-admin/stats?filter=^listener_manager\\.total_(listeners|filter_chains)_draining$")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let draining: u64 = stats
+            .lines()
+            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum();
+        if draining == 0 && stats.lines().count() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still draining: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    echo_round(&mut tcp, "end", "ta", "tcp").await;
+    echo_round(&mut ws, "end", "wa", "websocket").await;
+    g.reporter
+        .set_service_status("alpha", Set::NotServing)
+        .await;
+    assert_eq!(grpc::next(&mut stream).await, ServingStatus::NotServing);
+    let s = stand.status().await;
+    assert_eq!(s.epoch, Some(0), "no new epoch: {s:?}");
+    assert_eq!(s.envoy_state, "LIVE");
+}
+
+/// The backends an answer may come from, sampled until every one of `want` has answered.
+async fn reaches_exactly(client: &reqwest::Client, port: u16, want: &BTreeSet<String>, i: usize) {
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen != *want {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("change {i}: {e}"));
+        assert_eq!(r.status(), 200, "change {i}");
+        let name = r.text().await.unwrap();
+        assert!(
+            want.contains(&name),
+            "change {i}: {name} answered, but the pool is {want:?}"
+        );
+        seen.insert(name);
+        assert!(
+            Instant::now() < deadline,
+            "change {i}: only {seen:?} of {want:?} answered"
+        );
+    }
+}
+
+/// Two hundred changes at five per second under HTTP load: none fails a request, and each
+/// is in effect (the new pool, all of it and nothing else, answers) before the next.
+/// `LIVE_CHANGES` scales it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_changes_at_five_per_second_under_load() {
+    let changes: usize = std::env::var("LIVE_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let ups = [
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+        upstream::http("u3", None).await,
+        upstream::http("u4", None).await,
+    ];
+    // Pools of one to three backends, each differing from the one before.
+    let pools: [&[usize]; 6] = [&[0, 1], &[2], &[1, 2, 3], &[0], &[3, 0], &[1, 3]];
+    let front = Stand::front_port();
+    let spec = |pool: &[usize]| {
+        let backends: Vec<Value> = pool
+            .iter()
+            .map(|&k| backend(&ups[k].name, &ups[k], 100))
+            .collect();
+        json!({"identifier": "lb-rate", "lbName": "rate", "rules": [{
+            "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+            "healthCheckPath": "/", "backends": backends}]})
+    };
+    let stand = Stand::start(|_| {}).await;
+    stand.apply_ok(&spec(pools[0])).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
+    let probe = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut slow = 0;
+    for i in 1..=changes {
+        tick.tick().await;
+        let pool = pools[i % pools.len()];
+        let out = stand.apply_ok(&spec(pool)).await;
+        assert_eq!(out.method, Some(ApplyMethod::Live), "change {i}");
+        let want: BTreeSet<String> = pool.iter().map(|&k| ups[k].name.clone()).collect();
+        reaches_exactly(&probe, front, &want, i).await;
+        if out.apply_ms > 200 {
+            slow += 1;
+        }
+    }
+    let took = started.elapsed();
+    load.more(100).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    assert_eq!(stand.status().await.epoch, Some(0));
+    println!(
+        "{changes} live changes in {took:?} ({:.1}/s), {} requests ok, {slow} applies over 200 ms",
+        changes as f64 / took.as_secs_f64(),
+        counts.ok
+    );
+}
+
+/// A change Envoy does not confirm in time (a new pool whose only backend never answers its
+/// first health check, so the cluster never warms) is put back: the old config serves, the
+/// error says what was missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_envoy_does_not_confirm_in_time_is_put_back() {
+    let u1 = upstream::http("u1", None).await;
+    // Accepts connections and never answers: a health check there waits for its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let front = Stand::front_port();
+    let good = json!({"identifier": "lb-slow", "lbName": "slow", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+        "backends": [backend("u1", &u1, 100)]}]});
+    let mut slow = good.clone();
+    slow["rules"].as_array_mut().unwrap().push(json!({
+        "ruleId": "slow", "scheme": "http", "frontPort": free_port(), "backPort": silent_port,
+        "healthCheckPath": "/", "checkInterval": 10000,
+        "backends": [{"identifier": "s", "ip": "127.0.0.1"}]}));
+    let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 2).await;
+    let applied = stand.apply_ok(&good).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 2, 1);
+    load.more(20).await;
+
+    let err = stand.apply(&slow).await.unwrap_err();
+    assert_eq!(err.exit_code(), 4, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("did not confirm") && msg.contains("cluster slow"),
+        "the error says what Envoy did not confirm: {msg}"
+    );
+    let s = stand.status().await;
+    assert_eq!(s.hash, Some(applied.hash), "the old config serves");
+    assert_eq!(s.epoch, Some(0), "put back live, no new epoch");
+    assert_eq!(s.last_apply.unwrap().result, ApplyResult::RolledBack);
+    load.more(20).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    drop(silent);
+}
+
+/// A bootstrap change (maxConnections) needs a new process: a hot restart under load fails
+/// nothing, and the new epoch starts from the resources applied live before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_change_hot_restarts_from_the_current_resources() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let spec = |b: &Upstream, max: u32| {
+        json!({"identifier": "lb-boot", "lbName": "boot", "maxConnections": max, "rules": [{
+            "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+            "backends": [backend(&b.name, b, 100)]}]})
+    };
+    let stand = Stand::start(|s| {
+        s.envoy.drain_time_s = 1;
+        s.envoy.parent_shutdown_time_s = 2;
+    })
+    .await;
+    stand.apply_ok(&spec(&u1, 1000)).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 3, 2);
+    let live = stand.apply_ok(&spec(&u2, 1000)).await;
+    assert_eq!(live.method, Some(ApplyMethod::Live));
+    load.more(50).await;
+    let restarted = stand.apply_ok(&spec(&u2, 2000)).await;
+    assert_eq!(restarted.method, Some(ApplyMethod::HotRestart));
+    assert_eq!(restarted.epoch, Some(1));
+    load.more(100).await;
+    let probe = reqwest::Client::builder().no_proxy().build().unwrap();
+    reaches_exactly(&probe, front, &["u2".to_owned()].into(), 0).await;
+    // And the new epoch takes live changes in its own turn.
+    let back = stand.apply_ok(&spec(&u1, 2000)).await;
+    assert_eq!(
+        (back.method, back.epoch),
+        (Some(ApplyMethod::Live), Some(1))
+    );
+    reaches_exactly(&probe, front, &["u1".to_owned()].into(), 1).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+}
