@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -48,6 +48,12 @@ bench:
 ## Apply latency through the supervisor vs. raw Envoy hot restart, under load (~5 min).
 bench-apply: envoy
 	$(CARGO) bench --locked --bench apply
+
+## Live apply: hand-over → confirmed at 10 / 1,000 / 10,000 backends and for a listener change,
+## beside the hot-restart path and HAProxy's runtime API (installs haproxy; ~3 min).
+bench-live: envoy
+	WITH_HAPROXY=1 scripts/install-test-tools.sh
+	$(CARGO) bench --locked --bench live
 
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture

@@ -3,10 +3,16 @@
 # Idempotent (installs only what is missing); says plainly what to do when it cannot install.
 #   promtool  (prometheus)      alert rules and metric names, tests/it/observability.rs
 #   h2load    (nghttp2-client)  HTTP/2 load through an http2 rule, tests/it/grpc.rs
+#   haproxy   (haproxy)         only with WITH_HAPROXY=1: the baseline of `make bench-live`
 set -euo pipefail
 need=()
+tools=(promtool h2load)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+if [ "${WITH_HAPROXY:-}" = 1 ]; then
+  tools+=(haproxy)
+  command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()
@@ -30,6 +36,6 @@ echo "install-test-tools: installing ${need[*]}"
 for p in "${need[@]}"; do
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$p" >/dev/null
 done
-for tool in promtool h2load; do
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-test-tools: $tool is still missing after installing ${need[*]}" >&2; exit 1; }
 done

@@ -158,13 +158,23 @@ pub fn status_summary(s: &FullStatus) -> String {
             }
             config.push_str(&format!(" ({} known-good kept)", sup.good.len()));
             out.push(config);
+            if let Some(r) = &sup.resources {
+                out.push(format!(
+                    "Resources   listeners {}, clusters {}, {} live applies into this epoch",
+                    r.lds_version, r.cds_version, r.live_applies
+                ));
+            }
             if let Some(last) = &sup.last_apply {
                 let result = serde_json::to_value(last.result)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
+                let how = last
+                    .method
+                    .map(|m| format!(" {}", m.as_str().replace('_', " ")))
+                    .unwrap_or_default();
                 let mut text = format!(
-                    "Last apply  {result} {} in {} ms",
+                    "Last apply  {result}{how} {} in {} ms",
                     short(&last.hash),
                     last.apply_ms
                 );
@@ -271,6 +281,12 @@ mod tests {
             envoy_pid: Some(42),
             good: vec![hash.clone(), "b".repeat(64)],
             critical: Some("envoy exited\nagain".into()),
+            resources: Some(crate::supervisor::protocol::ResourcesStatus {
+                hash: hash.clone(),
+                lds_version: "1a2b".into(),
+                cds_version: "3c4d".into(),
+                live_applies: 9,
+            }),
             last_apply: Some(ApplyOutcome {
                 result: ApplyResult::RolledBack,
                 method: None,
@@ -281,6 +297,7 @@ mod tests {
                 error: Some("port 80 is held".into()),
                 restore_error: None,
                 envoy_log: vec![],
+                envoy_us: None,
             }),
             ..Status::default()
         }));
@@ -292,6 +309,7 @@ mod tests {
         let want = [
             "Envoy       LIVE, epoch 4, pid 42",
             "Config      aaaaaaaaaaaa, applied 2026-11-30T10:00:00Z (2 known-good kept)",
+            "Resources   listeners 1a2b, clusters 3c4d, 9 live applies into this epoch",
             "Last apply  rolled_back cccccccccccc in 17 ms: port 80 is held",
             "CRITICAL    envoy exited again",
             "Last poll   2026-11-30T10:01:00Z: Unchanged",

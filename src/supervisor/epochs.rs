@@ -103,6 +103,9 @@ impl Supervisor {
         if let Some(live) = &mut self.live {
             live.hash = hash.to_owned();
         }
+        if let Some(f) = &mut self.files {
+            f.status.hash = hash.to_owned();
+        }
         self.state.hash = Some(hash.to_owned());
         self.metrics.set_resources(hash);
         self.state.good.retain(|h| h != hash);

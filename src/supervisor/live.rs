@@ -33,6 +33,8 @@ pub(super) struct LiveFiles {
     pub written: BTreeMap<String, String>,
     /// The clusters in `cds.json` now (during an apply: the old ones and the new).
     pub clusters: BTreeMap<String, Value>,
+    /// What `status` shows of them.
+    pub status: protocol::ResourcesStatus,
 }
 
 /// What must hold in Envoy for a step to count as done.
@@ -192,6 +194,12 @@ impl Supervisor {
             xds: x.clone(),
             written,
             clusters: x.clusters.clone(),
+            status: protocol::ResourcesStatus {
+                hash: String::new(),
+                lds_version: x.lds().version,
+                cds_version: x.cds(&BTreeMap::new()).version,
+                live_applies: 0,
+            },
         })
     }
 
@@ -315,6 +323,8 @@ impl Supervisor {
                 keep_it
             });
             f.xds = new.clone();
+            f.status.lds_version = lds.version;
+            f.status.cds_version = new.cds(&BTreeMap::new()).version;
         }
         Ok(())
     }

@@ -324,6 +324,7 @@ impl Supervisor {
             good: self.state.good.clone(),
             last_apply: self.state.last_apply.clone(),
             critical: self.critical.clone(),
+            resources: self.files.as_ref().map(|f| f.status.clone()),
         });
     }
 
@@ -340,6 +341,7 @@ impl Supervisor {
             error: None,
             restore_error: None,
             envoy_log: Vec::new(),
+            envoy_us: None,
         };
         if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
             out.result = ApplyResult::Unchanged;
@@ -413,7 +415,10 @@ impl Supervisor {
             self.apply_live_or_roll_back(&req.hash, &split, &mut out)
                 .await;
         } else {
-            match self.launch(&req.hash).await {
+            let started = Instant::now();
+            let launched = self.launch(&req.hash).await;
+            out.envoy_us = Some(started.elapsed().as_micros() as u64);
+            match launched {
                 Ok(()) => {
                     out.result = ApplyResult::Applied;
                     out.method = Some(ApplyMethod::HotRestart);
@@ -462,9 +467,15 @@ impl Supervisor {
         out: &mut ApplyOutcome,
     ) {
         let before = self.files.as_ref().map(|f| f.xds.clone());
-        match self.apply_live(x).await {
+        let started = Instant::now();
+        let result = self.apply_live(x).await;
+        out.envoy_us = Some(started.elapsed().as_micros() as u64);
+        match result {
             Ok(()) => {
                 tracing::info!(%hash, "applied live");
+                if let Some(f) = &mut self.files {
+                    f.status.live_applies += 1;
+                }
                 out.result = ApplyResult::Applied;
                 out.method = Some(ApplyMethod::Live);
                 self.metrics

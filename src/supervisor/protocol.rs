@@ -90,6 +90,10 @@ pub struct ApplyOutcome {
     /// The last lines Envoy logged, when something failed.
     #[serde(default)]
     pub envoy_log: Vec<String>,
+    /// Of `apply_ms`, the time Envoy took, in microseconds: from the first xDS file written to every resource
+    /// confirmed (live), or from the new epoch spawned to LIVE (hot restart).
+    #[serde(default)]
+    pub envoy_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -105,6 +109,21 @@ pub struct Status {
     pub last_apply: Option<ApplyOutcome>,
     /// Set while Envoy is down and could not be restored.
     pub critical: Option<String>,
+    /// The dynamic resources (listeners, routes, clusters, endpoints, certificates) the live
+    /// epoch serves: they change live, without a new epoch.
+    #[serde(default)]
+    pub resources: Option<ResourcesStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesStatus {
+    /// The config they come from.
+    pub hash: String,
+    /// The versions Envoy confirmed for its listeners and its clusters (digests of them).
+    pub lds_version: String,
+    pub cds_version: String,
+    /// Updates applied live into the current epoch.
+    pub live_applies: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

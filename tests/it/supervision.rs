@@ -69,6 +69,14 @@ async fn applies_under_load_drop_nothing() {
     let status = stand.status().await;
     assert_eq!(status.envoy_state, "LIVE");
     assert_eq!(status.epoch, Some(0));
+    // The resources' version moves with every apply, the epoch does not.
+    let r = status
+        .resources
+        .clone()
+        .expect("the live resources are shown");
+    assert_eq!(r.live_applies, applies as u64);
+    assert_eq!(Some(&r.hash), status.hash.as_ref());
+    assert_eq!((r.lds_version.len(), r.cds_version.len()), (16, 16));
     assert!(
         status.good.len() <= 6,
         "at most 5 backups are kept: {:?}",
