@@ -177,9 +177,16 @@ fn haproxy(n: usize, reps: usize) -> Row {
             text.push('\n');
         }
         text.push_str("quit\n");
+        // Answers are read while commands are written: HAProxy gives up on a client that does
+        // not read its answers.
+        let mut r = s.try_clone().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = r.read_to_string(&mut out);
+            out
+        });
         s.write_all(text.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        let out = reader.join().unwrap();
         row.envoy.push(t.elapsed().as_micros() as u64);
         assert!(
             !out.contains("Unknown") && !out.contains("No such"),
@@ -283,6 +290,11 @@ fn main() {
             live_1k / p50("haproxy runtime API, 1000 servers"),
             live_1k / p50("hot restart: bootstrap change (spawn → LIVE)"),
         );
+        if std::env::var("LIVE_BENCH_DEBUG").is_ok() {
+            for l in stand.log().lines().filter(|l| l.contains("TIMING")) {
+                println!("{l}");
+            }
+        }
         println!(
             "(\"whole p50\": the client's view of the apply, with store, envoy --mode validate, split and write)"
         );

@@ -115,8 +115,6 @@ pub struct XdsState {
     pub listeners: BTreeMap<String, ListenerState>,
     pub active_clusters: BTreeSet<String>,
     pub warming_clusters: BTreeSet<String>,
-    /// Cluster name → what its endpoints are ([`endpoints_fingerprint`]).
-    pub endpoints: BTreeMap<String, String>,
     pub routes: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
     pub warming_secrets: BTreeSet<String>,
@@ -129,13 +127,6 @@ pub struct ListenerState {
     pub warming: bool,
     /// Envoy's own words when it refused the last update of this listener.
     pub error: Option<String>,
-}
-
-/// A cluster's endpoints (address, port, weight) as one comparable string, in any order.
-pub fn endpoints_fingerprint<'a>(eps: impl Iterator<Item = (&'a str, u32, u32)>) -> String {
-    let mut v: Vec<String> = eps.map(|(a, p, w)| format!("{a}:{p}/{w}")).collect();
-    v.sort_unstable();
-    v.join(" ")
 }
 
 mod dump {
@@ -154,7 +145,6 @@ mod dump {
         pub version_info: String,
         pub dynamic_active_clusters: Vec<Cluster>,
         pub dynamic_warming_clusters: Vec<Cluster>,
-        pub dynamic_endpoint_configs: Vec<Endpoints>,
         pub dynamic_listeners: Vec<Listener>,
         pub dynamic_route_configs: Vec<Route>,
         pub dynamic_active_secrets: Vec<Secret>,
@@ -162,6 +152,7 @@ mod dump {
     }
     #[derive(Deserialize)]
     pub struct Named {
+        #[serde(default)]
         pub name: String,
     }
     #[derive(Deserialize)]
@@ -169,41 +160,8 @@ mod dump {
         pub cluster: Named,
     }
     #[derive(Deserialize)]
-    pub struct Endpoints {
-        pub endpoint_config: EndpointConfig,
-    }
-    #[derive(Deserialize)]
-    pub struct EndpointConfig {
-        pub cluster_name: String,
-        #[serde(default)]
-        pub endpoints: Vec<Locality>,
-    }
-    #[derive(Deserialize)]
-    pub struct Locality {
-        #[serde(default)]
-        pub lb_endpoints: Vec<LbEndpoint>,
-    }
-    #[derive(Deserialize)]
-    pub struct LbEndpoint {
-        pub endpoint: Endpoint,
-        pub load_balancing_weight: Option<u32>,
-    }
-    #[derive(Deserialize)]
-    pub struct Endpoint {
-        pub address: Address,
-    }
-    #[derive(Deserialize)]
-    pub struct Address {
-        pub socket_address: Option<SocketAddress>,
-    }
-    #[derive(Deserialize)]
-    pub struct SocketAddress {
-        pub address: String,
-        #[serde(default)]
-        pub port_value: u32,
-    }
-    #[derive(Deserialize)]
     pub struct Listener {
+        #[serde(default)]
         pub name: String,
         pub active_state: Option<Versioned>,
         pub warming_state: Option<IgnoredAny>,
@@ -227,13 +185,14 @@ mod dump {
     }
     #[derive(Deserialize)]
     pub struct Secret {
+        #[serde(default)]
         pub name: String,
         #[serde(default)]
         pub version_info: String,
     }
 }
 
-/// Reads the parts of a `/config_dump?include_eds` answer that say what is applied.
+/// Reads the parts of a `/config_dump` answer that say what is applied.
 pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
     let d: dump::Dump = serde_json::from_str(text).context("envoy admin /config_dump")?;
     let mut s = XdsState::default();
@@ -251,30 +210,6 @@ pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
                     .dynamic_warming_clusters
                     .into_iter()
                     .map(|c| c.cluster.name)
-                    .collect();
-            }
-            "EndpointsConfigDump" => {
-                // Envoy keeps no version per EDS resource (its dump says ""): what it holds
-                // is compared by content instead.
-                s.endpoints = p
-                    .dynamic_endpoint_configs
-                    .into_iter()
-                    .map(|e| {
-                        let eps = e.endpoint_config.endpoints.iter().flat_map(|l| {
-                            l.lb_endpoints.iter().filter_map(|le| {
-                                let sa = le.endpoint.address.socket_address.as_ref()?;
-                                Some((
-                                    sa.address.as_str(),
-                                    sa.port_value,
-                                    le.load_balancing_weight.unwrap_or(1),
-                                ))
-                            })
-                        });
-                        (
-                            e.endpoint_config.cluster_name.clone(),
-                            endpoints_fingerprint(eps),
-                        )
-                    })
                     .collect();
             }
             "ListenersConfigDump" => {
@@ -320,65 +255,144 @@ pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
 }
 
 impl Admin {
-    /// The dynamic configuration the running Envoy holds.
+    /// The dynamic configuration the running Envoy holds (endpoints left out: they are
+    /// confirmed by their subscriptions' versions, see [`XdsStats`]).
     pub async fn xds_state(&self) -> anyhow::Result<XdsState> {
-        parse_xds_state(&self.get_text("/config_dump?include_eds").await?)
-    }
-
-    /// The last lines of a text the admin serves that match `filter` (stats of xDS updates).
-    pub async fn stats(&self, filter: &str) -> anyhow::Result<String> {
-        self.get_text(&format!("/stats?filter={filter}")).await
-    }
-}
-
-mod clusters {
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    pub struct Clusters {
-        #[serde(default)]
-        pub cluster_statuses: Vec<Cluster>,
-    }
-    #[derive(Deserialize)]
-    pub struct Cluster {
-        pub name: String,
-        #[serde(default)]
-        pub host_statuses: Vec<Host>,
-    }
-    #[derive(Deserialize)]
-    pub struct Host {
-        pub address: super::dump::Address,
-        #[serde(default)]
-        pub health_status: Health,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(default)]
-    pub struct Health {
-        pub pending_active_hc: bool,
+        parse_xds_state(&self.get_text("/config_dump").await?)
     }
 }
 
 impl Admin {
-    /// Hosts (`address:port`) of each cluster whose first active health check has not finished.
+    /// Hosts (`address:port`, IPv6 without brackets) of each cluster whose first active health
+    /// check has not finished. Read from `/clusters` in text, one line per host flag set: the
+    /// JSON form carries every host's stats and costs ten times more at 1,000 hosts.
     pub async fn hosts_pending_first_check(
         &self,
     ) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
-        let text = self.get_text("/clusters?format=json").await?;
-        let c: clusters::Clusters = serde_json::from_str(&text).context("envoy admin /clusters")?;
-        Ok(c.cluster_statuses
-            .into_iter()
-            .map(|c| {
-                let pending = c
-                    .host_statuses
-                    .into_iter()
-                    .filter(|h| h.health_status.pending_active_hc)
-                    .filter_map(|h| {
-                        let sa = h.address.socket_address?;
-                        Some(format!("{}:{}", sa.address, sa.port_value))
-                    })
-                    .collect();
-                (c.name, pending)
-            })
-            .collect())
+        let text = self.get_text("/clusters").await?;
+        Ok(parse_pending(&text))
+    }
+}
+
+/// `cluster::host::health_flags::/failed_active_hc/pending_active_hc` lines → pending hosts.
+pub fn parse_pending(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((left, flags)) = line.rsplit_once("::health_flags::") else {
+            continue;
+        };
+        let Some((cluster, host)) = left.split_once("::") else {
+            continue;
+        };
+        let entry = out.entry(cluster.to_owned()).or_default();
+        if flags.split('/').any(|f| f == "pending_active_hc") {
+            entry.insert(host.replace(['[', ']'], ""));
+        }
+    }
+    out
+}
+
+/// Envoy's own account of its xDS subscriptions, from `/stats`: each subscription's
+/// `version_text` (the version of the last update it accepted) and the counters and gauges
+/// that say whether something was rejected or is still warming. Far cheaper than
+/// `/config_dump` (no resource is serialised), so it is what an apply polls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct XdsStats {
+    /// Stat name → version, e.g. `cluster.web.version_text` → `"1a2b..."`.
+    pub versions: BTreeMap<String, String>,
+    /// Stat name → value for `*.update_rejected` and the warming gauges.
+    pub numbers: BTreeMap<String, u64>,
+}
+
+impl XdsStats {
+    /// The version of the subscription whose stat name is `prefix` + `.version_text`.
+    pub fn version(&self, prefix: &str) -> Option<&str> {
+        self.versions
+            .get(&format!("{prefix}.version_text"))
+            .map(String::as_str)
+    }
+
+    /// The route table `name`'s version (its stat name also carries the listener's prefix).
+    pub fn route_version(&self, name: &str) -> Option<&str> {
+        let suffix = format!(".rds.{}.version_text", stat_name(name));
+        self.versions
+            .iter()
+            .find(|(k, _)| k.starts_with("http.") && k.ends_with(&suffix))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn number(&self, name: &str) -> u64 {
+        self.numbers.get(name).copied().unwrap_or(0)
+    }
+
+    /// Subscriptions whose rejections grew since `before`.
+    pub fn rejected_since(&self, before: &XdsStats) -> Vec<String> {
+        self.numbers
+            .iter()
+            .filter(|(k, v)| k.ends_with(".update_rejected") && **v > before.number(k))
+            .map(|(k, _)| k.trim_end_matches(".update_rejected").to_owned())
+            .collect()
+    }
+}
+
+/// How Envoy writes a resource name into a stat name (`:` becomes `_`).
+pub fn stat_name(name: &str) -> String {
+    name.replace(':', "_")
+}
+
+impl Admin {
+    pub async fn xds_stats(&self) -> anyhow::Result<XdsStats> {
+        let text = self
+            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming)$")
+            .await?;
+        let mut s = XdsStats::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once(": ") else {
+                continue;
+            };
+            if k.ends_with(".version_text") {
+                s.versions
+                    .insert(k.to_owned(), v.trim().trim_matches('"').to_owned());
+            } else if let Ok(n) = v.trim().parse() {
+                s.numbers.insert(k.to_owned(), n);
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_hosts_are_read_from_the_text_clusters_page() {
+        let text = "web::default_priority::max_connections::1024\n\
+                    web::127.0.0.1:80::health_flags::healthy\n\
+                    web::127.0.0.2:80::health_flags::/failed_active_hc/pending_active_hc\n\
+                    web/d::[::1]:8080::health_flags::/failed_active_hc/pending_active_hc\n\
+                    web/d::[::2]:8080::health_flags::/failed_active_hc\n";
+        let p = parse_pending(text);
+        assert_eq!(p["web"], ["127.0.0.2:80".to_owned()].into());
+        assert_eq!(p["web/d"], ["::1:8080".to_owned()].into());
+    }
+
+    #[test]
+    fn xds_stats_give_versions_and_rejections() {
+        let mut before = XdsStats::default();
+        before
+            .numbers
+            .insert("listener_manager.lds.update_rejected".into(), 1);
+        let mut now = before.clone();
+        now.versions
+            .insert("http.web.rds.redirect_80.version_text".into(), "abc".into());
+        now.versions
+            .insert("cluster.web/d.version_text".into(), "def".into());
+        assert_eq!(now.route_version("redirect:80"), Some("abc"));
+        assert_eq!(now.version("cluster.web/d"), Some("def"));
+        assert!(now.rejected_since(&before).is_empty());
+        now.numbers
+            .insert("listener_manager.lds.update_rejected".into(), 2);
+        assert_eq!(now.rejected_since(&before), ["listener_manager.lds"]);
     }
 }

@@ -14,7 +14,7 @@
 //!   epoch, changes reach only the new one.
 
 use super::*;
-use crate::envoy::admin::XdsState;
+use crate::envoy::admin::{self, XdsState, XdsStats};
 use crate::render::xds::{self, Kind, Xds};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,94 +33,87 @@ pub(super) struct LiveFiles {
     pub written: BTreeMap<String, String>,
     /// The clusters in `cds.json` now (during an apply: the old ones and the new).
     pub clusters: BTreeMap<String, Value>,
+    /// The clusters the listeners and routes on disk were written for: only these must stay
+    /// until new listeners and routes are confirmed.
+    pub routed: BTreeSet<String>,
     /// What `status` shows of them.
     pub status: protocol::ResourcesStatus,
 }
 
-/// What must hold in Envoy for a step to count as done.
+/// What must hold in Envoy for a step to count as done: the version each subscription accepted
+/// last (every file's version is a digest of its content), nothing warming.
 #[derive(Debug, Default)]
 struct Expect {
     cds: Option<String>,
     lds: Option<String>,
-    clusters: BTreeSet<String>,
+    /// Cluster name → the version of its EDS file.
     endpoints: BTreeMap<String, String>,
-    listeners: BTreeSet<String>,
-    gone_listeners: BTreeSet<String>,
     routes: BTreeMap<String, String>,
+    /// Certificates are checked in the config dump (rotations are rare).
     secrets: BTreeMap<String, String>,
 }
 
 impl Expect {
-    /// What is still missing, or Envoy's rejection; `None` when everything holds.
-    fn check(&self, s: &XdsState) -> Option<Result<String, String>> {
-        for name in &self.listeners {
-            if let Some(err) = s.listeners.get(name).and_then(|l| l.error.clone()) {
-                return Some(Err(format!("envoy rejected listener {name}: {err}")));
-            }
-        }
+    /// What is still missing; empty when everything holds.
+    fn missing(&self, s: &XdsStats) -> Vec<String> {
         let mut missing = Vec::new();
-        if let Some(v) = &self.cds {
-            if &s.cds_version != v {
-                missing.push(format!(
-                    "clusters at version {v} (envoy: {})",
-                    s.cds_version
-                ));
+        let mut want = |what: String, have: Option<&str>, v: &str| {
+            if have != Some(v) {
+                missing.push(format!("{what} at {v} (envoy: {})", have.unwrap_or("none")));
             }
+        };
+        if let Some(v) = &self.cds {
+            want("clusters".into(), s.version("cluster_manager.cds"), v);
         }
         if let Some(v) = &self.lds {
-            if &s.lds_version != v {
-                missing.push(format!(
-                    "listeners at version {v} (envoy: {})",
-                    s.lds_version
-                ));
-            }
-        }
-        for c in &self.clusters {
-            if !s.active_clusters.contains(c) || s.warming_clusters.contains(c) {
-                missing.push(format!("cluster {c} active"));
-            }
+            want("listeners".into(), s.version("listener_manager.lds"), v);
         }
         for (name, v) in &self.endpoints {
-            if s.endpoints.get(name) != Some(v) {
-                missing.push(format!("the new endpoints of {name}"));
-            }
-        }
-        for l in &self.listeners {
-            match s.listeners.get(l) {
-                Some(st) if st.active.is_some() && !st.warming => {}
-                _ => missing.push(format!("listener {l} active")),
-            }
-        }
-        for l in &self.gone_listeners {
-            if s.listeners.get(l).is_some_and(|st| st.active.is_some()) {
-                missing.push(format!("listener {l} removed"));
-            }
+            let stat = format!("cluster.{}", admin::stat_name(name));
+            want(format!("endpoints of {name}"), s.version(&stat), v);
         }
         for (name, v) in &self.routes {
-            if s.routes.get(name) != Some(v) {
-                missing.push(format!("routes {name} at {v}"));
+            want(format!("routes {name}"), s.route_version(name), v);
+        }
+        for gauge in [
+            "cluster_manager.warming_clusters",
+            "listener_manager.total_listeners_warming",
+        ] {
+            if s.number(gauge) > 0 {
+                missing.push(format!("{gauge} = {}", s.number(gauge)));
             }
         }
-        for (name, v) in &self.secrets {
-            if s.secrets.get(name) != Some(v) {
-                missing.push(format!("secret {name} at {v}"));
-            }
-        }
-        (!missing.is_empty()).then(|| Ok(missing.join(", ")))
+        missing
+    }
+
+    fn secrets_missing(&self, d: &XdsState) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter(|(name, v)| d.secrets.get(*name) != Some(*v))
+            .map(|(name, v)| format!("certificate {name} at {v}"))
+            .collect()
     }
 }
 
-/// What Envoy's dump must show of each cluster's endpoints.
-fn expected_endpoints(x: &Xds) -> BTreeMap<String, String> {
-    x.endpoints
+/// Envoy's words for what it rejected: the listeners' error states from its config dump.
+fn rejection_details(d: &XdsState) -> String {
+    let errors: Vec<String> = d
+        .listeners
         .iter()
-        .map(|(name, la)| {
-            let eps = xds::endpoint_list(la);
-            (
-                name.clone(),
-                crate::envoy::admin::endpoints_fingerprint(eps.into_iter()),
-            )
-        })
+        .filter_map(|(name, l)| Some(format!("listener {name}: {}", l.error.as_ref()?)))
+        .collect();
+    if errors.is_empty() {
+        "see Envoy's log below".to_owned()
+    } else {
+        errors.join("; ")
+    }
+}
+
+/// The version of every EDS file of `x`, by cluster.
+fn expected_endpoints(x: &Xds) -> BTreeMap<String, String> {
+    x.named_files(Kind::Endpoints)
+        .into_iter()
+        .map(|(n, f)| (n, f.version))
         .collect()
 }
 
@@ -194,6 +187,7 @@ impl Supervisor {
             xds: x.clone(),
             written,
             clusters: x.clusters.clone(),
+            routed: x.clusters.keys().cloned().collect(),
             status: protocol::ResourcesStatus {
                 hash: String::new(),
                 lds_version: x.lds().version,
@@ -229,7 +223,7 @@ impl Supervisor {
     /// Puts `new` into the running Envoy, make before break: certificates and endpoints, then
     /// clusters (old ones kept), wait warm; then routes and listeners, wait active; then the
     /// clusters nothing uses any more are removed and their files deleted. Each step is
-    /// confirmed from Envoy's config dump within the deadline.
+    /// confirmed from Envoy's admin API within the deadline; a rejection ends it at once.
     pub(super) async fn apply_live(&mut self, new: &Xds) -> Result<(), String> {
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
@@ -238,24 +232,31 @@ impl Supervisor {
         };
         let before = files.xds.clone();
         let on_disk = files.clusters.clone();
+        let routed = files.routed.clone();
+        // Rejections are counted from here: Envoy may refuse a file before it is first asked.
+        let baseline = self
+            .admin
+            .xds_stats()
+            .await
+            .map_err(|e| format!("cannot read Envoy's xDS state: {e:#}"))?;
 
-        // 1. Secrets, endpoints, then clusters: the new ones and every one on disk now, since
-        //    listeners on disk may still route to them.
-        let secrets = new.named_files(Kind::Secret);
-        let endpoints = new.named_files(Kind::Endpoints);
-        for f in secrets.values() {
-            self.put(f)?;
+        // 1. Certificates, endpoints, then clusters: the new ones and every one on disk now,
+        //    since listeners on disk may still route to them.
+        let mut secrets = BTreeMap::new();
+        for (name, f) in new.named_files(Kind::Secret) {
+            if self.put(&f)? {
+                secrets.insert(name, f.version);
+            }
         }
-        // A pool that gains hosts and loses others keeps the old ones until the new ones have
-        // had their first health check: Envoy counts a new host unhealthy until then, and
-        // would answer "no healthy upstream" meanwhile (measured: about a second of 503s).
-        self.bridge_endpoints(&before, new, deadline).await?;
-        for f in endpoints.values() {
+        // A pool that gains hosts gets them before it loses any (see `bridge_endpoints`).
+        self.bridge_endpoints(&before, new, &baseline, deadline)
+            .await?;
+        for f in new.named_files(Kind::Endpoints).values() {
             self.put(f)?;
         }
         let extra: BTreeMap<String, Value> = on_disk
             .into_iter()
-            .filter(|(k, _)| !new.clusters.contains_key(k))
+            .filter(|(k, _)| !new.clusters.contains_key(k) && routed.contains(k))
             .collect();
         let cds = new.cds(&extra);
         self.put(&cds)?;
@@ -263,54 +264,49 @@ impl Supervisor {
             f.clusters = new.clusters.clone();
             f.clusters.extend(extra.clone());
         }
-        let mut expect = Expect {
+        let expect = Expect {
             cds: Some(cds.version.clone()),
-            clusters: new.clusters.keys().cloned().collect(),
             endpoints: expected_endpoints(new),
             ..Expect::default()
         };
-        self.confirm(&expect, deadline).await?;
+        self.confirm(&expect, &baseline, deadline).await?;
 
-        // 2. Routes, then listeners.
+        // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
         let routes = new.named_files(Kind::Route);
         for f in routes.values() {
             self.put(f)?;
         }
         let lds = new.lds();
         self.put(&lds)?;
-        expect = Expect {
+        if let Some(f) = &mut self.files {
+            f.routed = new.clusters.keys().cloned().collect();
+            // Until confirmed, the old listeners may still be in use too.
+            f.routed.extend(extra.keys().cloned());
+        }
+        let expect = Expect {
             lds: Some(lds.version.clone()),
-            listeners: new.listeners.keys().cloned().collect(),
-            gone_listeners: before
-                .listeners
-                .keys()
-                .filter(|k| !new.listeners.contains_key(*k))
-                .cloned()
-                .collect(),
             routes: routes
                 .iter()
                 .map(|(n, f)| (n.clone(), f.version.clone()))
                 .collect(),
-            secrets: secrets
-                .iter()
-                .map(|(n, f)| (n.clone(), f.version.clone()))
-                .collect(),
+            secrets,
             ..Expect::default()
         };
-        self.confirm(&expect, deadline).await?;
+        self.confirm(&expect, &baseline, deadline).await?;
 
         // 3. Remove what nothing uses any more.
+        let final_cds = new.cds(&BTreeMap::new());
         if !extra.is_empty() {
-            let cds = new.cds(&BTreeMap::new());
-            self.put(&cds)?;
+            self.put(&final_cds)?;
             if let Some(f) = &mut self.files {
                 f.clusters = new.clusters.clone();
+                f.routed = new.clusters.keys().cloned().collect();
             }
             let expect = Expect {
-                cds: Some(cds.version.clone()),
+                cds: Some(final_cds.version.clone()),
                 ..Expect::default()
             };
-            self.confirm(&expect, deadline).await?;
+            self.confirm(&expect, &baseline, deadline).await?;
         }
         let keep: BTreeSet<String> = new.all_files().into_iter().map(|f| f.name).collect();
         if let Some(f) = &mut self.files {
@@ -324,7 +320,7 @@ impl Supervisor {
             });
             f.xds = new.clone();
             f.status.lds_version = lds.version;
-            f.status.cds_version = new.cds(&BTreeMap::new()).version;
+            f.status.cds_version = final_cds.version;
         }
         Ok(())
     }
@@ -337,6 +333,7 @@ impl Supervisor {
         &mut self,
         before: &Xds,
         new: &Xds,
+        baseline: &XdsStats,
         deadline: Instant,
     ) -> Result<(), String> {
         let mut bridged = BTreeMap::new();
@@ -372,12 +369,9 @@ impl Supervisor {
             let f =
                 xds::discovery_file(xds::file_name(Kind::Endpoints, name), xds::ENDPOINTS, &[la]);
             self.put(&f)?;
-            expect.endpoints.insert(
-                name.clone(),
-                crate::envoy::admin::endpoints_fingerprint(xds::endpoint_list(la).into_iter()),
-            );
+            expect.endpoints.insert(name.clone(), f.version);
         }
-        self.confirm(&expect, deadline).await?;
+        self.confirm(&expect, baseline, deadline).await?;
         loop {
             let waiting: Vec<String> = match self.admin.hosts_pending_first_check().await {
                 Ok(pending) => added
@@ -406,21 +400,60 @@ impl Supervisor {
         }
     }
 
-    /// Waits until Envoy reports `expect`, a rejection, or the deadline.
-    async fn confirm(&self, expect: &Expect, deadline: Instant) -> Result<(), String> {
+    /// Waits until Envoy reports `expect`, a rejection (counted from `baseline`), or the
+    /// deadline. Envoy's own reason comes with a rejection.
+    async fn confirm(
+        &self,
+        expect: &Expect,
+        baseline: &XdsStats,
+        deadline: Instant,
+    ) -> Result<(), String> {
         loop {
-            let missing = match self.admin.xds_state().await {
-                Ok(s) => match expect.check(&s) {
-                    None => return Ok(()),
-                    Some(Err(rejected)) => return Err(rejected),
-                    Some(Ok(missing)) => missing,
-                },
-                Err(e) => format!("{e:#}"),
+            let mut missing = match self.admin.xds_stats().await {
+                Ok(s) => {
+                    let rejected = s.rejected_since(baseline);
+                    if !rejected.is_empty() {
+                        let details = match self.admin.xds_state().await {
+                            Ok(d) => rejection_details(&d),
+                            Err(e) => format!("{e:#}"),
+                        };
+                        return Err(format!(
+                            "envoy rejected the update ({}): {details}",
+                            rejected.join(", ")
+                        ));
+                    }
+                    expect.missing(&s)
+                }
+                Err(e) => vec![format!("{e:#}")],
             };
+            if missing.is_empty() && !expect.secrets.is_empty() {
+                missing = match self.admin.xds_state().await {
+                    Ok(d) => expect.secrets_missing(&d),
+                    Err(e) => vec![format!("{e:#}")],
+                };
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
             if Instant::now() >= deadline {
+                // Name what is still warming: the counts alone do not say which.
+                if let Ok(d) = self.admin.xds_state().await {
+                    missing.extend(
+                        d.warming_clusters
+                            .iter()
+                            .map(|c| format!("cluster {c} warm")),
+                    );
+                    missing.extend(
+                        d.listeners
+                            .iter()
+                            .filter(|(_, l)| l.warming)
+                            .map(|(n, _)| format!("listener {n} warm")),
+                    );
+                }
                 return Err(format!(
-                    "envoy did not confirm the update within {} s; still waiting for: {missing}",
-                    self.settings.supervisor.confirm_timeout_s
+                    "envoy did not confirm the update within {} s; still waiting for: {}",
+                    self.settings.supervisor.confirm_timeout_s,
+                    missing.join(", ")
                 ));
             }
             tokio::time::sleep(CONFIRM_POLL).await;
@@ -431,7 +464,7 @@ impl Supervisor {
     pub(super) async fn confirm_started(&self, x: &Xds) -> Result<(), String> {
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
-        let files = |kind| -> BTreeMap<String, String> {
+        let versions = |kind| -> BTreeMap<String, String> {
             x.named_files(kind)
                 .into_iter()
                 .map(|(n, f)| (n, f.version))
@@ -440,13 +473,11 @@ impl Supervisor {
         let expect = Expect {
             cds: Some(x.cds(&BTreeMap::new()).version),
             lds: Some(x.lds().version),
-            clusters: x.clusters.keys().cloned().collect(),
-            endpoints: expected_endpoints(x),
-            listeners: x.listeners.keys().cloned().collect(),
-            routes: files(Kind::Route),
-            secrets: files(Kind::Secret),
-            ..Expect::default()
+            endpoints: versions(Kind::Endpoints),
+            routes: versions(Kind::Route),
+            secrets: versions(Kind::Secret),
         };
-        self.confirm(&expect, deadline).await
+        // A new process: every rejection it counted is this config's.
+        self.confirm(&expect, &XdsStats::default(), deadline).await
     }
 }

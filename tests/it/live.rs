@@ -329,12 +329,17 @@ async fn an_update_envoy_does_not_confirm_in_time_is_put_back() {
     assert_eq!(err.exit_code(), 4, "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("did not confirm") && msg.contains("cluster slow"),
+        msg.contains("did not confirm") && msg.contains("cluster slow warm"),
         "the error says what Envoy did not confirm: {msg}"
     );
     let s = stand.status().await;
     assert_eq!(s.hash, Some(applied.hash), "the old config serves");
-    assert_eq!(s.epoch, Some(0), "put back live, no new epoch");
+    assert_eq!(
+        s.epoch,
+        Some(0),
+        "put back live, no new epoch: {}",
+        stand.log()
+    );
     assert_eq!(s.last_apply.unwrap().result, ApplyResult::RolledBack);
     load.more(20).await;
     let counts = load.finish().await;
