@@ -290,11 +290,6 @@ fn main() {
             live_1k / p50("haproxy runtime API, 1000 servers"),
             live_1k / p50("hot restart: bootstrap change (spawn → LIVE)"),
         );
-        if std::env::var("LIVE_BENCH_DEBUG").is_ok() {
-            for l in stand.log().lines().filter(|l| l.contains("TIMING")) {
-                println!("{l}");
-            }
-        }
         println!(
             "(\"whole p50\": the client's view of the apply, with store, envoy --mode validate, split and write)"
         );
