@@ -98,7 +98,7 @@ pub async fn status(settings: &Settings) -> Result<Status, Failure> {
     )
     .await?
     {
-        Response::Status(s) => Ok(s),
+        Response::Status(s) => Ok(*s),
         other => Err(anyhow::anyhow!("unexpected answer from the supervisor: {other:?}").into()),
     }
 }

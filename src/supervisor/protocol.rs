@@ -130,7 +130,8 @@ pub struct ResourcesStatus {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     Apply(ApplyOutcome),
-    Status(Status),
+    // Boxed: a status is several times larger than the other answers.
+    Status(Box<Status>),
     Metrics { text: String },
     Error { message: String },
 }

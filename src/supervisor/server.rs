@@ -35,7 +35,7 @@ pub(super) async fn answer_status(snapshot: &watch::Receiver<Status>, admin: &Ad
         (Some(_), Ok(info)) => info.state,
         (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
     };
-    Response::Status(s)
+    Response::Status(Box::new(s))
 }
 
 pub(super) async fn accept_loop(
