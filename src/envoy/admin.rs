@@ -325,12 +325,17 @@ impl XdsStats {
         self.numbers.get(name).copied().unwrap_or(0)
     }
 
-    /// Subscriptions whose rejections grew since `before`.
+    /// Subscriptions whose rejections grew since `before`. An update read as empty counts too:
+    /// every file written holds its resource, so an empty read means Envoy could not read it
+    /// (a binary file that does not parse is read as an empty response, not refused).
     pub fn rejected_since(&self, before: &XdsStats) -> Vec<String> {
         self.numbers
             .iter()
-            .filter(|(k, v)| k.ends_with(".update_rejected") && **v > before.number(k))
-            .map(|(k, _)| k.trim_end_matches(".update_rejected").to_owned())
+            .filter(|(k, v)| {
+                (k.ends_with(".update_rejected") || k.ends_with(".update_empty"))
+                    && **v > before.number(k)
+            })
+            .map(|(k, _)| k.to_owned())
             .collect()
     }
 }
@@ -343,7 +348,7 @@ pub fn stat_name(name: &str) -> String {
 impl Admin {
     pub async fn xds_stats(&self) -> anyhow::Result<XdsStats> {
         let text = self
-            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming)$")
+            .get_text("/stats?filter=(version_text|update_rejected|update_empty|warming_clusters|total_listeners_warming)$")
             .await?;
         let mut s = XdsStats::default();
         for line in text.lines() {
@@ -393,6 +398,11 @@ mod tests {
         assert!(now.rejected_since(&before).is_empty());
         now.numbers
             .insert("listener_manager.lds.update_rejected".into(), 2);
-        assert_eq!(now.rejected_since(&before), ["listener_manager.lds"]);
+        assert_eq!(
+            now.rejected_since(&before),
+            ["listener_manager.lds.update_rejected"]
+        );
+        now.numbers.insert("cluster.web.update_empty".into(), 1);
+        assert_eq!(now.rejected_since(&before).len(), 2);
     }
 }

@@ -451,6 +451,54 @@ mod tests {
         }
     }
 
+    /// The split moves every resource out of the bootstrap without changing it: listeners keep
+    /// their chains (route tables and certificates become references), clusters become EDS ones
+    /// with their endpoints in files, and only the bootstrap decides whether a hot restart is
+    /// needed.
+    #[test]
+    fn the_split_moves_resources_out_and_keys_the_bootstrap() {
+        let (spec, settings) = example();
+        let rendered = render(&spec, &settings, &Resolved::new()).unwrap();
+        let files: Vec<(std::path::PathBuf, String)> = rendered
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.contents.clone()))
+            .collect();
+        let dir = std::path::Path::new("/x/xds/0");
+        let x = xds::split(&rendered.config, &files, dir).unwrap();
+        let doc: Value = serde_json::from_str(&rendered.config).unwrap();
+        let n = |k: &str| doc["static_resources"][k].as_array().unwrap().len();
+        let statics = |k: &str| x.base["static_resources"][k].as_array().unwrap().len();
+        assert_eq!(x.listeners.len() + statics("listeners"), n("listeners"));
+        assert_eq!(x.clusters.len() + statics("clusters"), n("clusters"));
+        // (Certificates to SDS: the https rules of tests/it/live.rs, rotated live.)
+        assert!(!x.listeners.is_empty() && !x.routes.is_empty());
+        for c in x.clusters.values() {
+            assert_eq!(c["type"], "EDS");
+            assert!(c.get("load_assignment").is_none());
+        }
+        let lds = String::from_utf8(x.lds().data).unwrap();
+        assert!(!lds.contains("route_config\""), "route tables are RDS: {lds}");
+        assert!(lds.contains("/x/xds/0/rds-"));
+        let boot: Value = serde_json::from_str(&x.bootstrap()).unwrap();
+        assert_eq!(
+            boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"],
+            "/x/xds/0/lds.json"
+        );
+        // Another endpoint: same bootstrap (live), other endpoints file.
+        let mut other = settings.clone();
+        other.envoy.listen_address = [127, 0, 0, 1].into();
+        let moved = render(&spec, &other, &Resolved::new()).unwrap();
+        let y = xds::split(&moved.config, &files, dir).unwrap();
+        assert_eq!(x.bootstrap_key, y.bootstrap_key, "listeners are not the bootstrap");
+        assert_ne!(x.lds().version, y.lds().version);
+        let mut bigger = spec.clone();
+        bigger.max_connections += 1;
+        let z = render(&bigger, &settings, &Resolved::new()).unwrap();
+        let z = xds::split(&z.config, &files, dir).unwrap();
+        assert_ne!(x.bootstrap_key, z.bootstrap_key, "maxConnections needs a process");
+    }
+
     #[test]
     fn q_refuses_null() {
         let t = templates().unwrap();

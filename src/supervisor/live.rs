@@ -180,7 +180,7 @@ impl Supervisor {
             &xds::File {
                 name: "bootstrap.json".into(),
                 version: String::new(),
-                text: x.bootstrap(),
+                data: x.bootstrap().into_bytes(),
             },
         )?;
         Ok(LiveFiles {
@@ -200,8 +200,7 @@ impl Supervisor {
     /// One file, renamed into place from outside the watched directory.
     fn write_file(&self, dir: &Path, f: &xds::File) -> Result<(), String> {
         let tmp = xds_root(&self.settings).join(".tmp");
-        store::write_private_via(&tmp, &dir.join(&f.name), f.text.as_bytes())
-            .map_err(|e| format!("{e:#}"))
+        store::write_private_via(&tmp, &dir.join(&f.name), &f.data).map_err(|e| format!("{e:#}"))
     }
 
     /// Writes `f` unless the same version is already there.
@@ -366,8 +365,7 @@ impl Supervisor {
         }
         let mut expect = Expect::default();
         for (name, la) in &bridged {
-            let f =
-                xds::discovery_file(xds::file_name(Kind::Endpoints, name), xds::ENDPOINTS, &[la]);
+            let f = xds::endpoints_file(name, la);
             self.put(&f)?;
             expect.endpoints.insert(name.clone(), f.version);
         }
