@@ -325,16 +325,12 @@ impl XdsStats {
         self.numbers.get(name).copied().unwrap_or(0)
     }
 
-    /// Subscriptions whose rejections grew since `before`. An update read as empty counts too:
-    /// every file written holds its resource, so an empty read means Envoy could not read it
-    /// (a binary file that does not parse is read as an empty response, not refused).
+    /// Subscriptions whose rejections grew since `before`. (`update_empty` is no witness:
+    /// Envoy counts one for every EDS cluster as it starts.)
     pub fn rejected_since(&self, before: &XdsStats) -> Vec<String> {
         self.numbers
             .iter()
-            .filter(|(k, v)| {
-                (k.ends_with(".update_rejected") || k.ends_with(".update_empty"))
-                    && **v > before.number(k)
-            })
+            .filter(|(k, v)| k.ends_with(".update_rejected") && **v > before.number(k))
             .map(|(k, _)| k.to_owned())
             .collect()
     }
@@ -348,7 +344,7 @@ pub fn stat_name(name: &str) -> String {
 impl Admin {
     pub async fn xds_stats(&self) -> anyhow::Result<XdsStats> {
         let text = self
-            .get_text("/stats?filter=(version_text|update_rejected|update_empty|warming_clusters|total_listeners_warming)$")
+            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming)$")
             .await?;
         let mut s = XdsStats::default();
         for line in text.lines() {
@@ -403,6 +399,6 @@ mod tests {
             ["listener_manager.lds.update_rejected"]
         );
         now.numbers.insert("cluster.web.update_empty".into(), 1);
-        assert_eq!(now.rejected_since(&before).len(), 2);
+        assert_eq!(now.rejected_since(&before).len(), 1);
     }
 }

@@ -473,12 +473,24 @@ mod tests {
         assert_eq!(x.clusters.len() + statics("clusters"), n("clusters"));
         // (Certificates to SDS: the https rules of tests/it/live.rs, rotated live.)
         assert!(!x.listeners.is_empty() && !x.routes.is_empty());
-        for c in x.clusters.values() {
+        let eds = x.named_files(xds::Kind::Endpoints);
+        for (name, c) in &x.clusters {
             assert_eq!(c["type"], "EDS");
             assert!(c.get("load_assignment").is_none());
+            let path = c["eds_cluster_config"]["eds_config"]["path_config_source"]["path"]
+                .as_str()
+                .unwrap();
+            assert_eq!(path, dir.join(&eds[name].name).to_str().unwrap());
+            assert!(path.ends_with(".json"), "{path}");
+            let file: Value = serde_json::from_slice(&eds[name].data).unwrap();
+            assert_eq!(file["resources"][0]["cluster_name"], name.as_str());
+            assert_eq!(file["version_info"], eds[name].version.as_str());
         }
         let lds = String::from_utf8(x.lds().data).unwrap();
-        assert!(!lds.contains("route_config\""), "route tables are RDS: {lds}");
+        assert!(
+            !lds.contains("route_config\""),
+            "route tables are RDS: {lds}"
+        );
         assert!(lds.contains("/x/xds/0/rds-"));
         let boot: Value = serde_json::from_str(&x.bootstrap()).unwrap();
         assert_eq!(
@@ -490,13 +502,19 @@ mod tests {
         other.envoy.listen_address = [127, 0, 0, 1].into();
         let moved = render(&spec, &other, &Resolved::new()).unwrap();
         let y = xds::split(&moved.config, &files, dir).unwrap();
-        assert_eq!(x.bootstrap_key, y.bootstrap_key, "listeners are not the bootstrap");
+        assert_eq!(
+            x.bootstrap_key, y.bootstrap_key,
+            "listeners are not the bootstrap"
+        );
         assert_ne!(x.lds().version, y.lds().version);
         let mut bigger = spec.clone();
         bigger.max_connections += 1;
         let z = render(&bigger, &settings, &Resolved::new()).unwrap();
         let z = xds::split(&z.config, &files, dir).unwrap();
-        assert_ne!(x.bootstrap_key, z.bootstrap_key, "maxConnections needs a process");
+        assert_ne!(
+            x.bootstrap_key, z.bootstrap_key,
+            "maxConnections needs a process"
+        );
     }
 
     #[test]

@@ -80,14 +80,10 @@ impl Kind {
 }
 
 /// The file of one named resource (routes, endpoints, secrets): hex of the name, so any name
-/// Envoy accepts is a safe file name. The extension tells Envoy the format.
+/// Envoy accepts is a safe file name. JSON, like every file here: Envoy picks the parser by
+/// the extension, and reads a `.pb` that does not parse as an empty update, not an error.
 pub fn file_name(kind: Kind, name: &str) -> String {
-    let ext = if kind == Kind::Endpoints {
-        "pb"
-    } else {
-        "json"
-    };
-    format!("{}-{}.{ext}", kind.prefix(), hex::encode(name.as_bytes()))
+    format!("{}-{}.json", kind.prefix(), hex::encode(name.as_bytes()))
 }
 
 pub const LDS_FILE: &str = "lds.json";

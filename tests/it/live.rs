@@ -69,6 +69,24 @@ async fn websocket(port: u16) -> TcpStream {
     s
 }
 
+/// Whether the https rule on `port` serves `cert` (trusted alone: each test certificate is
+/// self-signed with its own key, so the handshake succeeds only with that very certificate).
+async fn serves_cert(port: u16, cert: &certs::TestCert) -> bool {
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap())
+        .resolve("secure.test", ([127, 0, 0, 1], port).into())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    c.get(format!("https://secure.test:{port}/"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
 /// The load balancer of the fifty changes, at step `i`. The pools of the long-lived
 /// connections gain, lose and re-weight backends (the TCP connection's own backend `ta` leaves
 /// and comes back); another rule and a domain come and go; the https certificate rotates.
@@ -185,6 +203,16 @@ async fn long_lived_connections_survive_fifty_live_changes() {
             };
             g.reporter.set_service_status("alpha", set).await;
             assert_eq!(grpc::next(&mut stream).await, want, "grpc stream at {i}");
+            // The certificate of this step is the one new handshakes see.
+            let k = (i / 5) % 2;
+            assert!(
+                serves_cert(lb.ports[3], &lb.certs[k]).await,
+                "certificate {k} at {i}"
+            );
+            assert!(
+                !serves_cert(lb.ports[3], &lb.certs[1 - k]).await,
+                "old certificate at {i}"
+            );
         }
     }
     // Whatever an update drained has finished draining (and would have been cut by now):
