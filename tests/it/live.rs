@@ -259,8 +259,9 @@ async fn reaches_exactly(client: &reqwest::Client, port: u16, want: &BTreeSet<St
             .send()
             .await
             .unwrap_or_else(|e| panic!("change {i}: {e}"));
-        assert_eq!(r.status(), 200, "change {i}");
+        let status = r.status();
         let name = r.text().await.unwrap();
+        assert_eq!(status, 200, "change {i}: {name}");
         assert!(
             want.contains(&name),
             "change {i}: {name} answered, but the pool is {want:?}"
@@ -273,8 +274,9 @@ async fn reaches_exactly(client: &reqwest::Client, port: u16, want: &BTreeSet<St
     }
 }
 
-/// Two hundred changes at five per second under HTTP load: none fails a request, and each
-/// is in effect (the new pool, all of it and nothing else, answers) before the next.
+/// Two hundred changes at five per second under HTTP load (the test's own clients and h2load):
+/// none fails a request, and each is in effect (the new pool, all of it and nothing else,
+/// answers) before the next.
 /// `LIVE_CHANGES` scales it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_changes_at_five_per_second_under_load() {
@@ -303,6 +305,15 @@ async fn two_hundred_changes_at_five_per_second_under_load() {
     let stand = Stand::start(|_| {}).await;
     stand.apply_ok(&spec(pools[0])).await;
     let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 2);
+    // And h2load (HTTP/1.1, 4 connections) for as long as the changes take at 5 per second.
+    let url = format!("http://127.0.0.1:{front}/");
+    let seconds = (changes / 5 + 2).to_string();
+    let h2load = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("h2load")
+            .args(["--h1", "-c", "4", "-t", "1", "-D", &seconds, &url])
+            .output()
+            .expect("h2load is required for this test: install Debian's nghttp2-client (make test does)")
+    });
     let probe = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let started = Instant::now();
@@ -322,9 +333,29 @@ async fn two_hundred_changes_at_five_per_second_under_load() {
     load.more(100).await;
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    let out = h2load.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line from h2load: {text}"));
+    // "requests: N total, N started, N done, N succeeded, 0 failed, 0 errored, 0 timeout"
+    let n = |word: &str| -> u64 {
+        line.split(", ")
+            .find_map(|p| p.trim_start_matches("requests: ").strip_suffix(word))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{word} in {line}"))
+    };
+    assert!(n(" succeeded") > 1000, "h2load ran: {line}");
+    assert_eq!(
+        (n(" failed"), n(" errored"), n(" timeout")),
+        (0, 0, 0),
+        "h2load: {line}"
+    );
+    assert_eq!(n(" succeeded"), n(" done"), "h2load: {line}");
     assert_eq!(stand.status().await.epoch, Some(0));
     println!(
-        "{changes} live changes in {took:?} ({:.1}/s), {} requests ok, {slow} applies over 200 ms",
+        "{changes} live changes in {took:?} ({:.1}/s), {} requests ok, {slow} applies over 200 ms; h2load: {line}",
         changes as f64 / took.as_secs_f64(),
         counts.ok
     );
@@ -414,4 +445,45 @@ async fn a_bootstrap_change_hot_restarts_from_the_current_resources() {
     reaches_exactly(&probe, front, &["u1".to_owned()].into(), 1).await;
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+}
+
+/// A new Envoy binary on disk (an upgrade replaces the file) is taken by the next apply with a
+/// hot restart, even when only resources changed; after that, applies go live again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_envoy_binary_is_taken_by_hot_restart() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let spec = |w: u32| {
+        json!({"identifier": "lb-bin", "lbName": "bin", "rules": [{
+            "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+            "backends": [backend("u1", &u1, w)]}]})
+    };
+    // A private copy of the binary, so that replacing it touches no other test.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let binary = bin_dir.path().join("envoy");
+    std::fs::copy(crate::support::envoy_bin(), &binary).unwrap();
+    let stand = Stand::start(|s| {
+        s.envoy.binary = binary.clone();
+        s.envoy.drain_time_s = 1;
+        s.envoy.parent_shutdown_time_s = 2;
+    })
+    .await;
+    stand.apply_ok(&spec(10)).await;
+    let live = stand.apply_ok(&spec(20)).await;
+    assert_eq!(live.method, Some(ApplyMethod::Live));
+
+    // Replaced the way a package upgrade does it: a new file renamed over the old.
+    let staged = bin_dir.path().join("envoy.new");
+    std::fs::copy(crate::support::envoy_bin(), &staged).unwrap();
+    std::fs::rename(&staged, &binary).unwrap();
+    let upgraded = stand.apply_ok(&spec(30)).await;
+    assert_eq!(
+        (upgraded.method, upgraded.epoch),
+        (Some(ApplyMethod::HotRestart), Some(1))
+    );
+    let again = stand.apply_ok(&spec(40)).await;
+    assert_eq!(
+        (again.method, again.epoch),
+        (Some(ApplyMethod::Live), Some(1))
+    );
 }
