@@ -1,15 +1,17 @@
 //! Live apply latency: hand-over to Envoy → confirmed, inside the supervisor (`envoy_us` of each
 //! apply: from the first xDS file written until Envoy's admin API reports every resource at the
-//! new version, new hosts health-checked), for an endpoint-only change at 10, 1,000 and 10,000
-//! backends (every backend re-addressed) and for a listener change (a rule added or removed),
+//! new version), for an endpoint-only change at 10, 1,000 and 10,000 backends (every backend
+//! re-addressed; the backends are down, so the change goes in one step), at 1,000 backends that
+//! are up (two steps: the new hosts health-checked before the old ones leave), and for a
+//! listener change (a rule added or removed),
 //! beside two baselines measured in the same run:
 //! - the hot-restart path (a bootstrap change, `maxConnections`): spawn → LIVE of a new epoch;
 //! - HAProxy's runtime API (Debian `haproxy`): the same number of servers re-addressed and
 //!   enabled (`set server ... addr`, `enable server`) over its admin socket, until it answers.
 //!
 //! `cargo bench --bench live` (or `make bench-live`, which installs haproxy). `LIVE_BENCH_REPS`
-//! sets the repetitions per case (default 20). Loopback only: the backends are closed ports on
-//! 127.1.0.0/16, so health checks fail fast and no traffic leaves the machine. It prints a table
+//! sets the repetitions per case (default 20). Loopback only: the backends are closed ports (or
+//! this process's listeners) on 127.1.0.0/16; no traffic leaves the machine. It prints a table
 //! and the ratios, and asserts nothing beyond each apply being live.
 
 #[path = "../tests/it/support/mod.rs"]
@@ -241,6 +243,31 @@ fn main() {
             );
             rows.push(haproxy(n, reps));
         }
+        // The same at 1,000 backends that are up (listening; the health checks are TCP
+        // connects): the pool's leaving hosts carry traffic, so the update goes in two steps
+        // and waits for the new hosts' first health check.
+        let (p1, p2) = (
+            support::envoy::free_port(),
+            support::envoy::free_port(),
+        );
+        let _listening: Vec<std::net::TcpListener> = (0..1000)
+            .flat_map(|i| [p1, p2].map(|p| std::net::TcpListener::bind((addr(i).as_str(), p))))
+            .map(|l| l.expect("a loopback listener for a healthy backend"))
+            .collect();
+        let a = spec(front, 1000, p1, 50_000, None);
+        let b = spec(front, 1000, p2, 50_000, None);
+        hand_over(&stand, &a).await;
+        rows.push(
+            run(
+                &stand,
+                "live: 1000 healthy backends re-addressed",
+                &a,
+                &b,
+                reps,
+                ApplyMethod::Live,
+            )
+            .await,
+        );
         let small = spec(front, 10, 9, 50_000, None);
         hand_over(&stand, &small).await;
         let extra = support::envoy::free_port();
@@ -284,11 +311,17 @@ fn main() {
                 .unwrap_or(f64::NAN)
         };
         let live_1k = p50("live: 1000 backends re-addressed");
+        let up_1k = p50("live: 1000 healthy backends re-addressed");
         println!(
             "\n1,000 backends: live p50 {:.1} ms (target <= 30 ms); live / haproxy {:.2}; live / hot restart {:.2}",
             live_1k / 1000.0,
             live_1k / p50("haproxy runtime API, 1000 servers"),
             live_1k / p50("hot restart: bootstrap change (spawn → LIVE)"),
+        );
+        println!(
+            "1,000 healthy backends (two steps): live p50 {:.1} ms; live / haproxy {:.2}",
+            up_1k / 1000.0,
+            up_1k / p50("haproxy runtime API, 1000 servers"),
         );
         println!(
             "(\"whole p50\": the client's view of the apply, with store, envoy --mode validate, split and write)"

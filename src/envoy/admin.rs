@@ -263,20 +263,20 @@ impl Admin {
 }
 
 impl Admin {
-    /// Hosts (`address:port`, IPv6 without brackets) of each cluster whose first active health
-    /// check has not finished. Read from `/clusters` in text, one line per host flag set: the
-    /// JSON form carries every host's stats and costs ten times more at 1,000 hosts.
-    pub async fn hosts_pending_first_check(
-        &self,
-    ) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
-        let text = self.get_text("/clusters").await?;
-        Ok(parse_pending(&text))
+    /// Every host of every cluster with its health flags, from `/clusters` in text (the JSON
+    /// form carries every host's stats and costs ten times more at 1,000 hosts).
+    pub async fn host_health(&self) -> anyhow::Result<HostHealth> {
+        Ok(parse_host_health(&self.get_text("/clusters").await?))
     }
 }
 
-/// `cluster::host::health_flags::/failed_active_hc/pending_active_hc` lines → pending hosts.
-pub fn parse_pending(text: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// Cluster → host (`address:port`, IPv6 without brackets) → health flags as Envoy prints them
+/// (`healthy`, or `/failed_active_hc/pending_active_hc`...).
+pub type HostHealth = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Reads the `cluster::host::health_flags::FLAGS` lines of `/clusters`.
+pub fn parse_host_health(text: &str) -> HostHealth {
+    let mut out: HostHealth = BTreeMap::new();
     for line in text.lines() {
         let Some((left, flags)) = line.rsplit_once("::health_flags::") else {
             continue;
@@ -284,12 +284,16 @@ pub fn parse_pending(text: &str) -> BTreeMap<String, BTreeSet<String>> {
         let Some((cluster, host)) = left.split_once("::") else {
             continue;
         };
-        let entry = out.entry(cluster.to_owned()).or_default();
-        if flags.split('/').any(|f| f == "pending_active_hc") {
-            entry.insert(host.replace(['[', ']'], ""));
-        }
+        out.entry(cluster.to_owned())
+            .or_default()
+            .insert(host.replace(['[', ']'], ""), flags.to_owned());
     }
     out
+}
+
+/// Whether flags say the first active health check has not finished yet.
+pub fn pending_first_check(flags: &str) -> bool {
+    flags.split('/').any(|f| f == "pending_active_hc")
 }
 
 /// Envoy's own account of its xDS subscriptions, from `/stats`: each subscription's
@@ -373,9 +377,17 @@ mod tests {
                     web::127.0.0.2:80::health_flags::/failed_active_hc/pending_active_hc\n\
                     web/d::[::1]:8080::health_flags::/failed_active_hc/pending_active_hc\n\
                     web/d::[::2]:8080::health_flags::/failed_active_hc\n";
-        let p = parse_pending(text);
-        assert_eq!(p["web"], ["127.0.0.2:80".to_owned()].into());
-        assert_eq!(p["web/d"], ["::1:8080".to_owned()].into());
+        let h = parse_host_health(text);
+        let pending = |c: &str| -> Vec<&str> {
+            h[c].iter()
+                .filter(|(_, f)| pending_first_check(f))
+                .map(|(host, _)| host.as_str())
+                .collect()
+        };
+        assert_eq!(pending("web"), ["127.0.0.2:80"]);
+        assert_eq!(pending("web/d"), ["::1:8080"]);
+        assert_eq!(h["web"]["127.0.0.1:80"], "healthy");
+        assert_eq!(h["web/d"].len(), 2);
     }
 
     #[test]

@@ -324,10 +324,12 @@ impl Supervisor {
         Ok(())
     }
 
-    /// For each pool (same cluster definition) that gains hosts: the new ones go in first, beside
-    /// the old ones, and the update waits until each has finished its first health check (pass
-    /// or fail). Only then are hosts removed: a change is in effect, traffic included, when
-    /// the apply returns.
+    /// A pool (same cluster definition) that gains hosts and loses hosts that carry traffic
+    /// (healthy now) gets the new ones first, beside the old ones, and the update waits until
+    /// each new one has finished its first health check (pass or fail): Envoy keeps a new host
+    /// out of the balancing until then, and a pool left with only unchecked hosts answers
+    /// "no healthy upstream". Only then are the old hosts removed. A pool that only gains, or
+    /// whose leaving hosts are down anyway, takes its new set in one step.
     async fn bridge_endpoints(
         &mut self,
         before: &Xds,
@@ -335,8 +337,9 @@ impl Supervisor {
         baseline: &XdsStats,
         deadline: Instant,
     ) -> Result<(), String> {
-        let mut bridged = BTreeMap::new();
-        let mut added: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let key = |e: &(&str, u32, u32)| format!("{}:{}", e.0, e.1);
+        // Pools that gain and lose: (name, new endpoints, old endpoints, gained, lost).
+        let mut moving = Vec::new();
         for (name, la) in &new.endpoints {
             let (Some(old_la), true) = (
                 before.endpoints.get(name),
@@ -344,41 +347,55 @@ impl Supervisor {
             ) else {
                 continue;
             };
-            let key = |e: &(&str, u32, u32)| format!("{}:{}", e.0, e.1);
             let old_keys: BTreeSet<String> = xds::endpoint_list(old_la).iter().map(key).collect();
             let new_keys: BTreeSet<String> = xds::endpoint_list(la).iter().map(key).collect();
             let gained: BTreeSet<String> = new_keys.difference(&old_keys).cloned().collect();
-            if gained.is_empty() {
-                continue;
+            let lost: BTreeSet<String> = old_keys.difference(&new_keys).cloned().collect();
+            if !gained.is_empty() && !lost.is_empty() {
+                moving.push((name, la, old_la, gained, lost));
             }
-            // Only gaining: the new set is what goes in now. Gaining and losing: both sets.
-            let la = if old_keys.is_subset(&new_keys) {
-                la.clone()
-            } else {
-                xds::union_endpoints(la, old_la)
-            };
-            bridged.insert(name.clone(), la);
-            added.insert(name.clone(), gained);
         }
-        if bridged.is_empty() {
+        if moving.is_empty() {
             return Ok(());
         }
+        let health = self
+            .admin
+            .host_health()
+            .await
+            .map_err(|e| format!("cannot read the backends' health: {e:#}"))?;
+        let mut added: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut expect = Expect::default();
-        for (name, la) in &bridged {
-            let f = xds::endpoints_file(name, la);
+        for (name, la, old_la, gained, lost) in moving {
+            // `/clusters` names clusters as they are (no stat-name rewriting).
+            let carries_traffic = health.get(name.as_str()).is_some_and(|hosts| {
+                lost.iter()
+                    .any(|h| hosts.get(h).is_some_and(|f| f == "healthy"))
+            });
+            if !carries_traffic {
+                continue;
+            }
+            let f = xds::endpoints_file(name, &xds::union_endpoints(la, old_la));
             self.put(&f)?;
             expect.endpoints.insert(name.clone(), f.version);
+            added.insert(name.clone(), gained);
+        }
+        if added.is_empty() {
+            return Ok(());
         }
         self.confirm(&expect, baseline, deadline).await?;
         loop {
-            let waiting: Vec<String> = match self.admin.hosts_pending_first_check().await {
-                Ok(pending) => added
+            let waiting: Vec<String> = match self.admin.host_health().await {
+                Ok(health) => added
                     .iter()
                     .flat_map(|(c, hosts)| {
-                        let p = pending.get(c);
+                        let flags = health.get(c.as_str());
                         hosts
                             .iter()
-                            .filter(move |h| p.is_some_and(|p| p.contains(*h)))
+                            .filter(move |h| {
+                                flags
+                                    .and_then(|f| f.get(*h))
+                                    .is_some_and(|f| admin::pending_first_check(f))
+                            })
                             .map(move |h| format!("{h} in {c}"))
                     })
                     .collect(),
