@@ -262,40 +262,6 @@ impl Admin {
     }
 }
 
-impl Admin {
-    /// Every host of every cluster with its health flags, from `/clusters` in text (the JSON
-    /// form carries every host's stats and costs ten times more at 1,000 hosts).
-    pub async fn host_health(&self) -> anyhow::Result<HostHealth> {
-        Ok(parse_host_health(&self.get_text("/clusters").await?))
-    }
-}
-
-/// Cluster → host (`address:port`, IPv6 without brackets) → health flags as Envoy prints them
-/// (`healthy`, or `/failed_active_hc/pending_active_hc`...).
-pub type HostHealth = BTreeMap<String, BTreeMap<String, String>>;
-
-/// Reads the `cluster::host::health_flags::FLAGS` lines of `/clusters`.
-pub fn parse_host_health(text: &str) -> HostHealth {
-    let mut out: HostHealth = BTreeMap::new();
-    for line in text.lines() {
-        let Some((left, flags)) = line.rsplit_once("::health_flags::") else {
-            continue;
-        };
-        let Some((cluster, host)) = left.split_once("::") else {
-            continue;
-        };
-        out.entry(cluster.to_owned())
-            .or_default()
-            .insert(host.replace(['[', ']'], ""), flags.to_owned());
-    }
-    out
-}
-
-/// Whether flags say the first active health check has not finished yet.
-pub fn pending_first_check(flags: &str) -> bool {
-    flags.split('/').any(|f| f == "pending_active_hc")
-}
-
 /// Envoy's own account of its xDS subscriptions, from `/stats`: each subscription's
 /// `version_text` (the version of the last update it accepted) and the counters and gauges
 /// that say whether something was rejected or is still warming. Far cheaper than
@@ -304,7 +270,8 @@ pub fn pending_first_check(flags: &str) -> bool {
 pub struct XdsStats {
     /// Stat name → version, e.g. `cluster.web.version_text` → `"1a2b..."`.
     pub versions: BTreeMap<String, String>,
-    /// Stat name → value for `*.update_rejected` and the warming gauges.
+    /// Stat name → value for `*.update_rejected`, the warming gauges and each cluster's
+    /// `membership_healthy` / `membership_excluded` (hosts kept out until their first check).
     pub numbers: BTreeMap<String, u64>,
 }
 
@@ -329,6 +296,11 @@ impl XdsStats {
         self.numbers.get(name).copied().unwrap_or(0)
     }
 
+    /// A cluster's gauge, e.g. `membership_healthy` of `web/d`.
+    pub fn cluster_number(&self, cluster: &str, gauge: &str) -> u64 {
+        self.number(&format!("cluster.{}.{gauge}", stat_name(cluster)))
+    }
+
     /// Subscriptions whose rejections grew since `before`. (`update_empty` is no witness:
     /// Envoy counts one for every EDS cluster as it starts.)
     pub fn rejected_since(&self, before: &XdsStats) -> Vec<String> {
@@ -348,7 +320,7 @@ pub fn stat_name(name: &str) -> String {
 impl Admin {
     pub async fn xds_stats(&self) -> anyhow::Result<XdsStats> {
         let text = self
-            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming)$")
+            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming|membership_healthy|membership_excluded)$")
             .await?;
         let mut s = XdsStats::default();
         for line in text.lines() {
@@ -371,26 +343,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_hosts_are_read_from_the_text_clusters_page() {
-        let text = "web::default_priority::max_connections::1024\n\
-                    web::127.0.0.1:80::health_flags::healthy\n\
-                    web::127.0.0.2:80::health_flags::/failed_active_hc/pending_active_hc\n\
-                    web/d::[::1]:8080::health_flags::/failed_active_hc/pending_active_hc\n\
-                    web/d::[::2]:8080::health_flags::/failed_active_hc\n";
-        let h = parse_host_health(text);
-        let pending = |c: &str| -> Vec<&str> {
-            h[c].iter()
-                .filter(|(_, f)| pending_first_check(f))
-                .map(|(host, _)| host.as_str())
-                .collect()
-        };
-        assert_eq!(pending("web"), ["127.0.0.2:80"]);
-        assert_eq!(pending("web/d"), ["::1:8080"]);
-        assert_eq!(h["web"]["127.0.0.1:80"], "healthy");
-        assert_eq!(h["web/d"].len(), 2);
-    }
-
-    #[test]
     fn xds_stats_give_versions_and_rejections() {
         let mut before = XdsStats::default();
         before
@@ -401,6 +353,10 @@ mod tests {
             .insert("http.web.rds.redirect_80.version_text".into(), "abc".into());
         now.versions
             .insert("cluster.web/d.version_text".into(), "def".into());
+        now.numbers
+            .insert("cluster.redirect_80.membership_healthy".into(), 3);
+        assert_eq!(now.cluster_number("redirect:80", "membership_healthy"), 3);
+        assert_eq!(now.cluster_number("web", "membership_healthy"), 0);
         assert_eq!(now.route_version("redirect:80"), Some("abc"));
         assert_eq!(now.version("cluster.web/d"), Some("def"));
         assert!(now.rejected_since(&before).is_empty());

@@ -324,12 +324,13 @@ impl Supervisor {
         Ok(())
     }
 
-    /// A pool (same cluster definition) that gains hosts and loses hosts that carry traffic
-    /// (healthy now) gets the new ones first, beside the old ones, and the update waits until
-    /// each new one has finished its first health check (pass or fail): Envoy keeps a new host
-    /// out of the balancing until then, and a pool left with only unchecked hosts answers
-    /// "no healthy upstream". Only then are the old hosts removed. A pool that only gains, or
-    /// whose leaving hosts are down anyway, takes its new set in one step.
+    /// A pool (same cluster definition) that gains hosts and loses others while it carries
+    /// traffic (some host healthy now) gets the new ones first, beside the old ones, and the
+    /// update waits until each new one has finished its first health check (pass or fail):
+    /// Envoy keeps a new host out of the balancing until then (`membership_excluded`), and a
+    /// pool left with only unchecked hosts answers "no healthy upstream". Only then are the old
+    /// hosts removed. A pool that only gains, or that serves nothing anyway, takes its new set
+    /// in one step. Read from `/stats` (a `/clusters` page of 10,000 hosts costs seconds).
     async fn bridge_endpoints(
         &mut self,
         before: &Xds,
@@ -337,9 +338,8 @@ impl Supervisor {
         baseline: &XdsStats,
         deadline: Instant,
     ) -> Result<(), String> {
-        let key = |e: &(&str, u32, u32)| format!("{}:{}", e.0, e.1);
-        // Pools that gain and lose: (name, new endpoints, old endpoints, gained, lost).
-        let mut moving = Vec::new();
+        let mut bridged = Vec::new();
+        let mut expect = Expect::default();
         for (name, la) in &new.endpoints {
             let (Some(old_la), true) = (
                 before.endpoints.get(name),
@@ -347,66 +347,54 @@ impl Supervisor {
             ) else {
                 continue;
             };
-            let old_keys: BTreeSet<String> = xds::endpoint_list(old_la).iter().map(key).collect();
-            let new_keys: BTreeSet<String> = xds::endpoint_list(la).iter().map(key).collect();
-            let gained: BTreeSet<String> = new_keys.difference(&old_keys).cloned().collect();
-            let lost: BTreeSet<String> = old_keys.difference(&new_keys).cloned().collect();
-            if !gained.is_empty() && !lost.is_empty() {
-                moving.push((name, la, old_la, gained, lost));
-            }
-        }
-        if moving.is_empty() {
-            return Ok(());
-        }
-        let health = self
-            .admin
-            .host_health()
-            .await
-            .map_err(|e| format!("cannot read the backends' health: {e:#}"))?;
-        let mut added: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut expect = Expect::default();
-        for (name, la, old_la, gained, lost) in moving {
-            // `/clusters` names clusters as they are (no stat-name rewriting).
-            let carries_traffic = health.get(name.as_str()).is_some_and(|hosts| {
-                lost.iter()
-                    .any(|h| hosts.get(h).is_some_and(|f| f == "healthy"))
-            });
-            if !carries_traffic {
+            let old_eps = xds::endpoint_list(old_la);
+            let new_eps = xds::endpoint_list(la);
+            let old_keys: std::collections::HashSet<(&str, u32)> =
+                old_eps.iter().map(|e| (e.0, e.1)).collect();
+            let new_keys: std::collections::HashSet<(&str, u32)> =
+                new_eps.iter().map(|e| (e.0, e.1)).collect();
+            let gains = new_keys.iter().any(|k| !old_keys.contains(k));
+            let loses = old_keys.iter().any(|k| !new_keys.contains(k));
+            if !(gains && loses) || baseline.cluster_number(name, "membership_healthy") == 0 {
                 continue;
             }
             let f = xds::endpoints_file(name, &xds::union_endpoints(la, old_la));
             self.put(&f)?;
             expect.endpoints.insert(name.clone(), f.version);
-            added.insert(name.clone(), gained);
+            bridged.push(name.clone());
         }
-        if added.is_empty() {
+        if bridged.is_empty() {
             return Ok(());
         }
-        self.confirm(&expect, baseline, deadline).await?;
+        // Written: Envoy takes the union, then checks the new hosts once each.
         loop {
-            let waiting: Vec<String> = match self.admin.host_health().await {
-                Ok(health) => added
-                    .iter()
-                    .flat_map(|(c, hosts)| {
-                        let flags = health.get(c.as_str());
-                        hosts
+            let mut waiting = match self.admin.xds_stats().await {
+                Ok(s) => {
+                    let mut w = expect.missing(&s);
+                    if w.is_empty() {
+                        w = bridged
                             .iter()
-                            .filter(move |h| {
-                                flags
-                                    .and_then(|f| f.get(*h))
-                                    .is_some_and(|f| admin::pending_first_check(f))
-                            })
-                            .map(move |h| format!("{h} in {c}"))
-                    })
-                    .collect(),
+                            .filter(|c| s.cluster_number(c, "membership_excluded") > 0)
+                            .map(|c| format!("the first health check of new hosts in {c}"))
+                            .collect();
+                    }
+                    if !s.rejected_since(baseline).is_empty() {
+                        return Err(format!(
+                            "envoy rejected the update ({})",
+                            s.rejected_since(baseline).join(", ")
+                        ));
+                    }
+                    w
+                }
                 Err(e) => vec![format!("{e:#}")],
             };
             if waiting.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                waiting.dedup();
                 return Err(format!(
-                    "new backends were not health-checked within {} s: {}",
+                    "envoy did not confirm the update within {} s; still waiting for: {}",
                     self.settings.supervisor.confirm_timeout_s,
                     waiting.join(", ")
                 ));
