@@ -105,25 +105,19 @@ impl Admin {
     }
 }
 
-/// What the running Envoy holds of its dynamic configuration, read from `/config_dump`: the
-/// version of every dynamic resource, what is still warming, and any rejection.
+/// What `/config_dump` says that the stats do not: which listeners Envoy refused and why,
+/// what is still warming, and the version of each certificate (SDS) it holds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct XdsState {
-    pub lds_version: String,
-    pub cds_version: String,
-    /// Active listeners by name: their version, or the reason the last update was rejected.
+    /// Dynamic listeners by name.
     pub listeners: BTreeMap<String, ListenerState>,
-    pub active_clusters: BTreeSet<String>,
     pub warming_clusters: BTreeSet<String>,
-    pub routes: BTreeMap<String, String>,
+    /// Secret name → version.
     pub secrets: BTreeMap<String, String>,
-    pub warming_secrets: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ListenerState {
-    /// The version of the active listener (none while a new one is still warming).
-    pub active: Option<String>,
     pub warming: bool,
     /// Envoy's own words when it refused the last update of this listener.
     pub error: Option<String>,
@@ -142,13 +136,13 @@ mod dump {
     pub struct Part {
         #[serde(rename = "@type")]
         pub type_url: String,
-        pub version_info: String,
-        pub dynamic_active_clusters: Vec<Cluster>,
         pub dynamic_warming_clusters: Vec<Cluster>,
         pub dynamic_listeners: Vec<Listener>,
-        pub dynamic_route_configs: Vec<Route>,
         pub dynamic_active_secrets: Vec<Secret>,
-        pub dynamic_warming_secrets: Vec<Secret>,
+    }
+    #[derive(Deserialize)]
+    pub struct Cluster {
+        pub cluster: Named,
     }
     #[derive(Deserialize)]
     pub struct Named {
@@ -156,32 +150,16 @@ mod dump {
         pub name: String,
     }
     #[derive(Deserialize)]
-    pub struct Cluster {
-        pub cluster: Named,
-    }
-    #[derive(Deserialize)]
     pub struct Listener {
         #[serde(default)]
         pub name: String,
-        pub active_state: Option<Versioned>,
         pub warming_state: Option<IgnoredAny>,
         pub error_state: Option<ErrorState>,
-    }
-    #[derive(Deserialize)]
-    pub struct Versioned {
-        #[serde(default)]
-        pub version_info: String,
     }
     #[derive(Deserialize)]
     pub struct ErrorState {
         #[serde(default)]
         pub details: String,
-    }
-    #[derive(Deserialize)]
-    pub struct Route {
-        #[serde(default)]
-        pub version_info: String,
-        pub route_config: Named,
     }
     #[derive(Deserialize)]
     pub struct Secret {
@@ -192,20 +170,13 @@ mod dump {
     }
 }
 
-/// Reads the parts of a `/config_dump` answer that say what is applied.
+/// Reads the parts of a `/config_dump` answer that [`XdsState`] holds.
 pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
     let d: dump::Dump = serde_json::from_str(text).context("envoy admin /config_dump")?;
     let mut s = XdsState::default();
     for p in d.configs {
-        let kind = p.type_url.rsplit('.').next().unwrap_or_default();
-        match kind {
+        match p.type_url.rsplit('.').next().unwrap_or_default() {
             "ClustersConfigDump" => {
-                s.cds_version = p.version_info;
-                s.active_clusters = p
-                    .dynamic_active_clusters
-                    .into_iter()
-                    .map(|c| c.cluster.name)
-                    .collect();
                 s.warming_clusters = p
                     .dynamic_warming_clusters
                     .into_iter()
@@ -213,27 +184,16 @@ pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
                     .collect();
             }
             "ListenersConfigDump" => {
-                s.lds_version = p.version_info;
                 s.listeners = p
                     .dynamic_listeners
                     .into_iter()
                     .map(|l| {
-                        (
-                            l.name,
-                            ListenerState {
-                                active: l.active_state.map(|a| a.version_info),
-                                warming: l.warming_state.is_some(),
-                                error: l.error_state.map(|e| e.details),
-                            },
-                        )
+                        let state = ListenerState {
+                            warming: l.warming_state.is_some(),
+                            error: l.error_state.map(|e| e.details),
+                        };
+                        (l.name, state)
                     })
-                    .collect();
-            }
-            "RoutesConfigDump" => {
-                s.routes = p
-                    .dynamic_route_configs
-                    .into_iter()
-                    .map(|r| (r.route_config.name, r.version_info))
                     .collect();
             }
             "SecretsConfigDump" => {
@@ -241,11 +201,6 @@ pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
                     .dynamic_active_secrets
                     .into_iter()
                     .map(|x| (x.name, x.version_info))
-                    .collect();
-                s.warming_secrets = p
-                    .dynamic_warming_secrets
-                    .into_iter()
-                    .map(|x| x.name)
                     .collect();
             }
             _ => {}
@@ -255,8 +210,7 @@ pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
 }
 
 impl Admin {
-    /// The dynamic configuration the running Envoy holds (endpoints left out: they are
-    /// confirmed by their subscriptions' versions, see [`XdsStats`]).
+    /// The parts of Envoy's config dump that [`XdsState`] holds.
     pub async fn xds_state(&self) -> anyhow::Result<XdsState> {
         parse_xds_state(&self.get_text("/config_dump").await?)
     }
@@ -341,6 +295,29 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_dump_gives_reasons_warming_and_certificates() {
+        let text = r#"{"configs": [
+          {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": {}},
+          {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": "c1",
+           "dynamic_warming_clusters": [{"version_info": "c1", "cluster": {"name": "slow"}}]},
+          {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": [
+            {"name": "web", "active_state": {"version_info": "l1", "listener": {}}},
+            {"name": "extra", "error_state": {"failed_configuration": {},
+             "details": "cannot bind '0.0.0.0:81': Address already in use"}}]},
+          {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+           "dynamic_active_secrets": [{"name": "c1", "version_info": "s1", "secret": {}}]}
+        ]}"#;
+        let s = parse_xds_state(text).unwrap();
+        assert_eq!(s.warming_clusters, ["slow".to_owned()].into());
+        assert_eq!(s.listeners["web"].error, None);
+        assert!(s.listeners["extra"]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("Address already in use")));
+        assert_eq!(s.secrets["c1"], "s1");
+    }
 
     #[test]
     fn xds_stats_give_versions_and_rejections() {
