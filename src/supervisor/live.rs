@@ -269,6 +269,25 @@ impl Supervisor {
             ..Expect::default()
         };
         self.confirm(&expect, &baseline, deadline).await?;
+        // In effect means traffic too: hosts a pool gained have had their first check.
+        let gaining: Vec<String> = new
+            .endpoints
+            .iter()
+            .filter(|(name, la)| {
+                before.clusters.contains_key(*name)
+                    && before.endpoints.get(*name).is_some_and(|old| {
+                        let old: std::collections::HashSet<(&str, u32)> = xds::endpoint_list(old)
+                            .into_iter()
+                            .map(|e| (e.0, e.1))
+                            .collect();
+                        xds::endpoint_list(la)
+                            .iter()
+                            .any(|e| !old.contains(&(e.0, e.1)))
+                    })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.wait_checked(&gaining, &baseline, deadline).await?;
 
         // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
         let routes = new.named_files(Kind::Route);
@@ -367,24 +386,32 @@ impl Supervisor {
             return Ok(());
         }
         // Written: Envoy takes the union, then checks the new hosts once each.
+        self.confirm(&expect, baseline, deadline).await?;
+        self.wait_checked(&bridged, baseline, deadline).await
+    }
+
+    /// Waits until every host these pools gained has had its first health check (pass or
+    /// fail): until then Envoy keeps it out of the balancing (`membership_excluded`).
+    async fn wait_checked(
+        &self,
+        pools: &[String],
+        baseline: &XdsStats,
+        deadline: Instant,
+    ) -> Result<(), String> {
         loop {
             let mut waiting = match self.admin.xds_stats().await {
                 Ok(s) => {
-                    let mut w = expect.missing(&s);
-                    if w.is_empty() {
-                        w = bridged
-                            .iter()
-                            .filter(|c| s.cluster_number(c, "membership_excluded") > 0)
-                            .map(|c| format!("the first health check of new hosts in {c}"))
-                            .collect();
-                    }
                     if !s.rejected_since(baseline).is_empty() {
                         return Err(format!(
                             "envoy rejected the update ({})",
                             s.rejected_since(baseline).join(", ")
                         ));
                     }
-                    w
+                    pools
+                        .iter()
+                        .filter(|c| s.cluster_number(c, "membership_excluded") > 0)
+                        .map(|c| format!("the first health check of new hosts in {c}"))
+                        .collect::<Vec<_>>()
                 }
                 Err(e) => vec![format!("{e:#}")],
             };

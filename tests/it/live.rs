@@ -310,7 +310,7 @@ async fn two_hundred_changes_at_five_per_second_under_load() {
     let seconds = (changes / 5 + 2).to_string();
     let h2load = tokio::task::spawn_blocking(move || {
         std::process::Command::new("h2load")
-            .args(["--h1", "-c", "4", "-t", "1", "-D", &seconds, &url])
+            .args(["--h1", "-c", "4", "-t", "1", "--rps", "250", "-D", &seconds, &url])
             .output()
             .expect("h2load is required for this test: install Debian's nghttp2-client (make test does)")
     });
@@ -318,13 +318,18 @@ async fn two_hundred_changes_at_five_per_second_under_load() {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let started = Instant::now();
     let mut slow = 0;
+    let (mut applying, mut reaching) = (Duration::ZERO, Duration::ZERO);
     for i in 1..=changes {
         tick.tick().await;
         let pool = pools[i % pools.len()];
+        let t = Instant::now();
         let out = stand.apply_ok(&spec(pool)).await;
+        applying += t.elapsed();
         assert_eq!(out.method, Some(ApplyMethod::Live), "change {i}");
         let want: BTreeSet<String> = pool.iter().map(|&k| ups[k].name.clone()).collect();
+        let t = Instant::now();
         reaches_exactly(&probe, front, &want, i).await;
+        reaching += t.elapsed();
         if out.apply_ms > 200 {
             slow += 1;
         }
@@ -355,7 +360,7 @@ async fn two_hundred_changes_at_five_per_second_under_load() {
     assert_eq!(n(" succeeded"), n(" done"), "h2load: {line}");
     assert_eq!(stand.status().await.epoch, Some(0));
     println!(
-        "{changes} live changes in {took:?} ({:.1}/s), {} requests ok, {slow} applies over 200 ms; h2load: {line}",
+        "{changes} live changes in {took:?} ({:.1}/s; applying {applying:?}, then until the new pool answers {reaching:?}), {} requests ok, {slow} applies over 200 ms; h2load: {line}",
         changes as f64 / took.as_secs_f64(),
         counts.ok
     );
