@@ -19,7 +19,7 @@ use crate::render::xds::{self, Kind, Xds};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// How often Envoy's config dump is read while waiting for a step.
+/// How often Envoy's stats are read while waiting for a step.
 const CONFIRM_POLL: Duration = Duration::from_millis(5);
 /// Headroom left for everything else that uses inotify (systemd, other services).
 const INOTIFY_HEADROOM: u64 = 16;

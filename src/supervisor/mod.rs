@@ -7,9 +7,13 @@
 //!
 //! What it does, and why (every "why" was measured with Envoy 1.40, see ARCHITECTURE.md):
 //! - **apply**: store the config under its hash, `envoy --mode validate` it, check that the ports
-//!   it adds can be bound, wait for the previous parent to finish draining (a new child makes
-//!   Envoy kill its grandparent at once, cutting what it still drains), start epoch N+1 and wait
-//!   until `/server_info` says LIVE with that epoch.
+//!   it adds can be bound and that its xDS subscriptions fit the inotify limit. Then, when the
+//!   bootstrap and the Envoy binary are unchanged, put its resources into the running epoch
+//!   live ([`live`]: xDS files, make before break, confirmed; rolled back when Envoy refuses or
+//!   does not confirm). Otherwise hot restart: wait for the previous parent to finish draining
+//!   (a new child makes Envoy kill its grandparent at once, cutting what it still drains),
+//!   start epoch N+1 from its own xDS directory and wait until `/server_info` says LIVE with
+//!   that epoch and every resource is confirmed.
 //! - **a child that fails**: by then it has made the parent stop its admin and its listeners, and
 //!   left the shared memory marked "initializing". The supervisor clears that stale mark and
 //!   starts the *same* epoch number again with the last good config (the dead child never became
