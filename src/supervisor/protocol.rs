@@ -13,7 +13,7 @@ pub const MAX_LINE: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Store, validate and hot-restart into a rendered config.
+    /// Store, validate and apply a rendered config (live, or by hot restart).
     Apply(ApplyRequest),
     Status,
     /// The supervisor's metrics, in Prometheus text format.
@@ -40,7 +40,7 @@ pub struct FileData {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApplyMethod {
-    /// Inside the running Envoy, no new process (xDS; not built yet: issue 11).
+    /// Inside the running Envoy through xDS, no new process.
     Live,
     /// A new Envoy epoch took over by hot restart.
     HotRestart,
@@ -59,7 +59,7 @@ impl ApplyMethod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApplyResult {
-    /// The new epoch is LIVE with the new config.
+    /// Envoy serves the new config (applied live, or a new epoch is LIVE with it).
     Applied,
     /// This hash was already live; nothing was restarted.
     Unchanged,
