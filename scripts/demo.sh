@@ -79,7 +79,8 @@ cat <<MSG
 
   Change the load balancer live: edit $RUN/lb.json (e.g. add
     {"identifier": "web3", "ip": "127.0.0.1", "port": 18103}
-  to "backends", or set a weight); within one poll (2 s) a new epoch is LIVE.
+  to "backends", or set a weight); within one poll (2 s) it is in effect, applied
+  inside the running Envoy (status: "Last apply  applied live").
 
   Events the agent reported:
     curl -H "Vpsie-Auth: \$(cat $RUN/api-key)" 'http://127.0.0.1:18090/sim/events?lb=demo-lb'
