@@ -141,14 +141,22 @@ fn haproxy(n: usize, reps: usize) -> Row {
     }
     let cfg_path = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let mut child = std::process::Command::new("haproxy")
+    /// Stops HAProxy however the benchmark ends (a panic included).
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _haproxy = Running(std::process::Command::new("haproxy")
         .arg("-db")
         .arg("-f")
         .arg(&cfg_path)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("haproxy is required for this benchmark: `make bench-live` installs it (Debian package haproxy)");
+        .expect("haproxy is required for this benchmark: `make bench-live` installs it (Debian package haproxy)"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "haproxy did not start");
@@ -196,8 +204,6 @@ fn haproxy(n: usize, reps: usize) -> Row {
             &out[..out.len().min(300)]
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
     row.envoy.sort_unstable();
     row
 }
