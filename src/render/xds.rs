@@ -62,9 +62,7 @@ pub struct File {
 pub enum Kind {
     Secret,
     Endpoints,
-    Cluster,
     Route,
-    Listener,
 }
 
 impl Kind {
@@ -72,9 +70,7 @@ impl Kind {
         match self {
             Kind::Secret => "sds",
             Kind::Endpoints => "eds",
-            Kind::Cluster => "cds",
             Kind::Route => "rds",
-            Kind::Listener => "lds",
         }
     }
 }
@@ -172,7 +168,6 @@ impl Xds {
                     .collect()
             }
             Kind::Route => (&self.routes, ROUTE),
-            Kind::Cluster | Kind::Listener => return BTreeMap::new(),
         };
         map.iter()
             .map(|(name, r)| {
@@ -222,6 +217,20 @@ pub fn endpoint_list(la: &Value) -> Vec<(&str, u32, u32)> {
             ))
         })
         .collect()
+}
+
+/// Whether going from `old` to `new` endpoints gains hosts, and whether it loses any
+/// (a host is its address and port; a weight change is neither).
+pub fn host_changes(old: &Value, new: &Value) -> (bool, bool) {
+    use std::collections::HashSet;
+    let hosts = |la| -> HashSet<(&str, u32)> {
+        endpoint_list(la).into_iter().map(|e| (e.0, e.1)).collect()
+    };
+    let (old, new) = (hosts(old), hosts(new));
+    (
+        new.iter().any(|h| !old.contains(h)),
+        old.iter().any(|h| !new.contains(h)),
+    )
 }
 
 /// `new` with the endpoints of `old` it does not have added, as they were.
@@ -483,6 +492,9 @@ mod tests {
                 ("10.0.0.1", 80, 100)
             ]
         );
+        assert_eq!(host_changes(&old, &new), (true, true));
+        assert_eq!(host_changes(&old, &u), (true, false));
+        assert_eq!(host_changes(&new, &new), (false, false));
         // Files are versioned by content: the same endpoints, the same version.
         assert_eq!(
             endpoints_file("web", &new),

@@ -275,15 +275,10 @@ impl Supervisor {
             .iter()
             .filter(|(name, la)| {
                 before.clusters.contains_key(*name)
-                    && before.endpoints.get(*name).is_some_and(|old| {
-                        let old: std::collections::HashSet<(&str, u32)> = xds::endpoint_list(old)
-                            .into_iter()
-                            .map(|e| (e.0, e.1))
-                            .collect();
-                        xds::endpoint_list(la)
-                            .iter()
-                            .any(|e| !old.contains(&(e.0, e.1)))
-                    })
+                    && before
+                        .endpoints
+                        .get(*name)
+                        .is_some_and(|old| xds::host_changes(old, la).0)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -366,14 +361,7 @@ impl Supervisor {
             ) else {
                 continue;
             };
-            let old_eps = xds::endpoint_list(old_la);
-            let new_eps = xds::endpoint_list(la);
-            let old_keys: std::collections::HashSet<(&str, u32)> =
-                old_eps.iter().map(|e| (e.0, e.1)).collect();
-            let new_keys: std::collections::HashSet<(&str, u32)> =
-                new_eps.iter().map(|e| (e.0, e.1)).collect();
-            let gains = new_keys.iter().any(|k| !old_keys.contains(k));
-            let loses = old_keys.iter().any(|k| !new_keys.contains(k));
+            let (gains, loses) = xds::host_changes(old_la, la);
             if !(gains && loses) || baseline.cluster_number(name, "membership_healthy") == 0 {
                 continue;
             }
