@@ -10,7 +10,9 @@
 //!   enabled (`set server ... addr`, `enable server`) over its admin socket, until it answers.
 //!
 //! `cargo bench --bench live` (or `make bench-live`, which installs haproxy). `LIVE_BENCH_REPS`
-//! sets the repetitions per case (default 20). Loopback only: the backends are closed ports (or
+//! sets the repetitions per case (default 20), `LIVE_BENCH_SIZES` the pool sizes (default
+//! `10,1000,10000`). The supervisor logs where each apply's time went at debug level
+//! (`RUST_LOG=vpsie_lb_agent=debug`: "live apply steps"). Loopback only: the backends are closed ports (or
 //! this process's listeners) on 127.1.0.0/16; no traffic leaves the machine. It prints a table
 //! and the ratios, and asserts nothing beyond each apply being live.
 
@@ -62,6 +64,9 @@ struct Row {
     envoy: Vec<u64>,
     /// The whole apply as the client sees it (store, validate, split, write, confirm), µs.
     whole: Vec<u64>,
+    /// Where live applies' time went, from the supervisor's "live apply steps" lines: p50 µs
+    /// of each step's end, from the apply's start.
+    steps: Option<[u64; 4]>,
 }
 
 impl Row {
@@ -105,7 +110,9 @@ async fn run(
         name: name.to_owned(),
         envoy: Vec::new(),
         whole: Vec::new(),
+        steps: None,
     };
+    let logged = stand.log().len();
     for i in 0..reps {
         if method == ApplyMethod::HotRestart {
             // A hot restart waits for the previous parent to exit: that wait is the drain
@@ -121,7 +128,38 @@ async fn run(
     }
     row.envoy.sort_unstable();
     row.whole.sort_unstable();
+    if method == ApplyMethod::Live {
+        row.steps = Some(steps(&stand.log()[logged..]));
+    }
     row
+}
+
+/// p50 of each field of the "live apply steps" debug lines in `log`.
+fn steps(log: &str) -> [u64; 4] {
+    let fields = [
+        "written_us=",
+        "clusters_us=",
+        "checked_us=",
+        "listeners_us=",
+    ];
+    let mut columns: [Vec<u64>; 4] = Default::default();
+    for line in log.lines().filter(|l| l.contains("live apply steps")) {
+        for (i, f) in fields.iter().enumerate() {
+            let v = line
+                .split_once(f)
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse::<u64>().ok());
+            columns[i].extend(v);
+        }
+    }
+    columns.map(|mut c| {
+        c.sort_unstable();
+        if c.is_empty() {
+            0
+        } else {
+            pct(&c, 0.5)
+        }
+    })
 }
 
 /// HAProxy with `n` servers; each repetition re-addresses and enables all of them over the
@@ -166,6 +204,7 @@ fn haproxy(n: usize, reps: usize) -> Row {
         name: format!("haproxy runtime API, {n} servers"),
         envoy: Vec::new(),
         whole: Vec::new(),
+        steps: None,
     };
     for r in 0..reps {
         let port = 9 + (r % 2);
@@ -219,17 +258,27 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     rt.block_on(async {
-        let stand = Stand::start(|s| {
-            s.envoy.drain_time_s = 1;
-            s.envoy.parent_shutdown_time_s = 2;
-            s.supervisor.confirm_timeout_s = 120;
-            s.supervisor.live_timeout_s = 120;
-        })
+        let stand = Stand::start_with_env(
+            |s| {
+                s.envoy.drain_time_s = 1;
+                s.envoy.parent_shutdown_time_s = 2;
+                s.supervisor.confirm_timeout_s = 120;
+                s.supervisor.live_timeout_s = 120;
+            },
+            vec![(
+                "RUST_LOG".into(),
+                "info,vpsie_lb_agent::supervisor::live=debug".into(),
+            )],
+        )
         .await;
         let front = Stand::front_port();
         let mut rows = Vec::new();
         let mut first = true;
-        for n in [10, 1000, 10_000] {
+        let sizes: Vec<usize> = std::env::var("LIVE_BENCH_SIZES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![10, 1000, 10_000]);
+        for n in sizes {
             let a = spec(front, n, 9, 50_000, None);
             let b = spec(front, n, 10, 50_000, None);
             let (out, _) = hand_over(&stand, &a).await;
@@ -329,6 +378,23 @@ fn main() {
             up_1k / 1000.0,
             up_1k / p50("haproxy runtime API, 1000 servers"),
         );
+        println!("\nwhere a live apply's time goes (p50, ms from its start; Envoy's own work is between \"written\" and \"clusters\")");
+        println!(
+            "| {:<44} | {:>8} | {:>8} | {:>8} | {:>9} |",
+            "", "written", "clusters", "checked", "listeners"
+        );
+        for r in &rows {
+            if let Some(s) = r.steps {
+                println!(
+                    "| {:<44} | {:>8.1} | {:>8.1} | {:>8.1} | {:>9.1} |",
+                    r.name,
+                    ms(s[0]),
+                    ms(s[1]),
+                    ms(s[2]),
+                    ms(s[3])
+                );
+            }
+        }
         println!(
             "(\"whole p50\": the client's view of the apply, with store, envoy --mode validate, split and write)"
         );

@@ -1,5 +1,6 @@
 //! Writes rendered configs and their certificate files to disk: mode 0600, atomically (temporary
 //! file, fsync, rename, fsync of the directory), so that Envoy never reads a half-written file.
+//! Files rebuilt at every start (Envoy's xDS files) skip the fsyncs: see [`Durability`].
 //!
 //! [`ConfigStore`] keeps every applied config in a directory named by its hash
 //! (`<config_dir>/configs/<hash>/envoy.json` and `certs/`), a `current` symlink switched in one
@@ -17,12 +18,29 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
-    write_private_via(dir, path, contents)
+    write_private_via(dir, path, contents, Durability::Synced)
+}
+
+/// Whether a write must survive a power loss once it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// File and directory are fsynced: state and stored configs.
+    Synced,
+    /// Only atomic (rename): files rebuilt from synced state whenever they are needed again,
+    /// such as the xDS files every Envoy epoch starts with afresh. An fsync costs 5–100 ms on
+    /// a busy disk, which is most of a small live apply.
+    Atomic,
 }
 
 /// Like [`write_private`], with the temporary file in `tmp_dir` (same filesystem): for a
 /// directory a process watches, where a temporary file must never appear (Envoy's xDS files).
-pub fn write_private_via(tmp_dir: &Path, path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub fn write_private_via(
+    tmp_dir: &Path,
+    path: &Path,
+    contents: &[u8],
+    durability: Durability,
+) -> anyhow::Result<()> {
+    let synced = durability == Durability::Synced;
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -45,10 +63,13 @@ pub fn write_private_via(tmp_dir: &Path, path: &Path, contents: &[u8]) -> anyhow
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(contents)
-            .and_then(|_| f.sync_all())
+            .and_then(|_| if synced { f.sync_all() } else { Ok(()) })
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, path)
             .with_context(|| format!("cannot move {} into place", path.display()))?;
+        if !synced {
+            return Ok(());
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot sync directory {}", dir.display()))

@@ -94,23 +94,33 @@ fn source(dir: &Path, file: &str) -> Value {
 
 /// A `DiscoveryResponse` holding `resources` of one type; its version is a digest of them, so
 /// the same resources always make the same file.
+///
+/// Written straight from each resource rather than from typed copies (at 1,000 endpoints the
+/// copies and a second serialisation were milliseconds of every live apply). The bytes are the
+/// same: object keys serialise sorted, and `@type` sorts before every field name.
 pub fn discovery_file(name: String, type_url: &str, resources: &[&Value]) -> File {
-    let typed: Vec<Value> = resources
-        .iter()
-        .map(|r| {
-            let mut m = Map::new();
-            m.insert("@type".into(), Value::String(type_url.into()));
-            if let Value::Object(o) = r {
-                m.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let head = format!("{{\"@type\":{}", Value::String(type_url.into()));
+    let mut body = String::from("[");
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&head);
+        let text = match r {
+            Value::Object(_) => r.to_string(),
+            _ => String::new(),
+        };
+        match text.strip_prefix('{') {
+            Some(fields) if fields != "}" => {
+                body.push(',');
+                body.push_str(fields);
             }
-            Value::Object(m)
-        })
-        .collect();
-    let body = Value::Array(typed);
-    let version = hex::encode(&Sha256::digest(body.to_string().as_bytes())[..8]);
-    let data = json!({"version_info": version, "resources": body})
-        .to_string()
-        .into_bytes();
+            _ => body.push('}'),
+        }
+    }
+    body.push(']');
+    let version = hex::encode(&Sha256::digest(body.as_bytes())[..8]);
+    let data = format!("{{\"resources\":{body},\"version_info\":\"{version}\"}}").into_bytes();
     File {
         name,
         version,
@@ -514,5 +524,31 @@ mod tests {
         );
         assert!(file_name(Kind::Endpoints, "web/../x").starts_with("eds-"));
         assert!(!file_name(Kind::Endpoints, "web/../x").contains('/'));
+    }
+
+    #[test]
+    fn a_discovery_file_is_its_typed_resources_and_a_digest_of_them() {
+        let a = json!({"name": "a", "zeta": [1, {"y": "\"q\"", "b": null}], "alpha": true});
+        let empty = json!({});
+        let f = discovery_file("x.json".into(), CLUSTER, &[&a, &empty]);
+        let parsed: Value = serde_json::from_slice(&f.data).unwrap();
+        let mut typed = a.as_object().unwrap().clone();
+        typed.insert("@type".into(), CLUSTER.into());
+        let body = json!([typed, {"@type": CLUSTER}]);
+        assert_eq!(parsed["resources"], body);
+        assert_eq!(parsed["version_info"], f.version.as_str());
+        assert_eq!(
+            f.version,
+            hex::encode(&Sha256::digest(body.to_string().as_bytes())[..8])
+        );
+        // Byte for byte what serialising the whole response gives.
+        assert_eq!(
+            f.data,
+            json!({"version_info": f.version, "resources": body})
+                .to_string()
+                .into_bytes()
+        );
+        let other = discovery_file("x.json".into(), CLUSTER, &[&empty, &a]);
+        assert_ne!(other.version, f.version, "order is part of the version");
     }
 }

@@ -197,10 +197,12 @@ impl Supervisor {
         })
     }
 
-    /// One file, renamed into place from outside the watched directory.
+    /// One file, renamed into place from outside the watched directory. Not fsynced: an epoch
+    /// always starts from a directory written afresh from the stored (synced) config.
     fn write_file(&self, dir: &Path, f: &xds::File) -> Result<(), String> {
         let tmp = xds_root(&self.settings).join(".tmp");
-        store::write_private_via(&tmp, &dir.join(&f.name), &f.data).map_err(|e| format!("{e:#}"))
+        store::write_private_via(&tmp, &dir.join(&f.name), &f.data, store::Durability::Atomic)
+            .map_err(|e| format!("{e:#}"))
     }
 
     /// Writes `f` unless the same version is already there.
@@ -229,6 +231,7 @@ impl Supervisor {
         let Some(files) = &self.files else {
             return Err("no live epoch to apply to".into());
         };
+        let t0 = Instant::now();
         let before = files.xds.clone();
         let on_disk = files.clusters.clone();
         let routed = files.routed.clone();
@@ -268,7 +271,9 @@ impl Supervisor {
             endpoints: expected_endpoints(new),
             ..Expect::default()
         };
+        let written = t0.elapsed();
         self.confirm(&expect, &baseline, deadline).await?;
+        let clusters = t0.elapsed();
         // In effect means traffic too: hosts a pool gained have had their first check.
         let gaining: Vec<String> = new
             .endpoints
@@ -283,6 +288,7 @@ impl Supervisor {
             .map(|(name, _)| name.clone())
             .collect();
         self.wait_checked(&gaining, &baseline, deadline).await?;
+        let checked = t0.elapsed();
 
         // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
         let routes = new.named_files(Kind::Route);
@@ -307,6 +313,14 @@ impl Supervisor {
         };
         self.confirm(&expect, &baseline, deadline).await?;
 
+        // Where an apply's time goes (Envoy's own work is between "written" and "clusters").
+        tracing::debug!(
+            written_us = written.as_micros() as u64,
+            clusters_us = clusters.as_micros() as u64,
+            checked_us = checked.as_micros() as u64,
+            listeners_us = t0.elapsed().as_micros() as u64,
+            "live apply steps"
+        );
         // 3. Remove what nothing uses any more.
         let final_cds = new.cds(&BTreeMap::new());
         if !extra.is_empty() {

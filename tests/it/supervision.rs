@@ -512,6 +512,11 @@ async fn a_restart_that_cannot_serve_is_critical_and_retried() {
         "{critical}"
     );
     assert!(stand.log().contains("CRITICAL"), "said loudly in the log");
+    // A log file (or the journal) gets plain text: colour codes are for terminals only.
+    assert!(
+        !stand.log().contains('\u{1b}'),
+        "escape codes in a log that is not a terminal"
+    );
 
     drop(held);
     let back = first_success_after(front, Instant::now()).await;
