@@ -286,7 +286,13 @@ fn pipeline(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("render", n), &loaded.spec, |b, s| {
             b.iter(|| {
-                render::render(black_box(s), &settings, &Default::default()).expect("renders")
+                render::render(
+                    black_box(s),
+                    &settings,
+                    &Default::default(),
+                    &Default::default(),
+                )
+                .expect("renders")
             })
         });
     }

@@ -387,7 +387,13 @@ impl Agent {
         if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
             return Outcome::Unchanged;
         }
-        let prepared = match pipeline::finish(loaded, &resolved, &self.settings, true) {
+        let prepared = match pipeline::finish(
+            loaded,
+            &resolved,
+            &pipeline::Managed::default(),
+            &self.settings,
+            true,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 self.report(Event::reload_failed(

@@ -89,21 +89,55 @@ pub fn hash(loaded: &Loaded, resolved: &Resolved) -> String {
     hex::encode(h.finalize())
 }
 
+/// [`hash`], and the pending ACME challenges when there are any (answering a new one is a new
+/// config). Fill the managed certificates in first ([`spec::fill_managed`]).
+pub fn hash_with_challenges(
+    loaded: &Loaded,
+    resolved: &Resolved,
+    challenges: &render::Challenges,
+) -> String {
+    let base = hash(loaded, resolved);
+    if challenges.is_empty() {
+        return base;
+    }
+    let mut h = Sha256::new();
+    h.update(base.as_bytes());
+    for (token, key_auth) in challenges {
+        h.update(b"\nchallenge ");
+        h.update(token.as_bytes());
+        h.update(b" ");
+        h.update(key_auth.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What the agent adds to a spec for its managed certificates: the certificates it holds, by
+/// host name, and the HTTP-01 challenges pending at the CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Managed {
+    pub certificates: std::collections::BTreeMap<String, spec::Tls>,
+    pub challenges: render::Challenges,
+}
+
 /// Hashes and renders a loaded spec. `for_store`: certificates go into the directory of the
 /// config's hash in the supervisor's store, so that each stored config is complete on its own.
+/// Managed certificates are filled into the domains that wait for them first, so the hash
+/// covers them (a renewal is a new config), and so do the pending challenges.
 pub fn finish(
-    loaded: Loaded,
+    mut loaded: Loaded,
     resolved: &Resolved,
+    managed: &Managed,
     settings: &Settings,
     for_store: bool,
 ) -> Result<Prepared, Failure> {
-    let hash = hash(&loaded, resolved);
+    spec::fill_managed(&mut loaded.spec, &managed.certificates);
+    let hash = hash_with_challenges(&loaded, resolved, &managed.challenges);
     let rendered = if for_store {
         let mut local = settings.clone();
         local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
-        render::render(&loaded.spec, &local, resolved)
+        render::render(&loaded.spec, &local, resolved, &managed.challenges)
     } else {
-        render::render(&loaded.spec, settings, resolved)
+        render::render(&loaded.spec, settings, resolved, &managed.challenges)
     }
     .map_err(anyhow::Error::from)?;
     Ok(Prepared {
@@ -119,6 +153,7 @@ pub fn prepare(input: &[u8], settings: &Settings, now: i64) -> Result<Prepared, 
     finish(
         load(input, settings, now)?,
         &Resolved::new(),
+        &Managed::default(),
         settings,
         false,
     )
@@ -129,6 +164,7 @@ pub fn prepare_for_store(input: &[u8], settings: &Settings, now: i64) -> Result<
     finish(
         load(input, settings, now)?,
         &Resolved::new(),
+        &Managed::default(),
         settings,
         true,
     )
@@ -157,7 +193,10 @@ pub async fn prepare_resolving(
             )
             .await
     };
-    Ok((finish(loaded, &resolved, settings, for_store)?, problems))
+    Ok((
+        finish(loaded, &resolved, &Managed::default(), settings, for_store)?,
+        problems,
+    ))
 }
 
 /// What spec validation needs from the settings: the ports the load balancer itself holds, the

@@ -141,14 +141,40 @@ fn q_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
     }
 }
 
-/// Renders the Envoy bootstrap for a valid spec.
+/// Pending ACME HTTP-01 challenges: token → key authorization. Both come from the CA, so they
+/// are held to the RFC's alphabet (base64url, and one `.` in the key authorization) before
+/// they reach a template, on top of the templates' escaping.
+pub type Challenges = std::collections::BTreeMap<String, String>;
+
+/// Whether a challenge is in the alphabet RFC 8555 gives tokens and key authorizations.
+pub fn challenge_ok(token: &str, key_auth: &str) -> bool {
+    let b64url = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 256
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    b64url(token)
+        && key_auth
+            .split_once('.')
+            .is_some_and(|(t, thumb)| t == token && b64url(thumb))
+}
+
+/// Renders the Envoy bootstrap for a valid spec. `challenges` are answered on the redirect
+/// port when the spec has managed certificates; any not in the RFC's alphabet is left out.
 pub fn render(
     spec: &Spec,
     settings: &Settings,
     resolved: &Resolved,
+    challenges: &Challenges,
 ) -> Result<Rendered, RenderError> {
     let tera = templates()?;
-    let (view, files) = view::build(spec, settings, resolved);
+    let challenges: Challenges = challenges
+        .iter()
+        .filter(|(t, k)| challenge_ok(t, k))
+        .map(|(t, k)| (t.clone(), k.clone()))
+        .collect();
+    let (view, files) = view::build(spec, settings, resolved, &challenges);
     let ctx =
         tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
     let config = tera
@@ -425,8 +451,8 @@ mod tests {
     #[test]
     fn the_self_check_catches_added_or_changed_structure() {
         let (spec, settings) = example();
-        let rendered = render(&spec, &settings, &Resolved::new()).unwrap();
-        let (view, _) = view::build(&spec, &settings, &Resolved::new());
+        let rendered = render(&spec, &settings, &Resolved::new(), &Default::default()).unwrap();
+        let (view, _) = view::build(&spec, &settings, &Resolved::new(), &Default::default());
         assert!(check(&rendered.config, &view).is_ok());
         let tampered = [
             // An extra top-level key.
@@ -458,7 +484,7 @@ mod tests {
     #[test]
     fn the_split_moves_resources_out_and_keys_the_bootstrap() {
         let (spec, settings) = example();
-        let rendered = render(&spec, &settings, &Resolved::new()).unwrap();
+        let rendered = render(&spec, &settings, &Resolved::new(), &Default::default()).unwrap();
         let files: Vec<(std::path::PathBuf, String)> = rendered
             .files
             .iter()
@@ -500,7 +526,7 @@ mod tests {
         // Another endpoint: same bootstrap (live), other endpoints file.
         let mut other = settings.clone();
         other.envoy.listen_address = [127, 0, 0, 1].into();
-        let moved = render(&spec, &other, &Resolved::new()).unwrap();
+        let moved = render(&spec, &other, &Resolved::new(), &Default::default()).unwrap();
         let y = xds::split(&moved.config, &files, dir).unwrap();
         assert_eq!(
             x.bootstrap_key, y.bootstrap_key,
@@ -509,7 +535,7 @@ mod tests {
         assert_ne!(x.lds().version, y.lds().version);
         let mut bigger = spec.clone();
         bigger.max_connections += 1;
-        let z = render(&bigger, &settings, &Resolved::new()).unwrap();
+        let z = render(&bigger, &settings, &Resolved::new(), &Default::default()).unwrap();
         let z = xds::split(&z.config, &files, dir).unwrap();
         assert_ne!(
             x.bootstrap_key, z.bootstrap_key,

@@ -4,6 +4,7 @@
 //! Every decision about how a spec maps onto Envoy (policies, hash keys, names, timeouts) is made
 //! here, in Rust, where it can be tested; the templates only lay it out.
 
+use super::Challenges;
 use crate::resolve::Resolved;
 use crate::settings::Settings;
 use crate::spec::{
@@ -73,6 +74,11 @@ pub struct TlsFiles {
 
 #[derive(Debug, Serialize)]
 pub struct Http {
+    /// ACME HTTP-01 is answered here (the listener on the redirect port, when the spec has
+    /// managed certificates): every virtual host answers the pending tokens and 404 for any
+    /// other path under the challenge prefix, before its own routes.
+    pub acme: bool,
+    pub challenges: Vec<Challenge>,
     pub stat_prefix: String,
     pub route_name: String,
     pub idle_timeout: String,
@@ -81,6 +87,16 @@ pub struct Http {
     pub access_log: bool,
     pub vhosts: Vec<Vhost>,
 }
+
+/// One pending HTTP-01 challenge: the exact path and the key authorization it answers.
+#[derive(Debug, Serialize)]
+pub struct Challenge {
+    pub path: String,
+    pub body: String,
+}
+
+/// Where HTTP-01 challenges are asked for (RFC 8555, 8.3).
+pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 #[derive(Debug, Serialize)]
 pub struct Vhost {
@@ -211,7 +227,12 @@ fn tls_version(v: TlsVersion) -> &'static str {
 /// `resolved` holds the addresses each backend host name may use (the agent resolved and
 /// judged them): a name becomes one endpoint per address, and none when it has none. Envoy
 /// itself never resolves a name.
-pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Vec<CertFile>) {
+pub fn build(
+    spec: &Spec,
+    settings: &Settings,
+    resolved: &Resolved,
+    challenges: &Challenges,
+) -> (View, Vec<CertFile>) {
     let cert_dir = settings.cert_dir();
     let mut files = Vec::new();
     let mut tls_files = |tls: &Tls| -> TlsFiles {
@@ -266,8 +287,8 @@ pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Ve
             },
             Scheme::Http | Scheme::Https | Scheme::Http2 => {
                 let mut chains = Vec::new();
-                // https rules always have a certificate; http2 rules when their front is TLS.
-                if rule.tls.is_some() {
+                // https rules, and http2 rules with a certificate, have a TLS front.
+                if rule.scheme == Scheme::Https || rule.tls.is_some() {
                     for d in &rule.domains {
                         if let Some(tls) = &d.tls {
                             chains.push(Chain {
@@ -276,10 +297,18 @@ pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Ve
                             });
                         }
                     }
-                    chains.push(Chain {
-                        server_names: vec![],
-                        tls: rule.tls.as_ref().map(&mut tls_files),
-                    });
+                    if let Some(tls) = &rule.tls {
+                        chains.push(Chain {
+                            server_names: vec![],
+                            tls: Some(tls_files(tls)),
+                        });
+                    }
+                    if chains.is_empty() {
+                        // Every name waits for its managed certificate: the rule goes live
+                        // when one exists (its redirects too), and the rest of the spec serves
+                        // meanwhile.
+                        continue;
+                    }
                 } else {
                     chains.push(Chain {
                         server_names: vec![],
@@ -301,7 +330,13 @@ pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Ve
         };
         listeners.push(listener);
     }
-    if !redirect_vhosts.is_empty() {
+    let acme = spec
+        .rules
+        .iter()
+        .any(|r| r.domains.iter().any(|d| d.managed));
+    let port = settings.envoy.redirect_port;
+    let holder = listeners.iter().position(|l| l.port == port);
+    if !redirect_vhosts.is_empty() || (acme && holder.is_none()) {
         // Hosts no https rule claims get a 404 rather than whatever a wildcard would say.
         if !redirect_vhosts
             .iter()
@@ -314,7 +349,6 @@ pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Ve
                 sticky_cookie: None,
             });
         }
-        let port = settings.envoy.redirect_port;
         let name = redirect_listener_name(port);
         listeners.push(Listener {
             name: name.clone(),
@@ -325,6 +359,8 @@ pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Ve
                 tls: None,
             }],
             http: Some(Http {
+                acme: false,
+                challenges: Vec::new(),
                 stat_prefix: format!("redirect_{port}"),
                 route_name: name,
                 idle_timeout: secs(60),
@@ -334,6 +370,24 @@ pub fn build(spec: &Spec, settings: &Settings, resolved: &Resolved) -> (View, Ve
             }),
             tcp: None,
         });
+    }
+    if acme {
+        // The plain-HTTP listener on the redirect port answers the CA (validation checked that
+        // whatever holds the port speaks plain HTTP).
+        if let Some(http) = listeners
+            .iter_mut()
+            .find(|l| l.port == port)
+            .and_then(|l| l.http.as_mut())
+        {
+            http.acme = true;
+            http.challenges = challenges
+                .iter()
+                .map(|(token, key_auth)| Challenge {
+                    path: format!("{CHALLENGE_PREFIX}{token}"),
+                    body: key_auth.clone(),
+                })
+                .collect();
+        }
     }
     let view = View {
         node_id: spec.id.clone(),
@@ -402,6 +456,8 @@ fn http(rule: &Rule) -> Http {
         sticky_cookie: rule.pool.sticky_cookie.clone(),
     });
     Http {
+        acme: false,
+        challenges: Vec::new(),
         stat_prefix: rule.id.clone(),
         route_name: rule.id.clone(),
         idle_timeout: secs(rule.timeouts.idle_s),
@@ -536,7 +592,7 @@ mod tests {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        build(&loaded.spec, &settings, resolved).0
+        build(&loaded.spec, &settings, resolved, &Default::default()).0
     }
 
     fn rule(extra: serde_json::Value) -> serde_json::Value {

@@ -18,6 +18,7 @@ pub use parse::{
     Options, DEFAULT_COOKIE_NAME, DEFAULT_MAX_CONNECTIONS, MAX_BACKENDS, MAX_BODY_BYTES,
     MAX_DOMAINS, MAX_RULES,
 };
+pub use tls::check_pair;
 
 use sha2::{Digest, Sha256};
 
@@ -42,6 +43,47 @@ pub fn load(input: &[u8], opts: &Options) -> Result<Loaded, SpecErrors> {
             warnings: walker.f.warnings,
         }),
         _ => Err(SpecErrors(walker.f.errors)),
+    }
+}
+
+/// The certificate id of a managed certificate for `name`: the same through every renewal, so
+/// a renewal replaces the secret Envoy serves without touching the listener.
+pub fn managed_id(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    format!("managed-{}", &hex::encode(digest)[..16])
+}
+
+/// A managed certificate as the spec carries one: checked like a spec's own (`check_pair`),
+/// with the contract's default versions and ALPN.
+pub fn managed_tls(name: &str, cert_pem: &str, key_pem: &str, now: i64) -> Result<Tls, String> {
+    let pair = tls::check_pair(cert_pem, key_pem, now).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| match e {
+                tls::PairError::Certificate(m) => format!("certificate {m}"),
+                tls::PairError::Key(m) => format!("key {m}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    Ok(Tls {
+        id: managed_id(name),
+        certificate_pem: pair.certificate_pem,
+        private_key_pem: pair.private_key_pem,
+        min_version: TlsVersion::V1_2,
+        max_version: TlsVersion::V1_3,
+        alpn: vec![Alpn::H2, Alpn::Http11],
+        not_after: pair.not_after,
+    })
+}
+
+/// Fills each domain that waits for a managed certificate with the one held for its name; a
+/// domain with none stays without (it is not served until one exists).
+pub fn fill_managed(spec: &mut Spec, certificates: &std::collections::BTreeMap<String, Tls>) {
+    for d in spec.rules.iter_mut().flat_map(|r| r.domains.iter_mut()) {
+        if d.managed {
+            d.tls = certificates.get(&d.host.to_string()).cloned();
+        }
     }
 }
 

@@ -94,8 +94,8 @@ pub struct Rule {
     pub front_port: u16,
     pub proxy_protocol: ProxyProtocol,
     pub timeouts: Timeouts,
-    /// Always present on https rules; optional on http2 rules (then the front is TLS); never on
-    /// http and tcp rules.
+    /// The default certificate. Optional on https rules (absent: the domains get managed
+    /// certificates) and on http2 rules (then the front is TLS); never on http and tcp rules.
     pub tls: Option<Tls>,
     /// Only ever true on https rules: plain HTTP for every host not claimed by a domain answers 301.
     pub redirect_http: bool,
@@ -119,6 +119,9 @@ pub struct Domain {
     pub id: String,
     pub host: Host,
     pub tls: Option<Tls>,
+    /// A domain of an https rule without tls, itself without tls: its certificate is obtained
+    /// by ACME for `host` (never a wildcard) and filled into `tls` before rendering.
+    pub managed: bool,
     pub redirect_http: bool,
     pub pool: Pool,
 }
@@ -212,6 +215,20 @@ impl Spec {
                 .iter()
                 .chain(r.domains.iter().filter_map(|d| d.tls.as_ref()))
         })
+    }
+
+    /// The names that need a managed certificate, sorted.
+    pub fn managed_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.domains.iter())
+            .filter(|d| d.managed)
+            .map(|d| d.host.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     pub fn backend_count(&self) -> usize {

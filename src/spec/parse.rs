@@ -694,6 +694,15 @@ impl Walker<'_> {
             Some(v) if tls_front => self.tls(v, &p.field("tls")),
             _ => None,
         };
+        // An https rule without its own certificate: each domain without one gets a managed
+        // certificate for its name, which HTTP-01 cannot validate for a wildcard.
+        let managed = scheme == Scheme::Https && !rule_tls && get(obj, "tls").is_none();
+        if managed && host.as_ref().is_some_and(|h| h.wildcard) {
+            self.f.error(
+                p.field("tls"),
+                "is required for a wildcard domain of an https rule without tls: managed certificates are validated by HTTP-01, which cannot validate a wildcard",
+            );
+        }
         let backends = match self.array(obj, p, "backends") {
             Some(list) if !list.is_empty() => {
                 self.backends(list, &p.field("backends"), fields.back_port)
@@ -710,6 +719,7 @@ impl Walker<'_> {
             id: id?,
             host: host?,
             tls,
+            managed,
             redirect_http,
             pool,
         })
@@ -813,13 +823,6 @@ impl Walker<'_> {
         }
         let tls = match (scheme, get(obj, "tls")) {
             (Some(Scheme::Https | Scheme::Http2), Some(v)) => self.tls(v, &p.field("tls")),
-            (Some(Scheme::Https), None) => {
-                self.f.error(
-                    p.field("tls"),
-                    "is required for https rules: certificates managed by the agent (ACME) for https rules without tls are not supported yet",
-                );
-                None
-            }
             _ => None,
         };
         // LB-wide cookie and redirect defaults only reach rules where they mean something.
@@ -878,6 +881,18 @@ impl Walker<'_> {
                 p.field("backends"),
                 "must hold at least one backend (it may be empty only when domains route the traffic)",
             );
+        }
+        // Without tls, an https rule is served with managed certificates for its domains' names.
+        if scheme_s == Scheme::Https && tls.is_none() && get(obj, "tls").is_none() {
+            let named = get(obj, "domains")
+                .and_then(Value::as_array)
+                .is_some_and(|d| !d.is_empty());
+            if !named {
+                self.f.error(
+                    p.field("tls"),
+                    "is required for an https rule without domains: a managed certificate (ACME) is issued for domain names, and this rule has none",
+                );
+            }
         }
         let redirect_http = scheme_s == Scheme::Https && fields.redirect == Some(true);
         let pool = self.pool(&fields, scheme_s, backends);
@@ -1049,6 +1064,27 @@ impl Walker<'_> {
                 p.field("frontPort"),
                 format!("port {redirect_port} is the redirect port (setting envoy.redirect_port), used by redirectHTTP of rules[{user}]"),
             );
+        }
+        // HTTP-01 challenges of managed certificates are answered in plain HTTP on the redirect
+        // port: by the redirect listener, or by the plain-HTTP rule that holds the port.
+        let managed_user = rules
+            .iter()
+            .find(|(_, r)| r.domains.iter().any(|d| d.managed))
+            .map(|(i, _)| *i);
+        if let (Some(user), Some(holder)) = (managed_user, ports.get(&redirect_port)) {
+            let plain = rules
+                .iter()
+                .find(|(i, _)| i == holder)
+                .is_some_and(|(_, r)| {
+                    r.scheme.is_http() && r.scheme != Scheme::Https && r.tls.is_none()
+                });
+            if !plain {
+                let p = rp.index(*holder);
+                self.f.error(
+                    p.field("frontPort"),
+                    format!("port {redirect_port} (setting envoy.redirect_port) must answer plain HTTP: rules[{user}] has managed certificates, validated by ACME HTTP-01 on that port"),
+                );
+            }
         }
     }
 }

@@ -584,7 +584,13 @@ fn rendered(l: &Loaded) -> Result<String, String> {
         .into_iter()
         .map(|n| (n, vec![RESOLVED_TO.parse().unwrap()]))
         .collect();
-    let r = render::render(&l.spec, &Settings::default(), &resolved).map_err(|e| e.to_string())?;
+    let r = render::render(
+        &l.spec,
+        &Settings::default(),
+        &resolved,
+        &Default::default(),
+    )
+    .map_err(|e| e.to_string())?;
     if let Some(b) = r
         .config
         .bytes()
@@ -844,8 +850,13 @@ fn hostile_text_around_pem_never_reaches_the_output() {
                         {
                             failures.push(format!("{what}: the stray text was kept"));
                         }
-                        let r = render::render(&l.spec, &Settings::default(), &Default::default())
-                            .unwrap();
+                        let r = render::render(
+                            &l.spec,
+                            &Settings::default(),
+                            &Default::default(),
+                            &Default::default(),
+                        )
+                        .unwrap();
                         for file in &r.files {
                             if !file.contents.starts_with("-----BEGIN ")
                                 || !file.contents.trim_end().ends_with("-----")

@@ -188,19 +188,40 @@ fn informational_fields_never_change_the_hash() {
 }
 
 #[test]
-fn an_https_rule_without_tls_is_refused_until_managed_certificates_exist() {
+fn an_https_rule_without_tls_gets_managed_certificates_for_its_domain_names() {
+    // As the real API sends an https rule: domains, no certificate.
     let mut doc = fixture("k8s-http");
     doc["data"]["rules"][0]["scheme"] = "https".into();
-    let e = spec::load(doc.to_string().as_bytes(), &options()).unwrap_err();
+    doc["data"]["rules"][0]["frontPort"] = 443.into();
+    let l = spec::load(doc.to_string().as_bytes(), &options()).unwrap();
+    assert_eq!(l.spec.managed_names(), ["shop.example.com"]);
+
+    // Without a domain there is no name to issue for.
+    let mut bare = doc.clone();
+    bare["data"]["rules"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("domains");
+    let e = spec::load(bare.to_string().as_bytes(), &options()).unwrap_err();
     let f =
         e.0.iter()
             .find(|f| f.path == "rules[0].tls")
             .expect("an error at rules[0].tls");
     assert!(
-        f.message.contains("managed") && f.message.contains("not supported yet"),
+        f.message.contains("managed certificate") && f.message.contains("without domains"),
         "{f:?}"
     );
     assert_eq!(e.0.len(), 1, "{e}");
+
+    // HTTP-01 is answered in plain HTTP on the redirect port: TLS there cannot answer it.
+    let mut on_80 = doc.clone();
+    on_80["data"]["rules"][0]["frontPort"] = options().redirect_port.into();
+    let e = spec::load(on_80.to_string().as_bytes(), &options()).unwrap_err();
+    assert!(
+        e.0.iter().any(|f| f.path == "rules[0].frontPort"
+            && f.message.contains("must answer plain HTTP")),
+        "{e}"
+    );
 }
 
 /// Each fixture served by the real Envoy: every backend replaced by a loopback upstream named

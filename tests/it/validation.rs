@@ -2061,18 +2061,50 @@ fn fields_that_belong_to_some_schemes_only() {
     let tcp = || set("/rules/0/scheme", json!("tcp"));
     let cases = vec![
         err(
-            "https without tls",
+            "https without tls or domains",
             Https,
-            unset("/rules/0/tls"),
+            all(vec![unset("/rules/0/tls"), unset("/rules/0/domains")]),
             "rules[0].tls",
-            "is required for https rules",
+            "is required for an https rule without domains",
         ),
         err(
-            "https with tls null",
+            "https with tls null and no domains",
+            Https,
+            all(vec![
+                set("/rules/0/tls", Value::Null),
+                set("/rules/0/domains", json!([])),
+            ]),
+            "rules[0].tls",
+            "is required for an https rule without domains",
+        ),
+        ok(
+            "https without tls: its domains get managed certificates",
+            Https,
+            all(vec![unset("/rules/0/tls"), unset("/rules/0/domains/0/tls")]),
+        ),
+        ok(
+            "https with tls null: a domain with its own certificate",
             Https,
             set("/rules/0/tls", Value::Null),
-            "rules[0].tls",
-            "is required for https rules",
+        ),
+        err(
+            "a wildcard domain waiting for a managed certificate",
+            Https,
+            all(vec![
+                unset("/rules/0/tls"),
+                unset("/rules/0/domains/0/tls"),
+                set("/rules/0/domains/0/domainName", json!("*.example.com")),
+            ]),
+            "rules[0].domains[0].tls",
+            "which cannot validate a wildcard",
+        ),
+        ok(
+            "a wildcard domain under the rule's certificate",
+            Https,
+            all(vec![
+                unset("/rules/0/domains/0/tls"),
+                set("/rules/0/domains/0/domainName", json!("*.example.com")),
+            ]),
         ),
         ok(
             "https domain without tls (rule's certificate)",
