@@ -12,6 +12,7 @@
 //! Signals (mapped in `main`): TERM and INT finish the current step, flush events within a
 //! deadline and exit 0; HUP resyncs at once and re-applies even an unchanged hash.
 
+use crate::acme;
 use crate::api::{self, ApiClient, Fetched};
 use crate::events::{Event, EventQueue};
 use crate::metrics::AgentMetrics;
@@ -49,6 +50,9 @@ pub struct AgentState {
     pub last_poll: Option<String>,
     pub last_poll_result: Option<String>,
     pub last_event_sent: Option<String>,
+    /// Managed certificates the spec needs: expiry, next renewal, failures.
+    #[serde(default)]
+    pub certificates: Vec<acme::CertStatus>,
 }
 
 /// How one cycle ended; `once` turns it into an exit code.
@@ -107,6 +111,8 @@ pub struct Agent {
     answers: resolve::Cache,
     reported: HashSet<String>,
     last_body: Option<Vec<u8>>,
+    /// Managed certificates (ACME): what is held, the challenges pending, the manager's events.
+    certs: acme::Certs,
 }
 
 /// What `/healthz` and `/readyz` read, shared with the HTTP server.
@@ -142,6 +148,7 @@ impl Agent {
             .store(state.applied_hash.is_some(), Ordering::Relaxed);
         metrics.events_queued.set(queue.len() as i64);
         let dropped_seen = queue.dropped();
+        let certs = acme::Certs::load(&settings, pipeline::now_unix());
         Ok(Agent {
             settings,
             api,
@@ -156,6 +163,7 @@ impl Agent {
             answers: resolve::Cache::default(),
             reported: HashSet::new(),
             last_body: None,
+            certs,
         })
     }
 
@@ -244,7 +252,8 @@ impl Agent {
         }
     }
 
-    fn save(&self) {
+    fn save(&mut self) {
+        self.state.certificates = self.certs.status(&self.settings.acme);
         let result = serde_json::to_vec_pretty(&self.state)
             .map_err(anyhow::Error::from)
             .and_then(|b| store::write_private(&self.settings.agent_state_path(), &b));
@@ -279,6 +288,7 @@ impl Agent {
     /// One reconcile step. `force` (SIGHUP) fetches the whole spec and re-applies it.
     pub async fn cycle(&mut self, force: bool) -> Outcome {
         self.beat();
+        self.queue_certificate_events();
         let outcome = self.cycle_inner(force).await;
         let result = match &outcome {
             Outcome::Unchanged
@@ -306,6 +316,43 @@ impl Agent {
         }
         self.beat();
         outcome
+    }
+
+    /// Renders the last spec again (a managed certificate or a challenge changed) and applies
+    /// it if that changed the config; queues the certificate manager's events.
+    pub async fn refresh(&mut self) -> Outcome {
+        self.beat();
+        self.queue_certificate_events();
+        let Some(body) = self.last_body.take() else {
+            return Outcome::Unchanged;
+        };
+        let outcome = self.reconcile(&body, false).await;
+        self.last_body = Some(body);
+        if outcome != Outcome::Unchanged {
+            self.state.last_poll_result = Some(format!("{outcome:?}"));
+        }
+        self.save();
+        self.beat();
+        outcome
+    }
+
+    /// The managed certificates' handle (the manager task runs beside the loop).
+    pub fn certs(&self) -> &acme::Certs {
+        &self.certs
+    }
+
+    fn queue_certificate_events(&mut self) {
+        for e in self.certs.take_events() {
+            self.metrics
+                .acme_attempts
+                .with_label_values(&[match e.kind {
+                    crate::events::EventKind::CertificateIssued => "issued",
+                    crate::events::EventKind::CertificateRenewed => "renewed",
+                    _ => "failed",
+                }])
+                .inc();
+            self.report(e);
+        }
     }
 
     async fn cycle_inner(&mut self, force: bool) -> Outcome {
@@ -382,18 +429,19 @@ impl Agent {
         for w in &loaded.warnings {
             tracing::warn!("spec warning: {w}");
         }
+        let mut loaded = loaded;
         let resolved = self.resolve(&loaded.spec).await;
-        let hash = pipeline::hash(&loaded, &resolved);
+        // Managed certificates fill the domains waiting for them; the pending challenges are
+        // answered on the redirect port. Both are part of the config's hash.
+        self.certs.want(loaded.spec.managed_names());
+        let managed = self.certs.managed();
+        spec::fill_managed(&mut loaded.spec, &managed.certificates);
+        let hash = pipeline::hash_with_challenges(&loaded, &resolved, &managed.challenges);
         if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
+            self.certs.applied(managed.challenges.keys().cloned());
             return Outcome::Unchanged;
         }
-        let prepared = match pipeline::finish(
-            loaded,
-            &resolved,
-            &pipeline::Managed::default(),
-            &self.settings,
-            true,
-        ) {
+        let prepared = match pipeline::finish(loaded, &resolved, &managed, &self.settings, true) {
             Ok(p) => p,
             Err(e) => {
                 self.report(Event::reload_failed(
@@ -421,6 +469,8 @@ impl Agent {
             Ok(out) => {
                 let outcome = self.record(out);
                 if let Outcome::Applied { .. } = &outcome {
+                    // Envoy answers these now: the CA may be told to look.
+                    self.certs.applied(managed.challenges.keys().cloned());
                     self.metrics.set_certificates(
                         prepared
                             .loaded
@@ -729,6 +779,8 @@ pub async fn serve_metrics(
 enum Wake {
     Poll,
     Resync,
+    /// A managed certificate or a pending challenge changed.
+    Certificates,
     Events,
     Watchdog,
     Stop,
@@ -761,6 +813,8 @@ pub async fn run(
     ));
     agent.started().await;
     agent.beat();
+    let manager = tokio::spawn(acme::run(agent.certs.clone(), agent.settings.clone()));
+    let certs_changed = agent.certs.changed.clone();
     tokio::pin!(stop);
     let interval = Duration::from_secs(agent.settings.vpsie.poll_interval_s.into());
     // The watchdog is pinged from the loop itself, so a stuck loop stops pinging.
@@ -774,6 +828,7 @@ pub async fn run(
             _ = &mut stop => Wake::Stop,
             _ = tokio::time::sleep_until(next_poll.into()) => Wake::Poll,
             Some(()) = resync.recv() => Wake::Resync,
+            _ = certs_changed.notified() => Wake::Certificates,
             _ = sleep_until(events_at), if events_at.is_some() => Wake::Events,
             _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Wake::Watchdog,
         };
@@ -790,6 +845,12 @@ pub async fn run(
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                     ready = true;
                 }
+                notify_status(&agent);
+            }
+            Wake::Certificates => {
+                let outcome = agent.refresh().await;
+                tracing::debug!(?outcome, "managed certificates changed");
+                agent.flush_events().await;
                 notify_status(&agent);
             }
             Wake::Events => {
@@ -813,6 +874,7 @@ pub async fn run(
     })
     .await;
     agent.save();
+    manager.abort();
     server.abort();
     tracing::info!(queued = agent.queue.len(), "agent stopped");
     Ok(())

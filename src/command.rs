@@ -198,6 +198,32 @@ pub fn status_summary(s: &FullStatus) -> String {
         (Some(at), None) => format!("Last poll   {at}"),
         _ => "Last poll   never (is `vpsie-lb-agent run` running?)".to_owned(),
     });
+    for c in &a.certificates {
+        let at = |t: i64| {
+            crate::events::rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+            )
+        };
+        let mut text = match c.not_after {
+            Some(t) => format!("Certificate {} (managed) valid until {}", c.name, at(t)),
+            None => format!("Certificate {} (managed) NOT YET OBTAINED", c.name),
+        };
+        if let Some(n) = c.next_renewal {
+            text.push_str(&format!(
+                ", {} {}",
+                if c.failures > 0 {
+                    "next attempt"
+                } else {
+                    "renews"
+                },
+                at(n)
+            ));
+        }
+        if let Some(e) = &c.last_error {
+            text.push_str(&format!("; {} failed: {}", c.failures, line(e)));
+        }
+        out.push(text);
+    }
     let mut events = format!("Events      {} queued", s.queued_events);
     if s.dropped_events > 0 {
         events.push_str(&format!(", {} DROPPED (queue was full)", s.dropped_events));

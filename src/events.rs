@@ -32,6 +32,11 @@ pub enum EventKind {
     /// Not in the contract's list yet (issue 11): a backend host name's answer held addresses
     /// that carry no traffic, or the name stopped resolving.
     BackendHostProblem,
+    /// Not in the contract's list yet (issue 12): a managed certificate was obtained for the
+    /// first time, renewed, or an attempt failed (with the CA's own words).
+    CertificateIssued,
+    CertificateRenewed,
+    CertificateFailed,
 }
 
 impl EventKind {
@@ -44,6 +49,9 @@ impl EventKind {
             EventKind::ReloadFailed => "reload_failed",
             EventKind::CriticalFailure => "critical_failure",
             EventKind::BackendHostProblem => "backend_host_problem",
+            EventKind::CertificateIssued => "certificate_issued",
+            EventKind::CertificateRenewed => "certificate_renewed",
+            EventKind::CertificateFailed => "certificate_failed",
         }
     }
 }
@@ -195,6 +203,47 @@ impl Event {
             problem.message(),
             now,
             metadata,
+        )
+    }
+
+    /// A managed certificate for `name` was obtained (`renewed`: it replaces an earlier one).
+    pub fn certificate_issued(
+        name: &str,
+        certificate_id: &str,
+        not_after: i64,
+        renewed: bool,
+        now: SystemTime,
+    ) -> Event {
+        let expires = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(not_after.max(0) as u64));
+        Event::new(
+            if renewed {
+                EventKind::CertificateRenewed
+            } else {
+                EventKind::CertificateIssued
+            },
+            format!(
+                "managed certificate for {name} {}, valid until {expires}",
+                if renewed { "renewed" } else { "issued" }
+            ),
+            now,
+            json!({"name": name, "certificate_id": certificate_id, "not_after": expires}),
+        )
+    }
+
+    /// An attempt to obtain or renew the certificate for `name` failed; `error` holds the CA's
+    /// own text where it gave one. The next attempt is at `next_attempt` (Unix seconds).
+    pub fn certificate_failed(
+        name: &str,
+        error: &str,
+        next_attempt: i64,
+        now: SystemTime,
+    ) -> Event {
+        let next = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(next_attempt.max(0) as u64));
+        Event::new(
+            EventKind::CertificateFailed,
+            format!("managed certificate for {name} not obtained: {error}; next attempt at {next}"),
+            now,
+            json!({"name": name, "error": error, "next_attempt": next}),
         )
     }
 

@@ -12,10 +12,12 @@
 //! - [`resolve`]: backend host names → addresses the guard allows, TTL-cached.
 //! - [`pipeline`]: load → resolve → hash → render, shared by every command and the agent.
 //! - [`api`]: the VPSie API client, behind its address guard.
+//! - [`acme`]: managed certificates: obtained and renewed by ACME (HTTP-01), kept on disk.
 //! - [`supervisor`]: the parent of every Envoy epoch, its protocol and its client.
 //! - [`agent`]: the reconcile loop: poll the API, hand over to the supervisor, report.
 //! - [`command`]: what each CLI command does.
 
+pub mod acme;
 pub mod agent;
 pub mod api;
 pub mod command;

@@ -25,6 +25,8 @@ pub const POLL_RESULTS: &[&str] = &[
 pub const APPLY_RESULTS: &[&str] = &["applied", "rejected", "rolled_back", "critical", "error"];
 pub const API_OPS: &[&str] = &["fetch", "event"];
 pub const RESTART_KINDS: &[&str] = &["hot", "full"];
+/// Results of one attempt to obtain a managed certificate.
+pub const ACME_RESULTS: &[&str] = &["issued", "renewed", "failed"];
 
 const DURATION_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -57,6 +59,8 @@ pub struct AgentMetrics {
     pub events_dropped: IntCounter,
     pub envoy_up: IntGauge,
     pub certificate_expiry: GaugeVec,
+    /// Attempts to obtain or renew a managed certificate, by result.
+    pub acme_attempts: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -179,6 +183,16 @@ impl AgentMetrics {
                     &["certificate_id"],
                 ),
             ),
+            acme_attempts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}acme_attempts_total"),
+                        "Attempts to obtain (issued) or renew (renewed) a managed certificate, and those that failed",
+                    ),
+                    &["result"],
+                ),
+            ),
             build_info: reg(
                 &r,
                 IntGaugeVec::new(
@@ -196,6 +210,9 @@ impl AgentMetrics {
         }
         for v in APPLY_RESULTS {
             m.applies.with_label_values(&[v]);
+        }
+        for v in ACME_RESULTS {
+            m.acme_attempts.with_label_values(&[v]);
         }
         for v in API_OPS {
             m.api_request_duration.with_label_values(&[v]);

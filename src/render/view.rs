@@ -318,10 +318,12 @@ pub fn build(
                 if rule.scheme == Scheme::Https {
                     redirect_vhosts.extend(redirects(rule));
                 }
+                // SNI picks the chain: needed wherever the front is TLS.
+                let tls_front = rule.scheme == Scheme::Https || rule.tls.is_some();
                 Listener {
                     name: rule.id.clone(),
                     port: rule.front_port,
-                    tls_inspector: rule.tls.is_some(),
+                    tls_inspector: tls_front,
                     chains,
                     http: Some(http(rule)),
                     tcp: None,

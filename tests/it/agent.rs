@@ -3,133 +3,16 @@
 //! real `vpsie-lb-agent run` process (for the loop, its signals and restarts).
 
 use crate::support::load::Load;
+use crate::support::sim::{agent_process, agent_settings, client, wait_polls, Sim, LB};
 use crate::support::supervisor::Stand;
 use crate::support::upstream::{self, Upstream};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use vpsie_lb_agent::agent::{Agent, Outcome};
 use vpsie_lb_agent::api::ApiClient;
 use vpsie_lb_agent::settings::Settings;
-
-const LB: &str = "lb-agent";
-
-/// The API stand-in as a process; killed on drop.
-struct Sim {
-    child: Child,
-    port: u16,
-    token: String,
-    spec: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Sim {
-    fn start(spec: &Value) -> Sim {
-        let dir = tempfile::tempdir().unwrap();
-        let token = "test-token-123".to_owned();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, &token).unwrap();
-        let spec_path = dir.path().join("lb.json");
-        std::fs::write(&spec_path, spec.to_string()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vpsie-api-sim"))
-            .args(["--listen", "127.0.0.1:0", "--token-file"])
-            .arg(&token_file)
-            .arg("--lb")
-            .arg(format!("{LB}={}", spec_path.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().trim_end_matches('/').parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Sim {
-            child,
-            port,
-            token,
-            spec: spec_path,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn write_spec(&self, spec: &Value) {
-        std::fs::write(&self.spec, spec.to_string()).unwrap();
-    }
-
-    async fn events(&self) -> Vec<Value> {
-        let r: Value = client()
-            .get(self.url(&format!("/sim/events?lb={LB}")))
-            .header("Vpsie-Auth", &self.token)
-            .send()
-            .await
-            .unwrap()
-            .json_value()
-            .await;
-        r["data"].as_array().cloned().unwrap_or_default()
-    }
-
-    async fn fault(&self, kind: &str, count: u32) {
-        self.fault_ms(kind, count, 300).await;
-    }
-
-    async fn fault_ms(&self, kind: &str, count: u32, delay_ms: u64) {
-        let r = client()
-            .post(self.url("/sim/faults"))
-            .header("Vpsie-Auth", &self.token)
-            .header("content-type", "application/json")
-            .body(json!({"kind": kind, "count": count, "delay_ms": delay_ms}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "fault {kind}: {}", r.status());
-    }
-}
-
-impl Sim {
-    async fn clear_faults(&self) {
-        let r = client()
-            .delete(self.url("/sim/faults"))
-            .header("Vpsie-Auth", &self.token)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-trait JsonValue {
-    async fn json_value(self) -> Value;
-}
-
-impl JsonValue for reqwest::Response {
-    async fn json_value(self) -> Value {
-        serde_json::from_slice(&self.bytes().await.unwrap()).unwrap()
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
 
 fn backend(id: &str, up: &Upstream) -> Value {
     json!({"identifier": id, "ip": "127.0.0.1", "port": up.port()})
@@ -139,25 +22,6 @@ fn spec(front: u16, backends: &[(&str, &Upstream)]) -> Value {
     let b: Vec<Value> = backends.iter().map(|(id, u)| backend(id, u)).collect();
     json!({"identifier": LB, "lbName": "agent", "updated_on": "2026-11-24 10:00:00",
            "rules": [{"ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1, "backends": b}]})
-}
-
-/// Settings for an agent talking to `sim` and the stand's supervisor.
-fn agent_settings(stand: &Stand, sim: &Sim) -> Settings {
-    let mut s = stand.settings.clone();
-    let key = stand.dir.path().join("api-key");
-    std::fs::write(&key, &sim.token).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    s.vpsie.api_url = format!("http://127.0.0.1:{}", sim.port);
-    s.vpsie.allowed_hosts = vec!["127.0.0.1".into()];
-    s.vpsie.api_key_file = key;
-    s.vpsie.loadbalancer_id = LB.into();
-    s.vpsie.poll_interval_s = 1;
-    s.vpsie.request_timeout_s = 5;
-    s.dev.allow_insecure_http = true;
-    s.state_dir = stand.dir.path().join("agent-state");
-    s.metrics.port = crate::support::envoy::free_port();
-    s
 }
 
 async fn flush_all(agent: &mut Agent) {
@@ -473,49 +337,6 @@ async fn the_agent_process_follows_edits_restarts_without_reloading_and_resyncs_
         [(0, "hot_restart"), (0, "live"), (0, "live")],
         "the first config starts Envoy; the edit and the forced resync go in live"
     );
-}
-
-/// Writes `settings` for the real `vpsie-lb-agent run` and returns what starts one.
-fn agent_process(stand: &Stand, settings: &Settings) -> impl Fn() -> Child {
-    let conf = stand.dir.path().join("agent-run.yaml");
-    std::fs::write(&conf, serde_yaml::to_string(settings).unwrap()).unwrap();
-    move || {
-        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-}
-
-/// Waits until the running agent process has counted a poll with this result (its own
-/// `/metrics`: a new process starts from zero, so the count is about this process only).
-async fn wait_polls(settings: &Settings, result: &str) {
-    let url = format!("http://127.0.0.1:{}/metrics", settings.metrics.port);
-    let line = format!("vpsie_lb_agent_polls_total{{result=\"{result}\"}} ");
-    let c = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = match c.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let count = text
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if count >= 1.0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no poll ended {result} within 20 s:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The events the agent still holds (its durable queue), read from its file.

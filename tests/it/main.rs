@@ -12,6 +12,7 @@ mod grpc;
 mod hostile;
 mod layout;
 mod live;
+mod managed;
 mod observability;
 mod packaging;
 mod proptest_specs;

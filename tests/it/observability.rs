@@ -599,6 +599,14 @@ fn lb_series(instance: &str, changed: Changes) -> String {
         ("envoy_server_live", "1x120"),
         ("vpsie_lb_agent_events_queued", "0x120"),
         ("vpsie_lb_agent_events_dropped_total", "0x120"),
+        (
+            "vpsie_lb_agent_acme_attempts_total{result=\"failed\"}",
+            "0x120",
+        ),
+        (
+            "vpsie_lb_agent_acme_attempts_total{result=\"renewed\"}",
+            "0x60 1x60",
+        ),
         // 100 days after the test's time 0.
         (
             "vpsie_lb_agent_certificate_expiry_timestamp_seconds{certificate_id=\"c1\"}",
@@ -714,6 +722,14 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
                 "864000x120",
             )],
             &["VpsieLbCertificateExpiringSoon"],
+        ),
+        (
+            "lb-acme-failing",
+            &[(
+                "vpsie_lb_agent_acme_attempts_total{result=\"failed\"}",
+                "0x90 1x30",
+            )],
+            &["VpsieLbManagedCertificateFailing"],
         ),
         (
             "lb-dropping",

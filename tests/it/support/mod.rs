@@ -5,6 +5,8 @@
 pub mod certs;
 pub mod envoy;
 pub mod load;
+pub mod pebble;
+pub mod sim;
 pub mod supervisor;
 pub mod upstream;
 

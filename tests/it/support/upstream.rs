@@ -21,6 +21,8 @@ pub struct Upstream {
     pub failing_health: Arc<AtomicBool>,
     /// SNI names seen by a TLS upstream.
     pub sni_seen: Arc<Mutex<Vec<String>>>,
+    /// Paths of the HTTP requests an HTTP upstream answered.
+    pub paths_seen: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,16 +90,31 @@ pub async fn http_at(name: &str, tls: Option<&super::certs::TestCert>, at: Socke
     let failing = Arc::new(AtomicBool::new(false));
     let sni_seen = Arc::new(Mutex::new(Vec::new()));
     let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(server_config(c)));
-    let (n, f, s) = (name.to_owned(), failing.clone(), sni_seen.clone());
+    let paths_seen = Arc::new(Mutex::new(Vec::new()));
+    let (n, f, s, ps) = (
+        name.to_owned(),
+        failing.clone(),
+        sni_seen.clone(),
+        paths_seen.clone(),
+    );
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (n, f, s, acceptor) = (n.clone(), f.clone(), s.clone(), acceptor.clone());
+            let (n, f, s, ps, acceptor) = (
+                n.clone(),
+                f.clone(),
+                s.clone(),
+                ps.clone(),
+                acceptor.clone(),
+            );
             conns.spawn(async move {
-                let svc = service_fn(move |req| answer(n.clone(), f.clone(), req));
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    ps.lock().unwrap().push(req.uri().path().to_owned());
+                    answer(n.clone(), f.clone(), req)
+                });
                 // HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 by ALPN): http2 rules speak
                 // HTTP/2 to their backends.
                 let builder = hyper_util::server::conn::auto::Builder::new(
@@ -130,6 +147,7 @@ pub async fn http_at(name: &str, tls: Option<&super::certs::TestCert>, at: Socke
         addr,
         failing_health: failing,
         sni_seen,
+        paths_seen,
         task,
     }
 }
@@ -204,6 +222,7 @@ pub async fn tcp(name: &str) -> Upstream {
         addr,
         failing_health: Arc::new(AtomicBool::new(false)),
         sni_seen: Arc::new(Mutex::new(Vec::new())),
+        paths_seen: Arc::new(Mutex::new(Vec::new())),
         task,
     }
 }
@@ -270,6 +289,7 @@ pub async fn echo(name: &str) -> Upstream {
         addr,
         failing_health: Arc::new(AtomicBool::new(false)),
         sni_seen: Arc::new(Mutex::new(Vec::new())),
+        paths_seen: Arc::new(Mutex::new(Vec::new())),
         task,
     }
 }

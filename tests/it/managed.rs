@@ -1,0 +1,264 @@
+//! Managed certificates end to end, on loopback: Pebble as the CA, its HTTP-01 validation
+//! pointed at the load balancer's plain-HTTP port, every name mapped to 127.0.0.1 by a DNS
+//! server the test runs; the real agent process, supervisor and Envoy.
+
+use crate::support::pebble::{self, Pebble};
+use crate::support::sim::{agent_process, agent_settings, Sim};
+use crate::support::supervisor::Stand;
+use crate::support::upstream::{self, Upstream};
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vpsie_lb_agent::settings::Settings;
+
+const SHOP: &str = "shop.example.com";
+const API: &str = "api.example.com";
+
+fn backend(up: &Upstream) -> Value {
+    json!([{"identifier": up.name, "ip": "127.0.0.1", "port": up.port()}])
+}
+
+/// As the real API sends it: an http rule on the plain-HTTP port, and an https rule with two
+/// domains and no certificate at all.
+fn spec(
+    http_port: u16,
+    https_port: u16,
+    plain: &Upstream,
+    shop: &Upstream,
+    api: &Upstream,
+) -> Value {
+    json!({"identifier": crate::support::sim::LB, "lbName": "managed", "rules": [
+        {"ruleId": "plain", "scheme": "http", "frontPort": http_port, "backPort": 1,
+         "backends": backend(plain)},
+        {"ruleId": "secure", "scheme": "https", "frontPort": https_port, "backPort": 1,
+         "backends": [],
+         "domains": [
+            {"domainId": "shop", "domainName": SHOP, "backends": backend(shop)},
+            {"domainId": "api", "domainName": API, "backends": backend(api)}]}
+    ]})
+}
+
+/// A TLS client that trusts only `root`: connects to `port` with `name` as SNI, checks the
+/// chain and the name, and asks for `/`. Returns the leaf certificate and the answer's body.
+async fn fetch_tls(port: u16, name: &str, root: &str) -> Result<(Vec<u8>, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .ok_or("no certificate")?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((leaf, body))
+}
+
+/// Waits until `name` is served over TLS with a certificate that chains to `root`.
+async fn served(
+    port: u16,
+    name: &str,
+    root: &str,
+    within: Duration,
+    log: impl Fn() -> String,
+) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    loop {
+        match fetch_tls(port, name, root).await {
+            Ok((leaf, _)) => return leaf,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{name} not served with a certificate from the CA within {within:?}: {e}\n{}",
+                log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn acme_settings(stand: &Stand, sim: &Sim, ca: &Pebble) -> Settings {
+    let mut s = agent_settings(stand, sim);
+    s.acme.directory_url = ca.directory_url.clone();
+    s.acme.ca_file = Some(ca.ca_file.clone());
+    s.acme.retry_min_s = 1;
+    s.acme.retry_max_s = 5;
+    s.acme.order_timeout_s = 60;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
+    let http_port = Stand::front_port();
+    let https_port = Stand::front_port();
+    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
+    let ca = Pebble::start(pebble::Options {
+        http_port,
+        validity_s: 90 * 24 * 3600,
+        blocklist: &[],
+    })
+    .await;
+    let (plain, shop, api) = (
+        upstream::http("plain", None).await,
+        upstream::http("shop", None).await,
+        upstream::http("api", None).await,
+    );
+    let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
+    let settings = acme_settings(&stand, &sim, &ca);
+    let start_agent = agent_process(&stand, &settings);
+    let mut agent = start_agent();
+    let root = ca.root_pem().await;
+    let log = || format!("pebble:\n{}\nsupervisor:\n{}", ca.log(), stand.log());
+
+    // Both names served, each with its own certificate from the CA, checked by a client that
+    // trusts only the CA's root and the name it asked for.
+    for (name, body) in [(SHOP, "shop"), (API, "api")] {
+        let leaf = served(https_port, name, &root, Duration::from_secs(90), log).await;
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let sans: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(sans, [format!("DNSName({name})")], "{name}");
+        let (_, answer) = fetch_tls(https_port, name, &root).await.unwrap();
+        assert_eq!(answer, body, "{name} reaches its own pool");
+    }
+
+    // The challenge path answers only pending tokens: anything else under it is Envoy's 404,
+    // and the plain-HTTP rule's backend never sees the challenge path.
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    for host in [SHOP, API, "other.example.com"] {
+        let r = c
+            .get(format!(
+                "http://127.0.0.1:{http_port}/.well-known/acme-challenge/not-a-pending-token"
+            ))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{host}");
+        assert_eq!(r.text().await.unwrap(), "no such challenge\n");
+    }
+    let r = c
+        .get(format!("http://127.0.0.1:{http_port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "plain",
+        "the rest of port 80 is the http rule's"
+    );
+    assert!(
+        !plain
+            .paths_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.starts_with("/.well-known/acme-challenge/")),
+        "the backend saw a challenge path: {:?}",
+        plain.paths_seen.lock().unwrap()
+    );
+
+    // Stored 0600, and reused by a restarted agent: no new order, the same certificates.
+    let cert_file = settings
+        .state_dir
+        .join("acme/certs")
+        .join(format!("{SHOP}.json"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cert_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let events = |kind: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.events()
+                .await
+                .into_iter()
+                .filter(|e| e["type"] == kind)
+                .collect::<Vec<Value>>()
+        }
+    };
+    let issued = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let issued = events("certificate_issued").await;
+            if issued.len() >= 2 {
+                break issued;
+            }
+            assert!(Instant::now() < deadline, "issued events: {issued:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let names: std::collections::BTreeSet<&str> = issued
+        .iter()
+        .map(|e| e["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [API, SHOP].into());
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let before = std::fs::read(&cert_file).unwrap();
+    let mut agent = start_agent();
+    crate::support::sim::wait_polls(&settings, "unchanged").await;
+    assert_eq!(
+        std::fs::read(&cert_file).unwrap(),
+        before,
+        "the stored certificate is kept"
+    );
+    let leaf = served(https_port, SHOP, &root, Duration::from_secs(5), log).await;
+    let stored: Value = serde_json::from_slice(&before).unwrap();
+    let stored_leaf =
+        CertificateDer::pem_slice_iter(stored["certificate_pem"].as_str().unwrap().as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        stored_leaf.as_ref(),
+        leaf.as_slice(),
+        "the restarted agent serves the stored certificate"
+    );
+    assert!(events("certificate_failed").await.is_empty());
+    assert_eq!(
+        events("certificate_issued").await.len(),
+        2,
+        "no new order after a restart"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
