@@ -262,3 +262,179 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+/// Short-lived certificates (Pebble issues them for 30 s here) are renewed at two thirds of
+/// their lifetime and rotated into the running Envoy: a TLS connection opened before carries
+/// on after, new handshakes see the new certificate, and no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_rotates_the_certificate_live_without_cutting_a_connection() {
+    let http_port = Stand::front_port();
+    let https_port = Stand::front_port();
+    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
+    let ca = Pebble::start(pebble::Options {
+        http_port,
+        validity_s: 30,
+        blocklist: &[],
+    })
+    .await;
+    let (plain, shop, api) = (
+        upstream::http("plain", None).await,
+        upstream::http("shop", None).await,
+        upstream::http("api", None).await,
+    );
+    let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
+    let settings = acme_settings(&stand, &sim, &ca);
+    let mut agent = agent_process(&stand, &settings)();
+    let root = ca.root_pem().await;
+    let log = || format!("pebble:\n{}\nsupervisor:\n{}", ca.log(), stand.log());
+    let first = served(https_port, SHOP, &root, Duration::from_secs(60), log).await;
+    let epoch = stand.status().await.epoch;
+
+    // A connection opened now, kept open across the renewal.
+    let mut held = KeptAlive::open(https_port, SHOP, &root).await;
+    assert_eq!(held.get().await.unwrap(), "shop");
+
+    // Load: a new TLS handshake and request at a time, each checked against the CA's root.
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let (stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let load = tokio::spawn({
+        let (stop, done, root) = (stop.clone(), done.clone(), root.clone());
+        async move {
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match fetch_tls(https_port, SHOP, &root).await {
+                    Ok((_, body)) if body == "shop" => {}
+                    Ok((_, body)) => failed.push(format!("answered {body:?}")),
+                    Err(e) => failed.push(e),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            failed
+        }
+    });
+
+    // Renewed: a new certificate for the same name, served to new handshakes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let renewed = loop {
+        let (leaf, _) = fetch_tls(https_port, SHOP, &root).await.unwrap();
+        if leaf != first {
+            break leaf;
+        }
+        assert!(Instant::now() < deadline, "never renewed:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let serial = |der: &[u8]| {
+        x509_parser::parse_x509_certificate(der)
+            .unwrap()
+            .1
+            .raw_serial()
+            .to_vec()
+    };
+    assert_ne!(serial(&renewed), serial(&first));
+    assert!(
+        sim.events()
+            .await
+            .iter()
+            .any(|e| e["type"] == "certificate_renewed" && e["metadata"]["name"] == SHOP),
+        "a certificate_renewed event for {SHOP}"
+    );
+
+    // Twenty more requests after the rotation, then the verdict.
+    let after = done.load(Ordering::Relaxed) + 20;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while done.load(Ordering::Relaxed) < after {
+        assert!(
+            Instant::now() < deadline,
+            "the load stalled after the rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failed = load.await.unwrap();
+    let total = done.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(
+        held.get().await.unwrap(),
+        "shop",
+        "the connection opened before the renewal still carries requests"
+    );
+    assert_eq!(
+        stand.status().await.epoch,
+        epoch,
+        "rotated live: no new epoch"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
+
+/// One TLS connection with HTTP/1.1 keep-alive, for requests one after another.
+struct KeptAlive {
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    name: String,
+}
+
+impl KeptAlive {
+    async fn open(port: u16, name: &str, root: &str) -> KeptAlive {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(root.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await
+            .unwrap();
+        KeptAlive {
+            tls,
+            name: name.to_owned(),
+        }
+    }
+
+    /// `GET /` on the same connection; the body (the answers are small and sized).
+    async fn get(&mut self) -> Result<String, String> {
+        let req = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", self.name);
+        self.tls
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.tls.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the connection was closed".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return Ok(body[..len].to_owned());
+                }
+            }
+        }
+    }
+}
