@@ -82,6 +82,14 @@ fn rate_limited(e: &instant_acme::Error) -> bool {
         if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"))
 }
 
+/// Whether the CA no longer knows the account (a CA that lost its state, or a deactivated
+/// account): a new one is made at the next attempt.
+fn account_gone(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if matches!(p.r#type.as_deref(), Some("urn:ietf:params:acme:error:accountDoesNotExist" | "urn:ietf:params:acme:error:unauthorized"))
+            && p.detail.as_deref().is_none_or(|d| d.to_ascii_lowercase().contains("account")))
+}
+
 /// The names a certificate file may be named after: the spec's DNS names (never a wildcard).
 fn file_safe(name: &str) -> bool {
     !name.is_empty()
@@ -166,6 +174,11 @@ impl Store {
     fn account(&self, directory_url: &str) -> Option<AccountCredentials> {
         let bytes = std::fs::read(self.account_path(directory_url)).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Forgets the account: the CA no longer knows it.
+    fn drop_account(&self, directory_url: &str) {
+        let _ = std::fs::remove_file(self.account_path(directory_url));
     }
 
     fn save_account(&self, directory_url: &str, c: &AccountCredentials) -> anyhow::Result<()> {
@@ -539,7 +552,14 @@ pub async fn run(certs: Certs, settings: Settings) {
             };
             issue(&certs, &account, &name, served_within)
                 .await
-                .map_err(|e| (ca_text(&e), rate_limited(&e)))
+                .map_err(|e| {
+                    if account_gone(&e) {
+                        tracing::warn!("the CA no longer knows the ACME account; a new one is made at the next attempt");
+                        account_cache = None;
+                        store.drop_account(&acme.directory_url);
+                    }
+                    (ca_text(&e), rate_limited(&e))
+                })
         };
         let outcome =
             tokio::time::timeout(Duration::from_secs(acme.order_timeout_s.into()), attempt)

@@ -438,3 +438,112 @@ impl KeptAlive {
         }
     }
 }
+
+/// The CA down, then back but refusing one name: the certificates already served keep serving,
+/// each failed attempt is reported once with the CA's own words and the next one waits longer
+/// (no retry storm), and the name the CA accepts again is renewed by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_is_down_or_refuses_leaves_the_served_certificates_in_place() {
+    let http_port = Stand::front_port();
+    let https_port = Stand::front_port();
+    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
+    let mut ca = Pebble::start(pebble::Options {
+        http_port,
+        validity_s: 120,
+        blocklist: &[],
+    })
+    .await;
+    let (plain, shop, api) = (
+        upstream::http("plain", None).await,
+        upstream::http("shop", None).await,
+        upstream::http("api", None).await,
+    );
+    let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
+    let mut settings = acme_settings(&stand, &sim, &ca);
+    // Renewal due 12 s after issuance (a tenth of the 120 s lifetime); retries 1, 2, 4, 5 s.
+    settings.acme.renew_at = 0.1;
+    let mut agent = agent_process(&stand, &settings)();
+    let root = ca.root_pem().await;
+    let log = || String::new();
+    let shop_first = served(https_port, SHOP, &root, Duration::from_secs(60), log).await;
+    let api_first = served(https_port, API, &root, Duration::from_secs(60), log).await;
+
+    // The CA goes away: renewals fail, and what is served stays.
+    ca.stop();
+    let failed = |name: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.events()
+                .await
+                .into_iter()
+                .filter(|e| e["type"] == "certificate_failed" && e["metadata"]["name"] == name)
+                .collect::<Vec<Value>>()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while failed(SHOP).await.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no failed renewals reported: {:?}",
+            sim.events().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reports = failed(SHOP).await;
+    assert!(
+        reports[0]["metadata"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Connect")
+            || reports[0]["metadata"]["error"]
+                .as_str()
+                .unwrap()
+                .contains("connect"),
+        "the error says the CA cannot be reached: {:?}",
+        reports[0]
+    );
+    // One report per attempt, each naming a later next attempt than the one before.
+    let next: Vec<&str> = reports
+        .iter()
+        .map(|e| e["metadata"]["next_attempt"].as_str().unwrap())
+        .collect();
+    assert!(next.windows(2).all(|w| w[0] <= w[1]), "{next:?}");
+    let (shop_now, _) = fetch_tls(https_port, SHOP, &root).await.unwrap();
+    let (api_now, _) = fetch_tls(https_port, API, &root).await.unwrap();
+    assert_eq!(
+        (shop_now, api_now),
+        (shop_first.clone(), api_first.clone()),
+        "the served certificates stay while the CA is down"
+    );
+
+    // The CA is back, refusing api.example.com: shop is renewed (under the CA's new root, with
+    // a new account: the CA forgot the old one), api keeps its certificate and the CA's words.
+    ca.restart(&[API]).await;
+    let new_root = ca.root_pem().await;
+    let renewed = served(https_port, SHOP, &new_root, Duration::from_secs(60), log).await;
+    assert_ne!(renewed, shop_first);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let refusal = loop {
+        let f = failed(API).await;
+        if let Some(e) = f.iter().find(|e| {
+            e["metadata"]["error"]
+                .as_str()
+                .is_some_and(|t| t.contains("rejectedIdentifier") || t.contains("policy"))
+        }) {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no refusal reported: {f:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refusal["message"].as_str().unwrap().contains(API),
+        "{refusal:?}"
+    );
+    let (api_now, _) = fetch_tls(https_port, API, &root).await.unwrap();
+    assert_eq!(
+        api_now, api_first,
+        "a refused renewal keeps the last good certificate"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 pub struct Pebble {
     children: Vec<Child>,
+    /// What starts the two processes again, on the same ports.
+    config: serde_json::Value,
+    dns: u16,
+    dns_mgmt: u16,
     pub dir: tempfile::TempDir,
     /// The ACME directory URL (`acme.directory_url`).
     pub directory_url: String,
@@ -75,13 +79,37 @@ impl Pebble {
             "domainBlocklist": o.blocklist,
             "certificateValidityPeriod": o.validity_s,
         }});
-        let config_path = write("pebble.json", &config.to_string());
-        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let mut p = Pebble {
+            children: Vec::new(),
+            config,
+            dns,
+            dns_mgmt,
+            directory_url: format!("https://127.0.0.1:{acme}/dir"),
+            ca_file,
+            management,
+            ca_pem: ca.pem(),
+            dir,
+        };
+        p.spawn();
+        p.wait_ready().await;
+        p
+    }
+
+    fn spawn(&mut self) {
+        let config_path = self.dir.path().join("pebble.json");
+        std::fs::write(&config_path, self.config.to_string()).unwrap();
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(name))
+                .unwrap()
+        };
         let dns_server = Command::new("pebble-challtestsrv")
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-dns01", &format!("127.0.0.1:{}", self.dns)])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
+            .args(["-management", &format!("127.0.0.1:{}", self.dns_mgmt)])
             .stdout(log("challtestsrv.log"))
             .stderr(Stdio::null())
             .spawn()
@@ -91,7 +119,7 @@ impl Pebble {
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(&config_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns)])
             // No random sleeps before validation, no random nonce rejections, no reuse of a
             // valid authorization (every order proves the name again).
             .env("PEBBLE_VA_NOSLEEP", "1")
@@ -101,24 +129,37 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble is required (Debian package pebble; `make test` installs it)");
-        let p = Pebble {
-            children: vec![dns_server, pebble],
-            directory_url: format!("https://127.0.0.1:{acme}/dir"),
-            ca_file,
-            management,
-            ca_pem: ca.pem(),
-            dir,
-        };
+        self.children = vec![dns_server, pebble];
+    }
+
+    async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while p.get(&p.directory_url).await.is_err() {
+        while self.get(&self.directory_url).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "pebble did not start:\n{}",
-                p.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        p
+    }
+
+    /// The CA goes away (both processes killed); its ports stay reserved for `restart`.
+    pub fn stop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    /// The CA comes back on the same ports, refusing `blocklist`. Like any Pebble start it
+    /// forgets every account and order, and issues under a new root.
+    pub async fn restart(&mut self, blocklist: &[&str]) {
+        self.stop();
+        self.config["pebble"]["domainBlocklist"] = serde_json::json!(blocklist);
+        self.spawn();
+        self.wait_ready().await;
     }
 
     fn client(&self) -> reqwest::Client {
