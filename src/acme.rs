@@ -647,6 +647,44 @@ mod tests {
         assert_eq!(backoff(200, 60, 3600), 3600);
     }
 
+    fn problem(kind: &str, detail: &str) -> instant_acme::Error {
+        // As the CA sends it: a problem document (RFC 7807).
+        let p: instant_acme::Problem = serde_json::from_value(serde_json::json!({
+            "type": kind, "detail": detail, "status": 400
+        }))
+        .unwrap();
+        instant_acme::Error::Api(p)
+    }
+
+    #[test]
+    fn the_cas_answers_are_told_apart() {
+        let limited = problem(
+            "urn:ietf:params:acme:error:rateLimited",
+            "too many certificates already issued",
+        );
+        assert!(rate_limited(&limited));
+        assert!(!account_gone(&limited));
+        assert_eq!(
+            ca_text(&limited),
+            "too many certificates already issued (urn:ietf:params:acme:error:rateLimited)"
+        );
+        let gone = problem(
+            "urn:ietf:params:acme:error:accountDoesNotExist",
+            "unable to find existing account",
+        );
+        assert!(account_gone(&gone) && !rate_limited(&gone));
+        let refused = problem(
+            "urn:ietf:params:acme:error:rejectedIdentifier",
+            "policy forbids issuing for name",
+        );
+        assert!(!account_gone(&refused) && !rate_limited(&refused));
+        let other_unauthorized = problem(
+            "urn:ietf:params:acme:error:unauthorized",
+            "wrong key authorization",
+        );
+        assert!(!account_gone(&other_unauthorized));
+    }
+
     #[test]
     fn only_dns_names_become_file_names() {
         assert!(file_safe("shop.example.com"));

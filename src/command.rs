@@ -331,6 +331,31 @@ mod tests {
         f.agent.applied_at = Some("2026-11-30T10:00:00Z".into());
         f.agent.last_poll = Some("2026-11-30T10:01:00Z".into());
         f.agent.last_poll_result = Some("Unchanged".into());
+        let cert =
+            |name: &str, not_after, next, failures, error: Option<&str>| crate::acme::CertStatus {
+                name: name.into(),
+                certificate_id: crate::spec::managed_id(name),
+                not_after,
+                next_renewal: next,
+                failures,
+                last_error: error.map(str::to_owned),
+            };
+        f.agent.certificates = vec![
+            cert(
+                "shop.example.com",
+                Some(1_800_000_000),
+                Some(1_790_000_000),
+                0,
+                None,
+            ),
+            cert(
+                "api.example.com",
+                None,
+                Some(1_780_000_000),
+                2,
+                Some("policy forbids\nit"),
+            ),
+        ];
         let s = status_summary(&f);
         let want = [
             "Envoy       LIVE, epoch 4, pid 42",
@@ -339,6 +364,8 @@ mod tests {
             "Last apply  rolled_back cccccccccccc in 17 ms: port 80 is held",
             "CRITICAL    envoy exited again",
             "Last poll   2026-11-30T10:01:00Z: Unchanged",
+            "Certificate shop.example.com (managed) valid until 2027-01-15T08:00:00Z, renews 2026-09-21T14:13:20Z",
+            "Certificate api.example.com (managed) NOT YET OBTAINED, next attempt 2026-05-28T20:26:40Z; 2 failed: policy forbids it",
         ];
         for w in want {
             assert!(s.lines().any(|l| l == w), "missing {w:?} in:\n{s}");

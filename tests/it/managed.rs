@@ -121,7 +121,7 @@ fn acme_settings(stand: &Stand, sim: &Sim, ca: &Pebble) -> Settings {
 async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
     let http_port = Stand::front_port();
     let https_port = Stand::front_port();
-    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
+    let mut stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
     let ca = Pebble::start(pebble::Options {
         http_port,
         validity_s: 90 * 24 * 3600,
@@ -253,11 +253,28 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
         leaf.as_slice(),
         "the restarted agent serves the stored certificate"
     );
+
+    // The supervisor restarted (kill -9): Envoy comes back from the stored config, with the
+    // same certificate, and the agent orders nothing.
+    stand.signal_supervisor(nix::sys::signal::Signal::SIGKILL);
+    assert!(stand.wait_supervisor(Duration::from_secs(5)));
+    stand.spawn_supervisor().await;
+    let leaf = served(https_port, SHOP, &root, Duration::from_secs(20), || {
+        stand.log()
+    })
+    .await;
+    assert_eq!(
+        stored_leaf.as_ref(),
+        leaf.as_slice(),
+        "after a supervisor restart"
+    );
+    crate::support::sim::wait_polls(&settings, "unchanged").await;
+    assert_eq!(std::fs::read(&cert_file).unwrap(), before);
     assert!(events("certificate_failed").await.is_empty());
     assert_eq!(
         events("certificate_issued").await.len(),
         2,
-        "no new order after a restart"
+        "no new order after a restart of the agent or the supervisor"
     );
     agent.kill().unwrap();
     agent.wait().unwrap();
@@ -546,4 +563,82 @@ async fn a_ca_that_is_down_or_refuses_leaves_the_served_certificates_in_place() 
     );
     agent.kill().unwrap();
     agent.wait().unwrap();
+}
+
+/// The redirect port answers a pending token before it redirects anything to https, answers
+/// 404 for any other path under the challenge prefix, and a token outside the RFC's alphabet
+/// (as a hostile CA might send) is never rendered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_are_answered_before_the_redirect_and_nothing_else_under_their_prefix() {
+    use vpsie_lb_agent::pipeline::{self, Managed};
+    let http_port = Stand::front_port();
+    let https_port = Stand::front_port();
+    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
+    let shop = upstream::http("shop", None).await;
+    let spec = json!({"identifier": "lb-redirect", "lbName": "redirect", "rules": [
+        {"ruleId": "secure", "scheme": "https", "frontPort": https_port, "backPort": 1,
+         "redirectHTTP": 1, "backends": [],
+         "domains": [{"domainId": "shop", "domainName": SHOP, "backends": backend(&shop)}]}]});
+    let now = crate::support::now();
+    let c = crate::support::certs::cert(&[SHOP]);
+    let mut managed = Managed::default();
+    managed.certificates.insert(
+        SHOP.to_owned(),
+        vpsie_lb_agent::spec::managed_tls(SHOP, &c.cert_pem, &c.key_pem, now).unwrap(),
+    );
+    let token = "tok_EN-123abc";
+    let key_auth = format!("{token}.thumb-PRINT_456");
+    managed
+        .challenges
+        .insert(token.to_owned(), key_auth.clone());
+    managed
+        .challenges
+        .insert("bad\"token".to_owned(), "bad\"token.x\ny".to_owned());
+    let loaded = pipeline::load(spec.to_string().as_bytes(), &stand.settings, now).unwrap();
+    let prepared =
+        pipeline::finish(loaded, &Default::default(), &managed, &stand.settings, true).unwrap();
+    assert!(
+        !prepared.rendered.config.contains("bad"),
+        "a token outside base64url is never rendered"
+    );
+    let out = vpsie_lb_agent::supervisor::client::hand_over(&prepared, &stand.settings, false)
+        .await
+        .unwrap();
+    assert_eq!(out.error, None, "{out:?}\n{}", stand.log());
+
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: String| {
+        let c = c.clone();
+        async move {
+            let r = c
+                .get(format!("http://127.0.0.1:{http_port}{path}"))
+                .header("host", SHOP)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(
+        get(format!("/.well-known/acme-challenge/{token}")).await,
+        (200, key_auth),
+        "the pending token, before the redirect"
+    );
+    assert_eq!(
+        get("/anything".into()).await.0,
+        301,
+        "everything else is redirected"
+    );
+    for other in ["other", "bad%22token", ""] {
+        assert_eq!(
+            get(format!("/.well-known/acme-challenge/{other}")).await,
+            (404, "no such challenge\n".to_owned()),
+            "{other}"
+        );
+    }
+    assert!(shop.paths_seen.lock().unwrap().is_empty());
 }
