@@ -231,6 +231,14 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
         .map(|e| e["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, [API, SHOP].into());
+    // The rest of the spec was served first: the first config went in before any certificate
+    // existed (the https rule joined when its certificates did).
+    let all = sim.events().await;
+    let first = |kind: &str| all.iter().position(|e| e["type"] == kind).unwrap();
+    assert!(
+        first("config_applied") < first("certificate_issued"),
+        "{all:?}"
+    );
     agent.kill().unwrap();
     agent.wait().unwrap();
     let before = std::fs::read(&cert_file).unwrap();
