@@ -117,33 +117,92 @@ fn acme_settings(stand: &Stand, sim: &Sim, ca: &Pebble) -> Settings {
     s
 }
 
+/// What each Pebble test runs: a supervisor with the plain-HTTP port as its redirect port,
+/// Pebble validating on that port, three upstreams, the API stand-in serving [`spec`], and the
+/// settings of an agent that follows it (`tweak` may change them before it starts).
+struct Bed {
+    http_port: u16,
+    https_port: u16,
+    stand: Stand,
+    ca: Pebble,
+    plain: Upstream,
+    sim: Sim,
+    settings: Settings,
+    start_agent: Box<dyn Fn() -> std::process::Child>,
+    /// The root Pebble issues under.
+    root: String,
+    _pools: (Upstream, Upstream),
+}
+
+impl Bed {
+    async fn start(validity_s: u64, tweak: impl FnOnce(&mut Settings)) -> Bed {
+        let http_port = Stand::front_port();
+        let https_port = Stand::front_port();
+        let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
+        let ca = Pebble::start(pebble::Options {
+            http_port,
+            validity_s,
+            blocklist: &[],
+        })
+        .await;
+        let (plain, shop, api) = (
+            upstream::http("plain", None).await,
+            upstream::http("shop", None).await,
+            upstream::http("api", None).await,
+        );
+        let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
+        let mut settings = acme_settings(&stand, &sim, &ca);
+        tweak(&mut settings);
+        let start_agent = Box::new(agent_process(&stand, &settings));
+        let root = ca.root_pem().await;
+        Bed {
+            http_port,
+            https_port,
+            stand,
+            ca,
+            plain,
+            sim,
+            settings,
+            start_agent,
+            root,
+            _pools: (shop, api),
+        }
+    }
+
+    fn log(&self) -> String {
+        format!(
+            "pebble:\n{}\nsupervisor:\n{}",
+            self.ca.log(),
+            self.stand.log()
+        )
+    }
+
+    /// Waits until `name` is served with a certificate under `root`.
+    async fn served(&self, name: &str, root: &str, within: Duration) -> Vec<u8> {
+        served(self.https_port, name, root, within, || self.log()).await
+    }
+
+    /// The API's events of one type (about one name, when given).
+    async fn events(&self, kind: &str, name: Option<&str>) -> Vec<Value> {
+        self.sim
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == kind && name.is_none_or(|n| e["metadata"]["name"] == n))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
-    let http_port = Stand::front_port();
-    let https_port = Stand::front_port();
-    let mut stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
-    let ca = Pebble::start(pebble::Options {
-        http_port,
-        validity_s: 90 * 24 * 3600,
-        blocklist: &[],
-    })
-    .await;
-    let (plain, shop, api) = (
-        upstream::http("plain", None).await,
-        upstream::http("shop", None).await,
-        upstream::http("api", None).await,
-    );
-    let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
-    let settings = acme_settings(&stand, &sim, &ca);
-    let start_agent = agent_process(&stand, &settings);
-    let mut agent = start_agent();
-    let root = ca.root_pem().await;
-    let log = || format!("pebble:\n{}\nsupervisor:\n{}", ca.log(), stand.log());
+    let mut bed = Bed::start(90 * 24 * 3600, |_| {}).await;
+    let (http_port, https_port, root) = (bed.http_port, bed.https_port, bed.root.clone());
+    let mut agent = (bed.start_agent)();
 
     // Both names served, each with its own certificate from the CA, checked by a client that
     // trusts only the CA's root and the name it asked for.
     for (name, body) in [(SHOP, "shop"), (API, "api")] {
-        let leaf = served(https_port, name, &root, Duration::from_secs(90), log).await;
+        let leaf = bed.served(name, &root, Duration::from_secs(90)).await;
         let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         let sans: Vec<String> = cert
             .subject_alternative_name()
@@ -185,18 +244,19 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
         "the rest of port 80 is the http rule's"
     );
     assert!(
-        !plain
+        !bed.plain
             .paths_seen
             .lock()
             .unwrap()
             .iter()
             .any(|p| p.starts_with("/.well-known/acme-challenge/")),
         "the backend saw a challenge path: {:?}",
-        plain.paths_seen.lock().unwrap()
+        bed.plain.paths_seen.lock().unwrap()
     );
 
     // Stored 0600, and reused by a restarted agent: no new order, the same certificates.
-    let cert_file = settings
+    let cert_file = bed
+        .settings
         .state_dir
         .join("acme/certs")
         .join(format!("{SHOP}.json"));
@@ -205,20 +265,10 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
         std::fs::metadata(&cert_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let events = |kind: &'static str| {
-        let sim = &sim;
-        async move {
-            sim.events()
-                .await
-                .into_iter()
-                .filter(|e| e["type"] == kind)
-                .collect::<Vec<Value>>()
-        }
-    };
     let issued = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let issued = events("certificate_issued").await;
+            let issued = bed.events("certificate_issued", None).await;
             if issued.len() >= 2 {
                 break issued;
             }
@@ -233,7 +283,7 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
     assert_eq!(names, [API, SHOP].into());
     // The rest of the spec was served first: the first config went in before any certificate
     // existed (the https rule joined when its certificates did).
-    let all = sim.events().await;
+    let all = bed.sim.events().await;
     let first = |kind: &str| all.iter().position(|e| e["type"] == kind).unwrap();
     assert!(
         first("config_applied") < first("certificate_issued"),
@@ -242,14 +292,14 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
     agent.kill().unwrap();
     agent.wait().unwrap();
     let before = std::fs::read(&cert_file).unwrap();
-    let mut agent = start_agent();
-    crate::support::sim::wait_polls(&settings, "unchanged").await;
+    let mut agent = (bed.start_agent)();
+    crate::support::sim::wait_polls(&bed.settings, "unchanged").await;
     assert_eq!(
         std::fs::read(&cert_file).unwrap(),
         before,
         "the stored certificate is kept"
     );
-    let leaf = served(https_port, SHOP, &root, Duration::from_secs(5), log).await;
+    let leaf = bed.served(SHOP, &root, Duration::from_secs(5)).await;
     let stored: Value = serde_json::from_slice(&before).unwrap();
     let stored_leaf =
         CertificateDer::pem_slice_iter(stored["certificate_pem"].as_str().unwrap().as_bytes())
@@ -264,23 +314,21 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
 
     // The supervisor restarted (kill -9): Envoy comes back from the stored config, with the
     // same certificate, and the agent orders nothing.
-    stand.signal_supervisor(nix::sys::signal::Signal::SIGKILL);
-    assert!(stand.wait_supervisor(Duration::from_secs(5)));
-    stand.spawn_supervisor().await;
-    let leaf = served(https_port, SHOP, &root, Duration::from_secs(20), || {
-        stand.log()
-    })
-    .await;
+    bed.stand
+        .signal_supervisor(nix::sys::signal::Signal::SIGKILL);
+    assert!(bed.stand.wait_supervisor(Duration::from_secs(5)));
+    bed.stand.spawn_supervisor().await;
+    let leaf = bed.served(SHOP, &root, Duration::from_secs(20)).await;
     assert_eq!(
         stored_leaf.as_ref(),
         leaf.as_slice(),
         "after a supervisor restart"
     );
-    crate::support::sim::wait_polls(&settings, "unchanged").await;
+    crate::support::sim::wait_polls(&bed.settings, "unchanged").await;
     assert_eq!(std::fs::read(&cert_file).unwrap(), before);
-    assert!(events("certificate_failed").await.is_empty());
+    assert!(bed.events("certificate_failed", None).await.is_empty());
     assert_eq!(
-        events("certificate_issued").await.len(),
+        bed.events("certificate_issued", None).await.len(),
         2,
         "no new order after a restart of the agent or the supervisor"
     );
@@ -293,27 +341,11 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
 /// on after, new handshakes see the new certificate, and no request fails meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_rotates_the_certificate_live_without_cutting_a_connection() {
-    let http_port = Stand::front_port();
-    let https_port = Stand::front_port();
-    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
-    let ca = Pebble::start(pebble::Options {
-        http_port,
-        validity_s: 30,
-        blocklist: &[],
-    })
-    .await;
-    let (plain, shop, api) = (
-        upstream::http("plain", None).await,
-        upstream::http("shop", None).await,
-        upstream::http("api", None).await,
-    );
-    let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
-    let settings = acme_settings(&stand, &sim, &ca);
-    let mut agent = agent_process(&stand, &settings)();
-    let root = ca.root_pem().await;
-    let log = || format!("pebble:\n{}\nsupervisor:\n{}", ca.log(), stand.log());
-    let first = served(https_port, SHOP, &root, Duration::from_secs(60), log).await;
-    let epoch = stand.status().await.epoch;
+    let bed = Bed::start(30, |_| {}).await;
+    let (https_port, root) = (bed.https_port, bed.root.clone());
+    let mut agent = (bed.start_agent)();
+    let first = bed.served(SHOP, &root, Duration::from_secs(60)).await;
+    let epoch = bed.stand.status().await.epoch;
 
     // A connection opened now, kept open across the renewal.
     let mut held = KeptAlive::open(https_port, SHOP, &root).await;
@@ -348,7 +380,7 @@ async fn a_renewal_rotates_the_certificate_live_without_cutting_a_connection() {
         if leaf != first {
             break leaf;
         }
-        assert!(Instant::now() < deadline, "never renewed:\n{}", log());
+        assert!(Instant::now() < deadline, "never renewed:\n{}", bed.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let serial = |der: &[u8]| {
@@ -360,10 +392,9 @@ async fn a_renewal_rotates_the_certificate_live_without_cutting_a_connection() {
     };
     assert_ne!(serial(&renewed), serial(&first));
     assert!(
-        sim.events()
+        !bed.events("certificate_renewed", Some(SHOP))
             .await
-            .iter()
-            .any(|e| e["type"] == "certificate_renewed" && e["metadata"]["name"] == SHOP),
+            .is_empty(),
         "a certificate_renewed event for {SHOP}"
     );
 
@@ -391,7 +422,7 @@ async fn a_renewal_rotates_the_certificate_live_without_cutting_a_connection() {
         "the connection opened before the renewal still carries requests"
     );
     assert_eq!(
-        stand.status().await.epoch,
+        bed.stand.status().await.epoch,
         epoch,
         "rotated live: no new epoch"
     );
@@ -469,52 +500,25 @@ impl KeptAlive {
 /// (no retry storm), and the name the CA accepts again is renewed by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_that_is_down_or_refuses_leaves_the_served_certificates_in_place() {
-    let http_port = Stand::front_port();
-    let https_port = Stand::front_port();
-    let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
-    let mut ca = Pebble::start(pebble::Options {
-        http_port,
-        validity_s: 120,
-        blocklist: &[],
-    })
-    .await;
-    let (plain, shop, api) = (
-        upstream::http("plain", None).await,
-        upstream::http("shop", None).await,
-        upstream::http("api", None).await,
-    );
-    let sim = Sim::start(&spec(http_port, https_port, &plain, &shop, &api));
-    let mut settings = acme_settings(&stand, &sim, &ca);
     // Renewal due 12 s after issuance (a tenth of the 120 s lifetime); retries 1, 2, 4, 5 s.
-    settings.acme.renew_at = 0.1;
-    let mut agent = agent_process(&stand, &settings)();
-    let root = ca.root_pem().await;
-    let log = || String::new();
-    let shop_first = served(https_port, SHOP, &root, Duration::from_secs(60), log).await;
-    let api_first = served(https_port, API, &root, Duration::from_secs(60), log).await;
+    let mut bed = Bed::start(120, |s| s.acme.renew_at = 0.1).await;
+    let (https_port, root) = (bed.https_port, bed.root.clone());
+    let mut agent = (bed.start_agent)();
+    let shop_first = bed.served(SHOP, &root, Duration::from_secs(60)).await;
+    let api_first = bed.served(API, &root, Duration::from_secs(60)).await;
 
     // The CA goes away: renewals fail, and what is served stays.
-    ca.stop();
-    let failed = |name: &'static str| {
-        let sim = &sim;
-        async move {
-            sim.events()
-                .await
-                .into_iter()
-                .filter(|e| e["type"] == "certificate_failed" && e["metadata"]["name"] == name)
-                .collect::<Vec<Value>>()
-        }
-    };
+    bed.ca.stop();
     let deadline = Instant::now() + Duration::from_secs(40);
-    while failed(SHOP).await.len() < 3 {
+    while bed.events("certificate_failed", Some(SHOP)).await.len() < 3 {
         assert!(
             Instant::now() < deadline,
             "no failed renewals reported: {:?}",
-            sim.events().await
+            bed.sim.events().await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let reports = failed(SHOP).await;
+    let reports = bed.events("certificate_failed", Some(SHOP)).await;
     assert!(
         reports[0]["metadata"]["error"]
             .as_str()
@@ -543,13 +547,13 @@ async fn a_ca_that_is_down_or_refuses_leaves_the_served_certificates_in_place() 
 
     // The CA is back, refusing api.example.com: shop is renewed (under the CA's new root, with
     // a new account: the CA forgot the old one), api keeps its certificate and the CA's words.
-    ca.restart(&[API]).await;
-    let new_root = ca.root_pem().await;
-    let renewed = served(https_port, SHOP, &new_root, Duration::from_secs(60), log).await;
+    bed.ca.restart(&[API]).await;
+    let new_root = bed.ca.root_pem().await;
+    let renewed = bed.served(SHOP, &new_root, Duration::from_secs(60)).await;
     assert_ne!(renewed, shop_first);
     let deadline = Instant::now() + Duration::from_secs(40);
     let refusal = loop {
-        let f = failed(API).await;
+        let f = bed.events("certificate_failed", Some(API)).await;
         if let Some(e) = f.iter().find(|e| {
             e["metadata"]["error"]
                 .as_str()
