@@ -136,6 +136,15 @@ struct Bed {
 
 impl Bed {
     async fn start(validity_s: u64, tweak: impl FnOnce(&mut Settings)) -> Bed {
+        Self::start_with(validity_s, None, tweak).await
+    }
+
+    /// With `eab`, the CA requires external account binding with that key id and key.
+    async fn start_with(
+        validity_s: u64,
+        eab: Option<(&str, &str)>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Bed {
         let http_port = Stand::front_port();
         let https_port = Stand::front_port();
         let stand = Stand::start(|s| s.envoy.redirect_port = http_port).await;
@@ -143,6 +152,7 @@ impl Bed {
             http_port,
             validity_s,
             blocklist: &[],
+            eab,
         })
         .await;
         let (plain, shop, api) = (
@@ -653,4 +663,56 @@ async fn challenges_are_answered_before_the_redirect_and_nothing_else_under_thei
         );
     }
     assert!(shop.paths_seen.lock().unwrap().is_empty());
+}
+
+/// A CA that requires external account binding: an agent without it is refused with the CA's
+/// words; with the key id and key in `acme.external_account`, it gets its certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_used_when_the_ca_requires_it() {
+    let (kid, key) = (
+        "kid-1",
+        "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+    );
+    let bed = Bed::start_with(3600, Some((kid, key)), |s| {
+        // One refused attempt is enough to look at.
+        s.acme.retry_min_s = 600;
+        s.acme.retry_max_s = 600;
+    })
+    .await;
+    let mut agent = (bed.start_agent)();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let refused = loop {
+        if let Some(e) = bed.events("certificate_failed", None).await.pop() {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure reported:\n{}",
+            bed.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        refused["metadata"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("externalAccountRequired"),
+        "{refused:?}"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+
+    let mut settings = bed.settings.clone();
+    settings.acme.external_account = Some(vpsie_lb_agent::settings::ExternalAccount {
+        kid: kid.into(),
+        hmac_key: key.into(),
+    });
+    // A fresh state directory: the refused attempt's backoff is not this agent's.
+    settings.state_dir = bed.stand.dir.path().join("agent-state-eab");
+    let mut agent = agent_process(&bed.stand, &settings)();
+    for name in [SHOP, API] {
+        bed.served(name, &bed.root, Duration::from_secs(60)).await;
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
 }

@@ -41,6 +41,8 @@ pub struct Options<'a> {
     pub validity_s: u64,
     /// Names it refuses to issue for (its "rejectedIdentifier" problem).
     pub blocklist: &'a [&'a str],
+    /// When set, accounts need external account binding with this key id and base64url key.
+    pub eab: Option<(&'a str, &'a str)>,
 }
 
 impl Pebble {
@@ -75,9 +77,10 @@ impl Pebble {
             "httpPort": o.http_port,
             "tlsPort": tls,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
             "domainBlocklist": o.blocklist,
             "certificateValidityPeriod": o.validity_s,
+            "externalAccountBindingRequired": o.eab.is_some(),
+            "externalAccountMACKeys": o.eab.map(|(kid, key)| serde_json::json!({kid: key})),
         }});
         let mut p = Pebble {
             children: Vec::new(),
