@@ -439,6 +439,14 @@ impl Agent {
         let hash = pipeline::hash_with_challenges(&loaded, &resolved, &managed.challenges);
         if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
             self.certs.applied(managed.challenges.keys().cloned());
+            // What serves is this spec: a restarted agent reports its certificates' expiry
+            // without waiting for a change.
+            self.metrics.set_certificates(
+                loaded
+                    .spec
+                    .certificates()
+                    .map(|t| (t.id.as_str(), t.not_after)),
+            );
             return Outcome::Unchanged;
         }
         let prepared = match pipeline::finish(loaded, &resolved, &managed, &self.settings, true) {

@@ -309,6 +309,23 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
         before,
         "the stored certificate is kept"
     );
+    // The restarted agent reports the managed certificates' expiry at once.
+    let metrics = reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        bed.settings.metrics.port
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    for name in [SHOP, API] {
+        let series = format!(
+            "vpsie_lb_agent_certificate_expiry_timestamp_seconds{{certificate_id=\"{}\"}}",
+            vpsie_lb_agent::spec::managed_id(name)
+        );
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
     let leaf = bed.served(SHOP, &root, Duration::from_secs(5)).await;
     let stored: Value = serde_json::from_slice(&before).unwrap();
     let stored_leaf =
