@@ -139,6 +139,7 @@ pub struct Cluster {
     /// HTTP/2 to the backends (http2 rules): protocol options, h2 health checks, ALPN h2.
     pub http2: bool,
     pub sni: Option<String>,
+    pub outlier: Option<OutlierView>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -151,6 +152,21 @@ pub struct HealthCheck {
     pub fall: u32,
     pub http_path: Option<String>,
     pub http_host: Option<String>,
+    /// Answers counted healthy, as Envoy's half-open ranges `[start, end)`.
+    pub statuses: Vec<StatusRange>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+/// Passive health checking of a pool.
+#[derive(Debug, Serialize)]
+pub struct OutlierView {
+    pub consecutive_5xx: u32,
+    pub ejection_time: String,
 }
 
 /// One backend. Serialised as `[address, port, weight]` rather than a keyed object: a pool can
@@ -536,6 +552,14 @@ fn cluster(
             fall: h.fall,
             http_path: h.http_path.clone(),
             http_host: h.http_path.as_ref().and(host.clone()),
+            statuses: h
+                .statuses
+                .iter()
+                .map(|&(start, end)| StatusRange {
+                    start,
+                    end: end + 1,
+                })
+                .collect(),
         },
         proxy_protocol: match rule.proxy_protocol {
             ProxyProtocol::None => None,
@@ -545,6 +569,10 @@ fn cluster(
         upstream_tls,
         http2: rule.scheme == Scheme::Http2,
         sni: if upstream_tls { host } else { None },
+        outlier: pool.outlier.map(|o| OutlierView {
+            consecutive_5xx: o.consecutive_5xx,
+            ejection_time: secs(o.ejection_time_s),
+        }),
         endpoints: endpoints(pool, resolved),
     }
 }

@@ -151,6 +151,8 @@ pub struct Pool {
     pub health: Health,
     /// Cookie name when sticky sessions are on.
     pub sticky_cookie: Option<String>,
+    /// Passive health checking; `None`: off.
+    pub outlier: Option<Outlier>,
     /// Sorted by `id` (unique in the pool).
     pub backends: Vec<Backend>,
 }
@@ -163,6 +165,16 @@ pub struct Health {
     pub fast_interval_ms: u32,
     pub rise: u32,
     pub fall: u32,
+    /// HTTP check answers counted healthy, inclusive ranges (default 200-399).
+    pub statuses: Vec<(u16, u16)>,
+}
+
+/// Passive health checking: a backend is ejected after `consecutive_5xx` 5xx answers or
+/// connect failures in a row, for `ejection_time_s` each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Outlier {
+    pub consecutive_5xx: u32,
+    pub ejection_time_s: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const MAX_RULES: usize = 64;
+/// Entries of `healthCheckStatuses`.
+pub const MAX_STATUS_RANGES: usize = 16;
 pub const MAX_DOMAINS: usize = 256;
 pub const MAX_BACKENDS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 50_000;
@@ -50,6 +52,10 @@ struct PoolFields {
     cookie_check: Option<bool>,
     cookie_name: Option<String>,
     redirect: Option<bool>,
+    /// HTTP health check answers counted healthy: inclusive ranges.
+    statuses: Option<Vec<(u16, u16)>>,
+    /// `Some(None)`: explicitly off (overriding a level above).
+    outlier: Option<Option<Outlier>>,
 }
 
 impl PoolFields {
@@ -66,6 +72,8 @@ impl PoolFields {
             cookie_check: self.cookie_check.or(parent.cookie_check),
             cookie_name: self.cookie_name.or_else(|| parent.cookie_name.clone()),
             redirect: self.redirect.or(parent.redirect),
+            statuses: self.statuses.or_else(|| parent.statuses.clone()),
+            outlier: self.outlier.or(parent.outlier),
         }
     }
 }
@@ -467,7 +475,94 @@ impl Walker<'_> {
             cookie_check: self.flag(obj, p, "cookieCheck"),
             cookie_name,
             redirect: self.flag(obj, p, "redirectHTTP"),
+            statuses: self.statuses(obj, p),
+            outlier: self.outlier(obj, p),
         }
+    }
+
+    /// `healthCheckStatuses`: `"200"`, `"200-399"` (numbers accepted too), each within 100-599.
+    fn statuses(&mut self, obj: &Map<String, Value>, p: &Path) -> Option<Vec<(u16, u16)>> {
+        let list = self.array(obj, p, "healthCheckStatuses")?;
+        let sp = p.field("healthCheckStatuses");
+        if list.is_empty() {
+            self.f.error(
+                sp,
+                "must hold at least one status or range (or be left out for 200-399)",
+            );
+            return None;
+        }
+        if list.len() > MAX_STATUS_RANGES {
+            self.f.error(
+                sp,
+                format!("holds {} entries; at most {MAX_STATUS_RANGES}", list.len()),
+            );
+            return None;
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (i, item) in list.iter().enumerate() {
+            let text = match item {
+                Value::String(s) => s.trim().to_owned(),
+                Value::Number(n) => n.to_string(),
+                other => {
+                    self.f.error(
+                        sp.index(i),
+                        format!(
+                            "must be a status like \"200\" or a range like \"200-399\", got {}",
+                            kind(other)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let code = |t: &str| {
+                t.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+            };
+            let range = match text.split_once('-') {
+                Some((a, b)) => code(a).zip(code(b)).filter(|(a, b)| a <= b),
+                None => code(&text).map(|c| (c, c)),
+            };
+            match range {
+                Some(r) => out.push(r),
+                None => self.f.error(
+                    sp.index(i),
+                    format!("must be a status 100-599 like \"200\" or a range like \"200-399\" (low to high), got {}", shown(&text)),
+                ),
+            }
+        }
+        (out.len() == list.len()).then_some(out)
+    }
+
+    /// `outlierDetection`: `{consecutive5xx, ejectionTime}`; `null` or absent: off.
+    fn outlier(&mut self, obj: &Map<String, Value>, p: &Path) -> Option<Option<Outlier>> {
+        let v = get(obj, "outlierDetection")?;
+        let op = p.field("outlierDetection");
+        let o = self.object(v, &op)?;
+        for k in o.keys() {
+            if !["consecutive5xx", "ejectionTime"].contains(&k.as_str()) {
+                self.f.error(
+                    op,
+                    format!(
+                        "holds an unknown field {}; its fields are consecutive5xx and ejectionTime",
+                        shown(k)
+                    ),
+                );
+            }
+        }
+        let consecutive = self.u32_in(o, &op, "consecutive5xx", 1, 100);
+        if get(o, "consecutive5xx").is_none() {
+            self.f.error(
+                op.field("consecutive5xx"),
+                "is required: how many 5xx answers or connect failures in a row eject a backend (1-100)",
+            );
+        }
+        let ejection = self.u32_in(o, &op, "ejectionTime", 1, 3600).unwrap_or(30);
+        Some(consecutive.map(|c| Outlier {
+            consecutive_5xx: c,
+            ejection_time_s: ejection,
+        }))
     }
 
     fn pool(&mut self, fields: &PoolFields, scheme: Scheme, backends: Vec<Backend>) -> Pool {
@@ -482,7 +577,9 @@ impl Walker<'_> {
                 fast_interval_ms: fields.fast_interval.unwrap_or((interval_ms / 2).max(50)),
                 rise: fields.rise.unwrap_or(2),
                 fall: fields.fall.unwrap_or(3),
+                statuses: fields.statuses.clone().unwrap_or_else(|| vec![(200, 399)]),
             },
+            outlier: fields.outlier.flatten(),
             sticky_cookie: (scheme.is_http() && fields.cookie_check == Some(true)).then(|| {
                 fields
                     .cookie_name

@@ -15,6 +15,7 @@ mod live;
 mod managed;
 mod observability;
 mod packaging;
+mod pool_health;
 mod proptest_specs;
 mod real_shape;
 mod supervision;

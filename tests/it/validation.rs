@@ -3197,3 +3197,161 @@ fn http2_rules_take_tls_optionally_and_have_no_request_limit_by_default() {
         l.warnings
     );
 }
+
+#[test]
+fn health_check_statuses_and_outlier_detection() {
+    use Base::*;
+    let s = "/rules/0/healthCheckStatuses";
+    let o = "/rules/0/outlierDetection";
+    let cases = vec![
+        ok("one status", Http, set(s, json!(["204"]))),
+        ok(
+            "a range and a status",
+            Http,
+            set(s, json!(["200-299", "302"])),
+        ),
+        ok("a status as a number", Http, set(s, json!([204]))),
+        ok(
+            "on a domain",
+            Https,
+            set("/rules/0/domains/0/healthCheckStatuses", json!(["200"])),
+        ),
+        err(
+            "empty",
+            Http,
+            set(s, json!([])),
+            "rules[0].healthCheckStatuses",
+            "at least one",
+        ),
+        err(
+            "out of range",
+            Http,
+            set(s, json!(["200", "600"])),
+            "rules[0].healthCheckStatuses[1]",
+            "100-599",
+        ),
+        err(
+            "a range high to low",
+            Http,
+            set(s, json!(["399-200"])),
+            "rules[0].healthCheckStatuses[0]",
+            "low to high",
+        ),
+        err(
+            "not a status",
+            Http,
+            set(s, json!(["ok"])),
+            "rules[0].healthCheckStatuses[0]",
+            "like \"200\"",
+        ),
+        err(
+            "an object",
+            Http,
+            set(s, json!([{"from": 200}])),
+            "rules[0].healthCheckStatuses[0]",
+            "got an object",
+        ),
+        err(
+            "too many",
+            Http,
+            set(s, json!(vec!["200"; 17])),
+            "rules[0].healthCheckStatuses",
+            "at most 16",
+        ),
+        err(
+            "not an array",
+            Http,
+            set(s, json!("200")),
+            "rules[0].healthCheckStatuses",
+            "must be an array",
+        ),
+        ok(
+            "consecutive 5xx",
+            Http,
+            set(o, json!({"consecutive5xx": 3})),
+        ),
+        ok(
+            "with its ejection time",
+            Http,
+            set(o, json!({"consecutive5xx": "5", "ejectionTime": 60})),
+        ),
+        ok(
+            "on a domain",
+            Https,
+            set(
+                "/rules/0/domains/0/outlierDetection",
+                json!({"consecutive5xx": 1}),
+            ),
+        ),
+        err(
+            "without a count",
+            Http,
+            set(o, json!({"ejectionTime": 60})),
+            "rules[0].outlierDetection.consecutive5xx",
+            "is required",
+        ),
+        err(
+            "a count of 0",
+            Http,
+            set(o, json!({"consecutive5xx": 0})),
+            "rules[0].outlierDetection.consecutive5xx",
+            "between 1 and 100",
+        ),
+        err(
+            "a count of 101",
+            Http,
+            set(o, json!({"consecutive5xx": 101})),
+            "rules[0].outlierDetection.consecutive5xx",
+            "between 1 and 100",
+        ),
+        err(
+            "an ejection time of 0",
+            Http,
+            set(o, json!({"consecutive5xx": 3, "ejectionTime": 0})),
+            "rules[0].outlierDetection.ejectionTime",
+            "between 1 and 3600",
+        ),
+        err(
+            "an unknown field",
+            Http,
+            set(o, json!({"consecutive5xx": 3, "interval": 5})),
+            "rules[0].outlierDetection",
+            "unknown field \"interval\"",
+        ),
+        err(
+            "not an object",
+            Http,
+            set(o, json!(3)),
+            "rules[0].outlierDetection",
+            "must be an object",
+        ),
+    ];
+    run(cases);
+}
+
+#[test]
+fn health_statuses_and_outlier_detection_are_inherited_and_hashed() {
+    let mut v = https_spec();
+    v["rules"][0]["healthCheckStatuses"] = json!(["204"]);
+    v["rules"][0]["outlierDetection"] = json!({"consecutive5xx": 4});
+    let l = load_ok(&v);
+    let d = &l.spec.rules[0].domains[0].pool;
+    assert_eq!(
+        d.health.statuses,
+        [(204, 204)],
+        "a domain inherits its rule's list"
+    );
+    assert_eq!(
+        d.outlier.map(|o| (o.consecutive_5xx, o.ejection_time_s)),
+        Some((4, 30))
+    );
+    let plain = load_ok(&https_spec());
+    assert_eq!(
+        plain.spec.rules[0].pool.health.statuses,
+        [(200, 399)],
+        "the default"
+    );
+    assert_eq!(plain.spec.rules[0].pool.outlier, None);
+    let t = "t";
+    assert_ne!(config_hash(&l.spec, t), config_hash(&plain.spec, t));
+}

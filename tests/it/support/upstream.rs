@@ -19,6 +19,10 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// When set, the HTTP health path answers 503.
     pub failing_health: Arc<AtomicBool>,
+    /// What the HTTP health path answers when not failing (200 unless set).
+    pub health_code: Arc<std::sync::atomic::AtomicU16>,
+    /// When set, every other request is answered 503.
+    pub failing_requests: Arc<AtomicBool>,
     /// SNI names seen by a TLS upstream.
     pub sni_seen: Arc<Mutex<Vec<String>>>,
     /// Paths of the HTTP requests an HTTP upstream answered.
@@ -40,9 +44,17 @@ impl Drop for Upstream {
     }
 }
 
+/// How an HTTP upstream answers: its health path and its other requests.
+#[derive(Clone)]
+struct Behaviour {
+    failing_health: Arc<AtomicBool>,
+    health_code: Arc<std::sync::atomic::AtomicU16>,
+    failing_requests: Arc<AtomicBool>,
+}
+
 async fn answer(
     name: String,
-    failing: Arc<AtomicBool>,
+    b: Behaviour,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let header = |h: &str| {
@@ -56,14 +68,21 @@ async fn answer(
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     }
     if req.uri().path() == "/healthz" {
-        let status = if failing.load(Ordering::SeqCst) {
+        let status = if b.failing_health.load(Ordering::SeqCst) {
             503
         } else {
-            200
+            b.health_code.load(Ordering::SeqCst)
         };
         return Ok(Response::builder()
             .status(status)
             .body(Full::new(Bytes::from_static(b"health")))
+            .unwrap());
+    }
+    if b.failing_requests.load(Ordering::SeqCst) {
+        return Ok(Response::builder()
+            .status(503)
+            .header("x-backend", name.as_str())
+            .body(Full::new(Bytes::from(name)))
             .unwrap());
     }
     Ok(Response::builder()
@@ -88,12 +107,17 @@ pub async fn http_at(name: &str, tls: Option<&super::certs::TestCert>, at: Socke
     let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let failing = Arc::new(AtomicBool::new(false));
+    let behaviour = Behaviour {
+        failing_health: failing.clone(),
+        health_code: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        failing_requests: Arc::new(AtomicBool::new(false)),
+    };
     let sni_seen = Arc::new(Mutex::new(Vec::new()));
     let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(server_config(c)));
     let paths_seen = Arc::new(Mutex::new(Vec::new()));
     let (n, f, s, ps) = (
         name.to_owned(),
-        failing.clone(),
+        behaviour.clone(),
         sni_seen.clone(),
         paths_seen.clone(),
     );
@@ -146,6 +170,8 @@ pub async fn http_at(name: &str, tls: Option<&super::certs::TestCert>, at: Socke
         name: name.to_owned(),
         addr,
         failing_health: failing,
+        health_code: behaviour.health_code.clone(),
+        failing_requests: behaviour.failing_requests.clone(),
         sni_seen,
         paths_seen,
         task,
@@ -223,6 +249,8 @@ pub async fn tcp(name: &str) -> Upstream {
         failing_health: Arc::new(AtomicBool::new(false)),
         sni_seen: Arc::new(Mutex::new(Vec::new())),
         paths_seen: Arc::new(Mutex::new(Vec::new())),
+        health_code: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        failing_requests: Arc::new(AtomicBool::new(false)),
         task,
     }
 }
@@ -290,6 +318,8 @@ pub async fn echo(name: &str) -> Upstream {
         failing_health: Arc::new(AtomicBool::new(false)),
         sni_seen: Arc::new(Mutex::new(Vec::new())),
         paths_seen: Arc::new(Mutex::new(Vec::new())),
+        health_code: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        failing_requests: Arc::new(AtomicBool::new(false)),
         task,
     }
 }
