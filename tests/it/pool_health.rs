@@ -156,3 +156,57 @@ async fn outlier_detection_ejects_failing_backends_never_more_than_half_and_brin
     );
     wait_for_healthy(&envoy, "web", &all).await;
 }
+
+/// Both settings change live: no new epoch, and the new list is what Envoy checks with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_change_live_without_a_new_epoch() {
+    use crate::support::supervisor::Stand;
+    use vpsie_lb_agent::supervisor::protocol::ApplyMethod;
+    let (ok, error) = (
+        upstream::http("ok", None).await,
+        upstream::http("error", None).await,
+    );
+    error.health_code.store(500, Ordering::SeqCst);
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let spec = |extra: Value| {
+        let mut rule = json!({"ruleId": "web", "scheme": "http", "frontPort": front,
+            "backPort": 1, "healthCheckPath": "/healthz", "checkInterval": 200, "rise": 1,
+            "fall": 1, "backends": [backend(&ok), backend(&error)]});
+        for (k, v) in extra.as_object().unwrap() {
+            rule[k] = v.clone();
+        }
+        json!({"identifier": "lb-live-health", "lbName": "live", "rules": [rule]})
+    };
+    let first = stand.apply_ok(&spec(json!({}))).await;
+    let answered_by = |want: &'static str| async move {
+        let c = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = BTreeSet::new();
+            for _ in 0..10 {
+                if let Ok(r) = c.get(format!("http://127.0.0.1:{front}/")).send().await {
+                    if r.status() == 200 {
+                        seen.insert(r.text().await.unwrap_or_default());
+                    }
+                }
+            }
+            if seen == [want.to_owned()].into() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "answered by {seen:?}, waited for {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    answered_by("ok").await;
+    let second = stand
+        .apply_ok(&spec(json!({"healthCheckStatuses": ["500"],
+                                "outlierDetection": {"consecutive5xx": 3}})))
+        .await;
+    assert_eq!(second.method, Some(ApplyMethod::Live), "{second:?}");
+    assert_eq!(second.epoch, first.epoch, "no new epoch");
+    answered_by("error").await;
+}
