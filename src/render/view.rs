@@ -140,7 +140,16 @@ pub struct Cluster {
     pub http2: bool,
     pub sni: Option<String>,
     pub outlier: Option<OutlierView>,
+    /// Slow start window, with the policy's config block it goes in.
+    pub slow_start: Option<SlowStart>,
     pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlowStart {
+    /// `round_robin_lb_config` or `least_request_lb_config`.
+    pub config: &'static str,
+    pub window: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -573,6 +582,17 @@ fn cluster(
             consecutive_5xx: o.consecutive_5xx,
             ejection_time: secs(o.ejection_time_s),
         }),
+        slow_start: match (pool.slow_start_s, pool.algorithm) {
+            (0, _) => None,
+            (s, Algorithm::Leastconn) => Some(SlowStart {
+                config: "least_request_lb_config",
+                window: secs(s),
+            }),
+            (s, _) => Some(SlowStart {
+                config: "round_robin_lb_config",
+                window: secs(s),
+            }),
+        },
         endpoints: endpoints(pool, resolved),
     }
 }

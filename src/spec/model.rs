@@ -153,6 +153,9 @@ pub struct Pool {
     pub sticky_cookie: Option<String>,
     /// Passive health checking; `None`: off.
     pub outlier: Option<Outlier>,
+    /// A new or recovered backend's share ramps up over this many seconds (0: off; only ever
+    /// set under roundrobin and leastconn).
+    pub slow_start_s: u32,
     /// Sorted by `id` (unique in the pool).
     pub backends: Vec<Backend>,
 }

@@ -56,6 +56,8 @@ struct PoolFields {
     statuses: Option<Vec<(u16, u16)>>,
     /// `Some(None)`: explicitly off (overriding a level above).
     outlier: Option<Option<Outlier>>,
+    /// Seconds; 0 = off.
+    slow_start: Option<u32>,
 }
 
 impl PoolFields {
@@ -74,6 +76,7 @@ impl PoolFields {
             redirect: self.redirect.or(parent.redirect),
             statuses: self.statuses.or_else(|| parent.statuses.clone()),
             outlier: self.outlier.or(parent.outlier),
+            slow_start: self.slow_start.or(parent.slow_start),
         }
     }
 }
@@ -477,7 +480,25 @@ impl Walker<'_> {
             redirect: self.flag(obj, p, "redirectHTTP"),
             statuses: self.statuses(obj, p),
             outlier: self.outlier(obj, p),
+            slow_start: self.slow_start(obj, p),
         }
+    }
+
+    /// `slowStart`: seconds 0-600. Envoy ramps a host up only under round robin and least
+    /// connections; set beside another algorithm on the same level, it is said to be ignored.
+    fn slow_start(&mut self, obj: &Map<String, Value>, p: &Path) -> Option<u32> {
+        let s = self.u32_in(obj, p, "slowStart", 0, 600)?;
+        let algorithm = ALGORITHMS
+            .iter()
+            .find(|(n, _)| get(obj, "algorithm").and_then(Value::as_str) == Some(*n))
+            .map(|(_, a)| *a);
+        if s > 0 && algorithm.is_some_and(|a| !ramps(a)) {
+            self.f.warning(
+                p.field("slowStart"),
+                "is ignored: slow start applies to the roundrobin and leastconn algorithms only",
+            );
+        }
+        Some(s)
     }
 
     /// `healthCheckStatuses`: `"200"`, `"200-399"` (numbers accepted too), each within 100-599.
@@ -580,6 +601,11 @@ impl Walker<'_> {
                 statuses: fields.statuses.clone().unwrap_or_else(|| vec![(200, 399)]),
             },
             outlier: fields.outlier.flatten(),
+            // Only these two ramp a new host up; another algorithm ignores the window.
+            slow_start_s: match fields.algorithm.unwrap_or(Algorithm::Roundrobin) {
+                a if ramps(a) => fields.slow_start.unwrap_or(0),
+                _ => 0,
+            },
             sticky_cookie: (scheme.is_http() && fields.cookie_check == Some(true)).then(|| {
                 fields
                     .cookie_name
@@ -1184,6 +1210,11 @@ impl Walker<'_> {
             }
         }
     }
+}
+
+/// The algorithms under which Envoy can ramp a new host up (slow start).
+fn ramps(a: Algorithm) -> bool {
+    matches!(a, Algorithm::Roundrobin | Algorithm::Leastconn)
 }
 
 /// Whether a spec sets `key` to something other than an "off" value (0, false, none, http, []).

@@ -1,5 +1,6 @@
-//! What the HTTP health check counts as healthy (`healthCheckStatuses`) and passive health
-//! checking (`outlierDetection`), with a real Envoy and loopback upstreams.
+//! What the HTTP health check counts as healthy (`healthCheckStatuses`), passive health
+//! checking (`outlierDetection`) and slow start (`slowStart`), with a real Envoy and loopback
+//! upstreams.
 
 use crate::support::envoy::{free_port, Envoy};
 use crate::support::upstream::{self, Upstream};
@@ -209,4 +210,100 @@ async fn both_change_live_without_a_new_epoch() {
     assert_eq!(second.method, Some(ApplyMethod::Live), "{second:?}");
     assert_eq!(second.epoch, first.epoch, "no new epoch");
     answered_by("error").await;
+}
+
+/// A backend added live to a loaded pool with `slowStart` starts with a small share that grows
+/// over the window (the share per second is printed); one failing its first health check gets
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_new_backend_up_over_the_window() {
+    use crate::support::supervisor::Stand;
+    use std::sync::{Arc, Mutex};
+    let ups = [
+        upstream::http("a", None).await,
+        upstream::http("b", None).await,
+        upstream::http("new", None).await,
+        upstream::http("sick", None).await,
+    ];
+    ups[3].failing_health.store(true, Ordering::SeqCst);
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let spec = |n: usize| {
+        json!({"identifier": "lb-slow-start", "lbName": "slow", "rules": [
+            {"ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+             "healthCheckPath": "/healthz", "checkInterval": 200, "rise": 1, "fall": 1,
+             "slowStart": 4, "backends": ups[..n].iter().map(backend).collect::<Vec<_>>()}]})
+    };
+    stand.apply_ok(&spec(2)).await;
+    // Hosts are in slow start for the window after they join, the first ones too: the new one
+    // can only be seen ramping up beside hosts whose window is over (Envoy's documentation:
+    // when every host is new, all get the same share). The condition is the clock itself.
+    let joined = Instant::now();
+    while joined.elapsed() < Duration::from_millis(4500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Load: every answer with when it came and who gave it.
+    let answers: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (answers, stop) = (answers.clone(), stop.clone());
+        load.spawn(async move {
+            let c = reqwest::Client::builder().no_proxy().build().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(r) = c.get(format!("http://127.0.0.1:{front}/")).send().await {
+                    if r.status() == 200 {
+                        let who = r.text().await.unwrap_or_default();
+                        answers.lock().unwrap().push((Instant::now(), who));
+                    }
+                }
+            }
+        });
+    }
+    let added = Instant::now();
+    let out = stand.apply_ok(&spec(4)).await;
+    assert_eq!(
+        out.method,
+        Some(vpsie_lb_agent::supervisor::protocol::ApplyMethod::Live)
+    );
+    // The measurement window: the slow-start window and two seconds more.
+    let seconds = 6;
+    while added.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+
+    let answers = answers.lock().unwrap();
+    let mut shares = Vec::new();
+    for second in 0..seconds {
+        let in_second: Vec<&String> = answers
+            .iter()
+            .filter(|(t, _)| {
+                t.checked_duration_since(added)
+                    .is_some_and(|d| d.as_secs() == second)
+            })
+            .map(|(_, who)| who)
+            .collect();
+        let new = in_second.iter().filter(|w| w.as_str() == "new").count();
+        let share = new as f64 / in_second.len().max(1) as f64;
+        println!(
+            "second {second}: {} requests, the new backend answered {new} ({:.0} %)",
+            in_second.len(),
+            share * 100.0
+        );
+        assert!(in_second.len() > 20, "the load ran in second {second}");
+        shares.push(share);
+    }
+    assert!(
+        !answers.iter().any(|(_, w)| w == "sick"),
+        "a backend failing its first health check gets nothing"
+    );
+    assert!(shares[0] < 0.2, "a small share first: {shares:?}");
+    assert!(shares[1] < shares[3], "growing: {shares:?}");
+    assert!(
+        shares[5] > 0.25,
+        "a full share (a third) after the window: {shares:?}"
+    );
 }

@@ -3325,8 +3325,55 @@ fn health_check_statuses_and_outlier_detection() {
             "rules[0].outlierDetection",
             "must be an object",
         ),
+        ok("slow start", Http, set("/rules/0/slowStart", json!(30))),
+        ok(
+            "slow start off",
+            Http,
+            set("/rules/0/slowStart", json!("0")),
+        ),
+        ok(
+            "slow start with least connections",
+            Http,
+            all(vec![
+                set("/rules/0/slowStart", json!(600)),
+                set("/rules/0/algorithm", json!("leastconn")),
+            ]),
+        ),
+        err(
+            "slow start too long",
+            Http,
+            set("/rules/0/slowStart", json!(601)),
+            "rules[0].slowStart",
+            "between 0 and 600",
+        ),
+        err(
+            "slow start negative",
+            Http,
+            set("/rules/0/slowStart", json!(-1)),
+            "rules[0].slowStart",
+            "between 0 and 600",
+        ),
     ];
     run(cases);
+}
+
+#[test]
+fn slow_start_beside_a_hashing_algorithm_is_ignored_with_a_warning() {
+    let mut v = http_spec();
+    v["rules"][0]["slowStart"] = json!(30);
+    v["rules"][0]["algorithm"] = json!("source");
+    let l = load_ok(&v);
+    assert_eq!(l.spec.rules[0].pool.slow_start_s, 0);
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.path == "rules[0].slowStart"
+                && w.message.contains("roundrobin and leastconn")),
+        "{:?}",
+        l.warnings
+    );
+    v["rules"][0]["algorithm"] = json!("roundrobin");
+    assert_eq!(load_ok(&v).spec.rules[0].pool.slow_start_s, 30);
 }
 
 #[test]
