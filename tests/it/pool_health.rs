@@ -13,30 +13,10 @@ fn backend(up: &Upstream) -> Value {
     json!({"identifier": up.name, "ip": "127.0.0.1", "port": up.port()})
 }
 
-/// The ports of the hosts Envoy counts healthy in `cluster` (active check passed, not ejected).
-async fn healthy_ports(envoy: &Envoy, cluster: &str) -> BTreeSet<u16> {
-    let v: Value = serde_json::from_str(&envoy.admin_text("/clusters?format=json").await).unwrap();
-    v["cluster_statuses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["name"] == cluster)
-        .flat_map(|c| c["host_statuses"].as_array().cloned().unwrap_or_default())
-        .filter(|h| {
-            let s = &h["health_status"];
-            s["eds_health_status"] == "HEALTHY"
-                && s.get("failed_active_health_check").is_none()
-                && s.get("failed_outlier_check").is_none()
-        })
-        .filter_map(|h| h["address"]["socket_address"]["port_value"].as_u64())
-        .map(|p| p as u16)
-        .collect()
-}
-
 async fn wait_for_healthy(envoy: &Envoy, cluster: &str, want: &BTreeSet<u16>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = healthy_ports(envoy, cluster).await;
+        let now = envoy.healthy_ports(cluster).await;
         if &now == want {
             return;
         }
@@ -135,7 +115,7 @@ async fn outlier_detection_ejects_failing_backends_never_more_than_half_and_brin
         most = most.max(ejected().await);
     }
     assert_eq!(most, 2, "at most half of the four backends are ejected");
-    let healthy = healthy_ports(&envoy, "web").await;
+    let healthy = envoy.healthy_ports("web").await;
     assert!(
         healthy.contains(&ups[0].port()),
         "the good backend stays: {healthy:?}"

@@ -146,30 +146,39 @@ impl Envoy {
     }
 
     /// Waits until the cluster's health checker sees `healthy` healthy hosts.
+    /// The ports of the hosts Envoy counts healthy in `cluster`: active check passed, not
+    /// ejected by outlier detection.
+    pub async fn healthy_ports(&self, cluster: &str) -> std::collections::BTreeSet<u16> {
+        let v: Value =
+            serde_json::from_str(&self.admin_text("/clusters?format=json").await).unwrap();
+        v["cluster_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == cluster)
+            .flat_map(|c| c["host_statuses"].as_array().cloned().unwrap_or_default())
+            .filter(|h| {
+                let s = &h["health_status"];
+                s["eds_health_status"] == "HEALTHY"
+                    && s.get("failed_active_health_check").is_none()
+                    && s.get("failed_outlier_check").is_none()
+            })
+            .filter_map(|h| h["address"]["socket_address"]["port_value"].as_u64())
+            .map(|p| p as u16)
+            .collect()
+    }
+
     pub async fn wait_healthy(&self, cluster: &str, healthy: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let body = self.admin_text("/clusters?format=json").await;
-            let v: Value = serde_json::from_str(&body).unwrap();
-            let n = v["cluster_statuses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["name"] == cluster)
-                .flat_map(|c| c["host_statuses"].as_array().cloned().unwrap_or_default())
-                .filter(|h| {
-                    h["health_status"]["eds_health_status"] == "HEALTHY"
-                        && h["health_status"]
-                            .get("failed_active_health_check")
-                            .is_none()
-                })
-                .count();
+            let n = self.healthy_ports(cluster).await.len();
             if n == healthy {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "cluster {cluster} has {n} healthy hosts, waited for {healthy}: {body}"
+                "cluster {cluster} has {n} healthy hosts, waited for {healthy}: {}",
+                self.admin_text("/clusters").await
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
