@@ -70,6 +70,16 @@ pub fn renew_at(not_before: i64, not_after: i64, fraction: f64) -> i64 {
     not_before + ((not_after - not_before) as f64 * fraction) as i64
 }
 
+/// When a name is next worked on: its renewal time, and not before the next attempt after a
+/// failure. `None`: no certificate and no failure yet (due at once).
+fn due_at(held: Option<&Stored>, attempt: Option<&Attempt>, fraction: f64) -> Option<i64> {
+    let renewal = held.map(|c| renew_at(c.not_before, c.not_after, fraction));
+    match (renewal, attempt.map(|a| a.next_at)) {
+        (Some(r), Some(a)) => Some(r.max(a)),
+        (r, a) => r.or(a),
+    }
+}
+
 /// The wait after the `failures`-th failure in a row: doubling from `min` up to `max`.
 pub fn backoff(failures: u32, min_s: u32, max_s: u32) -> i64 {
     let doubled = u64::from(min_s).saturating_mul(1u64 << failures.saturating_sub(1).min(30));
@@ -293,13 +303,7 @@ impl Certs {
                     name: name.clone(),
                     certificate_id: spec::managed_id(name),
                     not_after: held.map(|c| c.not_after),
-                    next_renewal: match (attempt, held) {
-                        (Some(a), _) => Some(a.next_at),
-                        (None, Some(c)) => {
-                            Some(renew_at(c.not_before, c.not_after, settings.renew_at))
-                        }
-                        (None, None) => None,
-                    },
+                    next_renewal: due_at(held, attempt, settings.renew_at),
                     failures: attempt.map_or(0, |a| a.failures),
                     last_error: attempt.map(|a| a.last_error.clone()),
                 }
@@ -312,13 +316,8 @@ impl Certs {
         let s = self.lock();
         let mut soonest: Option<i64> = None;
         for name in self.wanted.borrow().iter() {
-            let mut at = match s.held.get(name) {
-                None => now,
-                Some((c, _)) => renew_at(c.not_before, c.not_after, settings.renew_at),
-            };
-            if let Some(a) = s.attempts.get(name) {
-                at = at.max(a.next_at);
-            }
+            let held = s.held.get(name).map(|(c, _)| c);
+            let at = due_at(held, s.attempts.get(name), settings.renew_at).unwrap_or(now);
             if at <= now {
                 return Ok(name.clone());
             }

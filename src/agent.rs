@@ -336,11 +336,6 @@ impl Agent {
         outcome
     }
 
-    /// The managed certificates' handle (the manager task runs beside the loop).
-    pub fn certs(&self) -> &acme::Certs {
-        &self.certs
-    }
-
     fn queue_certificate_events(&mut self) {
         for e in self.certs.take_events() {
             self.metrics
@@ -435,18 +430,12 @@ impl Agent {
         // answered on the redirect port. Both are part of the config's hash.
         self.certs.want(loaded.spec.managed_names());
         let managed = self.certs.managed();
-        spec::fill_managed(&mut loaded.spec, &managed.certificates);
-        let hash = pipeline::hash_with_challenges(&loaded, &resolved, &managed.challenges);
+        let hash = pipeline::complete(&mut loaded, &resolved, &managed);
         if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
             self.certs.applied(managed.challenges.keys().cloned());
             // What serves is this spec: a restarted agent reports its certificates' expiry
             // without waiting for a change.
-            self.metrics.set_certificates(
-                loaded
-                    .spec
-                    .certificates()
-                    .map(|t| (t.id.as_str(), t.not_after)),
-            );
+            self.metrics.set_certificates(&loaded.spec);
             return Outcome::Unchanged;
         }
         let prepared = match pipeline::finish(loaded, &resolved, &managed, &self.settings, true) {
@@ -479,13 +468,7 @@ impl Agent {
                 if let Outcome::Applied { .. } = &outcome {
                     // Envoy answers these now: the CA may be told to look.
                     self.certs.applied(managed.challenges.keys().cloned());
-                    self.metrics.set_certificates(
-                        prepared
-                            .loaded
-                            .spec
-                            .certificates()
-                            .map(|t| (t.id.as_str(), t.not_after)),
-                    );
+                    self.metrics.set_certificates(&prepared.loaded.spec);
                 }
                 // A critical failure is retried at every poll; a rolled-back config is not (it
                 // would fail again): it waits for a new spec or a HUP.

@@ -231,12 +231,13 @@ impl AgentMetrics {
     }
 
     /// Certificate expiry of the applied spec: the old ids go, so the series stay bounded.
-    pub fn set_certificates<'a>(&self, certs: impl Iterator<Item = (&'a str, i64)>) {
+    /// The expiry of every certificate `spec` serves (managed ones filled in).
+    pub fn set_certificates(&self, spec: &crate::spec::Spec) {
         self.certificate_expiry.reset();
-        for (id, not_after) in certs {
+        for t in spec.certificates() {
             self.certificate_expiry
-                .with_label_values(&[id])
-                .set(not_after as f64);
+                .with_label_values(&[&t.id])
+                .set(t.not_after as f64);
         }
     }
 

@@ -89,20 +89,18 @@ pub fn hash(loaded: &Loaded, resolved: &Resolved) -> String {
     hex::encode(h.finalize())
 }
 
-/// [`hash`], and the pending ACME challenges when there are any (answering a new one is a new
-/// config). Fill the managed certificates in first ([`spec::fill_managed`]).
-pub fn hash_with_challenges(
-    loaded: &Loaded,
-    resolved: &Resolved,
-    challenges: &render::Challenges,
-) -> String {
+/// Completes a loaded spec with what the agent manages, and hashes the result: the managed
+/// certificates fill the domains that wait for them ([`spec::fill_managed`], so a renewal is a
+/// new config), and the pending ACME challenges count too (answering a new one is a new config).
+pub fn complete(loaded: &mut Loaded, resolved: &Resolved, managed: &Managed) -> String {
+    spec::fill_managed(&mut loaded.spec, &managed.certificates);
     let base = hash(loaded, resolved);
-    if challenges.is_empty() {
+    if managed.challenges.is_empty() {
         return base;
     }
     let mut h = Sha256::new();
     h.update(base.as_bytes());
-    for (token, key_auth) in challenges {
+    for (token, key_auth) in &managed.challenges {
         h.update(b"\nchallenge ");
         h.update(token.as_bytes());
         h.update(b" ");
@@ -121,8 +119,7 @@ pub struct Managed {
 
 /// Hashes and renders a loaded spec. `for_store`: certificates go into the directory of the
 /// config's hash in the supervisor's store, so that each stored config is complete on its own.
-/// Managed certificates are filled into the domains that wait for them first, so the hash
-/// covers them (a renewal is a new config), and so do the pending challenges.
+/// The spec is completed with `managed` first ([`complete`]).
 pub fn finish(
     mut loaded: Loaded,
     resolved: &Resolved,
@@ -130,8 +127,7 @@ pub fn finish(
     settings: &Settings,
     for_store: bool,
 ) -> Result<Prepared, Failure> {
-    spec::fill_managed(&mut loaded.spec, &managed.certificates);
-    let hash = hash_with_challenges(&loaded, resolved, &managed.challenges);
+    let hash = complete(&mut loaded, resolved, managed);
     let rendered = if for_store {
         let mut local = settings.clone();
         local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));

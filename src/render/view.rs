@@ -312,8 +312,10 @@ pub fn build(
             },
             Scheme::Http | Scheme::Https | Scheme::Http2 => {
                 let mut chains = Vec::new();
-                // https rules, and http2 rules with a certificate, have a TLS front.
-                if rule.scheme == Scheme::Https || rule.tls.is_some() {
+                // https rules, and http2 rules with a certificate, have a TLS front, where SNI
+                // picks the chain.
+                let tls_front = rule.scheme == Scheme::Https || rule.tls.is_some();
+                if tls_front {
                     for d in &rule.domains {
                         if let Some(tls) = &d.tls {
                             chains.push(Chain {
@@ -343,8 +345,6 @@ pub fn build(
                 if rule.scheme == Scheme::Https {
                     redirect_vhosts.extend(redirects(rule));
                 }
-                // SNI picks the chain: needed wherever the front is TLS.
-                let tls_front = rule.scheme == Scheme::Https || rule.tls.is_some();
                 Listener {
                     name: rule.id.clone(),
                     port: rule.front_port,
@@ -362,8 +362,8 @@ pub fn build(
         .iter()
         .any(|r| r.domains.iter().any(|d| d.managed));
     let port = settings.envoy.redirect_port;
-    let holder = listeners.iter().position(|l| l.port == port);
-    if !redirect_vhosts.is_empty() || (acme && holder.is_none()) {
+    let port_held = listeners.iter().any(|l| l.port == port);
+    if !redirect_vhosts.is_empty() || (acme && !port_held) {
         // Hosts no https rule claims get a 404 rather than whatever a wildcard would say.
         if !redirect_vhosts
             .iter()

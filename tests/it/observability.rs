@@ -343,7 +343,7 @@ fn own_scrapes() -> (String, String) {
         .with_label_values(&[env!("CARGO_PKG_VERSION"), "1.40.0"])
         .set(1);
     agent.set_config("0123abcd", 1);
-    agent.set_certificates([("c1", crate::support::now() + 30 * 86_400)].into_iter());
+    agent.set_certificates(&crate::support::load_ok(&crate::support::https_spec()).spec);
     (agent.render(), SupervisorMetrics::new().render())
 }
 
