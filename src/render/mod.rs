@@ -10,10 +10,11 @@
 //!
 //! The templates are compiled into the binary, so the agent is self-contained.
 
+mod sources;
 mod view;
 pub mod xds;
 
-pub use view::{cluster_name, redirect_listener_name, CertFile, View};
+pub use view::{cluster_name, redirect_listener_name, refused_stat_prefix, CertFile, View};
 
 use crate::resolve::Resolved;
 use crate::settings::Settings;

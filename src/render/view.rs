@@ -56,14 +56,86 @@ pub struct Listener {
 }
 
 /// One filter chain. On https listeners there is one per domain with its own certificate (picked
-/// by SNI) and a last one, without `server_names`, for everything else.
+/// by SNI) and a last one, without `server_names`, for everything else. A rule with source lists
+/// has, for each of these, one chain per allowed source entry and one that refuses the rest
+/// (see [`super::sources`]).
 #[derive(Debug, Serialize)]
 pub struct Chain {
     pub server_names: Vec<String>,
     pub tls: Option<TlsFiles>,
+    /// Sources this chain serves; empty: any.
+    pub sources: Vec<Cidr>,
+    /// Set on a refusing chain.
+    pub refuse: Option<Refusal>,
 }
 
+/// A refusing chain proxies to a cluster that does not exist, so Envoy closes each connection
+/// at once, before reading a byte, and counts it as `tcp.<stat_prefix>.downstream_cx_no_route`.
 #[derive(Debug, Serialize)]
+pub struct Refusal {
+    pub stat_prefix: String,
+    /// Holds `:`, which no rule or domain id can: never a real cluster.
+    pub cluster: String,
+}
+
+impl Chain {
+    fn any(server_names: Vec<String>, tls: Option<TlsFiles>) -> Chain {
+        Chain {
+            server_names,
+            tls,
+            sources: Vec::new(),
+            refuse: None,
+        }
+    }
+}
+
+/// The stat prefix under which Envoy counts a rule's refused connections
+/// (`tcp.<prefix>.downstream_cx_no_route`; Prometheus: `envoy_tcp_downstream_cx_no_route` with
+/// `envoy_tcp_prefix`). Rule ids cannot hold `/`, so it is no tcp rule's own prefix (Envoy
+/// turns `:` into `_`, which a rule id may hold, and a `.` would split the tag).
+pub fn refused_stat_prefix(rule: &str) -> String {
+    format!("refused/{rule}")
+}
+
+/// A rule's chains: each group (server names and certificate) as it is without source lists,
+/// or split by source as the lists say.
+fn chains(rule: &Rule, groups: Vec<(Vec<String>, Option<TlsFiles>)>) -> Vec<Chain> {
+    let Some(ranges) = super::sources::serving_ranges(&rule.sources) else {
+        return groups
+            .into_iter()
+            .map(|(names, tls)| Chain::any(names, tls))
+            .collect();
+    };
+    let mut out = Vec::with_capacity(groups.len() * (ranges.len() + 1));
+    for (names, tls) in groups {
+        for r in &ranges {
+            out.push(Chain {
+                server_names: names.clone(),
+                tls: tls.clone(),
+                sources: r
+                    .iter()
+                    .map(|n| Cidr {
+                        address: n.network().to_string(),
+                        prefix_len: n.prefix_len(),
+                    })
+                    .collect(),
+                refuse: None,
+            });
+        }
+        out.push(Chain {
+            server_names: names,
+            tls: None,
+            sources: Vec::new(),
+            refuse: Some(Refusal {
+                stat_prefix: refused_stat_prefix(&rule.id),
+                cluster: format!("refused:{}", rule.id),
+            }),
+        });
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct TlsFiles {
     pub cert_path: String,
     pub key_path: String,
@@ -298,10 +370,7 @@ pub fn build(
                 name: rule.id.clone(),
                 port: rule.front_port,
                 tls_inspector: false,
-                chains: vec![Chain {
-                    server_names: vec![],
-                    tls: None,
-                }],
+                chains: chains(rule, vec![(vec![], None)]),
                 http: None,
                 tcp: Some(Tcp {
                     stat_prefix: rule.id.clone(),
@@ -311,36 +380,27 @@ pub fn build(
                 }),
             },
             Scheme::Http | Scheme::Https | Scheme::Http2 => {
-                let mut chains = Vec::new();
+                let mut groups = Vec::new();
                 // https rules, and http2 rules with a certificate, have a TLS front, where SNI
                 // picks the chain.
                 let tls_front = rule.scheme == Scheme::Https || rule.tls.is_some();
                 if tls_front {
                     for d in &rule.domains {
                         if let Some(tls) = &d.tls {
-                            chains.push(Chain {
-                                server_names: vec![d.host.to_string()],
-                                tls: Some(tls_files(tls)),
-                            });
+                            groups.push((vec![d.host.to_string()], Some(tls_files(tls))));
                         }
                     }
                     if let Some(tls) = &rule.tls {
-                        chains.push(Chain {
-                            server_names: vec![],
-                            tls: Some(tls_files(tls)),
-                        });
+                        groups.push((vec![], Some(tls_files(tls))));
                     }
-                    if chains.is_empty() {
+                    if groups.is_empty() {
                         // Every name waits for its managed certificate: the rule goes live
                         // when one exists (its redirects too), and the rest of the spec serves
                         // meanwhile.
                         continue;
                     }
                 } else {
-                    chains.push(Chain {
-                        server_names: vec![],
-                        tls: None,
-                    });
+                    groups.push((vec![], None));
                 }
                 if rule.scheme == Scheme::Https {
                     redirect_vhosts.extend(redirects(rule));
@@ -349,7 +409,7 @@ pub fn build(
                     name: rule.id.clone(),
                     port: rule.front_port,
                     tls_inspector: tls_front,
-                    chains,
+                    chains: chains(rule, groups),
                     http: Some(http(rule)),
                     tcp: None,
                 }
@@ -381,10 +441,7 @@ pub fn build(
             name: name.clone(),
             port,
             tls_inspector: false,
-            chains: vec![Chain {
-                server_names: vec![],
-                tls: None,
-            }],
+            chains: vec![Chain::any(vec![], None)],
             http: Some(Http {
                 acme: false,
                 challenges: Vec::new(),

@@ -3,7 +3,9 @@
 //! These never resolve or connect; they judge the text alone. A backend host name is resolved
 //! later by Envoy, so what it resolves to is outside what this module can promise.
 
+use super::error::shown;
 use super::model::BackendAddress;
+use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Why a backend IP is refused, or `None` when it is a normal backend address.
@@ -163,6 +165,38 @@ pub fn backend_address(text: &str, allow_loopback: bool) -> Result<BackendAddres
         return Err("names the loopback host (localhost); backends must be remote".into());
     }
     Ok(BackendAddress::Name(name))
+}
+
+/// One entry of `allowedSources` / `deniedSources`: `address/prefix`, or a bare address for
+/// one host. Host bits must be zero, so that what is written is what is matched.
+pub fn source_cidr(text: &str) -> Result<IpNet, String> {
+    let rule = "must be a CIDR like \"203.0.113.0/24\" or \"2001:db8::/32\", or one address";
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match text.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => return Err(format!("{rule}, got {}", shown(text))),
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{} has host bits set; the network is {}",
+            shown(text),
+            net.trunc()
+        ));
+    }
+    if let IpNet::V6(v6) = net {
+        // Envoy sees an IPv4 client as its IPv4 address, never in this form: such an entry would
+        // match nobody.
+        let mapped = matches!(v6.network().segments(), [0, 0, 0, 0, 0, 0xffff, _, _]);
+        if mapped && v6.prefix_len() >= 96 {
+            return Err(format!(
+                "{} is an IPv4 address written in IPv6 form; write the IPv4 form",
+                shown(text)
+            ));
+        }
+    }
+    Ok(net)
 }
 
 #[cfg(test)]

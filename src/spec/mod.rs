@@ -11,12 +11,12 @@ mod parse;
 mod path;
 mod tls;
 
-pub use address::{backend_address, dns_name_error, forbidden_ip};
+pub use address::{backend_address, dns_name_error, forbidden_ip, source_cidr};
 pub use error::{shown, Finding, SpecErrors};
 pub use model::*;
 pub use parse::{
     Options, DEFAULT_COOKIE_NAME, DEFAULT_MAX_CONNECTIONS, MAX_BACKENDS, MAX_BODY_BYTES,
-    MAX_DOMAINS, MAX_RULES,
+    MAX_DOMAINS, MAX_RULES, MAX_SOURCES,
 };
 pub use tls::check_pair;
 

@@ -5,6 +5,7 @@
 //! JSON field names of the API or about Envoy. Serialising this model (serde_json, field order as
 //! declared) is the canonical form that `config_hash` is computed over.
 
+use ipnet::IpNet;
 use serde::Serialize;
 use std::fmt;
 use std::net::IpAddr;
@@ -103,6 +104,25 @@ pub struct Rule {
     pub pool: Pool,
     /// Sorted by `id`. Empty on tcp rules.
     pub domains: Vec<Domain>,
+    /// Who may connect to the rule's port.
+    pub sources: Sources,
+}
+
+/// `allowedSources` / `deniedSources`: each sorted, without duplicates, host bits zero.
+/// Both empty: everyone may connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Sources {
+    /// Empty: everyone not denied.
+    pub allowed: Vec<IpNet>,
+    /// Refused even when inside an allowed entry.
+    pub denied: Vec<IpNet>,
+}
+
+impl Sources {
+    /// Whether anyone is refused at all.
+    pub fn restricts(&self) -> bool {
+        !self.allowed.is_empty() || !self.denied.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

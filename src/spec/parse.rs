@@ -11,6 +11,7 @@ use super::error::{shown, Findings};
 use super::model::*;
 use super::path::Path;
 use super::tls;
+use ipnet::IpNet;
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
@@ -19,6 +20,8 @@ pub const MAX_RULES: usize = 64;
 /// Entries of `healthCheckStatuses`.
 pub const MAX_STATUS_RANGES: usize = 16;
 pub const MAX_DOMAINS: usize = 256;
+/// Entries of `allowedSources`, and of `deniedSources`.
+pub const MAX_SOURCES: usize = 1_000;
 pub const MAX_BACKENDS: usize = 10_000;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 50_000;
 pub const DEFAULT_COOKIE_NAME: &str = "VPSIE_LB";
@@ -795,6 +798,7 @@ impl Walker<'_> {
         let id = self.required(id, obj, p, "domainId");
         let host = self.host(obj, p);
         let fields = self.pool_fields(obj, p, true).over(rule);
+        self.sources_not_here(obj, p, "a domain's");
         if scheme != Scheme::Https {
             self.no_effect(
                 obj,
@@ -1019,6 +1023,21 @@ impl Walker<'_> {
         }
         let redirect_http = scheme_s == Scheme::Https && fields.redirect == Some(true);
         let pool = self.pool(&fields, scheme_s, backends);
+        let sources = Sources {
+            allowed: self.cidrs(obj, p, "allowedSources"),
+            denied: self.cidrs(obj, p, "deniedSources"),
+        };
+        if !sources.allowed.is_empty()
+            && sources
+                .allowed
+                .iter()
+                .all(|a| sources.denied.iter().any(|d| d.contains(a)))
+        {
+            self.f.warning(
+                p.field("allowedSources"),
+                "every entry lies inside deniedSources: this rule refuses every client",
+            );
+        }
         Some(Rule {
             id: id?,
             scheme: scheme?,
@@ -1029,7 +1048,59 @@ impl Walker<'_> {
             redirect_http,
             pool,
             domains,
+            sources,
         })
+    }
+
+    /// Source lists sit on rules only: one set where it would be silently ignored would let in
+    /// clients its author meant to refuse.
+    fn sources_not_here(&mut self, obj: &Map<String, Value>, p: &Path, level: &str) {
+        for key in ["allowedSources", "deniedSources"] {
+            self.not_for_scheme(
+                obj,
+                p,
+                key,
+                &format!(
+                    "is set per rule, not at {level} level: a rule's list covers its whole port"
+                ),
+            );
+        }
+    }
+
+    /// `allowedSources` / `deniedSources`: CIDRs (a bare address is one host), IPv4 or IPv6,
+    /// host bits zero, at most `MAX_SOURCES`. Returned sorted without duplicates.
+    fn cidrs(&mut self, obj: &Map<String, Value>, p: &Path, key: &'static str) -> Vec<IpNet> {
+        let Some(list) = self.array(obj, p, key) else {
+            return Vec::new();
+        };
+        let lp = p.field(key);
+        if list.len() > MAX_SOURCES {
+            self.f.error(
+                lp,
+                format!("holds {} entries; at most {MAX_SOURCES}", list.len()),
+            );
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (i, item) in list.iter().enumerate() {
+            let Value::String(text) = item else {
+                self.f.error(
+                    lp.index(i),
+                    format!(
+                        "must be a CIDR string like \"203.0.113.0/24\" or \"2001:db8::/32\", got {}",
+                        kind(item)
+                    ),
+                );
+                continue;
+            };
+            match address::source_cidr(text) {
+                Ok(net) => out.push(net),
+                Err(why) => self.f.error(lp.index(i), why),
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Walks the load-balancer object. Findings go to `self.f`; the spec is only meaningful when
@@ -1045,6 +1116,7 @@ impl Walker<'_> {
             .u32_in(obj, &root, "maxConnections", 1, 1_000_000)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let lb = self.pool_fields(obj, &root, false);
+        self.sources_not_here(obj, &root, "the load balancer's");
 
         let rp = root.field("rules");
         let list = match self.array(obj, &root, "rules") {

@@ -18,6 +18,7 @@ mod packaging;
 mod pool_health;
 mod proptest_specs;
 mod real_shape;
+mod sources;
 mod supervision;
 mod traffic;
 mod validation;

@@ -3402,3 +3402,150 @@ fn health_statuses_and_outlier_detection_are_inherited_and_hashed() {
     let t = "t";
     assert_ne!(config_hash(&l.spec, t), config_hash(&plain.spec, t));
 }
+
+#[test]
+fn source_lists() {
+    use Base::*;
+    let a = "/rules/0/allowedSources";
+    let d = "/rules/0/deniedSources";
+    let cases = vec![
+        ok(
+            "IPv4 and IPv6 ranges",
+            Http,
+            set(a, json!(["203.0.113.0/24", "2001:db8::/32"])),
+        ),
+        ok(
+            "a bare address is one host, on a tcp rule",
+            Http,
+            all(vec![
+                set("/rules/0/scheme", json!("tcp")),
+                set(d, json!(["203.0.113.7", "2001:db8::7"])),
+            ]),
+        ),
+        ok(
+            "both, on an https rule",
+            Https,
+            all(vec![
+                set(a, json!(["10.0.0.0/8"])),
+                set(d, json!(["10.1.0.0/16"])),
+            ]),
+        ),
+        ok(
+            "empty lists",
+            Http,
+            all(vec![set(a, json!([])), set(d, json!([]))]),
+        ),
+        ok(
+            "1,000 entries",
+            Http,
+            set(
+                a,
+                json!((0..1000)
+                    .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+                    .collect::<Vec<_>>()),
+            ),
+        ),
+        err(
+            "1,001 entries",
+            Http,
+            set(d, json!(vec!["10.0.0.0/8"; 1001])),
+            "rules[0].deniedSources",
+            "at most 1000",
+        ),
+        err(
+            "host bits set",
+            Http,
+            set(a, json!(["10.0.0.0/8", "203.0.113.5/24"])),
+            "rules[0].allowedSources[1]",
+            "host bits set; the network is 203.0.113.0/24",
+        ),
+        err(
+            "a prefix too long",
+            Http,
+            set(a, json!(["10.0.0.0/33"])),
+            "rules[0].allowedSources[0]",
+            "must be a CIDR",
+        ),
+        err(
+            "a name",
+            Http,
+            set(d, json!(["office.example.com"])),
+            "rules[0].deniedSources[0]",
+            "must be a CIDR",
+        ),
+        err(
+            "an IPv4-mapped IPv6 address",
+            Http,
+            set(d, json!(["::ffff:203.0.113.7"])),
+            "rules[0].deniedSources[0]",
+            "write the IPv4 form",
+        ),
+        err(
+            "a number",
+            Http,
+            set(a, json!([10])),
+            "rules[0].allowedSources[0]",
+            "must be a CIDR string",
+        ),
+        err(
+            "not an array",
+            Http,
+            set(a, json!("10.0.0.0/8")),
+            "rules[0].allowedSources",
+            "must be an array",
+        ),
+        err(
+            "on a domain",
+            Https,
+            set("/rules/0/domains/0/allowedSources", json!(["10.0.0.0/8"])),
+            "rules[0].domains[0].allowedSources",
+            "is set per rule",
+        ),
+        err(
+            "load-balancer wide",
+            Http,
+            set("/deniedSources", json!(["10.0.0.0/8"])),
+            "deniedSources",
+            "is set per rule",
+        ),
+    ];
+    run(cases);
+}
+
+#[test]
+fn source_lists_are_normalised_hashed_and_warned_about_when_they_refuse_everyone() {
+    let mut v = http_spec();
+    v["rules"][0]["allowedSources"] = json!(["2001:db8::/32", "10.0.0.0/8", "10.0.0.0/8"]);
+    let one = load_ok(&v);
+    let shown: Vec<String> = one.spec.rules[0]
+        .sources
+        .allowed
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32"], "sorted, once each");
+    v["rules"][0]["allowedSources"] = json!(["10.0.0.0/8", "2001:db8::/32"]);
+    let same = load_ok(&v);
+    let t = "t";
+    assert_eq!(
+        config_hash(&one.spec, t),
+        config_hash(&same.spec, t),
+        "order and repeats do not change the hash"
+    );
+    assert_ne!(
+        config_hash(&one.spec, t),
+        config_hash(&load_ok(&http_spec()).spec, t)
+    );
+    assert!(one.warnings.is_empty(), "{:?}", one.warnings);
+
+    v["rules"][0]["deniedSources"] = json!(["10.0.0.0/7", "2001:db8::/31"]);
+    let none = load_ok(&v);
+    assert!(
+        none.warnings
+            .iter()
+            .any(|w| w.path == "rules[0].allowedSources"
+                && w.message.contains("refuses every client")),
+        "{:?}",
+        none.warnings
+    );
+}

@@ -37,6 +37,17 @@ pub struct Load {
 impl Load {
     /// `url` must be on loopback.
     pub fn start(url: &str, keep_alive: usize, fresh: usize) -> Load {
+        Self::start_from(url, keep_alive, fresh, None)
+    }
+
+    /// As [`Load::start`], every client connecting from `source` (a loopback address).
+    pub fn start_from(
+        url: &str,
+        keep_alive: usize,
+        fresh: usize,
+        source: Option<std::net::IpAddr>,
+    ) -> Load {
+        assert!(source.is_none_or(|s| s.is_loopback()));
         assert!(
             url.starts_with("http://127.0.0.1:"),
             "load goes to loopback only"
@@ -47,7 +58,8 @@ impl Load {
         for i in 0..keep_alive + fresh {
             let mut b = reqwest::Client::builder()
                 .no_proxy()
-                .timeout(Duration::from_secs(10));
+                .timeout(Duration::from_secs(10))
+                .local_address(source);
             if i >= keep_alive {
                 b = b.pool_max_idle_per_host(0);
             }

@@ -27,6 +27,8 @@ pub struct Upstream {
     pub sni_seen: Arc<Mutex<Vec<String>>>,
     /// Paths of the HTTP requests an HTTP upstream answered.
     pub paths_seen: Arc<Mutex<Vec<String>>>,
+    /// Connections a TCP upstream accepted.
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -174,6 +176,7 @@ pub async fn http_at(name: &str, tls: Option<&super::certs::TestCert>, at: Socke
         failing_requests: behaviour.failing_requests.clone(),
         sni_seen,
         paths_seen,
+        accepted: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         task,
     }
 }
@@ -204,12 +207,15 @@ pub async fn tcp(name: &str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let n = name.to_owned();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             let n = n.clone();
             conns.spawn(async move {
                 let mut reply = n.clone();
@@ -251,6 +257,7 @@ pub async fn tcp(name: &str) -> Upstream {
         paths_seen: Arc::new(Mutex::new(Vec::new())),
         health_code: Arc::new(std::sync::atomic::AtomicU16::new(200)),
         failing_requests: Arc::new(AtomicBool::new(false)),
+        accepted,
         task,
     }
 }
@@ -263,12 +270,15 @@ pub async fn echo(name: &str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let n = name.to_owned();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = accepted.clone();
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             let n = n.clone();
             conns.spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
@@ -320,6 +330,7 @@ pub async fn echo(name: &str) -> Upstream {
         paths_seen: Arc::new(Mutex::new(Vec::new())),
         health_code: Arc::new(std::sync::atomic::AtomicU16::new(200)),
         failing_requests: Arc::new(AtomicBool::new(false)),
+        accepted,
         task,
     }
 }
