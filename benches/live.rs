@@ -2,8 +2,8 @@
 //! apply: from the first xDS file written until Envoy's admin API reports every resource at the
 //! new version), for an endpoint-only change at 10, 1,000 and 10,000 backends (every backend
 //! re-addressed; the backends are down, so the change goes in one step), at 1,000 backends that
-//! are up (two steps: the new hosts health-checked before the old ones leave), and for a
-//! listener change (a rule added or removed),
+//! are up (two steps: the new hosts health-checked before the old ones leave), for a
+//! listener change (a rule added or removed) and for one of 1,000 allowed sources replaced,
 //! beside two baselines measured in the same run:
 //! - the hot-restart path (a bootstrap change, `maxConnections`): spawn → LIVE of a new epoch;
 //! - HAProxy's runtime API (Debian `haproxy`): the same number of servers re-addressed and
@@ -338,6 +338,29 @@ fn main() {
             )
             .await,
         );
+        // A rule with 1,000 allowed source entries (1,001 filter chains), one entry replaced:
+        // the listener changes in place and only that entry's chain is drained.
+        let listed = |moved: usize| {
+            let mut v = spec(front, 10, 9, 50_000, None);
+            let list: Vec<String> = (0..1000)
+                .map(|i| format!("10.{}.{}.0/24", i / 256 + if i == 0 { moved } else { 0 }, i % 256))
+                .collect();
+            v["rules"][0]["allowedSources"] = json!(list);
+            v
+        };
+        hand_over(&stand, &listed(0)).await;
+        rows.push(
+            run(
+                &stand,
+                "live: 1 of 1000 allowed sources replaced",
+                &listed(0),
+                &listed(100),
+                reps,
+                ApplyMethod::Live,
+            )
+            .await,
+        );
+        hand_over(&stand, &small).await;
         let bigger = spec(front, 10, 9, 60_000, None);
         rows.push(
             run(

@@ -100,7 +100,7 @@ pub fn refused_stat_prefix(rule: &str) -> String {
 /// A rule's chains: each group (server names and certificate) as it is without source lists,
 /// or split by source as the lists say.
 fn chains(rule: &Rule, groups: Vec<(Vec<String>, Option<TlsFiles>)>) -> Vec<Chain> {
-    let Some(ranges) = super::sources::serving_ranges(&rule.sources) else {
+    let Some(ranges) = super::sources::serving_ranges(&rule.sources, groups.len()) else {
         return groups
             .into_iter()
             .map(|(names, tls)| Chain::any(names, tls))

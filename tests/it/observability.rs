@@ -355,6 +355,8 @@ async fn envoy_scrape() -> String {
         "identifier": "lb-obs", "lbName": "obs",
         "rules": [{
             "ruleId": "r1", "scheme": "http", "frontPort": front, "backPort": 1,
+            // A source list, so the refused-connection counter is in the scrape.
+            "allowedSources": ["127.0.0.0/8"],
             "backends": [{"identifier": "b1", "ip": "127.0.0.1", "port": up.port()}]
         }]
     });
@@ -401,6 +403,7 @@ const DASHBOARD_MUST_USE: &[&str] = &[
     "envoy_cluster_membership_healthy",
     "envoy_cluster_membership_total",
     "vpsie_lb_agent_certificate_expiry_timestamp_seconds",
+    "envoy_tcp_downstream_cx_no_route",
 ];
 const RULES_MUST_USE: &[&str] = &[
     "vpsie_lb_agent_applies_total",
