@@ -84,6 +84,11 @@ struct Field {
 
 fn no_prep(_: &mut Value) {}
 
+fn with_source_lists(v: &mut Value) {
+    v["rules"][0]["allowedSources"] = serde_json::json!(["10.0.0.0/8"]);
+    v["rules"][0]["deniedSources"] = serde_json::json!(["10.1.0.0/16"]);
+}
+
 fn fields() -> Vec<Field> {
     const LONG_ID: &str = "ABCDEFGHIJABCDEFGHIJABCDEFGHIJABCDEFGHIJABCDEFGHIJABCDEFGHIJ0123";
     let f = |name, https, ptr, path, accepted, names_resources| Field {
@@ -477,6 +482,31 @@ fn fields() -> Vec<Field> {
             &[],
             false,
         ),
+        Field {
+            prep: with_source_lists,
+            ..f(
+                "allowedSources entry",
+                true,
+                "/rules/0/allowedSources/0",
+                "rules[0].allowedSources[0]",
+                &[
+                    ("203.0.113.7", Some("203.0.113.7")),
+                    ("2001:DB8::/32", Some("2001:db8::")),
+                ],
+                false,
+            )
+        },
+        Field {
+            prep: with_source_lists,
+            ..f(
+                "deniedSources entry",
+                false,
+                "/rules/0/deniedSources/0",
+                "rules[0].deniedSources[0]",
+                &[("10.1.2.3", None), ("2001:DB8::1", None)],
+                false,
+            )
+        },
     ]
 }
 
