@@ -14,6 +14,7 @@
 //! - [`api`]: the VPSie API client, behind its address guard.
 //! - [`acme`]: managed certificates: obtained and renewed by ACME (HTTP-01), kept on disk.
 //! - [`supervisor`]: the parent of every Envoy epoch, its protocol and its client.
+//! - [`ha`]: high availability with keepalived: its config, its health check, VRRP state.
 //! - [`agent`]: the reconcile loop: poll the API, hand over to the supervisor, report.
 //! - [`command`]: what each CLI command does.
 
@@ -23,6 +24,7 @@ pub mod api;
 pub mod command;
 pub mod envoy;
 pub mod events;
+pub mod ha;
 pub mod metrics;
 pub mod pipeline;
 pub mod render;

@@ -80,6 +80,38 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Render keepalived's config from the settings' `ha` section, check it with keepalived's
+    /// own config test, and write it to `ha.keepalived_config` (or `--out`) when it changed.
+    KeepalivedConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The keepalived binary for the config test.
+        #[arg(long, default_value = "keepalived")]
+        keepalived: PathBuf,
+        /// Skip keepalived's config test (it needs the interface to exist).
+        #[arg(long)]
+        no_check: bool,
+    },
+    /// keepalived's health check: exits 0 while Envoy serves a config (the supervisor says so).
+    HaCheck {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// keepalived's notify script: records a virtual IP's VRRP state for `status` and metrics.
+    HaNotify {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `INSTANCE` (what keepalived passes first).
+        kind: String,
+        /// The VRRP instance, `vip_<n>`.
+        name: String,
+        /// MASTER, BACKUP, FAULT or STOP.
+        state: String,
+        /// The priority keepalived passes last (not recorded).
+        priority: Option<String>,
+    },
     /// Follow the VPSie API: poll, apply what changed through the supervisor, report events.
     Run(ApiArgs),
     /// One reconcile cycle; the exit code says how it went (0 applied or unchanged, 2 invalid
@@ -255,6 +287,63 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 print!("{d}");
             }
+        }
+        Command::KeepalivedConfig {
+            config,
+            out,
+            keepalived,
+            no_check,
+        } => {
+            let s = settings(config.as_ref())?;
+            let Some(ha) = &s.ha else {
+                return Err(anyhow::anyhow!("the settings have no ha section").into());
+            };
+            let out = out.unwrap_or_else(|| ha.keepalived_config.clone());
+            // keepalived runs the check and notify commands by these paths: make them absolute.
+            let file = match &config {
+                Some(c) => std::fs::canonicalize(c).map_err(anyhow::Error::from)?,
+                None => {
+                    return Err(anyhow::anyhow!(
+                        "--config: keepalived's scripts need the settings file's path"
+                    )
+                    .into())
+                }
+            };
+            let bin = std::env::current_exe().map_err(anyhow::Error::from)?;
+            let check = (!no_check).then_some(keepalived.as_path());
+            let wrote = vpsie_lb_agent::ha::write_config(&s, &file, &bin, &out, check)?;
+            println!(
+                "{} {}",
+                if wrote { "written" } else { "unchanged" },
+                out.display()
+            );
+        }
+        Command::HaCheck { config } => {
+            let s = settings(config.as_ref())?;
+            let answer = runtime()?.block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    vpsie_lb_agent::ha::serving(&s),
+                )
+                .await
+                .unwrap_or_else(|_| Err("the supervisor did not answer within 1 s".into()))
+            });
+            if let Err(why) = answer {
+                return Err(anyhow::anyhow!("not serving: {why}").into());
+            }
+        }
+        Command::HaNotify {
+            config,
+            kind,
+            name,
+            state,
+            priority: _,
+        } => {
+            let s = settings(config.as_ref())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            vpsie_lb_agent::ha::record(&s, &kind, &name, &state, now)?;
         }
         Command::Run(a) => {
             let settings = api_settings(&a)?;

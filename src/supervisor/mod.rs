@@ -119,6 +119,8 @@ pub struct Supervisor {
     files: Option<live::LiveFiles>,
     /// The Envoy binary the live epoch was started from: another one needs a new process.
     binary_id: Option<BinaryId>,
+    /// What the HA track file last said (`Some(true)`: serving), so it is written on changes only.
+    track_written: std::cell::Cell<Option<bool>>,
 }
 
 /// What identifies the Envoy binary on disk (device, inode, size, modification time).
@@ -243,6 +245,7 @@ impl Supervisor {
             metrics: std::sync::Arc::new(crate::metrics::SupervisorMetrics::new()),
             files: None,
             binary_id: None,
+            track_written: std::cell::Cell::new(None),
         })
     }
 
@@ -317,8 +320,31 @@ impl Supervisor {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
     }
 
+    /// With high availability: tells keepalived, through its track file, whether Envoy serves a
+    /// config (0) or not (1). Called on every change of state, so a node whose Envoy stops gives
+    /// its virtual IPs away at once instead of at keepalived's next check.
+    fn write_track_file(&self) {
+        let Some(ha) = &self.settings.ha else { return };
+        let serving = self.live.is_some() && self.critical.is_none();
+        if self.track_written.get() == Some(serving) {
+            return;
+        }
+        // Written in place, not renamed: keepalived watches the file it was told about.
+        match std::fs::write(&ha.track_file, if serving { "0\n" } else { "1\n" }) {
+            Ok(()) => {
+                self.track_written.set(Some(serving));
+                tracing::info!(serving, "HA track file {} updated", ha.track_file.display());
+            }
+            Err(e) => tracing::error!(
+                "cannot write the HA track file {}: {e}; keepalived's check will see it within seconds",
+                ha.track_file.display()
+            ),
+        }
+    }
+
     /// Publishes what `status` shows; `envoy_state` is filled in live when asked.
     fn publish(&self) {
+        self.write_track_file();
         self.snapshot.send_replace(Status {
             epoch: self.live.as_ref().map(|e| e.epoch),
             hash: self.live.as_ref().map(|e| e.hash.clone()),

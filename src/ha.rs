@@ -1,0 +1,463 @@
+//! High availability with keepalived (VRRP): keepalived's config from the `ha` settings, the
+//! check keepalived runs to know whether this node serves, and the VRRP state its notify script
+//! records.
+//!
+//! Who does what:
+//! - the agent's binary renders the config (`keepalived-config`), checked by keepalived's own
+//!   config test; the keepalived unit runs it before every start and reload, as root, so the
+//!   unprivileged agent never has to signal a root daemon;
+//! - keepalived elects, adds and removes the virtual IPs;
+//! - the supervisor writes the track file the moment Envoy stops or serves again (keepalived
+//!   watches it), and keepalived asks the supervisor every second (`ha-check`) as well, which
+//!   also catches a supervisor that died without a word;
+//! - keepalived runs `ha-notify` on every state change: it records the state where `status` and
+//!   the agent's metrics read it.
+//!
+//! Ownership is deterministic: every node sorts the node addresses the same way; in
+//! active/active the n-th virtual IP belongs to the n-th node, and the others follow in order
+//! (priority 200, 190, ...). keepalived preempts: a node that serves again takes its own back.
+
+use crate::settings::{keepalived_safe, HaMode, HaSettings, Settings};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+pub const TEMPLATE: &str = include_str!("../templates/keepalived.conf.tera");
+
+/// One VRRP instance: one virtual IP.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Instance {
+    /// keepalived's instance name, `vip_<n>`.
+    pub name: String,
+    /// `address/prefix` as keepalived adds it.
+    pub vip: String,
+    pub router_id: u16,
+    pub priority: u16,
+    /// Run on becoming master: `ha.on_master` with the virtual IP appended.
+    pub on_master: Vec<String>,
+    /// Whether this node owns it (in active/standby: the first node in address order).
+    pub owner: bool,
+}
+
+/// This node's VRRP instances, as every node computes them.
+pub fn instances(ha: &HaSettings) -> Vec<Instance> {
+    let nodes = ha.nodes();
+    let n = nodes.len();
+    let rank = nodes
+        .iter()
+        .position(|a| *a == ha.node_address)
+        .unwrap_or(0);
+    ha.vips()
+        .iter()
+        .enumerate()
+        .map(|(i, vip)| {
+            let owner_rank = match ha.mode {
+                HaMode::ActiveStandby => 0,
+                HaMode::ActiveActive => i,
+            };
+            // How far behind the owner this node comes, in address order, wrapping around.
+            let behind = (rank + n - owner_rank) % n;
+            let mut on_master = ha.on_master.clone();
+            if !on_master.is_empty() {
+                on_master.push(vip.addr().to_string());
+            }
+            Instance {
+                name: instance_name(i),
+                vip: vip.to_string(),
+                router_id: u16::from(ha.router_id) + i as u16,
+                priority: 200 - 10 * behind as u16,
+                on_master,
+                owner: behind == 0,
+            }
+        })
+        .collect()
+}
+
+pub fn instance_name(i: usize) -> String {
+    format!("vip_{i}")
+}
+
+#[derive(Serialize)]
+struct View {
+    settings_file: String,
+    node_name: String,
+    script_user: String,
+    check_command: String,
+    track_file: String,
+    interface: String,
+    advert_int: String,
+    multicast: bool,
+    node_address: String,
+    peers: Vec<String>,
+    instances: Vec<Instance>,
+}
+
+fn templates() -> anyhow::Result<&'static tera::Tera> {
+    static TERA: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
+    TERA.get_or_init(|| {
+        let mut t = tera::Tera::default();
+        t.autoescape_on(vec![]);
+        t.register_filter("k", k_filter);
+        t.add_raw_template("keepalived.conf.tera", TEMPLATE)
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(t)
+    })
+    .as_ref()
+    .map_err(|e| anyhow::anyhow!("the keepalived template does not compile: {e}"))
+}
+
+/// The one filter every value of the keepalived template goes through: a value outside
+/// [`keepalived_safe`] fails the render rather than being written.
+fn k_filter(
+    v: &serde_json::Value,
+    _: &HashMap<String, serde_json::Value>,
+) -> tera::Result<serde_json::Value> {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        other => return Err(tera::Error::msg(format!("k: cannot print {other}"))),
+    };
+    if !keepalived_safe(&text) {
+        return Err(tera::Error::msg(format!(
+            "k: {text:?} holds characters keepalived's config could read as structure"
+        )));
+    }
+    Ok(serde_json::Value::String(text))
+}
+
+/// keepalived's config for this node. `settings_file` is the agent's settings file and
+/// `agent_bin` this binary: keepalived runs them for the check and the notify script.
+pub fn render(
+    settings: &Settings,
+    settings_file: &Path,
+    agent_bin: &Path,
+) -> anyhow::Result<String> {
+    let Some(ha) = &settings.ha else {
+        bail!("the settings have no ha section: this node is not part of a highly available pair");
+    };
+    let view = View {
+        settings_file: settings_file.to_string_lossy().into_owned(),
+        node_name: format!("vpsie-lb-{}", ha.node_address).replace(':', "-"),
+        script_user: ha.script_user.clone(),
+        check_command: agent_bin.to_string_lossy().into_owned(),
+        track_file: ha.track_file.to_string_lossy().into_owned(),
+        interface: ha.interface.clone(),
+        advert_int: format!(
+            "{}.{:02}",
+            ha.advert_interval_ms / 1000,
+            ha.advert_interval_ms % 1000 / 10
+        ),
+        multicast: ha.multicast,
+        node_address: ha.node_address.to_string(),
+        peers: ha.peers.iter().map(|p| p.to_string()).collect(),
+        instances: instances(ha),
+    };
+    let ctx = tera::Context::from_serialize(&view).context("the keepalived view")?;
+    templates()?
+        .render("keepalived.conf.tera", &ctx)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "rendering keepalived's config failed: {:#}",
+                anyhow::Error::new(e)
+            )
+        })
+}
+
+/// Runs keepalived's own config test on `text`. keepalived checks the interface too, so this
+/// runs where the config will be used.
+pub fn check_config(text: &str, keepalived: &Path) -> anyhow::Result<()> {
+    let mut file = tempfile::NamedTempFile::new().context("a temporary file for keepalived -t")?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    let out = std::process::Command::new(keepalived)
+        .args(["--config-test", "--log-console", "--use-file"])
+        .arg(file.path())
+        .output()
+        .with_context(|| format!("cannot run {}", keepalived.display()))?;
+    if !out.status.success() {
+        bail!(
+            "keepalived's config test refused the config (exit {}): {}",
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `keepalived-config`: renders, checks with keepalived (unless `keepalived` is `None`) and
+/// writes the config to `out` when it differs. Returns whether it wrote.
+pub fn write_config(
+    settings: &Settings,
+    settings_file: &Path,
+    agent_bin: &Path,
+    out: &Path,
+    keepalived: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let text = render(settings, settings_file, agent_bin)?;
+    if let Some(k) = keepalived {
+        check_config(&text, k)?;
+    }
+    if std::fs::read(out).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(false);
+    }
+    crate::store::write_private(out, text.as_bytes())?;
+    Ok(true)
+}
+
+/// What `ha-notify` records for one virtual IP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VipState {
+    pub instance: String,
+    pub vip: String,
+    /// `master`, `backup`, `fault` or `stop`, as keepalived says it.
+    pub state: String,
+    /// Unix seconds of the last change.
+    pub since: i64,
+    /// Changes recorded since the state directory was made (it lives in /run: since boot).
+    pub transitions: u64,
+}
+
+pub const STATES: &[&str] = &["master", "backup", "fault", "stop"];
+
+/// Records a state change keepalived announced (`ha-notify`): `kind` is `INSTANCE`, `name`
+/// the instance, `state` MASTER, BACKUP, FAULT or STOP.
+pub fn record(
+    settings: &Settings,
+    kind: &str,
+    name: &str,
+    state: &str,
+    now: i64,
+) -> anyhow::Result<VipState> {
+    let Some(ha) = &settings.ha else {
+        bail!("the settings have no ha section");
+    };
+    if kind != "INSTANCE" {
+        bail!("only VRRP instances are recorded, not {kind:?}");
+    }
+    let state = state.to_ascii_lowercase();
+    if !STATES.contains(&state.as_str()) {
+        bail!("unknown VRRP state {state:?}");
+    }
+    let Some(inst) = instances(ha).into_iter().find(|i| i.name == name) else {
+        bail!("{name:?} is not one of this node's VRRP instances");
+    };
+    std::fs::create_dir_all(&ha.state_dir)
+        .with_context(|| format!("cannot create {}", ha.state_dir.display()))?;
+    let path = ha.state_dir.join(format!("{name}.json"));
+    let before: Option<VipState> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let rec = VipState {
+        instance: inst.name,
+        vip: inst.vip,
+        state,
+        since: now,
+        transitions: before.map_or(0, |b| b.transitions) + 1,
+    };
+    crate::store::write_private(&path, &serde_json::to_vec(&rec)?)?;
+    Ok(rec)
+}
+
+/// The recorded state of each of this node's virtual IPs (`None`: keepalived has not said yet).
+pub fn states(ha: &HaSettings) -> Vec<(Instance, Option<VipState>)> {
+    instances(ha)
+        .into_iter()
+        .map(|i| {
+            let rec = std::fs::read(ha.state_dir.join(format!("{}.json", i.name)))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<VipState>(&b).ok())
+                .filter(|r| r.vip == i.vip);
+            (i, rec)
+        })
+        .collect()
+}
+
+/// `ha-check`: whether Envoy serves a config, as the supervisor says (Envoy LIVE by its admin
+/// API, a config applied, nothing critical). `Err` says why not.
+pub async fn serving(settings: &Settings) -> Result<(), String> {
+    let status = crate::supervisor::client::status(settings)
+        .await
+        .map_err(|e| format!("the supervisor does not answer: {e}"))?;
+    if let Some(c) = status.critical {
+        return Err(format!("envoy is not serving: {c}"));
+    }
+    if status.hash.is_none() {
+        return Err("no config is applied yet".into());
+    }
+    if status.envoy_state != "LIVE" {
+        return Err(format!("envoy is {}", status.envoy_state));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ha(mode: &str, node: &str, peers: &[&str], vips: &[&str]) -> Settings {
+        let yaml = format!(
+            "ha:\n  mode: {mode}\n  interface: eth1\n  node_address: {node}\n  peers: [{}]\n  virtual_ips: [{}]\n",
+            peers.join(", "),
+            vips.join(", ")
+        );
+        Settings::parse_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn active_active_gives_each_node_its_own_address_and_the_others_in_order() {
+        let nodes = ["198.18.0.3", "198.18.0.2", "198.18.0.4"];
+        let vips = ["198.18.0.100/24", "198.18.0.101/24", "198.18.0.102/24"];
+        let mut owners = Vec::new();
+        for me in nodes {
+            let peers: Vec<&str> = nodes.iter().copied().filter(|n| *n != me).collect();
+            let s = ha("active_active", me, &peers, &vips);
+            let inst = instances(s.ha.as_ref().unwrap());
+            let prios: Vec<u16> = inst.iter().map(|i| i.priority).collect();
+            owners.push((me, inst.iter().position(|i| i.owner).unwrap(), prios));
+        }
+        // .2 owns the first address, .3 the second, .4 the third; each comes next for the
+        // address of the node before it.
+        assert_eq!(
+            owners,
+            [
+                ("198.18.0.3", 1, vec![190, 200, 180]),
+                ("198.18.0.2", 0, vec![200, 180, 190]),
+                ("198.18.0.4", 2, vec![180, 190, 200]),
+            ]
+        );
+    }
+
+    /// Every `{{ ... }}` of the template must end in `| k`: the check cannot be forgotten.
+    #[test]
+    fn every_template_value_goes_through_k() {
+        let mut rest = TEMPLATE;
+        let mut count = 0;
+        while let Some(start) = rest.find("{{") {
+            let end = rest[start..].find("}}").expect("unclosed {{") + start;
+            let expr = rest[start + 2..end].trim();
+            assert!(
+                expr.ends_with("| k"),
+                "`{{{{ {expr} }}}}` does not go through k"
+            );
+            count += 1;
+            rest = &rest[end + 2..];
+        }
+        assert!(count > 10, "the template prints its values");
+    }
+
+    #[test]
+    fn the_config_renders_every_value_through_the_filter() {
+        let mut s = ha(
+            "active_standby",
+            "198.18.0.2",
+            &["198.18.0.3"],
+            &["198.18.0.100/24"],
+        );
+        s.ha.as_mut().unwrap().on_master = vec!["/usr/local/bin/move-ip".into(), "--fast".into()];
+        let text = render(
+            &s,
+            Path::new("/etc/vpsie-lb/agent.yaml"),
+            Path::new("/usr/local/bin/vpsie-lb-agent"),
+        )
+        .unwrap();
+        for want in [
+            "virtual_router_id 51",
+            "priority 200",
+            "advert_int 0.50",
+            "unicast_src_ip 198.18.0.2",
+            "198.18.0.100/24 dev eth1",
+            "script \"/usr/local/bin/vpsie-lb-agent ha-check --config /etc/vpsie-lb/agent.yaml\"",
+            "notify_master \"/usr/local/bin/move-ip --fast 198.18.0.100\"",
+            "file \"/run/vpsie-lb/ha-serving\"",
+        ] {
+            assert!(text.contains(want), "{want} in:\n{text}");
+        }
+        // A value that could add structure fails the render instead of reaching the file.
+        let err = render(
+            &s,
+            Path::new("/etc/x\"\n}\nvrrp_script evil {"),
+            Path::new("/bin/x"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("could read as structure"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn settings_refuse_what_keepalived_would_misread_or_vrrp_cannot_do() {
+        let base = "ha:\n  mode: active_standby\n  interface: eth1\n  node_address: 198.18.0.2\n  peers: [198.18.0.3]\n  virtual_ips: [198.18.0.100/24]\n";
+        let bad = [
+            ("interface: eth1", "interface: \"eth1 }\"", "ha.interface"),
+            ("interface: eth1", "interface: lo", "loopback"),
+            ("peers: [198.18.0.3]", "peers: []", "at least two nodes"),
+            ("peers: [198.18.0.3]", "peers: [198.18.0.2]", "appear once"),
+            (
+                "peers: [198.18.0.3]",
+                "peers: [\"2001:db8::3\"]",
+                "same family",
+            ),
+            (
+                "virtual_ips: [198.18.0.100/24]",
+                "virtual_ips: [198.18.0.100/24, 198.18.0.101/24]",
+                "needs 1",
+            ),
+            (
+                "virtual_ips: [198.18.0.100/24]",
+                "virtual_ips: [198.18.0.3]",
+                "already a node's address",
+            ),
+            (
+                "virtual_ips: [198.18.0.100/24]",
+                "virtual_ips: [vip]",
+                "not an address",
+            ),
+            ("mode: active_standby", "mode: active_active", "needs 2"),
+        ];
+        for (from, to, want) in bad {
+            let text = base.replace(from, to);
+            let err = Settings::parse_with_env(&text, &|_| None).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{to}: {err:#}");
+        }
+        for extra in [
+            "  on_master: [relative/cmd]\n",
+            "  on_master: [/bin/x, \"a b\"]\n",
+            "  advert_interval_ms: 55\n",
+            "  router_id: 0\n",
+            "  script_user: \"root;\"\n",
+            "  track_file: \"/run/x y\"\n",
+        ] {
+            let text = format!("{base}{extra}");
+            assert!(
+                Settings::parse_with_env(&text, &|_| None).is_err(),
+                "{extra}"
+            );
+        }
+        assert!(Settings::parse_with_env(base, &|_| None).is_ok());
+    }
+
+    #[test]
+    fn notify_records_each_change_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ha(
+            "active_standby",
+            "198.18.0.2",
+            &["198.18.0.3"],
+            &["198.18.0.100/24"],
+        );
+        s.ha.as_mut().unwrap().state_dir = dir.path().join("ha");
+        record(&s, "INSTANCE", "vip_0", "BACKUP", 10).unwrap();
+        let r = record(&s, "INSTANCE", "vip_0", "MASTER", 20).unwrap();
+        assert_eq!(
+            (r.state.as_str(), r.since, r.transitions),
+            ("master", 20, 2)
+        );
+        let st = states(s.ha.as_ref().unwrap());
+        assert_eq!(st[0].1.as_ref().map(|r| r.state.as_str()), Some("master"));
+        assert!(record(&s, "INSTANCE", "vip_9", "MASTER", 30).is_err());
+        assert!(record(&s, "INSTANCE", "vip_0", "LEADER", 30).is_err());
+        assert!(record(&s, "GROUP", "vip_0", "MASTER", 30).is_err());
+    }
+}
