@@ -46,7 +46,7 @@ pub async fn hand_over_raw(
         Response::Error { message } => {
             anyhow::bail!("the supervisor refused the request: {message}")
         }
-        Response::Status(_) | Response::Metrics { .. } => {
+        Response::Status(_) | Response::Metrics { .. } | Response::Serving { .. } => {
             anyhow::bail!("the supervisor answered out of turn")
         }
     }
@@ -100,5 +100,15 @@ pub async fn status(settings: &Settings) -> Result<Status, Failure> {
     {
         Response::Status(s) => Ok(*s),
         other => Err(anyhow::anyhow!("unexpected answer from the supervisor: {other:?}").into()),
+    }
+}
+
+/// Whether Envoy serves a config, as the supervisor knows it (`Err` says why not).
+pub async fn serving(settings: &Settings, timeout: Duration) -> Result<(), String> {
+    match protocol::call(&settings.supervisor.socket, &Request::Serving, timeout).await {
+        Ok(Response::Serving { serving: true, .. }) => Ok(()),
+        Ok(Response::Serving { reason, .. }) => Err(reason),
+        Ok(other) => Err(format!("unexpected answer from the supervisor: {other:?}")),
+        Err(e) => Err(format!("{e:#}")),
     }
 }

@@ -34,7 +34,7 @@ pub mod protocol;
 mod server;
 
 pub use server::bind;
-use server::{accept_loop, answer_status};
+use server::{accept_loop, answer_serving, answer_status};
 
 use crate::envoy::{self, admin::Admin, process, shm};
 use crate::render::{self, CertFile, Rendered};
@@ -278,6 +278,7 @@ impl Supervisor {
             Request::Metrics => Response::Metrics {
                 text: self.metrics.render(),
             },
+            Request::Serving => answer_serving(&self.snapshot.borrow()),
             Request::Apply(a) => {
                 // Logged on arrival: an operator (and a test) can tell an apply in progress
                 // from one never received.

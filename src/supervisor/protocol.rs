@@ -18,6 +18,11 @@ pub enum Request {
     Status,
     /// The supervisor's metrics, in Prometheus text format.
     Metrics,
+    /// Whether Envoy serves a config, from what the supervisor knows (its process runs, a config
+    /// is applied, nothing critical), without asking Envoy's admin API: that answers on Envoy's
+    /// main thread, which a big update keeps busy for seconds while the workers serve. For
+    /// keepalived's check (`ha-check`), which must not give a virtual IP away for that.
+    Serving,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,8 +137,17 @@ pub enum Response {
     Apply(ApplyOutcome),
     // Boxed: a status is several times larger than the other answers.
     Status(Box<Status>),
-    Metrics { text: String },
-    Error { message: String },
+    Metrics {
+        text: String,
+    },
+    /// `reason` says why not, when not.
+    Serving {
+        serving: bool,
+        reason: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// Sends one request and waits for its response. `timeout` bounds the whole exchange.

@@ -38,6 +38,20 @@ pub(super) async fn answer_status(snapshot: &watch::Receiver<Status>, admin: &Ad
     Response::Status(Box::new(s))
 }
 
+/// From the snapshot alone: see [`Request::Serving`].
+pub(super) fn answer_serving(s: &Status) -> Response {
+    let reason = match (&s.critical, &s.hash, s.envoy_pid) {
+        (Some(c), _, _) => format!("envoy is not serving: {c}"),
+        (None, None, _) => "no config is applied yet".to_owned(),
+        (None, Some(_), None) => "envoy is not running".to_owned(),
+        (None, Some(_), Some(_)) => String::new(),
+    };
+    Response::Serving {
+        serving: reason.is_empty(),
+        reason,
+    }
+}
+
 pub(super) async fn accept_loop(
     listener: UnixListener,
     requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
@@ -63,6 +77,7 @@ pub(super) async fn accept_loop(
                     Ok(Request::Metrics) => Response::Metrics {
                         text: metrics.render(),
                     },
+                    Ok(Request::Serving) => answer_serving(&snapshot.borrow()),
                     Ok(req) => {
                         let (tx, rx) = oneshot::channel();
                         if requests.send((req, tx)).await.is_err() {

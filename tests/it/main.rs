@@ -9,6 +9,7 @@ mod api_sim;
 mod demo;
 mod envoy_validate;
 mod grpc;
+mod ha;
 mod hostile;
 mod layout;
 mod live;

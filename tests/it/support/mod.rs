@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod envoy;
 pub mod load;
+pub mod netns;
 pub mod pebble;
 pub mod sim;
 pub mod supervisor;

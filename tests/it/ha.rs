@@ -1,0 +1,490 @@
+//! High availability with keepalived, in network namespaces the tests make (198.18.0.0/24, a
+//! bridge between them): each "VM" namespace runs the API stand-in (with a backend that answers
+//! with the node's name), a supervisor with its real Envoy, an agent and keepalived, all
+//! following the same spec; a client namespace sends requests to the virtual IPs throughout.
+//! Needs root, iproute2 and keepalived (`scripts/install-test-tools.sh`).
+
+use crate::support::netns::{self, node_ip, Lab, Probe};
+use crate::support::supervisor::Stand;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vpsie_lb_agent::settings::{HaMode, HaSettings, Settings};
+
+const FRONT: u16 = 8080;
+const SIM: u16 = 7000;
+const UPSTREAM: u16 = 9000;
+
+fn spec(max_connections: u32, weight: u32) -> serde_json::Value {
+    json!({"identifier": "lb-ha", "lbName": "ha", "maxConnections": max_connections, "rules": [
+        {"ruleId": "web", "scheme": "http", "frontPort": FRONT, "backPort": UPSTREAM,
+         "checkInterval": 1000, "rise": 1,
+         "backends": [{"identifier": "b", "ip": "127.0.0.1", "weight": weight}]}]})
+}
+
+/// One load-balancer VM: its namespace, files and processes.
+struct Node {
+    name: String,
+    ns: String,
+    dir: tempfile::TempDir,
+    settings: Settings,
+    settings_file: PathBuf,
+    spec_file: PathBuf,
+    sim: Option<Child>,
+    supervisor: Option<Child>,
+    agent: Option<Child>,
+    keepalived: Option<Child>,
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .unwrap()
+        .into()
+}
+
+impl Node {
+    fn new(lab: &Lab, i: usize, mode: HaMode, vips: &[String], spec_file: &Path) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut s = Stand::settings(d, |s| {
+            s.envoy.listen_address = "0.0.0.0".parse().unwrap();
+            s.envoy.redirect_port = 8081;
+        });
+        std::fs::write(d.join("api-key"), "test-token-123").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("api-key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        s.vpsie.api_url = format!("http://127.0.0.1:{SIM}");
+        s.vpsie.allowed_hosts = vec!["127.0.0.1".into()];
+        s.vpsie.api_key_file = d.join("api-key");
+        s.vpsie.loadbalancer_id = "lb-ha".into();
+        s.vpsie.poll_interval_s = 1;
+        s.dev.allow_insecure_http = true;
+        s.metrics.port = 9101;
+        let me = node_ip(i).parse().unwrap();
+        s.ha = Some(HaSettings {
+            mode,
+            interface: "eth0".into(),
+            node_address: me,
+            peers: (0..lab.nodes.len())
+                .filter(|&j| j != i)
+                .map(|j| node_ip(j).parse().unwrap())
+                .collect(),
+            multicast: false,
+            virtual_ips: vips.to_vec(),
+            router_id: 51,
+            advert_interval_ms: 500,
+            on_master: Vec::new(),
+            keepalived_config: d.join("keepalived.conf"),
+            // The tests run as root; the image runs the scripts as vpsie-lb.
+            script_user: "root".into(),
+            track_file: d.join("ha-serving"),
+            state_dir: d.join("ha"),
+        });
+        let settings_file = d.join("agent.yaml");
+        std::fs::write(&settings_file, serde_yaml::to_string(&s).unwrap()).unwrap();
+        let mut node = Node {
+            name: format!("node-{i}"),
+            ns: lab.nodes[i].clone(),
+            dir,
+            settings: s,
+            settings_file,
+            spec_file: spec_file.to_path_buf(),
+            sim: None,
+            supervisor: None,
+            agent: None,
+            keepalived: None,
+        };
+        node.start_all();
+        node
+    }
+
+    fn agent_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Lab::exec(&self.ns, env!("CARGO_BIN_EXE_vpsie-lb-agent"));
+        c.args(args).arg("--config").arg(&self.settings_file);
+        c
+    }
+
+    fn start_all(&mut self) {
+        let d = self.dir.path().to_path_buf();
+        // Booting: the node's own address only, link up.
+        Lab::link(&self.ns, true);
+        self.sim = Some(
+            Lab::exec(&self.ns, env!("CARGO_BIN_EXE_vpsie-api-sim"))
+                .args(["--listen", &format!("127.0.0.1:{SIM}"), "--token-file"])
+                .arg(d.join("api-key"))
+                .arg("--lb")
+                .arg(format!("lb-ha={}", self.spec_file.display()))
+                .arg("--upstream")
+                .arg(format!("{}=127.0.0.1:{UPSTREAM}", self.name))
+                .stdout(log_file(&d, "sim.log"))
+                .stderr(log_file(&d, "sim.log"))
+                .spawn()
+                .unwrap(),
+        );
+        self.start_supervisor();
+        self.agent = Some(
+            self.agent_cmd(&["run"])
+                .env("RUST_LOG", "info")
+                .stdout(log_file(&d, "agent.log"))
+                .stderr(log_file(&d, "agent.log"))
+                .spawn()
+                .unwrap(),
+        );
+        let out = self.agent_cmd(&["keepalived-config"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "keepalived-config: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A VM boots with an empty /run: no pid file of a keepalived that was killed (its
+        // children may linger as zombies, which keepalived would take for a running daemon).
+        for f in ["keepalived.pid", "vrrp.pid", "checkers.pid"] {
+            let _ = std::fs::remove_file(d.join(f));
+        }
+        self.keepalived = Some(
+            Lab::exec(&self.ns, "keepalived")
+                .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
+                .arg("--use-file")
+                .arg(&self.settings.ha.as_ref().unwrap().keepalived_config)
+                .arg("--pid")
+                .arg(d.join("keepalived.pid"))
+                .arg("--vrrp_pid")
+                .arg(d.join("vrrp.pid"))
+                .arg("--checkers_pid")
+                .arg(d.join("checkers.pid"))
+                .stdout(log_file(&d, "keepalived.log"))
+                .stderr(log_file(&d, "keepalived.log"))
+                .spawn()
+                .expect("keepalived (Debian package keepalived) must be installed"),
+        );
+    }
+
+    fn start_supervisor(&mut self) {
+        let d = self.dir.path().to_path_buf();
+        self.supervisor = Some(
+            self.agent_cmd(&["supervise"])
+                .env("RUST_LOG", "info")
+                .stdout(log_file(&d, "supervisor.log"))
+                .stderr(log_file(&d, "supervisor.log"))
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    /// The live Envoy's pid, as the supervisor reports it, once it serves a config.
+    fn envoy_pid(&self, within: Duration) -> u32 {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.agent_cmd(&["status", "--json"]).output().unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let sup = &v["supervisor"];
+            if sup["envoy_state"] == "LIVE" && sup["hash"].is_string() {
+                if let Some(pid) = sup["envoy_pid"].as_u64() {
+                    return pid as u32;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: envoy not serving: {v}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The config hash the agent last applied.
+    fn applied_hash(&self) -> String {
+        let out = self.agent_cmd(&["status", "--json"]).output().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        v["supervisor"]["hash"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// Waits until the supervisor serves a config other than `old`.
+    fn wait_applied_other_than(&self, old: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.applied_hash() == old || self.applied_hash().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the change was never applied\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The VRRP state `ha-notify` recorded for instance `n`, and how many changes.
+    fn vrrp(&self, n: usize) -> Option<(String, u64)> {
+        let ha = self.settings.ha.as_ref().unwrap();
+        let bytes = std::fs::read(ha.state_dir.join(format!("vip_{n}.json"))).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        Some((v["state"].as_str()?.to_owned(), v["transitions"].as_u64()?))
+    }
+
+    fn kill(child: &mut Option<Child>) {
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The whole VM stops: every process in its namespace is killed at once and its network
+    /// goes silent (a killed keepalived leaves its addresses behind; a stopped VM answers
+    /// nothing).
+    fn power_off(&mut self) {
+        Lab::kill_everything_in(&self.ns);
+        Lab::link(&self.ns, false);
+        for c in [
+            &mut self.keepalived,
+            &mut self.agent,
+            &mut self.supervisor,
+            &mut self.sim,
+        ] {
+            Node::kill(c);
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for f in ["keepalived.log", "supervisor.log", "agent.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!(
+                "--- {} {f}:\n{}\n",
+                self.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.power_off();
+    }
+}
+
+fn target(vip: &str) -> SocketAddr {
+    format!("{vip}:{FRONT}").parse().unwrap()
+}
+
+fn kill_pid(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Prints one event's figures and checks them: service back within 3 s.
+fn report(probe: &Probe, vip: &str, what: &str, from: Instant, to: Instant) -> netns::Window {
+    let w = probe.window(target(vip), from, to);
+    println!(
+        "{what}: {vip} without service {:.2} s, {} failed / {} ok requests, served by {:?} {:?}",
+        w.longest_gap.as_secs_f64(),
+        w.failed,
+        w.ok,
+        w.served_by,
+        w.errors
+    );
+    w
+}
+
+/// Two nodes share one virtual IP. Envoy killed on the master (three times), its supervisor
+/// killed, and the whole node stopped: each time the other node serves the address within 3 s,
+/// and the first takes it back once it serves again.
+#[test]
+fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
+    let lab = Lab::new(2);
+    let shared = tempfile::tempdir().unwrap();
+    let spec_file = shared.path().join("lb.json");
+    std::fs::write(&spec_file, spec(50_000, 100).to_string()).unwrap();
+    let vip = "198.18.0.100";
+    let vips = vec![format!("{vip}/24")];
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| Node::new(&lab, i, HaMode::ActiveStandby, &vips, &spec_file))
+        .collect();
+    let probe = Probe::start(&lab.client, &[target(vip)]);
+    let dump = |nodes: &[Node]| nodes.iter().map(Node::logs).collect::<String>();
+    let settle = Duration::from_secs(30);
+    let served = |by: &str, nodes: &[Node]| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            probe.wait_served_by(target(vip), by, settle)
+        }));
+        r.unwrap_or_else(|_| panic!("not served by {by}\n{}", dump(nodes)))
+    };
+    served("node-0", &nodes);
+    nodes[1].envoy_pid(settle);
+
+    for round in 1..=3 {
+        let pid = nodes[0].envoy_pid(settle);
+        let t0 = Instant::now();
+        kill_pid(pid);
+        // The supervisor restarts Envoy; node-0 serves again and takes the address back.
+        nodes[0].envoy_pid(settle);
+        let back = served("node-0", &nodes);
+        let w = report(&probe, vip, &format!("envoy SIGKILL {round}"), t0, back);
+        assert!(
+            w.longest_gap < Duration::from_secs(3),
+            "{w:?}\n{}",
+            dump(&nodes)
+        );
+    }
+
+    // The supervisor dies (Envoy with it): node-1 takes over, by keepalived's check.
+    let t0 = Instant::now();
+    Node::kill(&mut nodes[0].supervisor);
+    let moved = served("node-1", &nodes);
+    let w = report(&probe, vip, "supervisor SIGKILL", t0, moved);
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{w:?}\n{}",
+        dump(&nodes)
+    );
+    // systemd would restart it: node-0 serves again and takes its address back.
+    let t1 = Instant::now();
+    nodes[0].start_supervisor();
+    let back = served("node-0", &nodes);
+    let w = report(&probe, vip, "supervisor back", t1, back);
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{w:?}\n{}",
+        dump(&nodes)
+    );
+
+    // The whole VM stops.
+    let t0 = Instant::now();
+    nodes[0].power_off();
+    let moved = served("node-1", &nodes);
+    let w = report(&probe, vip, "node-0 powered off", t0, moved);
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{w:?}\n{}",
+        dump(&nodes)
+    );
+    let t1 = Instant::now();
+    nodes[0].start_all();
+    let back = served("node-0", &nodes);
+    let w = report(&probe, vip, "node-0 back", t1, back);
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{w:?}\n{}",
+        dump(&nodes)
+    );
+    probe.stop();
+}
+
+/// Three nodes, three virtual IPs, each owned by one node. One node stops: its address moves to
+/// the next node, and the other two addresses never miss a request; it comes back and takes its
+/// address back, again without a failed request on the others. Then a config change applied on
+/// every node (live, then by hot restart) moves no address at all.
+#[test]
+fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
+    let lab = Lab::new(3);
+    let shared = tempfile::tempdir().unwrap();
+    let spec_file = shared.path().join("lb.json");
+    std::fs::write(&spec_file, spec(50_000, 100).to_string()).unwrap();
+    let vips: Vec<String> = (0..3).map(|i| format!("198.18.0.{}", 100 + i)).collect();
+    let with_prefix: Vec<String> = vips.iter().map(|v| format!("{v}/24")).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::new(&lab, i, HaMode::ActiveActive, &with_prefix, &spec_file))
+        .collect();
+    let targets: Vec<SocketAddr> = vips.iter().map(|v| target(v)).collect();
+    let probe = Probe::start(&lab.client, &targets);
+    let dump = |nodes: &[Node]| nodes.iter().map(Node::logs).collect::<String>();
+    let settle = Duration::from_secs(30);
+    let served = |vip: usize, by: usize, nodes: &[Node]| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            probe.wait_served_by(targets[vip], &format!("node-{by}"), settle)
+        }));
+        r.unwrap_or_else(|_| panic!("{} not served by node-{by}\n{}", vips[vip], dump(nodes)))
+    };
+    // Every address served by its owner (node i owns the i-th: they sort the same way).
+    for i in 0..3 {
+        served(i, i, &nodes);
+    }
+
+    let t0 = Instant::now();
+    nodes[1].power_off();
+    // node-1's address goes to the node after it in address order, node-2.
+    let moved = served(1, 2, &nodes);
+    let w = report(&probe, &vips[1], "node-1 powered off", t0, moved);
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{w:?}\n{}",
+        dump(&nodes)
+    );
+    for i in [0, 2] {
+        let w = report(&probe, &vips[i], "  the others meanwhile", t0, moved);
+        assert_eq!(
+            (w.failed, w.served_by.clone()),
+            (0, vec![format!("node-{i}")]),
+            "{w:?}"
+        );
+    }
+
+    let t1 = Instant::now();
+    nodes[1].start_all();
+    let back = served(1, 1, &nodes);
+    let w = report(&probe, &vips[1], "node-1 back", t1, back);
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{w:?}\n{}",
+        dump(&nodes)
+    );
+    for i in [0, 2] {
+        let w = report(&probe, &vips[i], "  the others meanwhile", t1, back);
+        assert_eq!(
+            (w.failed, w.served_by.clone()),
+            (0, vec![format!("node-{i}")]),
+            "{w:?}"
+        );
+    }
+
+    // A config change on every node: live (a weight), then by hot restart (maxConnections).
+    let transitions = |nodes: &[Node]| -> Vec<Option<(String, u64)>> {
+        nodes
+            .iter()
+            .flat_map(|n| (0..3).map(|v| n.vrrp(v)))
+            .collect()
+    };
+    let before = transitions(&nodes);
+    let t2 = Instant::now();
+    for (change, s) in [
+        ("live", spec(50_000, 50)),
+        ("hot restart", spec(40_000, 50)),
+    ] {
+        let pids: Vec<u32> = nodes.iter().map(|n| n.envoy_pid(settle)).collect();
+        let applied: Vec<String> = nodes.iter().map(|n| n.applied_hash()).collect();
+        std::fs::write(&spec_file, s.to_string()).unwrap();
+        for (n, old) in nodes.iter().zip(&applied) {
+            n.wait_applied_other_than(old, settle);
+        }
+        let now: Vec<u32> = nodes.iter().map(|n| n.envoy_pid(settle)).collect();
+        assert_eq!(
+            change == "live",
+            pids == now,
+            "{change}: Envoy pids {pids:?} -> {now:?}"
+        );
+    }
+    let t3 = Instant::now();
+    for (i, vip) in vips.iter().enumerate() {
+        let w = report(&probe, vip, "config changes on every node", t2, t3);
+        assert_eq!(
+            (w.failed, w.served_by.clone()),
+            (0, vec![format!("node-{i}")]),
+            "{w:?}"
+        );
+    }
+    assert_eq!(transitions(&nodes), before, "no VRRP state changed");
+    probe.stop();
+}
