@@ -694,9 +694,13 @@ pub async fn serve_metrics(
     use axum::routing::get;
     let socket = settings.supervisor.socket.clone();
     let stuck = stuck_after(&settings);
+    let ha = settings.ha.clone();
     let metrics_route = {
         let socket = socket.clone();
         move || async move {
+            if let Some(ha) = &ha {
+                crate::ha::export(ha, &metrics);
+            }
             let mut text = metrics.render();
             match crate::supervisor::protocol::call(
                 &socket,

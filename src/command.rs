@@ -95,6 +95,20 @@ pub struct FullStatus {
     pub agent: crate::agent::AgentState,
     pub queued_events: usize,
     pub dropped_events: u64,
+    /// With high availability: each virtual IP's VRRP state on this node.
+    #[serde(default)]
+    pub vrrp: Vec<VipReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VipReport {
+    pub vip: String,
+    /// Whether this node owns it (holds it whenever it serves).
+    pub owner: bool,
+    /// `master`, `backup`, `fault`, `stop`, or `unknown` (keepalived has not reported yet).
+    pub state: String,
+    pub since: Option<i64>,
+    pub transitions: u64,
 }
 
 /// `status`: the supervisor's answer (if it answers) plus the agent's state files.
@@ -111,12 +125,29 @@ pub async fn full_status(settings: &Settings) -> FullStatus {
         crate::events::EventQueue::open(&settings.event_queue_path(), crate::agent::QUEUE_CAPACITY)
             .map(|q| (q.len(), q.dropped()))
             .unwrap_or((0, 0));
+    let vrrp = settings
+        .ha
+        .as_ref()
+        .map(|ha| {
+            crate::ha::states(ha)
+                .into_iter()
+                .map(|(i, rec)| VipReport {
+                    vip: i.vip,
+                    owner: i.owner,
+                    state: rec.as_ref().map_or("unknown".into(), |r| r.state.clone()),
+                    since: rec.as_ref().map(|r| r.since),
+                    transitions: rec.map_or(0, |r| r.transitions),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     FullStatus {
         supervisor,
         supervisor_error,
         agent,
         queued_events,
         dropped_events,
+        vrrp,
     }
 }
 
@@ -224,6 +255,24 @@ pub fn status_summary(s: &FullStatus) -> String {
         }
         out.push(text);
     }
+    for v in &s.vrrp {
+        let mut text = format!(
+            "Virtual IP  {} {}{}",
+            v.vip,
+            v.state.to_uppercase(),
+            if v.owner { " (owner)" } else { "" }
+        );
+        if let Some(t) = v.since {
+            text.push_str(&format!(
+                " since {}, {} changes",
+                crate::events::rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64)
+                ),
+                v.transitions
+            ));
+        }
+        out.push(text);
+    }
     let mut events = format!("Events      {} queued", s.queued_events);
     if s.dropped_events > 0 {
         events.push_str(&format!(", {} DROPPED (queue was full)", s.dropped_events));
@@ -286,12 +335,25 @@ mod tests {
             agent: crate::agent::AgentState::default(),
             queued_events: 3,
             dropped_events: 2,
+            vrrp: vec![VipReport {
+                vip: "198.18.0.100/24".into(),
+                owner: true,
+                state: "fault".into(),
+                since: Some(0),
+                transitions: 4,
+            }],
         }
     }
 
     #[test]
     fn the_summary_says_what_needs_attention() {
         let s = status_summary(&full(None));
+        assert!(
+            s.contains(
+                "Virtual IP  198.18.0.100/24 FAULT (owner) since 1970-01-01T00:00:00Z, 4 changes"
+            ),
+            "{s}"
+        );
         assert!(
             s.contains("Supervisor  UNREACHABLE: cannot reach the supervisor"),
             "{s}"

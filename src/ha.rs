@@ -273,6 +273,20 @@ pub fn states(ha: &HaSettings) -> Vec<(Instance, Option<VipState>)> {
         .collect()
 }
 
+/// Sets the VRRP metrics from what `ha-notify` recorded (read at each scrape: a few small files).
+pub fn export(ha: &HaSettings, metrics: &crate::metrics::AgentMetrics) {
+    let states = states(ha);
+    let readings: Vec<crate::metrics::VrrpReading> = states
+        .iter()
+        .map(|(i, rec)| crate::metrics::VrrpReading {
+            vip: i.vip.split('/').next().unwrap_or(&i.vip),
+            state: rec.as_ref().map_or("unknown", |r| r.state.as_str()),
+            transitions: rec.as_ref().map_or(0, |r| r.transitions),
+        })
+        .collect();
+    metrics.set_vrrp(&readings);
+}
+
 /// `ha-check`: whether Envoy serves a config, as the supervisor knows it (its Envoy runs, a
 /// config is applied, nothing critical). Not Envoy's admin API: a big update keeps Envoy's main
 /// thread busy for seconds while its workers serve, and a check that timed out then would give

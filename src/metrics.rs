@@ -61,8 +61,24 @@ pub struct AgentMetrics {
     pub certificate_expiry: GaugeVec,
     /// Attempts to obtain or renew a managed certificate, by result.
     pub acme_attempts: IntCounterVec,
+    /// High availability: 1 for each virtual IP's current VRRP state, as keepalived reported it.
+    pub vrrp_state: IntGaugeVec,
+    /// VRRP state changes of each virtual IP on this node.
+    pub vrrp_transitions: IntCounterVec,
+    /// The transitions already counted per virtual IP (the notify script keeps a running total).
+    vrrp_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     pub build_info: IntGaugeVec,
 }
+
+/// One virtual IP's VRRP state for [`AgentMetrics::set_vrrp`]: the address, `master`,
+/// `backup`, `fault`, `stop` or `unknown`, and the running count of changes.
+pub struct VrrpReading<'a> {
+    pub vip: &'a str,
+    pub state: &'a str,
+    pub transitions: u64,
+}
+
+pub const VRRP_STATES: &[&str] = &["master", "backup", "fault", "stop", "unknown"];
 
 impl AgentMetrics {
     #[allow(clippy::new_without_default)]
@@ -193,6 +209,27 @@ impl AgentMetrics {
                     &["result"],
                 ),
             ),
+            vrrp_state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{p}vrrp_state"),
+                        "1 for each virtual IP's VRRP state on this node (master, backup, fault, stop, unknown: not reported yet)",
+                    ),
+                    &["vip", "state"],
+                ),
+            ),
+            vrrp_transitions: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}vrrp_transitions_total"),
+                        "VRRP state changes of each virtual IP on this node",
+                    ),
+                    &["vip"],
+                ),
+            ),
+            vrrp_seen: Default::default(),
             build_info: reg(
                 &r,
                 IntGaugeVec::new(
@@ -238,6 +275,30 @@ impl AgentMetrics {
             self.certificate_expiry
                 .with_label_values(&[&t.id])
                 .set(t.not_after as f64);
+        }
+    }
+
+    /// This node's virtual IPs as keepalived last reported them.
+    pub fn set_vrrp(&self, readings: &[VrrpReading]) {
+        self.vrrp_state.reset();
+        let Ok(mut seen) = self.vrrp_seen.lock() else {
+            return;
+        };
+        for r in readings {
+            for s in VRRP_STATES {
+                self.vrrp_state
+                    .with_label_values(&[r.vip, s])
+                    .set(i64::from(*s == r.state));
+            }
+            let before = seen.insert(r.vip.to_owned(), r.transitions);
+            // A smaller total: the record started again (a reboot); count from there.
+            let new = match before {
+                Some(b) if r.transitions >= b => r.transitions - b,
+                _ => r.transitions,
+            };
+            self.vrrp_transitions
+                .with_label_values(&[r.vip])
+                .inc_by(new);
         }
     }
 

@@ -199,6 +199,41 @@ impl Node {
         }
     }
 
+    /// The agent's `/metrics`, fetched inside the node (it listens on the node's loopback).
+    fn metrics(&self) -> String {
+        netns::in_netns(&self.ns, || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", 9101)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            Some(text)
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_default()
+    }
+
+    /// Waits until the agent's metrics say `vip` is in `state` on this node.
+    fn wait_metric_state(&self, vip: &str, state: &str, within: Duration) -> String {
+        let line = format!("vpsie_lb_agent_vrrp_state{{state=\"{state}\",vip=\"{vip}\"}} 1");
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.metrics();
+            if text.contains(&line) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no `{line}` in\n{text}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The config hash the agent last applied.
     fn applied_hash(&self) -> String {
         let out = self.agent_cmd(&["status", "--json"]).output().unwrap();
@@ -412,6 +447,19 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     for i in 0..3 {
         served(i, i, &nodes);
     }
+    // status and the metrics say so, on each node.
+    for (n, node) in nodes.iter().enumerate() {
+        for (i, vip) in vips.iter().enumerate() {
+            let state = if i == n { "master" } else { "backup" };
+            node.wait_metric_state(vip, state, settle);
+        }
+        let out = node.agent_cmd(&["status"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("Virtual IP  {}/24 MASTER (owner)", vips[n])),
+            "{text}"
+        );
+    }
 
     let t0 = Instant::now();
     nodes[1].power_off();
@@ -431,6 +479,17 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
             "{w:?}"
         );
     }
+    let text = nodes[2].wait_metric_state(&vips[1], "master", settle);
+    let changes = format!(
+        "vpsie_lb_agent_vrrp_transitions_total{{vip=\"{}\"}} ",
+        vips[1]
+    );
+    let counted: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(changes.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(counted >= 2, "backup, then master: {counted}");
 
     let t1 = Instant::now();
     nodes[1].start_all();
