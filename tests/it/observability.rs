@@ -344,6 +344,11 @@ fn own_scrapes() -> (String, String) {
         .set(1);
     agent.set_config("0123abcd", 1);
     agent.set_certificates(&crate::support::load_ok(&crate::support::https_spec()).spec);
+    agent.set_vrrp(&[vpsie_lb_agent::metrics::VrrpReading {
+        vip: "198.18.0.100",
+        state: "master",
+        transitions: 2,
+    }]);
     (agent.render(), SupervisorMetrics::new().render())
 }
 
@@ -404,6 +409,8 @@ const DASHBOARD_MUST_USE: &[&str] = &[
     "envoy_cluster_membership_total",
     "vpsie_lb_agent_certificate_expiry_timestamp_seconds",
     "envoy_tcp_downstream_cx_no_route",
+    "vpsie_lb_agent_vrrp_state",
+    "vpsie_lb_agent_vrrp_transitions_total",
 ];
 const RULES_MUST_USE: &[&str] = &[
     "vpsie_lb_agent_applies_total",
@@ -415,6 +422,7 @@ const RULES_MUST_USE: &[&str] = &[
     "vpsie_lb_agent_certificate_expiry_timestamp_seconds",
     "vpsie_lb_agent_events_queued",
     "vpsie_lb_agent_events_dropped_total",
+    "vpsie_lb_agent_vrrp_state",
 ];
 
 fn names_by_use(exprs: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
@@ -771,6 +779,40 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
         cmd,
         &format!("promtool test rules (firing alerts of {RULES})"),
     );
+}
+
+/// The virtual-IP alerts look across a load balancer's nodes: three addresses, two nodes each;
+/// one has its master, one none (both backup or in fault), one two masters.
+#[test]
+fn the_virtual_ip_alerts_fire_on_no_master_and_on_two() {
+    let mut series = String::new();
+    for (vip, states) in [
+        ("198.18.0.100", ["master", "backup"]),
+        ("198.18.0.101", ["backup", "fault"]),
+        ("198.18.0.102", ["master", "master"]),
+    ] {
+        for (node, state) in ["n1", "n2"].iter().zip(states) {
+            for s in ["master", "backup", "fault"] {
+                let v = if s == state { 1 } else { 0 };
+                series += &format!(
+                    "      - series: 'vpsie_lb_agent_vrrp_state{{instance=\"{node}\", vip=\"{vip}\", state=\"{s}\"}}'\n        values: '{v}x10'\n"
+                );
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let test = dir.path().join("vip_alerts_test.yml");
+    std::fs::write(
+        &test,
+        format!(
+            "rule_files:\n  - {rules}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    promql_expr_test:\n      - expr: count by (alertname, vip) (ALERTS{{alertstate=\"firing\"}})\n        eval_time: 5m\n        exp_samples:\n          - labels: '{{alertname=\"VpsieLbVirtualIpNoMaster\", vip=\"198.18.0.101\"}}'\n            value: 1\n          - labels: '{{alertname=\"VpsieLbVirtualIpTwoMasters\", vip=\"198.18.0.102\"}}'\n            value: 1\n",
+            rules = repo_file(RULES).display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = promtool();
+    cmd.args(["test", "rules"]).arg(&test);
+    run_ok(cmd, "promtool test rules (virtual IP alerts)");
 }
 
 #[test]
