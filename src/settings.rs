@@ -245,7 +245,7 @@ fn default_advert_interval_ms() -> u32 {
     500
 }
 fn default_keepalived_config() -> PathBuf {
-    PathBuf::from("/etc/keepalived/keepalived.conf")
+    PathBuf::from("/etc/keepalived/vpsie-lb.conf")
 }
 fn default_script_user() -> String {
     "vpsie-lb".into()

