@@ -214,3 +214,54 @@ fn the_keepalived_units_fit_the_settings_and_each_other() {
         assert_eq!(out.status.code(), Some(code), "{text}");
     }
 }
+
+/// The high-availability user data examples are the shipped settings plus a valid `ha` section:
+/// the pair is active/standby with this node the owner; of the three, node 1 owns the first
+/// address.
+#[test]
+fn the_ha_user_data_examples_are_the_shipped_settings_plus_a_valid_ha_section() {
+    use vpsie_lb_agent::settings::{HaMode, Settings};
+    let env = |name: &str| (name == "VPSIE_LB_ID").then(|| "lb-0123".to_owned());
+    let shipped = Settings::parse_with_env(
+        &std::fs::read_to_string(repo("packer/files/agent.yaml")).unwrap(),
+        &env,
+    )
+    .unwrap();
+    for (file, mode, vips) in [
+        ("user-data-ha-pair.example", HaMode::ActiveStandby, 1),
+        ("user-data-ha-three.example", HaMode::ActiveActive, 3),
+    ] {
+        let text = std::fs::read_to_string(repo("packer/cloud-init").join(file)).unwrap();
+        assert!(text.starts_with("#cloud-config\n"), "{file}");
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let files = doc["write_files"].as_sequence().expect("write_files");
+        let settings = files
+            .iter()
+            .find(|f| f["path"].as_str() == Some("/etc/vpsie-lb/agent.yaml"))
+            .and_then(|f| f["content"].as_str())
+            .unwrap_or_else(|| panic!("{file} writes no agent.yaml"));
+        let mut s =
+            Settings::parse_with_env(settings, &env).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        let ha =
+            s.ha.take()
+                .unwrap_or_else(|| panic!("{file}: no ha section"));
+        assert_eq!(ha.mode, mode, "{file}");
+        let instances = vpsie_lb_agent::ha::instances(&ha);
+        assert_eq!(instances.len(), vips, "{file}");
+        assert!(
+            instances[0].owner,
+            "{file}: the first node owns the first address"
+        );
+        assert_eq!(
+            serde_yaml::to_string(&s).unwrap(),
+            serde_yaml::to_string(&shipped).unwrap(),
+            "{file}: everything but ha as shipped"
+        );
+        for f in ["/etc/vpsie-lb/agent.env", "/etc/vpsie-lb/api-key"] {
+            assert!(
+                files.iter().any(|x| x["path"].as_str() == Some(f)),
+                "{file} writes {f}"
+            );
+        }
+    }
+}
