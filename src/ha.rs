@@ -392,6 +392,15 @@ mod tests {
     }
 
     #[test]
+    fn multicast_sends_no_unicast_adverts() {
+        let mut s = ha("active_standby", "198.18.0.2", &["198.18.0.3"], &["198.18.0.100/24"]);
+        s.ha.as_mut().unwrap().multicast = true;
+        let text = render(&s, Path::new("/etc/a.yaml"), Path::new("/bin/a")).unwrap();
+        assert!(!text.contains("unicast_"), "{text}");
+        assert!(!text.contains("notify_master"), "no on_master command: none run");
+    }
+
+    #[test]
     fn settings_refuse_what_keepalived_would_misread_or_vrrp_cannot_do() {
         let base = "ha:\n  mode: active_standby\n  interface: eth1\n  node_address: 198.18.0.2\n  peers: [198.18.0.3]\n  virtual_ips: [198.18.0.100/24]\n";
         let bad = [
