@@ -393,11 +393,19 @@ mod tests {
 
     #[test]
     fn multicast_sends_no_unicast_adverts() {
-        let mut s = ha("active_standby", "198.18.0.2", &["198.18.0.3"], &["198.18.0.100/24"]);
+        let mut s = ha(
+            "active_standby",
+            "198.18.0.2",
+            &["198.18.0.3"],
+            &["198.18.0.100/24"],
+        );
         s.ha.as_mut().unwrap().multicast = true;
         let text = render(&s, Path::new("/etc/a.yaml"), Path::new("/bin/a")).unwrap();
         assert!(!text.contains("unicast_"), "{text}");
-        assert!(!text.contains("notify_master"), "no on_master command: none run");
+        assert!(
+            !text.contains("notify_master"),
+            "no on_master command: none run"
+        );
     }
 
     #[test]

@@ -320,7 +320,24 @@ fn kill_pid(pid: u32) {
     .unwrap();
 }
 
-/// Prints one event's figures and checks them: service back within 3 s.
+/// Prints one event's figures and checks the target: service back within 3 s.
+fn back_within_3s(
+    probe: &Probe,
+    vip: &str,
+    what: &str,
+    from: Instant,
+    to: Instant,
+    nodes: &[Node],
+) {
+    let w = report(probe, vip, what, from, to);
+    let logs: String = nodes.iter().map(Node::logs).collect();
+    assert!(
+        w.longest_gap < Duration::from_secs(3),
+        "{what}: {w:?}\n{logs}"
+    );
+}
+
+/// Prints one event's figures.
 fn report(probe: &Probe, vip: &str, what: &str, from: Instant, to: Instant) -> netns::Window {
     let w = probe.window(target(vip), from, to);
     println!(
@@ -367,11 +384,13 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
         // The supervisor restarts Envoy; node-0 serves again and takes the address back.
         nodes[0].envoy_pid(settle);
         let back = served("node-0", &nodes);
-        let w = report(&probe, vip, &format!("envoy SIGKILL {round}"), t0, back);
-        assert!(
-            w.longest_gap < Duration::from_secs(3),
-            "{w:?}\n{}",
-            dump(&nodes)
+        back_within_3s(
+            &probe,
+            vip,
+            &format!("envoy SIGKILL {round}"),
+            t0,
+            back,
+            &nodes,
         );
     }
 
@@ -379,42 +398,22 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
     let t0 = Instant::now();
     Node::kill(&mut nodes[0].supervisor);
     let moved = served("node-1", &nodes);
-    let w = report(&probe, vip, "supervisor SIGKILL", t0, moved);
-    assert!(
-        w.longest_gap < Duration::from_secs(3),
-        "{w:?}\n{}",
-        dump(&nodes)
-    );
+    back_within_3s(&probe, vip, "supervisor SIGKILL", t0, moved, &nodes);
     // systemd would restart it: node-0 serves again and takes its address back.
     let t1 = Instant::now();
     nodes[0].start_supervisor();
     let back = served("node-0", &nodes);
-    let w = report(&probe, vip, "supervisor back", t1, back);
-    assert!(
-        w.longest_gap < Duration::from_secs(3),
-        "{w:?}\n{}",
-        dump(&nodes)
-    );
+    back_within_3s(&probe, vip, "supervisor back", t1, back, &nodes);
 
     // The whole VM stops.
     let t0 = Instant::now();
     nodes[0].power_off();
     let moved = served("node-1", &nodes);
-    let w = report(&probe, vip, "node-0 powered off", t0, moved);
-    assert!(
-        w.longest_gap < Duration::from_secs(3),
-        "{w:?}\n{}",
-        dump(&nodes)
-    );
+    back_within_3s(&probe, vip, "node-0 powered off", t0, moved, &nodes);
     let t1 = Instant::now();
     nodes[0].start_all();
     let back = served("node-0", &nodes);
-    let w = report(&probe, vip, "node-0 back", t1, back);
-    assert!(
-        w.longest_gap < Duration::from_secs(3),
-        "{w:?}\n{}",
-        dump(&nodes)
-    );
+    back_within_3s(&probe, vip, "node-0 back", t1, back, &nodes);
     probe.stop();
 }
 
@@ -465,12 +464,7 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     nodes[1].power_off();
     // node-1's address goes to the node after it in address order, node-2.
     let moved = served(1, 2, &nodes);
-    let w = report(&probe, &vips[1], "node-1 powered off", t0, moved);
-    assert!(
-        w.longest_gap < Duration::from_secs(3),
-        "{w:?}\n{}",
-        dump(&nodes)
-    );
+    back_within_3s(&probe, &vips[1], "node-1 powered off", t0, moved, &nodes);
     for i in [0, 2] {
         let w = report(&probe, &vips[i], "  the others meanwhile", t0, moved);
         assert_eq!(
@@ -494,12 +488,7 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     let t1 = Instant::now();
     nodes[1].start_all();
     let back = served(1, 1, &nodes);
-    let w = report(&probe, &vips[1], "node-1 back", t1, back);
-    assert!(
-        w.longest_gap < Duration::from_secs(3),
-        "{w:?}\n{}",
-        dump(&nodes)
-    );
+    back_within_3s(&probe, &vips[1], "node-1 back", t1, back, &nodes);
     for i in [0, 2] {
         let w = report(&probe, &vips[i], "  the others meanwhile", t1, back);
         assert_eq!(

@@ -215,29 +215,8 @@ async fn long_lived_connections_survive_fifty_live_changes() {
             );
         }
     }
-    // Whatever an update drained has finished draining (and would have been cut by now):
-    // Envoy says no listener and no filter chain is draining any more.
-    let admin = crate::support::envoy::admin_client(&stand.settings);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stats = admin
-            .get("http://envoy-admin/stats?filter=^listener_manager\\.total_(listeners|filter_chains)_draining$")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let draining: u64 = stats
-            .lines()
-            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
-            .sum();
-        if draining == 0 && stats.lines().count() == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still draining: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Whatever an update drained has finished draining (and would have been cut by now).
+    crate::support::envoy::wait_not_draining(&stand.settings).await;
     echo_round(&mut tcp, "end", "ta", "tcp").await;
     echo_round(&mut ws, "end", "wa", "websocket").await;
     g.reporter

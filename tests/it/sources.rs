@@ -217,32 +217,6 @@ async fn allowed_clients_are_served_and_refused_ones_closed_on_every_scheme() {
     }
 }
 
-/// Waits until Envoy has no filter chain or listener draining: whatever a change drained has
-/// been closed by now.
-async fn drained(stand: &Stand) {
-    let c = crate::support::envoy::admin_client(&stand.settings);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stats = c
-            .get("http://envoy-admin/stats?filter=^listener_manager\\.total_(listeners|filter_chains)_draining$")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let draining: u64 = stats
-            .lines()
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
-            .sum();
-        if draining == 0 && stats.lines().count() == 2 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still draining: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Writes `msg` and expects the echo from backend `from`.
 async fn echoes(conn: &mut TcpStream, msg: &str, from: &str) -> bool {
     if conn.write_all(msg.as_bytes()).await.is_err() {
@@ -312,7 +286,7 @@ async fn list_changes_keep_the_still_allowed_and_close_the_no_longer_allowed() {
         closed_after < Duration::from_secs(6),
         "closed within the drain time (1 s) and the apply: {closed_after:?}"
     );
-    drained(&stand).await;
+    crate::support::envoy::wait_not_draining(&stand.settings).await;
     assert!(
         echoes(&mut c2, "b", "e").await,
         "the still-allowed connection lives through the change and its drain"

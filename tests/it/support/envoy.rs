@@ -191,3 +191,32 @@ impl Drop for Envoy {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until Envoy (reached through `settings`' admin socket) has no listener and no filter
+/// chain draining: whatever an update drained has been closed by now.
+pub async fn wait_not_draining(settings: &Settings) {
+    let admin = admin_client(settings);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats = admin
+            .get("http://envoy-admin/stats?filter=^listener_manager\\.total_(listeners|filter_chains)_draining$")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let draining: u64 = stats
+            .lines()
+            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
+            .sum();
+        if draining == 0 && stats.lines().count() == 2 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still draining: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
