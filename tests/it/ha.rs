@@ -24,6 +24,22 @@ fn spec(max_connections: u32, weight: u32) -> serde_json::Value {
          "backends": [{"identifier": "b", "ip": "127.0.0.1", "weight": weight}]}]})
 }
 
+/// The `ha.on_master` command of the tests: appends its arguments (the log file, then the
+/// virtual IP keepalived appends) to the log. Kept under the target directory: keepalived runs no
+/// script from a world-writable directory such as /tmp.
+fn on_master_script() -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ha-on-master.sh");
+    let text = "#!/bin/sh\nlog=$1\nshift\necho \"master $*\" >> \"$log\"\n";
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+        let tmp = path.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&tmp, text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
 /// One load-balancer VM: its namespace, files and processes.
 struct Node {
     name: String,
@@ -79,7 +95,10 @@ impl Node {
             virtual_ips: vips.to_vec(),
             router_id: 51,
             advert_interval_ms: 500,
-            on_master: Vec::new(),
+            on_master: vec![
+                on_master_script().display().to_string(),
+                d.join("on-master.log").display().to_string(),
+            ],
             keepalived_config: d.join("keepalived.conf"),
             // The tests run as root; the image runs the scripts as vpsie-lb.
             script_user: "root".into(),
@@ -376,6 +395,14 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
     };
     served("node-0", &nodes);
     nodes[1].envoy_pid(settle);
+    // keepalived ran ha.on_master with the virtual IP on becoming master.
+    let ran =
+        std::fs::read_to_string(nodes[0].dir.path().join("on-master.log")).unwrap_or_default();
+    assert_eq!(
+        ran.lines().last(),
+        Some(format!("master {vip}").as_str()),
+        "{ran}"
+    );
 
     for round in 1..=3 {
         let pid = nodes[0].envoy_pid(settle);
