@@ -197,6 +197,9 @@ pub async fn run(
         sup.notify_status();
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // A stop (maintenance, an upgrade) gives the virtual IPs away first: new clients go to a
+    // peer while this Envoy drains the connections it has.
+    sup.write_track_file(false);
     accept.abort();
     sup.stop(stop).await;
     Ok(())
@@ -324,9 +327,8 @@ impl Supervisor {
     /// With high availability: tells keepalived, through its track file, whether Envoy serves a
     /// config (0) or not (1). Called on every change of state, so a node whose Envoy stops gives
     /// its virtual IPs away at once instead of at keepalived's next check.
-    fn write_track_file(&self) {
+    fn write_track_file(&self, serving: bool) {
         let Some(ha) = &self.settings.ha else { return };
-        let serving = self.live.is_some() && self.critical.is_none();
         if self.track_written.get() == Some(serving) {
             return;
         }
@@ -354,7 +356,7 @@ impl Supervisor {
 
     /// Publishes what `status` shows; `envoy_state` is filled in live when asked.
     fn publish(&self) {
-        self.write_track_file();
+        self.write_track_file(self.live.is_some() && self.critical.is_none());
         self.snapshot.send_replace(Status {
             epoch: self.live.as_ref().map(|e| e.epoch),
             hash: self.live.as_ref().map(|e| e.hash.clone()),

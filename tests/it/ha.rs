@@ -435,6 +435,40 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
     let back = served("node-0", &nodes);
     back_within_3s(&probe, vip, "supervisor back", t1, back, &nodes);
 
+    // A graceful stop (maintenance, an upgrade: SIGTERM) gives the address away first, then
+    // drains: only what is sent during the move itself waits (VRRP has no overlap: a SYN or
+    // two, retried).
+    let t0 = Instant::now();
+    let pid = nodes[0].supervisor.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let moved = served("node-1", &nodes);
+    back_within_3s(
+        &probe,
+        vip,
+        "supervisor stopped (SIGTERM)",
+        t0,
+        moved,
+        &nodes,
+    );
+    // It drains and exits by itself.
+    let mut sup = nodes[0].supervisor.take().unwrap();
+    let deadline = Instant::now() + settle;
+    while sup.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t1 = Instant::now();
+    nodes[0].start_supervisor();
+    let back = served("node-0", &nodes);
+    back_within_3s(&probe, vip, "supervisor started again", t1, back, &nodes);
+
     // The whole VM stops.
     let t0 = Instant::now();
     nodes[0].power_off();
