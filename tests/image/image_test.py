@@ -588,11 +588,13 @@ def high_availability(qga):
         fail(f"without an ha section the keepalived unit must stay inactive: {active} {result}")
     if qga.check("systemctl is-enabled keepalived.service || true").strip() != "masked":
         fail("Debian's own keepalived.service must be masked")
-    iface = qga.check("ip -o -4 route show default | awk '{print $5}'").strip()
-    addr = qga.check(f"ip -o -4 addr show dev {iface} | awk '{{print $4}}' | cut -d/ -f1").strip()
-    peer = ".".join(addr.split(".")[:3] + ["250"])
-    vip = ".".join(addr.split(".")[:3] + ["200"])
-    vip2 = ".".join(addr.split(".")[:3] + ["201"])
+    # A network of the test's own inside the guest (a veth pair; 198.18.0.0/15): the guest's
+    # user-mode NIC is not the test's to add addresses to, and nothing here leaves the guest.
+    iface = "vha0"
+    qga.check(f"ip link add {iface} type veth peer name vha1 && "
+              f"ip addr add 198.18.0.2/24 dev {iface} && ip link set {iface} up && "
+              "ip link set vha1 up")
+    addr, peer, vip, vip2 = "198.18.0.2", "198.18.0.3", "198.18.0.200", "198.18.0.201"
     section = (f"ha:\n  mode: active_standby\n  interface: {iface}\n  node_address: {addr}\n"
                f"  peers: [{peer}]\n  virtual_ips: [{vip}/24]\n")
     qga.check("cat >> /etc/vpsie-lb/agent.yaml", stdin=section)
