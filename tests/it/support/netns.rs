@@ -37,10 +37,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(nodes: usize) -> Lab {
+        Lab::sweep();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let prefix = format!(
             "vlb{}x{}",
-            std::process::id() % 100_000,
+            std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
         let lab = Lab {
@@ -83,6 +84,31 @@ impl Lab {
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
         }
         lab
+    }
+
+    /// Removes the namespaces of earlier test runs that were killed before they could clean up
+    /// (`vlb<pid>x...` whose process is gone).
+    fn sweep() {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(pid) = name
+                .strip_prefix("vlb")
+                .and_then(|r| r.split_once('x'))
+                .and_then(|(p, _)| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                Lab::kill_everything_in(name);
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
     }
 
     fn all(&self) -> impl Iterator<Item = &String> {
