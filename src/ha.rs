@@ -167,9 +167,25 @@ pub fn render(
 
 /// Runs keepalived's own config test on `text`. keepalived checks the interface too, so this
 /// runs where the config will be used.
-pub fn check_config(text: &str, keepalived: &Path) -> anyhow::Result<()> {
+///
+/// keepalived 2.2.7 (Debian 12) kills itself in its config test when scripts run as another
+/// user (acassen/keepalived#2617), so the test runs on a copy that names root, and the user is
+/// checked here instead.
+pub fn check_config(text: &str, script_user: &str, keepalived: &Path) -> anyhow::Result<()> {
+    if nix::unistd::User::from_name(script_user)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        bail!("ha.script_user: the user {script_user:?} does not exist on this machine");
+    }
+    let tested = text.replacen(
+        &format!("script_user {script_user}\n"),
+        "script_user root\n",
+        1,
+    );
     let mut file = tempfile::NamedTempFile::new().context("a temporary file for keepalived -t")?;
-    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    std::io::Write::write_all(&mut file, tested.as_bytes())?;
     let out = std::process::Command::new(keepalived)
         .args(["--config-test", "--log-console", "--use-file"])
         .arg(file.path())
@@ -196,7 +212,11 @@ pub fn write_config(
 ) -> anyhow::Result<bool> {
     let text = render(settings, settings_file, agent_bin)?;
     if let Some(k) = keepalived {
-        check_config(&text, k)?;
+        let user = settings
+            .ha
+            .as_ref()
+            .map_or("root", |h| h.script_user.as_str());
+        check_config(&text, user, k)?;
     }
     if std::fs::read(out).is_ok_and(|old| old == text.as_bytes()) {
         return Ok(false);

@@ -387,8 +387,9 @@ def checks(qga, http_port, scrape_port, t_boot):
 
     def journal():
         code, out = qga.sh("systemctl --no-pager status vpsie-lb-envoy vpsie-lb-agent "
-                           "vpsie-api-sim; for u in vpsie-lb-envoy vpsie-lb-agent vpsie-api-sim "
-                           "cloud-final; do echo \"--- journal of $u\"; journalctl --no-pager "
+                           "vpsie-api-sim vpsie-lb-keepalived; for u in vpsie-lb-envoy "
+                           "vpsie-lb-agent vpsie-api-sim vpsie-lb-keepalived cloud-final; do "
+                           "echo \"--- journal of $u\"; journalctl --no-pager "
                            "-b -n 40 -u $u; done; tail -n 40 /var/log/vpsie-lb/envoy.log", 60)
         print("--- guest journal ---\n" + out, file=sys.stderr)
     DIAGNOSE.append(journal)

@@ -600,3 +600,51 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     assert_eq!(transitions(&nodes), before, "no VRRP state changed");
     probe.stop();
 }
+
+/// keepalived's config test runs on the rendered config where it will be used (it checks the
+/// interface), with the image's kind of script user (not root: keepalived 2.2.7's own test
+/// kills itself then, so the agent tests a copy and checks the user itself), and names what is
+/// wrong.
+#[test]
+fn keepalived_config_is_checked_by_keepalived_where_it_runs() {
+    let lab = Lab::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("agent.yaml");
+    let out = dir.path().join("keepalived.conf");
+    let run = |interface: &str, user: &str| {
+        std::fs::write(
+            &settings,
+            format!(
+                "ha:\n  mode: active_standby\n  interface: {interface}\n  node_address: {}\n  peers: [198.18.0.99]\n  virtual_ips: [198.18.0.100/24]\n  script_user: {user}\n",
+                node_ip(0)
+            ),
+        )
+        .unwrap();
+        let o = Lab::exec(&lab.nodes[0], env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+            .args(["keepalived-config", "--config"])
+            .arg(&settings)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run("eth0", "nobody");
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("script_user nobody"));
+    let (ok, err) = run("eth9", "nobody");
+    assert!(
+        !ok && err.contains("interface eth9") && err.contains("doesn't exist"),
+        "{err}"
+    );
+    let (ok, err) = run("eth0", "no-such-user");
+    assert!(
+        !ok && err.contains("\"no-such-user\" does not exist"),
+        "{err}"
+    );
+}
