@@ -581,6 +581,17 @@ def high_availability(qga):
     with one (a peer that never answers: the guest reaches nothing), the node becomes master and
     holds the virtual IP, status and metrics say so; Envoy killed, it gives the address away
     and takes it back; a changed settings file re-renders keepalived's config and reloads it."""
+    def ha_diagnose():
+        _, out = qga.sh(
+            "ls -la /run/vpsie-lb /run/vpsie-lb/ha; cat /run/vpsie-lb/ha/*.json; "
+            "journalctl -b --no-pager -n 80 -u vpsie-lb-keepalived; "
+            # The notify script by hand, as keepalived runs it (its user, the unit's sandbox).
+            "systemd-run --wait --pipe --quiet -p User=vpsie-lb -p ProtectSystem=strict "
+            "-p ReadWritePaths=/run -p PrivateTmp=yes -p NoNewPrivileges=yes "
+            "/usr/local/bin/vpsie-lb-agent ha-notify --config /etc/vpsie-lb/agent.yaml "
+            "INSTANCE vip_0 MASTER 200; echo notify-rc=$?", 60)
+        print("--- high availability ---\n" + out, file=sys.stderr)
+    DIAGNOSE.append(ha_diagnose)
     _, active = qga.sh("systemctl is-active vpsie-lb-keepalived.service")
     result = qga.check("systemctl show -p ConditionResult -p ExecMainStatus --value "
                        "vpsie-lb-keepalived.service").split()
