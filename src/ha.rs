@@ -262,8 +262,13 @@ pub fn record(
     let Some(inst) = instances(ha).into_iter().find(|i| i.name == name) else {
         bail!("{name:?} is not one of this node's VRRP instances");
     };
-    std::fs::create_dir_all(&ha.state_dir)
-        .with_context(|| format!("cannot create {}", ha.state_dir.display()))?;
+    crate::store::create_private_dir(&ha.state_dir)?;
+    // A directory left unusable by an earlier version (keepalived's umask) is repaired.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ha.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} usable", ha.state_dir.display()))?;
+    }
     let path = ha.state_dir.join(format!("{name}.json"));
     let before: Option<VipState> = std::fs::read(&path)
         .ok()

@@ -81,6 +81,10 @@ pub fn write_private_via(
 }
 
 /// Creates a directory (and its parents) with mode 0700 when missing.
+///
+/// The mode is set again after creating: the process umask masks the one asked for, and
+/// keepalived runs its scripts (`ha-notify`) with umask 0177, which made a directory 0600 that
+/// not even its owner could create files in (found by the image test).
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -89,7 +93,10 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
 }
 
 /// Writes the certificate files first, then the config that names them.

@@ -648,3 +648,39 @@ fn keepalived_config_is_checked_by_keepalived_where_it_runs() {
         "{err}"
     );
 }
+
+/// keepalived runs its scripts with umask 0177: the notify script's directory must still be one
+/// its user can create files in (0700), as the image test found.
+#[test]
+fn the_notify_script_works_under_keepalived_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("agent.yaml");
+    let state = dir.path().join("run").join("ha");
+    std::fs::write(
+        &settings,
+        format!(
+            "ha:\n  mode: active_standby\n  interface: eth1\n  node_address: 198.18.0.2\n  peers: [198.18.0.3]\n  virtual_ips: [198.18.0.100/24]\n  state_dir: {}\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 0177 && exec {} ha-notify --config {} INSTANCE vip_0 MASTER 200",
+            env!("CARGO_BIN_EXE_vpsie-lb-agent"),
+            settings.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is {mode:o}");
+    let rec = std::fs::read_to_string(state.join("vip_0.json")).unwrap();
+    assert!(rec.contains("\"state\":\"master\""), "{rec}");
+}
