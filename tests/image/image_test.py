@@ -509,7 +509,7 @@ def checks(qga, http_port, scrape_port, t_boot):
     reboot_without_api(qga, http_port)
     high_availability(qga)
 
-    exposure = qga.check("for u in vpsie-lb-envoy vpsie-lb-agent; do printf '%s: ' $u; "
+    exposure = qga.check("for u in vpsie-lb-envoy vpsie-lb-agent vpsie-lb-keepalived; do printf '%s: ' $u; "
                          "systemd-analyze security --no-pager $u.service | tail -n1; done")
     log("systemd-analyze security in the booted guest:\n" + exposure.strip())
 
