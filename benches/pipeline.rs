@@ -1,9 +1,10 @@
 //! The whole pipeline (parse + validate + hash + render, i.e. `command::prepare`) on specs with
 //! 10, 1,000 and 10,000 backends, and each stage on its own so one can see where the time goes.
 //!
-//! Run with `cargo bench --bench pipeline`. This only prints figures (criterion's output); it
-//! never asserts on time. The project's target is 10,000 backends in at most 20 ms for
-//! `pipeline/prepare/10000`.
+//! Run with `cargo bench --bench pipeline`. This only prints figures (criterion's output, then a
+//! table of the pipeline beside its floor: serde_json parsing the same input and writing the same
+//! output bytes, in the same run); it never asserts on time. The project's target is 10,000
+//! backends in at most 20 ms for `pipeline/prepare/10000`, and at most 3x the floor.
 //!
 //! The specs are generated here, in the API's realistic shape: up to 64 rules mixing http, https
 //! (one self-signed certificate, made once) and tcp; a few domains per http/https rule, each with
@@ -297,6 +298,54 @@ fn pipeline(c: &mut Criterion) {
         });
     }
     g.finish();
+    floor_ratio(&inputs, &settings, now);
+}
+
+/// The pipeline beside a floor measured in the same run: parsing the same input with serde_json
+/// and writing the same output bytes (into memory, as `prepare` does; it does no I/O). Printed as
+/// medians and their ratio (target: 10,000 backends in at most 20 ms, and at most 3x the floor).
+fn floor_ratio(inputs: &[(usize, Vec<u8>)], settings: &Settings, now: i64) {
+    fn median(mut f: impl FnMut(), runs: usize) -> Duration {
+        let mut times: Vec<Duration> = (0..runs)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[runs / 2]
+    }
+    println!("\npipeline beside its floor (median of 15 runs each)");
+    println!("| backends | prepare ms | floor ms | prepare / floor |");
+    println!("|---|---|---|---|");
+    for (n, bytes) in inputs {
+        let out = prepare_ok(bytes, settings, now, *n)
+            .rendered
+            .config
+            .into_bytes();
+        let prepare = median(
+            || {
+                black_box(command::prepare(black_box(bytes), settings, now).expect("valid spec"));
+            },
+            15,
+        );
+        let floor = median(
+            || {
+                let v: Value = serde_json::from_slice(black_box(bytes)).expect("JSON");
+                let mut written = Vec::with_capacity(out.len());
+                written.extend_from_slice(black_box(&out));
+                black_box((v, written));
+            },
+            15,
+        );
+        println!(
+            "| {n} | {:.2} | {:.2} | {:.1} |",
+            prepare.as_secs_f64() * 1e3,
+            floor.as_secs_f64() * 1e3,
+            prepare.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
 }
 
 criterion_group!(benches, pipeline);
