@@ -235,7 +235,6 @@ impl Probe {
                 in_netns(client_ns, move || {
                     while !stop.load(Ordering::Relaxed) {
                         let answer = get(target);
-                        let failed = answer.is_err();
                         samples.lock().unwrap().push(Sample {
                             at: Instant::now(),
                             target,
@@ -243,7 +242,6 @@ impl Probe {
                         });
                         // A request every 10 ms, answered or not: the rate (so that failures
                         // count time), not a wait for anything.
-                        let _ = failed;
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 })
