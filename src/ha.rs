@@ -263,12 +263,6 @@ pub fn record(
         bail!("{name:?} is not one of this node's VRRP instances");
     };
     crate::store::create_private_dir(&ha.state_dir)?;
-    // A directory left unusable by an earlier version (keepalived's umask) is repaired.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&ha.state_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} usable", ha.state_dir.display()))?;
-    }
     let path = ha.state_dir.join(format!("{name}.json"));
     let before: Option<VipState> = std::fs::read(&path)
         .ok()
