@@ -2614,6 +2614,51 @@ fn envelope_handling() {
     );
 }
 
+/// The document is read as `serde_json` reads it: escapes in keys and strings mean their
+/// characters, and a key given twice counts with its last value (at every level, the envelope
+/// too).
+#[test]
+fn escaped_and_repeated_keys_read_as_json_says() {
+    let bare = load_ok(&http_spec()).spec;
+    let text = json!({"error": false, "data": http_spec()}).to_string();
+    // `frontPort` and the first rule id, written with escapes.
+    let escaped = text
+        .replacen("\"frontPort\"", "\"fr\\u006fntPort\"", 1)
+        .replacen(
+            &format!("\"{}\"", bare.rules[0].id),
+            &format!(
+                "\"\\u{:04x}{}\"",
+                bare.rules[0].id.as_bytes()[0],
+                &bare.rules[0].id[1..]
+            ),
+            1,
+        );
+    assert_ne!(escaped, text);
+    assert_eq!(load_bytes(escaped.as_bytes()).unwrap().spec, bare);
+
+    // A repeated key: the last value counts, whichever is valid.
+    let port = bare.rules[0].front_port;
+    let twice_bad_first = text.replacen(
+        "\"frontPort\":",
+        "\"frontPort\": \"not a port\", \"frontPort\":",
+        1,
+    );
+    assert_eq!(load_bytes(twice_bad_first.as_bytes()).unwrap().spec, bare);
+    let twice_bad_last = text.replacen(
+        &format!("\"frontPort\":{port}"),
+        &format!("\"frontPort\":{port},\"frontPort\":\"not a port\""),
+        1,
+    );
+    assert_ne!(twice_bad_last, text);
+    only_error(
+        &load_bytes(twice_bad_last.as_bytes()).unwrap_err(),
+        "rules[0].frontPort",
+        "",
+    );
+    let envelope_twice = format!("{{\"data\": [1], {}", &text[1..]);
+    assert_eq!(load_bytes(envelope_twice.as_bytes()).unwrap().spec, bare);
+}
+
 #[test]
 fn unknown_fields_are_ignored() {
     let base = load_ok(&https_spec());
