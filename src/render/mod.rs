@@ -220,9 +220,14 @@ pub fn render(
     let (view, files) = view::build(spec, settings, resolved, &challenges);
     let ctx =
         tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
-    let config = tera
-        .render("bootstrap.json.tera", &ctx)
+    // Sized for the endpoints (about 112 bytes each) plus the rest, so that a big config is not
+    // copied over and over as Tera's buffer grows.
+    let endpoints: usize = view.clusters.iter().map(|c| c.endpoints.len()).sum();
+    let mut out = Vec::with_capacity(64 * 1024 + endpoints * 112);
+    tera.render_to("bootstrap.json.tera", &ctx, &mut out)
         .map_err(|e| RenderError::Render(format!("{:#}", anyhow::Error::new(e))))?;
+    let config = String::from_utf8(out)
+        .map_err(|e| RenderError::Render(format!("the output is not UTF-8: {e}")))?;
     check(&config, &view)?;
     Ok(Rendered { config, files })
 }

@@ -35,6 +35,7 @@ pub fn load(input: &[u8], opts: &Options) -> Result<Loaded, SpecErrors> {
     let mut walker = parse::Walker {
         opts,
         f: error::Findings::default(),
+        tls_checked: Default::default(),
     };
     let spec = parse::document(input, &mut walker.f).and_then(|doc| walker.spec(&doc));
     match spec {
@@ -96,9 +97,53 @@ pub fn config_hash(spec: &Spec, template_version: &str) -> String {
     h.update(b"\ntemplates ");
     h.update(template_version.as_bytes());
     h.update(b"\n");
-    // Serialising plain structs, enums and strings cannot fail; an empty body would still give a
-    // distinct, stable hash, and the unit tests below pin that it never happens.
-    let canonical = serde_json::to_vec(spec).unwrap_or_default();
-    h.update(&canonical);
+    // The canonical form is streamed into the hash rather than built first: at 10,000 backends
+    // it is over a megabyte. Serialising plain structs, enums and strings into a hash cannot fail
+    // (the test below pins the bytes hashed).
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, HashWriter(&mut h));
+    let _ = serde_json::to_writer(&mut w, spec);
+    let _ = std::io::Write::flush(&mut w);
+    drop(w);
     hex::encode(h.finalize())
+}
+
+/// Feeds what is written into a hash.
+struct HashWriter<'h>(&'h mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash is over exactly the header lines and the spec's JSON, whatever the buffering.
+    #[test]
+    fn the_hash_covers_the_whole_canonical_form() {
+        let input = include_bytes!("../../tests/it/data/render-check.json");
+        let opts = Options {
+            allow_loopback_backends: true,
+            redirect_port: 80,
+            reserved_ports: Vec::new(),
+            now: 0,
+        };
+        let spec = load(input, &opts).unwrap().spec;
+        let canonical = serde_json::to_vec(&spec).unwrap();
+        assert!(canonical.len() > 1000);
+        let mut h = Sha256::new();
+        h.update(format!(
+            "vpsie-lb-agent {}\ntemplates t1\n",
+            env!("CARGO_PKG_VERSION")
+        ));
+        h.update(&canonical);
+        assert_eq!(config_hash(&spec, "t1"), hex::encode(h.finalize()));
+        assert_ne!(config_hash(&spec, "t1"), config_hash(&spec, "t2"));
+    }
 }

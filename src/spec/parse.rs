@@ -174,6 +174,8 @@ pub fn document<'i>(input: &'i [u8], f: &mut Findings) -> Option<Value<'i>> {
 pub struct Walker<'o> {
     pub opts: &'o Options,
     pub f: Findings,
+    /// Certificate and key pairs checked so far (`certificate NUL key`), with the outcome.
+    pub tls_checked: HashMap<String, Result<tls::CheckedPair, Vec<tls::PairError>>>,
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -713,7 +715,14 @@ impl Walker<'_> {
             }
         };
         let (cert, key) = (cert?, key?);
-        match tls::check_pair(cert, key, self.opts.now) {
+        // One certificate is often given for many domains (a wildcard, or one per rule): check
+        // each distinct pair once.
+        let checked = self
+            .tls_checked
+            .entry(format!("{cert}\0{key}"))
+            .or_insert_with(|| tls::check_pair(cert, key, self.opts.now))
+            .clone();
+        match checked {
             Ok(pair) => {
                 if let Some(w) = pair.expiry_warning {
                     self.f.warning(p.field("certificatePem"), w);

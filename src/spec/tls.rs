@@ -11,7 +11,7 @@ pub const MAX_KEY_PEM: usize = 16 * 1024;
 pub const EXPIRY_WARNING_S: i64 = 14 * 24 * 3600;
 
 /// A checked certificate chain and key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CheckedPair {
     pub certificate_pem: String,
     pub private_key_pem: String,
@@ -21,7 +21,7 @@ pub struct CheckedPair {
 }
 
 /// What went wrong, and in which of the two fields.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PairError {
     Certificate(String),
     Key(String),
