@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -54,6 +54,10 @@ bench-apply: envoy
 bench-live: envoy
 	WITH_HAPROXY=1 scripts/install-test-tools.sh
 	$(CARGO) bench --locked --bench live
+
+## Idle resident memory of the agent and the supervisor, with Envoy's beside them (~1 min).
+bench-idle: envoy
+	$(CARGO) bench --locked --bench idle
 
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture

@@ -100,7 +100,18 @@ pub fn spawn(
         .env_remove("WATCHDOG_PID")
         // Envoy must outlive a dropped handle; the supervisor stops it deliberately.
         .kill_on_drop(false);
-    let mut child = cmd.spawn().map_err(|e| {
+    // The flag that keeps the agent's own processes off transparent huge pages (main.rs) is
+    // inherited across exec; Envoy gets the machine's setting, as its allocator expects. The
+    // supervisor spawns from its one runtime thread, so nothing else allocates in between.
+    let thp_off = nix::sys::prctl::get_thp_disable().unwrap_or(false);
+    if thp_off {
+        let _ = nix::sys::prctl::set_thp_disable(false);
+    }
+    let spawned = cmd.spawn();
+    if thp_off {
+        let _ = nix::sys::prctl::set_thp_disable(true);
+    }
+    let mut child = spawned.map_err(|e| {
         anyhow::anyhow!(
             "cannot start envoy at {}: {e} (install it with `make envoy`, or set envoy.binary)",
             settings.envoy.binary.display()

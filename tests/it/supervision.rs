@@ -149,6 +149,16 @@ async fn a_listener_envoy_rejects_is_rolled_back_live() {
     held_port_case(false).await;
 }
 
+/// Whether transparent huge pages are allowed for a process (`PR_SET_THP_DISABLE` not set).
+fn thp_enabled(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status"));
+    line.trim() == "1"
+}
+
 async fn first_success_after(front: u16, start: Instant) -> Duration {
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -184,6 +194,13 @@ async fn a_killed_envoy_serves_again_within_a_second() {
     let applied = stand.apply_ok(&b).await;
     let before = stand.status().await;
     let pid = before.envoy_pid.unwrap();
+    // The supervisor keeps itself off transparent huge pages (idle memory); Envoy, its child,
+    // gets the machine's setting back, and so does the one started after the kill (below).
+    assert!(!thp_enabled(stand.supervisor_pid()));
+    assert!(
+        thp_enabled(pid),
+        "Envoy inherited the supervisor's THP setting"
+    );
     let shm = vpsie_lb_agent::envoy::shm::path(stand.settings.envoy.base_id);
     assert!(shm.exists(), "Envoy uses {}", shm.display());
 
@@ -215,6 +232,7 @@ async fn a_killed_envoy_serves_again_within_a_second() {
     );
     assert_eq!(after.epoch, Some(0), "a fresh start is epoch 0");
     assert_eq!(after.envoy_state, "LIVE");
+    assert!(thp_enabled(after.envoy_pid.unwrap()));
     // And the next apply goes into that epoch live again.
     let next = stand.apply_ok(&a).await;
     assert_eq!(next.epoch, Some(0));
