@@ -55,9 +55,11 @@ bench-live: envoy
 	WITH_HAPROXY=1 scripts/install-test-tools.sh
 	$(CARGO) bench --locked --bench live
 
-## Idle resident memory of the agent and the supervisor, with Envoy's beside them (~1 min).
+## Idle resident memory of the agent and the supervisor as shipped (the image profile), with
+## Envoy's beside them (~1 min after the image build).
 bench-idle: envoy
-	$(CARGO) bench --locked --bench idle
+	$(CARGO) build --locked --profile image
+	AGENT_BIN=$(CURDIR)/target/image/vpsie-lb-agent $(CARGO) bench --locked --bench idle
 
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture

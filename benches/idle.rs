@@ -2,12 +2,14 @@
 //! and of the supervisor (`vpsie-lb-agent supervise`, with its real Envoy) once the spec is
 //! applied and nothing changes, for a spec of 10 and of 1,000 backends.
 //!
-//! `cargo bench --bench idle` (or `make bench-idle`). Each process's `VmRSS` (and its anonymous
-//! and file-backed parts) is read from /proc once a second for 10 s after the agent has seen its
-//! spec answered "not modified" (the API stand-in sends ETags); the table shows the median, and the largest sample. Envoy's figure is
-//! printed beside them for scale. The project's target is at most 15 MB for the agent and for the
-//! supervisor; this prints figures and asserts nothing about them. The backends are closed ports
-//! on 127.1.0.0/16: nothing leaves the machine.
+//! `make bench-idle` measures the binary that ships (the `image` profile, through `AGENT_BIN`);
+//! `cargo bench --bench idle` alone measures the release build. Each process's `VmRSS` (and its
+//! anonymous and file-backed parts) is read from /proc once a second for 10 s after the agent's
+//! poll was answered "not modified" (the API stand-in sends ETags); the table shows the median
+//! and the largest sample, and which binary ran. Envoy's figure is printed beside them for scale.
+//! The project's target is at most 15 MB for the agent and for the supervisor; this prints
+//! figures and asserts nothing about them. The backends are closed ports on 127.1.0.0/16:
+//! nothing leaves the machine.
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
@@ -116,5 +118,6 @@ async fn main() {
             row.print(n);
         }
     }
+    println!("binary: {}", support::agent_bin().display());
     println!("target: at most 15 MB for the agent and for the supervisor");
 }

@@ -15,6 +15,14 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use vpsie_lb_agent::spec::{self, Loaded, Options, SpecErrors};
 
+/// The agent binary the supervisor and agent processes run: the one Cargo built for this test
+/// or benchmark, or `AGENT_BIN` (`make bench-idle` measures the binary that ships with it).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vpsie-lb-agent")))
+}
+
 /// The real Envoy binary: `ENVOY_BIN`, else the one `make envoy` installs. A test that needs Envoy
 /// fails (never skips) when it is missing.
 pub fn envoy_bin() -> PathBuf {

@@ -149,7 +149,7 @@ pub fn agent_process(stand: &Stand, settings: &Settings) -> impl Fn() -> Child {
     let conf = stand.dir.path().join("agent-run.yaml");
     std::fs::write(&conf, serde_yaml::to_string(settings).unwrap()).unwrap();
     move || {
-        Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+        Command::new(super::agent_bin())
             .args(["run", "--config"])
             .arg(&conf)
             .stdout(Stdio::null())

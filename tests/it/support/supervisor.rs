@@ -75,7 +75,7 @@ impl Stand {
             .append(true)
             .open(self.dir.path().join("supervisor.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+        let child = Command::new(super::agent_bin())
             .args(["supervise", "--config"])
             .arg(&self.config_file)
             .env("RUST_LOG", "info")
