@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle fuzz proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -60,6 +60,13 @@ bench-live: envoy
 bench-idle: envoy
 	$(CARGO) build --locked --profile image
 	AGENT_BIN=$(CURDIR)/target/image/vpsie-lb-agent $(CARGO) bench --locked --bench idle
+
+## Fuzz the spec parser and renderer, the settings file and the supervisor's protocol with AFL++
+## (cargo-afl, stable Rust), FUZZ_SECONDS each (default 1200: an hour in all); new coverage goes
+## into tests/fuzz/corpus, which `make test` replays. Not in CI.
+FUZZ_SECONDS ?= 1200
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture

@@ -144,6 +144,15 @@ impl ConfigStore {
     /// Writes a rendered config under its hash. Every file it names must sit in the hash's
     /// certificate directory. Returns the config's path.
     pub fn write(&self, hash: &str, rendered: &Rendered) -> anyhow::Result<PathBuf> {
+        self.check(hash, rendered)?;
+        let path = self.config_path(hash);
+        write_rendered(rendered, &path)?;
+        Ok(path)
+    }
+
+    /// What [`ConfigStore::write`] checks before it writes anything: the hash names a directory
+    /// of the store and every file sits in that directory's certificate directory.
+    pub fn check(&self, hash: &str, rendered: &Rendered) -> anyhow::Result<()> {
         anyhow::ensure!(valid_hash(hash), "{hash:?} is not a config hash");
         let certs = self.cert_dir(hash);
         for f in &rendered.files {
@@ -158,9 +167,7 @@ impl ConfigStore {
                 certs.display()
             );
         }
-        let path = self.config_path(hash);
-        write_rendered(rendered, &path)?;
-        Ok(path)
+        Ok(())
     }
 
     /// The hash `current` points at.

@@ -1,0 +1,10 @@
+//! AFL target `settings`: see `tests/fuzz/targets.rs`.
+
+#[path = "../../targets.rs"]
+mod targets;
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        targets::settings_target(data);
+    });
+}
