@@ -6,7 +6,9 @@
 //! otherwise) that no error appeared anywhere else. Cases are built by mutating the support
 //! specs (`http_spec()`, `https_spec()`) through JSON pointers.
 
-use crate::support::{certs, http_spec, https_spec, load, load_err, load_ok, options};
+use crate::support::{
+    certs, contract_path, http_spec, https_spec, load, load_err, load_ok, options,
+};
 use serde_json::{json, Value};
 use vpsie_lb_agent::spec::{
     self, config_hash, Algorithm, BackendAddress, BackendScheme, Loaded, Options, ProxyProtocol,
@@ -26,8 +28,9 @@ enum Base {
 
 enum Expect {
     Ok,
-    /// Refused with an error at exactly this path whose message holds the fragment, and no
-    /// error at any other path.
+    /// Refused with an error at exactly this place (a JSON pointer into the spec; the error names
+    /// it in the contract's notation, [`contract_path`]) whose message holds the fragment, and no
+    /// error at any other place.
     Err(String, &'static str),
     /// As `Err`, but other errors may come along (the case breaks two rules at once).
     ErrAmong(String, &'static str),
@@ -136,10 +139,12 @@ fn judge(r: &Result<Loaded, SpecErrors>, expect: &Expect) -> Option<String> {
     match (expect, r) {
         (Expect::Ok, Ok(_)) => None,
         (Expect::Ok, Err(e)) => Some(format!("expected it accepted, got {e}")),
-        (Expect::Err(path, _) | Expect::ErrAmong(path, _), Ok(_)) => {
-            Some(format!("expected an error at {path:?}, it was accepted"))
-        }
-        (Expect::Err(path, frag) | Expect::ErrAmong(path, frag), Err(e)) => {
+        (Expect::Err(ptr, _) | Expect::ErrAmong(ptr, _), Ok(_)) => Some(format!(
+            "expected an error at {:?}, it was accepted",
+            contract_path(ptr)
+        )),
+        (Expect::Err(ptr, frag) | Expect::ErrAmong(ptr, frag), Err(e)) => {
+            let path = &contract_path(ptr);
             if !e.has(path) {
                 return Some(format!("expected an error at {path:?}, got {e}"));
             }
@@ -232,30 +237,15 @@ fn extra_domain(id: &str, name: &str) -> Value {
 fn identifiers_match_their_pattern_and_length() {
     use Base::*;
     // (name, base, pointer, error path, max length, required)
-    let fields: &[(&str, Base, &str, &str, usize, bool)] = &[
-        ("identifier", Http, "/identifier", "identifier", 64, true),
-        ("lbName", Http, "/lbName", "lbName", 255, true),
-        (
-            "ruleId",
-            Http,
-            "/rules/0/ruleId",
-            "rules[0].ruleId",
-            64,
-            true,
-        ),
-        (
-            "domainId",
-            Https,
-            "/rules/0/domains/0/domainId",
-            "rules[0].domains[0].domainId",
-            64,
-            true,
-        ),
+    let fields: &[(&str, Base, &str, usize, bool)] = &[
+        ("identifier", Http, "/identifier", 64, true),
+        ("lbName", Http, "/lbName", 255, true),
+        ("ruleId", Http, "/rules/0/ruleId", 64, true),
+        ("domainId", Https, "/rules/0/domains/0/domainId", 64, true),
         (
             "backend identifier",
             Http,
             "/rules/0/backends/1/identifier",
-            "rules[0].backends[1].identifier",
             64,
             true,
         ),
@@ -263,7 +253,6 @@ fn identifiers_match_their_pattern_and_length() {
             "domain backend identifier",
             Https,
             "/rules/0/domains/0/backends/0/identifier",
-            "rules[0].domains[0].backends[0].identifier",
             64,
             true,
         ),
@@ -271,7 +260,6 @@ fn identifiers_match_their_pattern_and_length() {
             "certificateId",
             Https,
             "/rules/0/tls/certificateId",
-            "rules[0].tls.certificateId",
             64,
             true,
         ),
@@ -279,37 +267,22 @@ fn identifiers_match_their_pattern_and_length() {
             "domain certificateId",
             Https,
             "/rules/0/domains/0/tls/certificateId",
-            "rules[0].domains[0].tls.certificateId",
             64,
             true,
         ),
-        (
-            "cookieName",
-            Http,
-            "/rules/0/cookieName",
-            "rules[0].cookieName",
-            64,
-            false,
-        ),
+        ("cookieName", Http, "/rules/0/cookieName", 64, false),
         (
             "domain cookieName",
             Https,
             "/rules/0/domains/0/cookieName",
-            "rules[0].domains[0].cookieName",
             64,
             false,
         ),
-        (
-            "LB-wide cookieName",
-            Http,
-            "/cookieName",
-            "cookieName",
-            64,
-            false,
-        ),
+        ("LB-wide cookieName", Http, "/cookieName", 64, false),
     ];
     let mut cases = Vec::new();
-    for &(name, base, ptr, path, max, required) in fields {
+    for &(name, base, ptr, max, required) in fields {
+        let path = ptr;
         for good in ["aZ09_-", "-", "_", "0", &"x".repeat(max)] {
             cases.push(ok(
                 format!("{name} = {good:.20}"),
@@ -394,28 +367,28 @@ fn ids_ports_and_hosts_are_unique_where_the_contract_says() {
             "duplicate ruleId",
             Http,
             set("/rules/1", extra_rule("r1", json!(8081))),
-            "rules[1].ruleId",
+            "/rules/1/ruleId",
             "rule ids must be unique",
         ),
         err(
             "duplicate frontPort",
             Http,
             set("/rules/1", extra_rule("r2", json!(8080))),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "front ports must be unique",
         ),
         err(
             "duplicate frontPort, once as a numeric string",
             Http,
             set("/rules/1", extra_rule("r2", json!("8080"))),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "front ports must be unique",
         ),
         err(
             "duplicate backend identifier in a pool",
             Http,
             set("/rules/0/backends/1/identifier", json!("b1")),
-            "rules[0].backends[1].identifier",
+            "/rules/0/backends/1/identifier",
             "unique in a pool",
         ),
         err(
@@ -425,7 +398,7 @@ fn ids_ports_and_hosts_are_unique_where_the_contract_says() {
                 "/rules/0/domains/0/backends/1",
                 json!({"identifier": "a1", "ip": "10.0.1.2"}),
             ),
-            "rules[0].domains[0].backends[1].identifier",
+            "/rules/0/domains/0/backends/1/identifier",
             "unique in a pool",
         ),
         ok(
@@ -451,21 +424,21 @@ fn ids_ports_and_hosts_are_unique_where_the_contract_says() {
             "duplicate domainId in a rule",
             Https,
             set("/rules/0/domains/1", extra_domain("d1", "www.example.com")),
-            "rules[0].domains[1].domainId",
+            "/rules/0/domains/1/domainId",
             "domain ids must be unique in a rule",
         ),
         err(
             "duplicate host in a rule",
             Https,
             set("/rules/0/domains/1", extra_domain("d2", "api.example.com")),
-            "rules[0].domains[1].domainName",
+            "/rules/0/domains/1/domainName",
             "each host may appear once in a rule",
         ),
         err(
             "duplicate host, differing in case",
             Https,
             set("/rules/0/domains/1", extra_domain("d2", "API.Example.COM")),
-            "rules[0].domains[1].domainName",
+            "/rules/0/domains/1/domainName",
             "each host may appear once in a rule",
         ),
         err(
@@ -476,7 +449,7 @@ fn ids_ports_and_hosts_are_unique_where_the_contract_says() {
                 d["subdomain"] = json!("api");
                 d
             }),
-            "rules[0].domains[1].domainName",
+            "/rules/0/domains/1/domainName",
             "each host may appear once in a rule",
         ),
         ok(
@@ -512,45 +485,26 @@ fn ids_ports_and_hosts_are_unique_where_the_contract_says() {
 #[test]
 fn ports_are_1_to_65535_as_numbers_or_numeric_strings() {
     use Base::*;
-    let fields: &[(&str, Base, &str, &str, bool)] = &[
-        (
-            "frontPort",
-            Http,
-            "/rules/0/frontPort",
-            "rules[0].frontPort",
-            true,
-        ),
-        (
-            "backPort",
-            Http,
-            "/rules/0/backPort",
-            "rules[0].backPort",
-            true,
-        ),
-        (
-            "backend port",
-            Http,
-            "/rules/0/backends/0/port",
-            "rules[0].backends[0].port",
-            false,
-        ),
+    let fields: &[(&str, Base, &str, bool)] = &[
+        ("frontPort", Http, "/rules/0/frontPort", true),
+        ("backPort", Http, "/rules/0/backPort", true),
+        ("backend port", Http, "/rules/0/backends/0/port", false),
         (
             "domain backPort",
             Https,
             "/rules/0/domains/0/backPort",
-            "rules[0].domains[0].backPort",
             false,
         ),
         (
             "domain backend port",
             Https,
             "/rules/0/domains/0/backends/0/port",
-            "rules[0].domains[0].backends[0].port",
             false,
         ),
     ];
     let mut cases = Vec::new();
-    for &(name, base, ptr, path, required) in fields {
+    for &(name, base, ptr, required) in fields {
+        let path = ptr;
         for good in [
             json!(1),
             json!(80),
@@ -642,21 +596,21 @@ fn reserved_ports_are_refused_as_front_port() {
             "frontPort 9101",
             Http,
             set("/rules/0/frontPort", json!(9101)),
-            "rules[0].frontPort",
+            "/rules/0/frontPort",
             "reserved for the agent's metrics",
         ),
         err(
             "frontPort \"9101\"",
             Http,
             set("/rules/0/frontPort", json!("9101")),
-            "rules[0].frontPort",
+            "/rules/0/frontPort",
             "reserved",
         ),
         err(
             "https frontPort 9101",
             Https,
             set("/rules/0/frontPort", json!(9101)),
-            "rules[0].frontPort",
+            "/rules/0/frontPort",
             "reserved",
         ),
         ok(
@@ -675,47 +629,26 @@ fn reserved_ports_are_refused_as_front_port() {
 #[test]
 fn flags_are_0_1_false_or_true() {
     use Base::*;
-    let fields: &[(&str, Base, &str, &str)] = &[
-        (
-            "cookieCheck",
-            Http,
-            "/rules/0/cookieCheck",
-            "rules[0].cookieCheck",
-        ),
-        ("LB-wide cookieCheck", Http, "/cookieCheck", "cookieCheck"),
-        (
-            "redirectHTTP",
-            Https,
-            "/rules/0/redirectHTTP",
-            "rules[0].redirectHTTP",
-        ),
-        (
-            "LB-wide redirectHTTP",
-            Https,
-            "/redirectHTTP",
-            "redirectHTTP",
-        ),
+    let fields: &[(&str, Base, &str)] = &[
+        ("cookieCheck", Http, "/rules/0/cookieCheck"),
+        ("LB-wide cookieCheck", Http, "/cookieCheck"),
+        ("redirectHTTP", Https, "/rules/0/redirectHTTP"),
+        ("LB-wide redirectHTTP", Https, "/redirectHTTP"),
         (
             "domain redirectHTTP",
             Https,
             "/rules/0/domains/0/redirectHTTP",
-            "rules[0].domains[0].redirectHTTP",
         ),
         (
             "domain cookieCheck",
             Https,
             "/rules/0/domains/0/cookieCheck",
-            "rules[0].domains[0].cookieCheck",
         ),
-        (
-            "backend enabled",
-            Http,
-            "/rules/0/backends/0/enabled",
-            "rules[0].backends[0].enabled",
-        ),
+        ("backend enabled", Http, "/rules/0/backends/0/enabled"),
     ];
     let mut cases = Vec::new();
-    for &(name, base, ptr, path) in fields {
+    for &(name, base, ptr) in fields {
+        let path = ptr;
         // The real API sends every one of these forms; "" is absent like null.
         for good in [
             json!(0),
@@ -789,14 +722,14 @@ fn schemes_and_backend_schemes() {
             "scheme missing",
             Http,
             unset("/rules/0/scheme"),
-            "rules[0].scheme",
+            "/rules/0/scheme",
             "is required",
         ),
         err(
             "scheme 7",
             Http,
             set("/rules/0/scheme", json!(7)),
-            "rules[0].scheme",
+            "/rules/0/scheme",
             "must be a string",
         ),
         ok(
@@ -834,7 +767,7 @@ fn schemes_and_backend_schemes() {
                 set("/rules/0/scheme", json!("tcp")),
                 set("/rules/0/backendScheme", json!("https")),
             ]),
-            "rules[0].backendScheme",
+            "/rules/0/backendScheme",
             "https applies to http, https and http2 rules only",
         ),
     ];
@@ -843,7 +776,7 @@ fn schemes_and_backend_schemes() {
             format!("scheme {bad:?}"),
             Http,
             set("/rules/0/scheme", json!(bad)),
-            "rules[0].scheme",
+            "/rules/0/scheme",
             "must be one of http, https, http2, tcp",
         ));
     }
@@ -851,7 +784,7 @@ fn schemes_and_backend_schemes() {
         "scheme \"\"",
         Http,
         set("/rules/0/scheme", json!("")),
-        "rules[0].scheme",
+        "/rules/0/scheme",
         "is required",
     ));
     cases.push(ok(
@@ -864,14 +797,14 @@ fn schemes_and_backend_schemes() {
             format!("backendScheme {bad:?}"),
             Http,
             set("/rules/0/backendScheme", json!(bad)),
-            "rules[0].backendScheme",
+            "/rules/0/backendScheme",
             "must be one of http, https",
         ));
         cases.push(err(
             format!("domain backendScheme {bad:?}"),
             Https,
             set("/rules/0/domains/0/backendScheme", json!(bad)),
-            "rules[0].domains[0].backendScheme",
+            "/rules/0/domains/0/backendScheme",
             "must be one of http, https",
         ));
     }
@@ -890,16 +823,13 @@ fn algorithms_and_proxy_protocol() {
         "ring_hash",
         "maglev",
     ];
-    let places: &[(Base, &str, &str)] = &[
-        (Http, "/algorithm", "algorithm"),
-        (Http, "/rules/0/algorithm", "rules[0].algorithm"),
-        (
-            Https,
-            "/rules/0/domains/0/algorithm",
-            "rules[0].domains[0].algorithm",
-        ),
+    let places: &[(Base, &str)] = &[
+        (Http, "/algorithm"),
+        (Http, "/rules/0/algorithm"),
+        (Https, "/rules/0/domains/0/algorithm"),
     ];
-    for &(base, ptr, path) in places {
+    for &(base, ptr) in places {
+        let path = ptr;
         for a in algos.iter().chain(&[""]) {
             cases.push(ok(format!("{path} {a:?}"), base, set(ptr, json!(a))));
         }
@@ -946,7 +876,7 @@ fn algorithms_and_proxy_protocol() {
             format!("proxyProtocol {bad:?}"),
             Http,
             set("/rules/0/proxyProtocol", json!(bad)),
-            "rules[0].proxyProtocol",
+            "/rules/0/proxyProtocol",
             "must be one of none, v1, v2",
         ));
     }
@@ -954,7 +884,7 @@ fn algorithms_and_proxy_protocol() {
         "proxyProtocol 1",
         Http,
         set("/rules/0/proxyProtocol", json!(1)),
-        "rules[0].proxyProtocol",
+        "/rules/0/proxyProtocol",
         "must be a string",
     ));
     run(cases);
@@ -998,19 +928,16 @@ fn enumerations_map_to_the_model() {
 #[test]
 fn health_check_path() {
     use Base::*;
-    let places: &[(Base, &str, &str)] = &[
-        (Http, "/healthCheckPath", "healthCheckPath"),
-        (Http, "/rules/0/healthCheckPath", "rules[0].healthCheckPath"),
-        (
-            Https,
-            "/rules/0/domains/0/healthCheckPath",
-            "rules[0].domains[0].healthCheckPath",
-        ),
+    let places: &[(Base, &str)] = &[
+        (Http, "/healthCheckPath"),
+        (Http, "/rules/0/healthCheckPath"),
+        (Https, "/rules/0/domains/0/healthCheckPath"),
     ];
     let longest = format!("/{}", "a".repeat(1023));
     let too_long = format!("/{}", "a".repeat(1024));
     let mut cases = Vec::new();
-    for &(base, ptr, path) in places {
+    for &(base, ptr) in places {
+        let path = ptr;
         for good in [
             "",
             "/",
@@ -1101,50 +1028,26 @@ fn health_check_path_empty_means_tcp_check() {
 /// (`checkInterval` 100 ms..1 h, `fastInterval` 50 ms..1 h, `rise`/`fall` 1..100).
 #[test]
 fn intervals_under_the_floor_are_raised_and_large_thresholds_warned_about() {
-    // (pointer, path, value, what the model holds, words of the warning)
-    let cases: &[(&str, &str, Value, u32, &str)] = &[
+    // (pointer, value, what the model holds, words of the warning)
+    let cases: &[(&str, Value, u32, &str)] = &[
+        ("/rules/0/checkInterval", json!(10), 100, "raised to 100 ms"),
         (
             "/rules/0/checkInterval",
-            "rules[0].checkInterval",
-            json!(10),
-            100,
-            "raised to 100 ms",
-        ),
-        (
-            "/rules/0/checkInterval",
-            "rules[0].checkInterval",
             json!("99"),
             100,
             "raised to 100 ms",
         ),
-        (
-            "/rules/0/fastInterval",
-            "rules[0].fastInterval",
-            json!(10),
-            50,
-            "raised to 50 ms",
-        ),
-        (
-            "/rules/0/rise",
-            "rules[0].rise",
-            json!(1000),
-            1000,
-            "1000 checks in a row",
-        ),
-        (
-            "/rules/0/fall",
-            "rules[0].fall",
-            json!("101"),
-            101,
-            "101 checks in a row",
-        ),
+        ("/rules/0/fastInterval", json!(10), 50, "raised to 50 ms"),
+        ("/rules/0/rise", json!(1000), 1000, "1000 checks in a row"),
+        ("/rules/0/fall", json!("101"), 101, "101 checks in a row"),
     ];
-    for (ptr, path, value, want, words) in cases {
+    for (ptr, value, want, words) in cases {
+        let path = &contract_path(ptr);
         let mut v = http_spec();
         put(&mut v, ptr, value.clone());
         let l = load_ok(&v);
         let h = &l.spec.rules[0].pool.health;
-        let got = match *path {
+        let got = match path.as_str() {
             p if p.ends_with("checkInterval") => h.interval_ms,
             p if p.ends_with("fastInterval") => h.fast_interval_ms,
             p if p.ends_with("rise") => h.rise,
@@ -1178,15 +1081,15 @@ fn intervals_thresholds_weights_and_timeouts_have_ranges() {
         ("fall", 1, 10_000),
     ];
     let mut cases = Vec::new();
-    let places: &[(Base, &str, &str)] = &[
-        (Http, "", ""),
-        (Http, "/rules/0", "rules[0]."),
-        (Https, "/rules/0/domains/0", "rules[0].domains[0]."),
+    let places: &[(Base, &str)] = &[
+        (Http, ""),
+        (Http, "/rules/0"),
+        (Https, "/rules/0/domains/0"),
     ];
     for &(field, min, max) in ranges {
-        for &(base, ptr, path) in places {
+        for &(base, ptr) in places {
             let ptr = format!("{ptr}/{field}");
-            let path = format!("{path}{field}");
+            let path = ptr.clone();
             let frag: &'static str =
                 Box::leak(format!("must be between {min} and {max}").into_boxed_str());
             for good in [
@@ -1216,18 +1119,11 @@ fn intervals_thresholds_weights_and_timeouts_have_ranges() {
         }
     }
     // Weights.
-    for (ptr, path, base) in [
-        (
-            "/rules/0/backends/0/weight",
-            "rules[0].backends[0].weight",
-            Http,
-        ),
-        (
-            "/rules/0/domains/0/backends/0/weight",
-            "rules[0].domains[0].backends[0].weight",
-            Https,
-        ),
+    for (ptr, base) in [
+        ("/rules/0/backends/0/weight", Http),
+        ("/rules/0/domains/0/backends/0/weight", Https),
     ] {
+        let path = ptr;
         for good in [
             json!(1),
             json!(100),
@@ -1261,7 +1157,7 @@ fn intervals_thresholds_weights_and_timeouts_have_ranges() {
         ("request", 0, 86_400),
     ] {
         let ptr = format!("/rules/0/timeouts/{key}");
-        let path = format!("rules[0].timeouts.{key}");
+        let path = ptr.clone();
         let frag: &'static str =
             Box::leak(format!("must be between {min} and {max}").into_boxed_str());
         for good in [json!(min), json!(max), json!(max.to_string())] {
@@ -1303,7 +1199,7 @@ fn intervals_thresholds_weights_and_timeouts_have_ranges() {
         "timeouts \"5\"",
         Http,
         set("/rules/0/timeouts", json!("5")),
-        "rules[0].timeouts",
+        "/rules/0/timeouts",
         "must be an object",
     ));
     // maxConnections.
@@ -1319,7 +1215,7 @@ fn intervals_thresholds_weights_and_timeouts_have_ranges() {
             format!("maxConnections {bad}"),
             Http,
             set("/maxConnections", bad),
-            "maxConnections",
+            "/maxConnections",
             "must be between 1 and 1000000",
         ));
     }
@@ -1334,8 +1230,8 @@ fn domain_names_wildcards_and_subdomains() {
     use Base::*;
     let name = "/rules/0/domains/0/domainName";
     let sub = "/rules/0/domains/0/subdomain";
-    let name_p = "rules[0].domains[0].domainName";
-    let sub_p = "rules[0].domains[0].subdomain";
+    let name_p = "/rules/0/domains/0/domainName";
+    let sub_p = "/rules/0/domains/0/subdomain";
     let label63 = format!("{}.com", "x".repeat(63));
     let label64 = format!("{}.com", "x".repeat(64));
     // 4 labels: 63 + 63 + 63 + 61 + 3 dots = 253.
@@ -1434,7 +1330,7 @@ fn domain_names_wildcards_and_subdomains() {
         "domainName \"\"",
         Https,
         set(name, json!("")),
-        "rules[0].domains[0].domainName",
+        "/rules/0/domains/0/domainName",
         "is required",
     ));
     for bad in [
@@ -1518,14 +1414,14 @@ fn ip_cases(bad: &[(&str, &'static str)], good: &[&str]) -> Vec<Case> {
             format!("ip {ip:?}"),
             Base::Http,
             set(p(B0, "ip"), json!(ip)),
-            "rules[0].backends[0].ip",
+            "/rules/0/backends/0/ip",
             frag,
         ));
         cases.push(err(
             format!("domain backend ip {ip:?}"),
             Base::Https,
             set("/rules/0/domains/0/backends/0/ip", json!(ip)),
-            "rules[0].domains[0].backends[0].ip",
+            "/rules/0/domains/0/backends/0/ip",
             frag,
         ));
     }
@@ -1599,14 +1495,14 @@ fn forbidden_backend_addresses() {
         "ip missing",
         Base::Http,
         unset(p(B0, "ip")),
-        "rules[0].backends[0].ip",
+        "/rules/0/backends/0/ip",
         "is required",
     ));
     cases.push(err(
         "ip 10",
         Base::Http,
         set(p(B0, "ip"), json!(10)),
-        "rules[0].backends[0].ip",
+        "/rules/0/backends/0/ip",
         "must be a string",
     ));
     run(cases);
@@ -1687,12 +1583,10 @@ fn tls_certificates_and_keys() {
     let fine = certs::cert_valid(&["shop.example.com"], -1, 30);
     let other_key = certs::other_key_pem();
     let mut cases = Vec::new();
-    for (ptr, path) in [
-        ("/rules/0/tls", "rules[0].tls"),
-        ("/rules/0/domains/0/tls", "rules[0].domains[0].tls"),
-    ] {
-        let cp: &'static str = Box::leak(format!("{path}.certificatePem").into_boxed_str());
-        let kp: &'static str = Box::leak(format!("{path}.privateKeyPem").into_boxed_str());
+    for ptr in ["/rules/0/tls", "/rules/0/domains/0/tls"] {
+        let path = ptr;
+        let cp: &'static str = Box::leak(format!("{path}/certificatePem").into_boxed_str());
+        let kp: &'static str = Box::leak(format!("{path}/privateKeyPem").into_boxed_str());
         cases.extend([
             ok(
                 format!("{path} valid 30 more days"),
@@ -1848,7 +1742,7 @@ fn tls_certificates_and_keys() {
             ),
             set("/rules/0/tls/privateKeyPem", json!(fine.key_pem)),
         ]),
-        "rules[0].tls.privateKeyPem",
+        "/rules/0/tls/privateKeyPem",
         "does not match the certificate",
     ));
     run(cases);
@@ -1933,7 +1827,7 @@ fn tls_versions_and_alpn() {
             set(p(t, "minVersion"), json!("TLSv1.3")),
             set(p(t, "maxVersion"), json!("TLSv1.2")),
         ]),
-        "rules[0].tls.minVersion",
+        "/rules/0/tls/minVersion",
         "must not be above maxVersion",
     ));
     for key in ["minVersion", "maxVersion"] {
@@ -1945,7 +1839,7 @@ fn tls_versions_and_alpn() {
                 format!("{key} {bad:?}"),
                 Https,
                 set(p(t, key), json!(bad)),
-                format!("rules[0].tls.{key}"),
+                format!("/rules/0/tls/{key}"),
                 "must be one of TLSv1.2, TLSv1.3",
             ));
         }
@@ -1963,54 +1857,54 @@ fn tls_versions_and_alpn() {
         Https,
         set("/rules/0/domains/0/tls/alpn", json!(["h2"])),
     ));
-    for (bad, path, frag) in [
+    for (bad, at, frag) in [
         (
             json!([]),
-            "rules[0].tls.alpn",
+            "/rules/0/tls/alpn",
             "must name at least one of h2, http/1.1",
         ),
         (
             json!(["h3"]),
-            "rules[0].tls.alpn[0]",
+            "/rules/0/tls/alpn/0",
             "must be h2 or http/1.1",
         ),
         (
             json!(["H2"]),
-            "rules[0].tls.alpn[0]",
+            "/rules/0/tls/alpn/0",
             "must be h2 or http/1.1",
         ),
         (
             json!(["http/1.0"]),
-            "rules[0].tls.alpn[0]",
+            "/rules/0/tls/alpn/0",
             "must be h2 or http/1.1",
         ),
         (
             json!(["h2", "h2"]),
-            "rules[0].tls.alpn[1]",
+            "/rules/0/tls/alpn/1",
             "is listed twice",
         ),
         (
             json!(["h2", "http/1.1", "h2"]),
-            "rules[0].tls.alpn[2]",
+            "/rules/0/tls/alpn/2",
             "is listed twice",
         ),
         (
             json!(["h2", 2]),
-            "rules[0].tls.alpn[1]",
+            "/rules/0/tls/alpn/1",
             "must be h2 or http/1.1, got a number",
         ),
         (
             json!(["h2", null]),
-            "rules[0].tls.alpn[1]",
+            "/rules/0/tls/alpn/1",
             "must be h2 or http/1.1",
         ),
-        (json!("h2"), "rules[0].tls.alpn", "must be an array"),
+        (json!("h2"), "/rules/0/tls/alpn", "must be an array"),
     ] {
         cases.push(err(
             format!("alpn {bad}"),
             Https,
             set(p(t, "alpn"), bad),
-            path,
+            at,
             frag,
         ));
     }
@@ -2018,7 +1912,7 @@ fn tls_versions_and_alpn() {
         "domain alpn []",
         Https,
         set("/rules/0/domains/0/tls/alpn", json!([])),
-        "rules[0].domains[0].tls.alpn",
+        "/rules/0/domains/0/tls/alpn",
         "at least one",
     ));
     run(cases);
@@ -2064,7 +1958,7 @@ fn fields_that_belong_to_some_schemes_only() {
             "https without tls or domains",
             Https,
             all(vec![unset("/rules/0/tls"), unset("/rules/0/domains")]),
-            "rules[0].tls",
+            "/rules/0/tls",
             "is required for an https rule without domains",
         ),
         err(
@@ -2074,7 +1968,7 @@ fn fields_that_belong_to_some_schemes_only() {
                 set("/rules/0/tls", Value::Null),
                 set("/rules/0/domains", json!([])),
             ]),
-            "rules[0].tls",
+            "/rules/0/tls",
             "is required for an https rule without domains",
         ),
         ok(
@@ -2095,7 +1989,7 @@ fn fields_that_belong_to_some_schemes_only() {
                 unset("/rules/0/domains/0/tls"),
                 set("/rules/0/domains/0/domainName", json!("*.example.com")),
             ]),
-            "rules[0].domains[0].tls",
+            "/rules/0/domains/0/tls",
             "which cannot validate a wildcard",
         ),
         ok(
@@ -2115,14 +2009,14 @@ fn fields_that_belong_to_some_schemes_only() {
             "tls on an http rule",
             Http,
             set("/rules/0/tls", tls.clone()),
-            "rules[0].tls",
+            "/rules/0/tls",
             "applies to https and http2 rules only",
         ),
         err(
             "tls on a tcp rule",
             Http,
             all(vec![tcp(), set("/rules/0/tls", tls.clone())]),
-            "rules[0].tls",
+            "/rules/0/tls",
             "applies to https and http2 rules only",
         ),
         ok(
@@ -2137,7 +2031,7 @@ fn fields_that_belong_to_some_schemes_only() {
                 set("/rules/0/scheme", json!("http")),
                 unset("/rules/0/tls"),
             ]),
-            "rules[0].domains[0].tls",
+            "/rules/0/domains/0/tls",
             "applies to https rules, and to http2 rules that have their own tls",
         ),
         err(
@@ -2150,7 +2044,7 @@ fn fields_that_belong_to_some_schemes_only() {
                     json!([extra_domain("d1", "a.example.com")]),
                 ),
             ]),
-            "rules[0].domains",
+            "/rules/0/domains",
             "applies to http, https and http2 rules only",
         ),
         ok(
@@ -2170,14 +2064,14 @@ fn fields_that_belong_to_some_schemes_only() {
             "cookieCheck on a tcp rule",
             Http,
             all(vec![tcp(), set("/rules/0/cookieCheck", json!(1))]),
-            "rules[0].cookieCheck",
+            "/rules/0/cookieCheck",
             "applies to http, https and http2 rules only",
         ),
         err(
             "cookieCheck true on a tcp rule",
             Http,
             all(vec![tcp(), set("/rules/0/cookieCheck", json!(true))]),
-            "rules[0].cookieCheck",
+            "/rules/0/cookieCheck",
             "applies to http, https and http2 rules only",
         ),
         ok(
@@ -2240,21 +2134,21 @@ fn fields_that_belong_to_some_schemes_only() {
             "tcp rule without backends",
             Http,
             all(vec![tcp(), set("/rules/0/backends", json!([]))]),
-            "rules[0].backends",
+            "/rules/0/backends",
             "must hold at least one backend",
         ),
         err(
             "http rule without backends or domains",
             Http,
             set("/rules/0/backends", json!([])),
-            "rules[0].backends",
+            "/rules/0/backends",
             "must hold at least one backend",
         ),
         err(
             "http rule, backends missing, no domains",
             Http,
             unset("/rules/0/backends"),
-            "rules[0].backends",
+            "/rules/0/backends",
             "must hold at least one backend",
         ),
         ok(
@@ -2271,56 +2165,56 @@ fn fields_that_belong_to_some_schemes_only() {
             "domain without backends",
             Https,
             set("/rules/0/domains/0/backends", json!([])),
-            "rules[0].domains[0].backends",
+            "/rules/0/domains/0/backends",
             "must hold at least one backend",
         ),
         err(
             "domain, backends missing",
             Https,
             unset("/rules/0/domains/0/backends"),
-            "rules[0].domains[0].backends",
+            "/rules/0/domains/0/backends",
             "must hold at least one backend",
         ),
         err(
             "no rules",
             Http,
             set("/rules", json!([])),
-            "rules",
+            "/rules",
             "must hold at least one rule",
         ),
         err(
             "rules missing",
             Http,
             unset("/rules"),
-            "rules",
+            "/rules",
             "must hold at least one rule",
         ),
         err_among(
             "rules is an object",
             Http,
             set("/rules", json!({})),
-            "rules",
+            "/rules",
             "must be an array",
         ),
         err(
             "a rule that is a string",
             Http,
             set("/rules/0", json!("r1")),
-            "rules[0]",
+            "/rules/0",
             "must be an object",
         ),
         err(
             "a backend that is a number",
             Http,
             set("/rules/0/backends/1", json!(5)),
-            "rules[0].backends[1]",
+            "/rules/0/backends/1",
             "must be an object",
         ),
         err(
             "a domain that is null",
             Https,
             set("/rules/0/domains/0", Value::Null),
-            "rules[0].domains[0]",
+            "/rules/0/domains/0",
             "must be an object",
         ),
     ];
@@ -2348,7 +2242,7 @@ fn redirect_port_conflicts() {
                 set("/rules/0/redirectHTTP", json!(1)),
                 plain80(json!(80)),
             ]),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "is the redirect port",
         ),
         err(
@@ -2358,7 +2252,7 @@ fn redirect_port_conflicts() {
                 set("/rules/0/redirectHTTP", json!(true)),
                 plain80(json!("80")),
             ]),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "is the redirect port",
         ),
         err(
@@ -2368,14 +2262,14 @@ fn redirect_port_conflicts() {
                 set("/rules/0/domains/0/redirectHTTP", json!(1)),
                 plain80(json!(80)),
             ]),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "is the redirect port",
         ),
         err(
             "the redirect comes LB-wide",
             Https,
             all(vec![set("/redirectHTTP", json!(1)), plain80(json!(80))]),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "is the redirect port",
         ),
         err(
@@ -2386,7 +2280,7 @@ fn redirect_port_conflicts() {
                 plain80(json!(80)),
                 set("/rules/1/scheme", json!("tcp")),
             ]),
-            "rules[1].frontPort",
+            "/rules/1/frontPort",
             "is the redirect port",
         ),
         err(
@@ -2396,7 +2290,7 @@ fn redirect_port_conflicts() {
                 set("/rules/0/redirectHTTP", json!(1)),
                 set("/rules/0/frontPort", json!(80)),
             ]),
-            "rules[0].frontPort",
+            "/rules/0/frontPort",
             "is the redirect port",
         ),
         ok(
@@ -2421,7 +2315,7 @@ fn redirect_port_conflicts() {
             second["redirectHTTP"] = json!(1);
             d["rules"].as_array_mut().unwrap().push(second);
         }),
-        "rules[1].redirectHTTP",
+        "/rules/1/redirectHTTP",
         "only one https rule can redirect all hosts",
     ));
     run(cases);
@@ -2448,7 +2342,7 @@ fn redirect_port_conflicts() {
                     set("/rules/0/redirectHTTP", json!(1)),
                     plain80(json!(8081)),
                 ]),
-                "rules[1].frontPort",
+                "/rules/1/frontPort",
                 "port 8081 is the redirect port",
             ),
         ],
@@ -2718,22 +2612,19 @@ fn null_is_treated_as_absent() {
     }
     assert_eq!(load_ok(&v).spec, base);
     // A required field that is null is missing.
-    for (ptr, path) in [
-        ("/identifier", "identifier"),
-        ("/lbName", "lbName"),
-        ("/rules/0/ruleId", "rules[0].ruleId"),
-        ("/rules/0/scheme", "rules[0].scheme"),
-        ("/rules/0/frontPort", "rules[0].frontPort"),
-        ("/rules/0/backPort", "rules[0].backPort"),
-        (
-            "/rules/0/backends/0/identifier",
-            "rules[0].backends[0].identifier",
-        ),
-        ("/rules/0/backends/0/ip", "rules[0].backends[0].ip"),
+    for ptr in [
+        "/identifier",
+        "/lbName",
+        "/rules/0/ruleId",
+        "/rules/0/scheme",
+        "/rules/0/frontPort",
+        "/rules/0/backPort",
+        "/rules/0/backends/0/identifier",
+        "/rules/0/backends/0/ip",
     ] {
         let mut v = http_spec();
         put(&mut v, ptr, Value::Null);
-        only_error(&load_err(&v), path, "is required");
+        only_error(&load_err(&v), &contract_path(ptr), "is required");
     }
     let mut v = http_spec();
     put(&mut v, "/rules", Value::Null);
@@ -3189,7 +3080,7 @@ fn the_base_specs_are_valid() {
             "http base without identifier",
             Base::Http,
             unset("/identifier"),
-            "identifier",
+            "/identifier",
             "is required",
         ),
     ]);
@@ -3265,49 +3156,49 @@ fn health_check_statuses_and_outlier_detection() {
             "empty",
             Http,
             set(s, json!([])),
-            "rules[0].healthCheckStatuses",
+            "/rules/0/healthCheckStatuses",
             "at least one",
         ),
         err(
             "out of range",
             Http,
             set(s, json!(["200", "600"])),
-            "rules[0].healthCheckStatuses[1]",
+            "/rules/0/healthCheckStatuses/1",
             "100-599",
         ),
         err(
             "a range high to low",
             Http,
             set(s, json!(["399-200"])),
-            "rules[0].healthCheckStatuses[0]",
+            "/rules/0/healthCheckStatuses/0",
             "low to high",
         ),
         err(
             "not a status",
             Http,
             set(s, json!(["ok"])),
-            "rules[0].healthCheckStatuses[0]",
+            "/rules/0/healthCheckStatuses/0",
             "like \"200\"",
         ),
         err(
             "an object",
             Http,
             set(s, json!([{"from": 200}])),
-            "rules[0].healthCheckStatuses[0]",
+            "/rules/0/healthCheckStatuses/0",
             "got an object",
         ),
         err(
             "too many",
             Http,
             set(s, json!(vec!["200"; 17])),
-            "rules[0].healthCheckStatuses",
+            "/rules/0/healthCheckStatuses",
             "at most 16",
         ),
         err(
             "not an array",
             Http,
             set(s, json!("200")),
-            "rules[0].healthCheckStatuses",
+            "/rules/0/healthCheckStatuses",
             "must be an array",
         ),
         ok(
@@ -3332,42 +3223,42 @@ fn health_check_statuses_and_outlier_detection() {
             "without a count",
             Http,
             set(o, json!({"ejectionTime": 60})),
-            "rules[0].outlierDetection.consecutive5xx",
+            "/rules/0/outlierDetection/consecutive5xx",
             "is required",
         ),
         err(
             "a count of 0",
             Http,
             set(o, json!({"consecutive5xx": 0})),
-            "rules[0].outlierDetection.consecutive5xx",
+            "/rules/0/outlierDetection/consecutive5xx",
             "between 1 and 100",
         ),
         err(
             "a count of 101",
             Http,
             set(o, json!({"consecutive5xx": 101})),
-            "rules[0].outlierDetection.consecutive5xx",
+            "/rules/0/outlierDetection/consecutive5xx",
             "between 1 and 100",
         ),
         err(
             "an ejection time of 0",
             Http,
             set(o, json!({"consecutive5xx": 3, "ejectionTime": 0})),
-            "rules[0].outlierDetection.ejectionTime",
+            "/rules/0/outlierDetection/ejectionTime",
             "between 1 and 3600",
         ),
         err(
             "an unknown field",
             Http,
             set(o, json!({"consecutive5xx": 3, "interval": 5})),
-            "rules[0].outlierDetection",
+            "/rules/0/outlierDetection",
             "unknown field \"interval\"",
         ),
         err(
             "not an object",
             Http,
             set(o, json!(3)),
-            "rules[0].outlierDetection",
+            "/rules/0/outlierDetection",
             "must be an object",
         ),
         ok("slow start", Http, set("/rules/0/slowStart", json!(30))),
@@ -3388,14 +3279,14 @@ fn health_check_statuses_and_outlier_detection() {
             "slow start too long",
             Http,
             set("/rules/0/slowStart", json!(601)),
-            "rules[0].slowStart",
+            "/rules/0/slowStart",
             "between 0 and 600",
         ),
         err(
             "slow start negative",
             Http,
             set("/rules/0/slowStart", json!(-1)),
-            "rules[0].slowStart",
+            "/rules/0/slowStart",
             "between 0 and 600",
         ),
     ];
@@ -3494,63 +3385,63 @@ fn source_lists() {
             "1,001 entries",
             Http,
             set(d, json!(vec!["10.0.0.0/8"; 1001])),
-            "rules[0].deniedSources",
+            "/rules/0/deniedSources",
             "at most 1000",
         ),
         err(
             "host bits set",
             Http,
             set(a, json!(["10.0.0.0/8", "203.0.113.5/24"])),
-            "rules[0].allowedSources[1]",
+            "/rules/0/allowedSources/1",
             "host bits set; the network is 203.0.113.0/24",
         ),
         err(
             "a prefix too long",
             Http,
             set(a, json!(["10.0.0.0/33"])),
-            "rules[0].allowedSources[0]",
+            "/rules/0/allowedSources/0",
             "must be a CIDR",
         ),
         err(
             "a name",
             Http,
             set(d, json!(["office.example.com"])),
-            "rules[0].deniedSources[0]",
+            "/rules/0/deniedSources/0",
             "must be a CIDR",
         ),
         err(
             "an IPv4-mapped IPv6 address",
             Http,
             set(d, json!(["::ffff:203.0.113.7"])),
-            "rules[0].deniedSources[0]",
+            "/rules/0/deniedSources/0",
             "write the IPv4 form",
         ),
         err(
             "a number",
             Http,
             set(a, json!([10])),
-            "rules[0].allowedSources[0]",
+            "/rules/0/allowedSources/0",
             "must be a CIDR string",
         ),
         err(
             "not an array",
             Http,
             set(a, json!("10.0.0.0/8")),
-            "rules[0].allowedSources",
+            "/rules/0/allowedSources",
             "must be an array",
         ),
         err(
             "on a domain",
             Https,
             set("/rules/0/domains/0/allowedSources", json!(["10.0.0.0/8"])),
-            "rules[0].domains[0].allowedSources",
+            "/rules/0/domains/0/allowedSources",
             "is set per rule",
         ),
         err(
             "load-balancer wide",
             Http,
             set("/deniedSources", json!(["10.0.0.0/8"])),
-            "deniedSources",
+            "/deniedSources",
             "is set per rule",
         ),
     ];

@@ -15,6 +15,26 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use vpsie_lb_agent::spec::{self, Loaded, Options, SpecErrors};
 
+/// The contract's name for a place in a spec (`rules[0].backends[1].ip`, as errors name it) from
+/// its JSON pointer (`/rules/0/backends/1/ip`, as tests reach it): tests write the pointer once
+/// and derive the other.
+pub fn contract_path(ptr: &str) -> String {
+    let mut out = String::new();
+    for seg in ptr.split('/').skip(1) {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(seg);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
 /// The agent binary the supervisor and agent processes run: the one Cargo built for this test
 /// or benchmark, or `AGENT_BIN` (`make bench-idle` measures the binary that ships with it).
 pub fn agent_bin() -> PathBuf {
