@@ -8,7 +8,7 @@
 //! carries the value through intact. Finally `render::quote` must round-trip every hostile string
 //! through JSON and YAML.
 
-use crate::support::{certs, http_spec, https_spec, options};
+use crate::support::{certs, contract_path, http_spec, https_spec, options};
 use serde_json::{json, Value};
 use vpsie_lb_agent::render::{self, quote};
 use vpsie_lb_agent::settings::Settings;
@@ -73,13 +73,20 @@ struct Field {
     https: bool,
     /// Applied to the base spec first (e.g. turn sticky sessions on so that a cookie name shows).
     prep: fn(&mut Value),
+    /// Where the field sits, as a JSON pointer; errors name it by [`Field::path`].
     ptr: &'static str,
-    path: &'static str,
     /// Accepted values that look odd, and the (normalised) text that must then appear in the
     /// rendered config, if the field is rendered at all.
     accepted: &'static [(&'static str, Option<&'static str>)],
     /// Whether the field names listeners or clusters (ids do).
     names_resources: bool,
+}
+
+impl Field {
+    /// The field's place as the contract (and every error) names it.
+    fn path(&self) -> String {
+        contract_path(self.ptr)
+    }
 }
 
 fn no_prep(_: &mut Value) {}
@@ -91,12 +98,11 @@ fn with_source_lists(v: &mut Value) {
 
 fn fields() -> Vec<Field> {
     const LONG_ID: &str = "ABCDEFGHIJABCDEFGHIJABCDEFGHIJABCDEFGHIJABCDEFGHIJABCDEFGHIJ0123";
-    let f = |name, https, ptr, path, accepted, names_resources| Field {
+    let f = |name, https, ptr, accepted, names_resources| Field {
         name,
         https,
         prep: no_prep,
         ptr,
-        path,
         accepted,
         names_resources,
     };
@@ -105,7 +111,6 @@ fn fields() -> Vec<Field> {
             "identifier",
             false,
             "/identifier",
-            "identifier",
             &[
                 ("-", Some("-")),
                 ("---", Some("---")),
@@ -118,7 +123,6 @@ fn fields() -> Vec<Field> {
             "lbName",
             false,
             "/lbName",
-            "lbName",
             &[("-_-", None), ("---", None), (LONG_ID, None)],
             false,
         ),
@@ -126,7 +130,6 @@ fn fields() -> Vec<Field> {
             "ruleId",
             false,
             "/rules/0/ruleId",
-            "rules[0].ruleId",
             &[
                 ("-", Some("-")),
                 ("---", Some("---")),
@@ -135,19 +138,11 @@ fn fields() -> Vec<Field> {
             ],
             true,
         ),
-        f(
-            "scheme",
-            false,
-            "/rules/0/scheme",
-            "rules[0].scheme",
-            &[("tcp", None)],
-            false,
-        ),
+        f("scheme", false, "/rules/0/scheme", &[("tcp", None)], false),
         f(
             "backendScheme",
             false,
             "/rules/0/backendScheme",
-            "rules[0].backendScheme",
             &[("https", None), ("http", None)],
             false,
         ),
@@ -155,7 +150,6 @@ fn fields() -> Vec<Field> {
             "algorithm",
             false,
             "/rules/0/algorithm",
-            "rules[0].algorithm",
             &[
                 ("leastconn", None),
                 ("random", None),
@@ -169,7 +163,6 @@ fn fields() -> Vec<Field> {
             "LB-wide algorithm",
             false,
             "/algorithm",
-            "algorithm",
             &[("maglev", None)],
             false,
         ),
@@ -177,7 +170,6 @@ fn fields() -> Vec<Field> {
             "proxyProtocol",
             false,
             "/rules/0/proxyProtocol",
-            "rules[0].proxyProtocol",
             &[("v1", None), ("v2", None), ("none", None)],
             false,
         ),
@@ -185,7 +177,6 @@ fn fields() -> Vec<Field> {
             "healthCheckPath",
             false,
             "/rules/0/healthCheckPath",
-            "rules[0].healthCheckPath",
             &[
                 ("", None),
                 ("/%7B%7B%20x%20%7D%7D", Some("/%7B%7B%20x%20%7D%7D")),
@@ -199,7 +190,6 @@ fn fields() -> Vec<Field> {
             "LB-wide healthCheckPath",
             false,
             "/healthCheckPath",
-            "healthCheckPath",
             &[("/%25", Some("/%25"))],
             false,
         ),
@@ -209,7 +199,6 @@ fn fields() -> Vec<Field> {
                 "cookieName",
                 false,
                 "/rules/0/cookieName",
-                "rules[0].cookieName",
                 &[
                     ("-", Some("-")),
                     ("---", Some("---")),
@@ -222,7 +211,6 @@ fn fields() -> Vec<Field> {
             "backend identifier",
             false,
             "/rules/0/backends/0/identifier",
-            "rules[0].backends[0].identifier",
             &[("-", None), ("---", None), (LONG_ID, None)],
             false,
         ),
@@ -230,7 +218,6 @@ fn fields() -> Vec<Field> {
             "backend ip",
             false,
             "/rules/0/backends/0/ip",
-            "rules[0].backends[0].ip",
             &[
                 ("::ffff:10.1.2.3", Some("::ffff:10.1.2.3")),
                 ("fd00::1", Some("fd00::1")),
@@ -245,7 +232,6 @@ fn fields() -> Vec<Field> {
             "domainId",
             true,
             "/rules/0/domains/0/domainId",
-            "rules[0].domains[0].domainId",
             &[
                 ("-", Some("-")),
                 ("---", Some("---")),
@@ -257,7 +243,6 @@ fn fields() -> Vec<Field> {
             "domainName",
             true,
             "/rules/0/domains/0/domainName",
-            "rules[0].domains[0].domainName",
             &[
                 ("API.EXAMPLE.COM", Some("api.example.com")),
                 ("*.example.com", Some("*.example.com")),
@@ -272,7 +257,6 @@ fn fields() -> Vec<Field> {
                 "subdomain",
                 true,
                 "/rules/0/domains/0/subdomain",
-                "rules[0].domains[0].subdomain",
                 &[
                     ("", Some("api.example.com")),
                     ("WWW", Some("www.api.example.com")),
@@ -285,7 +269,6 @@ fn fields() -> Vec<Field> {
             "domain healthCheckPath",
             true,
             "/rules/0/domains/0/healthCheckPath",
-            "rules[0].domains[0].healthCheckPath",
             &[("/a.b", Some("/a.b"))],
             false,
         ),
@@ -293,7 +276,6 @@ fn fields() -> Vec<Field> {
             "domain backendScheme",
             true,
             "/rules/0/domains/0/backendScheme",
-            "rules[0].domains[0].backendScheme",
             &[("https", None)],
             false,
         ),
@@ -303,7 +285,6 @@ fn fields() -> Vec<Field> {
                 "domain cookieName",
                 true,
                 "/rules/0/domains/0/cookieName",
-                "rules[0].domains[0].cookieName",
                 &[("c-1", Some("c-1"))],
                 false,
             )
@@ -312,7 +293,6 @@ fn fields() -> Vec<Field> {
             "domain algorithm",
             true,
             "/rules/0/domains/0/algorithm",
-            "rules[0].domains[0].algorithm",
             &[("source", None)],
             false,
         ),
@@ -320,7 +300,6 @@ fn fields() -> Vec<Field> {
             "domain backend identifier",
             true,
             "/rules/0/domains/0/backends/0/identifier",
-            "rules[0].domains[0].backends[0].identifier",
             &[("x", None)],
             false,
         ),
@@ -328,7 +307,6 @@ fn fields() -> Vec<Field> {
             "domain backend ip",
             true,
             "/rules/0/domains/0/backends/0/ip",
-            "rules[0].domains[0].backends[0].ip",
             &[("2001:db8::7", Some("2001:db8::7"))],
             false,
         ),
@@ -336,7 +314,6 @@ fn fields() -> Vec<Field> {
             "certificateId",
             true,
             "/rules/0/tls/certificateId",
-            "rules[0].tls.certificateId",
             &[
                 ("-", Some("/--")),
                 ("---", Some("/----")),
@@ -348,7 +325,6 @@ fn fields() -> Vec<Field> {
             "domain certificateId",
             true,
             "/rules/0/domains/0/tls/certificateId",
-            "rules[0].domains[0].tls.certificateId",
             &[("_", Some("/_-"))],
             false,
         ),
@@ -356,7 +332,6 @@ fn fields() -> Vec<Field> {
             "minVersion",
             true,
             "/rules/0/tls/minVersion",
-            "rules[0].tls.minVersion",
             &[("TLSv1.3", Some("TLSv1_3")), ("TLSv1.2", None)],
             false,
         ),
@@ -364,7 +339,6 @@ fn fields() -> Vec<Field> {
             "maxVersion",
             true,
             "/rules/0/tls/maxVersion",
-            "rules[0].tls.maxVersion",
             &[("TLSv1.2", None)],
             false,
         ),
@@ -374,21 +348,13 @@ fn fields() -> Vec<Field> {
                 "alpn entry",
                 true,
                 "/rules/0/tls/alpn/0",
-                "rules[0].tls.alpn[0]",
                 &[("http/1.1", Some("http/1.1"))],
                 false,
             )
         },
         Field {
             prep: |v| v["rules"][0]["tls"]["alpn"] = json!(["h2", "http/1.1"]),
-            ..f(
-                "second alpn entry",
-                true,
-                "/rules/0/tls/alpn/1",
-                "rules[0].tls.alpn[1]",
-                &[],
-                false,
-            )
+            ..f("second alpn entry", true, "/rules/0/tls/alpn/1", &[], false)
         },
         Field {
             prep: |v| v["rules"][0]["domains"][0]["tls"]["alpn"] = json!(["h2"]),
@@ -396,89 +362,36 @@ fn fields() -> Vec<Field> {
                 "domain alpn entry",
                 true,
                 "/rules/0/domains/0/tls/alpn/0",
-                "rules[0].domains[0].tls.alpn[0]",
                 &[],
                 false,
             )
         },
         // Numbers and flags, which the API may also send as strings.
-        f(
-            "frontPort",
-            false,
-            "/rules/0/frontPort",
-            "rules[0].frontPort",
-            &[],
-            false,
-        ),
-        f(
-            "backPort",
-            false,
-            "/rules/0/backPort",
-            "rules[0].backPort",
-            &[],
-            false,
-        ),
+        f("frontPort", false, "/rules/0/frontPort", &[], false),
+        f("backPort", false, "/rules/0/backPort", &[], false),
         f(
             "backend port",
             false,
             "/rules/0/backends/0/port",
-            "rules[0].backends[0].port",
             &[],
             false,
         ),
-        f(
-            "weight",
-            false,
-            "/rules/0/backends/0/weight",
-            "rules[0].backends[0].weight",
-            &[],
-            false,
-        ),
-        f(
-            "checkInterval",
-            false,
-            "/checkInterval",
-            "checkInterval",
-            &[],
-            false,
-        ),
+        f("weight", false, "/rules/0/backends/0/weight", &[], false),
+        f("checkInterval", false, "/checkInterval", &[], false),
         f(
             "timeouts.connect",
             false,
             "/rules/0/timeouts/connect",
-            "rules[0].timeouts.connect",
             &[],
             false,
         ),
-        f(
-            "maxConnections",
-            false,
-            "/maxConnections",
-            "maxConnections",
-            &[],
-            false,
-        ),
-        f(
-            "cookieCheck",
-            false,
-            "/rules/0/cookieCheck",
-            "rules[0].cookieCheck",
-            &[],
-            false,
-        ),
-        f(
-            "redirectHTTP",
-            true,
-            "/rules/0/redirectHTTP",
-            "rules[0].redirectHTTP",
-            &[],
-            false,
-        ),
+        f("maxConnections", false, "/maxConnections", &[], false),
+        f("cookieCheck", false, "/rules/0/cookieCheck", &[], false),
+        f("redirectHTTP", true, "/rules/0/redirectHTTP", &[], false),
         f(
             "backend enabled",
             false,
             "/rules/0/backends/0/enabled",
-            "rules[0].backends[0].enabled",
             &[],
             false,
         ),
@@ -488,7 +401,6 @@ fn fields() -> Vec<Field> {
                 "allowedSources entry",
                 true,
                 "/rules/0/allowedSources/0",
-                "rules[0].allowedSources[0]",
                 &[
                     ("203.0.113.7", Some("203.0.113.7")),
                     ("2001:DB8::/32", Some("2001:db8::")),
@@ -502,7 +414,6 @@ fn fields() -> Vec<Field> {
                 "deniedSources entry",
                 false,
                 "/rules/0/deniedSources/0",
-                "rules[0].deniedSources[0]",
                 &[("10.1.2.3", None), ("2001:DB8::1", None)],
                 false,
             )
@@ -668,14 +579,15 @@ fn refuses_hostile_values(f: &Field, http: &Value, https: &Value) -> Vec<String>
             let mut v = base.clone();
             put(&mut v, f.ptr, json!(value));
             let what = format!("{}: {label} {form}", f.name);
+            let path = f.path();
             match load(&v) {
                 Ok(_) => failures.push(format!("{what}: accepted")),
                 Err(e) => {
-                    if !e.has(f.path) {
-                        failures.push(format!("{what}: no error at {}: {e}", f.path));
+                    if !e.has(&path) {
+                        failures.push(format!("{what}: no error at {path}: {e}"));
                     }
                     for finding in &e.0 {
-                        if finding.path != f.path {
+                        if finding.path != path {
                             failures.push(format!("{what}: an error elsewhere: {finding}"));
                         }
                         if let Some(p) = message_problem(&finding.message) {
@@ -782,26 +694,23 @@ fn allowed_odd_values_render_with_unchanged_structure() {
 /// Structured fields given a hostile string instead of an object or array.
 #[test]
 fn hostile_strings_where_structure_belongs() {
-    let cases: &[(bool, &str, &str)] = &[
-        (false, "/rules", "rules"),
-        (false, "/rules/0", "rules[0]"),
-        (false, "/rules/0/backends", "rules[0].backends"),
-        (false, "/rules/0/backends/0", "rules[0].backends[0]"),
-        (false, "/rules/0/timeouts", "rules[0].timeouts"),
-        (false, "/rules/0/domains", "rules[0].domains"),
-        (true, "/rules/0/tls", "rules[0].tls"),
-        (true, "/rules/0/tls/alpn", "rules[0].tls.alpn"),
-        (true, "/rules/0/domains/0", "rules[0].domains[0]"),
-        (true, "/rules/0/domains/0/tls", "rules[0].domains[0].tls"),
-        (
-            true,
-            "/rules/0/domains/0/backends",
-            "rules[0].domains[0].backends",
-        ),
+    let cases: &[(bool, &str)] = &[
+        (false, "/rules"),
+        (false, "/rules/0"),
+        (false, "/rules/0/backends"),
+        (false, "/rules/0/backends/0"),
+        (false, "/rules/0/timeouts"),
+        (false, "/rules/0/domains"),
+        (true, "/rules/0/tls"),
+        (true, "/rules/0/tls/alpn"),
+        (true, "/rules/0/domains/0"),
+        (true, "/rules/0/domains/0/tls"),
+        (true, "/rules/0/domains/0/backends"),
     ];
     let (http, https) = (http_spec(), https_spec());
     let mut failures = Vec::new();
-    for &(is_https, ptr, path) in cases {
+    for &(is_https, ptr) in cases {
+        let path = &contract_path(ptr);
         for (label, h) in hostile() {
             let mut v = if is_https {
                 https.clone()
@@ -813,7 +722,7 @@ fn hostile_strings_where_structure_belongs() {
                 Ok(_) => failures.push(format!("{path}: {label}: accepted")),
                 Err(e) => {
                     for finding in &e.0 {
-                        if finding.path != path {
+                        if finding.path != *path {
                             failures
                                 .push(format!("{path}: {label}: an error elsewhere: {finding}"));
                         }
@@ -844,10 +753,11 @@ fn hostile_text_around_pem_never_reaches_the_output() {
     let clean = load(&base).expect("valid");
     let clean_tls = clean.spec.rules[0].tls.clone().unwrap();
     let mut failures = Vec::new();
-    for (key, path, pem) in [
-        ("certificatePem", "rules[0].tls.certificatePem", &c.cert_pem),
-        ("privateKeyPem", "rules[0].tls.privateKeyPem", &c.key_pem),
+    for (key, pem) in [
+        ("certificatePem", &c.cert_pem),
+        ("privateKeyPem", &c.key_pem),
     ] {
+        let path = &contract_path(&format!("/rules/0/tls/{key}"));
         for (label, h) in hostile() {
             for (form, value) in [
                 ("alone", h.clone()),
@@ -860,7 +770,7 @@ fn hostile_text_around_pem_never_reaches_the_output() {
                 v["rules"][0]["tls"][key] = json!(value);
                 match load(&v) {
                     Err(e) => {
-                        if e.0.iter().any(|f| f.path != path) || !e.has(path) {
+                        if e.0.iter().any(|f| f.path != *path) || !e.has(path) {
                             failures.push(format!("{what}: errors not at {path}: {e}"));
                         }
                         for f in &e.0 {
