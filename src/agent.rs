@@ -243,6 +243,9 @@ impl Agent {
 
     fn count_queue(&mut self) {
         self.metrics.events_queued.set(self.queue.len() as i64);
+        self.metrics
+            .events_unsaved
+            .set(i64::from(self.queue.unsaved()));
         let dropped = self.queue.dropped();
         if dropped > self.dropped_seen {
             self.metrics
@@ -265,7 +268,7 @@ impl Agent {
     fn report(&mut self, event: Event) {
         tracing::info!(kind = event.kind.as_str(), "{}", event.message);
         if let Err(e) = self.queue.push(event) {
-            tracing::error!("cannot queue an event: {e:#}");
+            tracing::error!("{e:#}");
         }
         self.count_queue();
         self.next_event_attempt = Some(Instant::now());
@@ -288,6 +291,13 @@ impl Agent {
     /// One reconcile step. `force` (SIGHUP) fetches the whole spec and re-applies it.
     pub async fn cycle(&mut self, force: bool) -> Outcome {
         self.beat();
+        if self.queue.unsaved() {
+            match self.queue.save_pending() {
+                Ok(()) => tracing::info!("the event queue is on disk again"),
+                Err(e) => tracing::debug!("{e:#}"),
+            }
+            self.count_queue();
+        }
         self.queue_certificate_events();
         let outcome = self.cycle_inner(force).await;
         let result = match &outcome {
@@ -581,8 +591,8 @@ impl Agent {
                 Ok(()) => {
                     self.metrics.events_sent.inc();
                     if let Err(e) = self.queue.pop() {
-                        tracing::error!("cannot update the event queue: {e:#}");
-                        break;
+                        // Delivered all the same; the file catches up later (save_pending).
+                        tracing::error!("{e:#}");
                     }
                     sent += 1;
                     self.state.last_event_sent =

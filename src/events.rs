@@ -327,8 +327,12 @@ struct FileOwned {
 /// Every change rewrites the whole file atomically (`store::write_private`: temporary file,
 /// fsync, rename) before it returns. With a capacity around 1000 events the file is a few hundred
 /// KiB at most and events come minutes apart, so rewriting it is cheap and far simpler than an
-/// append-only log with compaction. When a write fails the queue in memory is left as it was, so
-/// memory and disk never disagree.
+/// append-only log with compaction.
+///
+/// When a write fails (a full or read-only disk) the change is kept in memory all the same and
+/// the error returned: the events are still sent, and every later change, or [`EventQueue::save_pending`],
+/// tries the write again. A full disk must not silence the load balancer's reports; only an
+/// agent restart before the disk takes writes again loses what never reached it.
 ///
 /// When full, a push drops the *oldest* event: the newest says most about the state the load
 /// balancer is in now. Drops are counted, and the count is kept in the file.
@@ -338,6 +342,8 @@ pub struct EventQueue {
     capacity: usize,
     events: VecDeque<Event>,
     dropped: u64,
+    /// Set while the file is behind the queue in memory (the last write failed).
+    unsaved: bool,
 }
 
 impl EventQueue {
@@ -356,6 +362,7 @@ impl EventQueue {
             capacity,
             events: VecDeque::new(),
             dropped: 0,
+            unsaved: false,
         };
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
@@ -421,19 +428,11 @@ impl EventQueue {
         } else {
             None
         };
-        let dropped_before = self.dropped;
         if evicted.is_some() {
             self.dropped = self.dropped.saturating_add(1);
         }
         self.events.push_back(event);
-        if let Err(e) = self.save() {
-            self.events.pop_back();
-            if let Some(old) = evicted {
-                self.events.push_front(old);
-            }
-            self.dropped = dropped_before;
-            return Err(e);
-        }
+        let saved = self.save();
         if evicted.is_some() {
             tracing::warn!(
                 capacity = self.capacity,
@@ -441,7 +440,7 @@ impl EventQueue {
                 "the event queue is full; dropped the oldest event"
             );
         }
-        Ok(())
+        saved
     }
 
     /// The oldest event: the next one to send.
@@ -449,16 +448,29 @@ impl EventQueue {
         self.events.front()
     }
 
-    /// Removes the oldest event, once the API has accepted it. Returns once the queue is on disk.
+    /// Removes the oldest event, once the API has accepted it. Returns once the queue is on disk;
+    /// when it cannot be written, the event is gone from memory all the same (it was delivered:
+    /// keeping it would send it again and again) and the error is returned.
     pub fn pop(&mut self) -> anyhow::Result<Option<Event>> {
         let Some(event) = self.events.pop_front() else {
             return Ok(None);
         };
-        if let Err(e) = self.save() {
-            self.events.push_front(event);
-            return Err(e);
-        }
+        self.save()?;
         Ok(Some(event))
+    }
+
+    /// Whether the file is behind the queue in memory (a write failed and none has worked since).
+    pub fn unsaved(&self) -> bool {
+        self.unsaved
+    }
+
+    /// Writes the queue again if an earlier write failed. The agent calls it every cycle, so the
+    /// file catches up by itself once the disk takes writes again.
+    pub fn save_pending(&mut self) -> anyhow::Result<()> {
+        if self.unsaved {
+            self.save()?;
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -474,14 +486,24 @@ impl EventQueue {
         self.dropped
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    fn save(&mut self) -> anyhow::Result<()> {
         let file = FileRef {
             dropped: self.dropped,
             events: &self.events,
         };
-        let bytes = serde_json::to_vec(&file).context("cannot serialize the event queue")?;
-        store::write_private(&self.path, &bytes)
-            .with_context(|| format!("cannot save the event queue {}", self.path.display()))
+        let result = serde_json::to_vec(&file)
+            .context("cannot serialize the event queue")
+            .and_then(|bytes| {
+                store::write_private(&self.path, &bytes).with_context(|| {
+                    format!(
+                        "cannot save the event queue {}; the events are kept in memory and sent, \
+                         and the file is written again once the disk takes it",
+                        self.path.display()
+                    )
+                })
+            });
+        self.unsaved = result.is_err();
+        result
     }
 }
 
@@ -930,20 +952,32 @@ mod tests {
         );
     }
 
+    /// A write that fails keeps the change in memory (the event is still sent) and says so; the
+    /// next write that works brings the file up to date, with nothing lost.
     #[test]
-    fn failed_save_leaves_the_queue_unchanged() {
+    fn a_failed_save_keeps_the_change_in_memory_and_catches_up_later() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.json");
-        let mut q = EventQueue::open(&path, 2).unwrap();
+        let mut q = EventQueue::open(&path, 3).unwrap();
         q.push(numbered(0)).unwrap();
         q.push(numbered(1)).unwrap();
         // A directory where the file should be: the rename fails, even for root.
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
-        assert!(q.push(numbered(2)).is_err());
-        assert_eq!(epochs(&q), [json!(0), json!(1)]);
-        assert_eq!(q.dropped(), 0);
+        let e = q.push(numbered(2)).unwrap_err();
+        assert!(format!("{e:#}").contains("kept in memory"), "{e:#}");
+        assert!(q.unsaved());
+        assert_eq!(epochs(&q), [json!(0), json!(1), json!(2)]);
+        // Delivered while the disk refuses: gone from memory, the file still behind.
         assert!(q.pop().is_err());
-        assert_eq!(epochs(&q), [json!(0), json!(1)]);
+        assert_eq!(epochs(&q), [json!(1), json!(2)]);
+        assert!(q.save_pending().is_err());
+        assert!(q.unsaved());
+        // The disk takes writes again: the file catches up.
+        std::fs::remove_dir(&path).unwrap();
+        q.save_pending().unwrap();
+        assert!(!q.unsaved());
+        let again = EventQueue::open(&path, 3).unwrap();
+        assert_eq!(epochs(&again), [json!(1), json!(2)]);
     }
 }

@@ -57,6 +57,8 @@ pub struct AgentMetrics {
     pub events_queued: IntGauge,
     pub events_sent: IntCounter,
     pub events_dropped: IntCounter,
+    /// 1 while the event queue's file is behind the queue in memory (the disk refuses writes).
+    pub events_unsaved: IntGauge,
     pub envoy_up: IntGauge,
     pub certificate_expiry: GaugeVec,
     /// Attempts to obtain or renew a managed certificate, by result.
@@ -180,6 +182,13 @@ impl AgentMetrics {
                 IntCounter::new(
                     format!("{p}events_dropped_total"),
                     "Events dropped because the queue was full",
+                ),
+            ),
+            events_unsaved: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}events_unsaved"),
+                    "1 while the event queue cannot be written to disk (the events are kept in memory and sent)",
                 ),
             ),
             envoy_up: reg(

@@ -422,6 +422,7 @@ const RULES_MUST_USE: &[&str] = &[
     "vpsie_lb_agent_certificate_expiry_timestamp_seconds",
     "vpsie_lb_agent_events_queued",
     "vpsie_lb_agent_events_dropped_total",
+    "vpsie_lb_agent_events_unsaved",
     "vpsie_lb_agent_vrrp_state",
 ];
 
@@ -610,6 +611,7 @@ fn lb_series(instance: &str, changed: Changes) -> String {
         ("envoy_server_live", "1x120"),
         ("vpsie_lb_agent_events_queued", "0x120"),
         ("vpsie_lb_agent_events_dropped_total", "0x120"),
+        ("vpsie_lb_agent_events_unsaved", "0x120"),
         (
             "vpsie_lb_agent_acme_attempts_total{result=\"failed\"}",
             "0x120",
@@ -751,6 +753,11 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
             "lb-queue",
             &[("vpsie_lb_agent_events_queued", "0+2x120")],
             &["VpsieLbEventQueueGrowing"],
+        ),
+        (
+            "lb-disk-full",
+            &[("vpsie_lb_agent_events_unsaved", "0x60 1x60")],
+            &["VpsieLbEventQueueNotOnDisk"],
         ),
     ];
     let mut series = String::new();
