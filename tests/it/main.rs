@@ -8,6 +8,7 @@ mod agent;
 mod api_sim;
 mod demo;
 mod envoy_validate;
+mod faults;
 mod fuzz_replay;
 mod grpc;
 mod ha;

@@ -1,0 +1,178 @@
+//! Faults of the machine itself, with the real agent, supervisor and Envoy: each one gives a
+//! clear error, the last good config keeps serving, no state or event is lost, and the agent
+//! recovers by itself when the fault goes. Needs root (the tests mount their own tmpfs).
+
+use crate::support::sim::{agent_process, agent_settings, client, Sim, LB};
+use crate::support::supervisor::Stand;
+use crate::support::upstream::{self, Upstream};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmpfs of `kib` KiB mounted on a fresh directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(kib: u32) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (these tests need root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with one file until it refuses more; returns that file.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            if let Err(e) = f.write_all(&block).and_then(|()| f.sync_all()) {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                return filler;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn spec(front: u16, up: &Upstream) -> Value {
+    json!({"identifier": LB, "lbName": "faults", "rules": [{"ruleId": "web", "scheme": "http",
+        "frontPort": front, "backPort": 1,
+        "backends": [{"identifier": "b", "ip": "127.0.0.1", "port": up.port()}]}]})
+}
+
+/// The body of `GET /` through the load balancer.
+async fn served_by(front: u16) -> String {
+    let url = format!("http://127.0.0.1:{front}/");
+    match client().get(&url).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// One value of the agent's own metrics.
+async fn agent_metric(port: u16, name: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits for `what` to hold, polling every 50 ms, for at most 20 s.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The agent's state directory on a full filesystem: a spec change is still applied and its
+/// `config_applied` still reaches the API (sent from memory), the metric says the queue is not
+/// on disk, and once space is back the file catches up by itself: after a kill -9 the agent
+/// resends nothing and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_disk_loses_no_event_and_catches_up() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &u1));
+    let disk = Tmpfs::mount(256);
+    let mut settings = agent_settings(&stand, &sim);
+    settings.state_dir = disk.path().join("agent");
+    let start_agent = agent_process(&stand, &settings);
+    let mut agent = start_agent();
+    let applied = |n: usize| {
+        let sim = &sim;
+        move || async move {
+            let events = sim.events().await;
+            events.iter().filter(|e| e["type"] == "config_applied").count() >= n
+        }
+    };
+    until("the first config_applied", applied(1)).await;
+    until("u1 serves", || async { served_by(front).await == "u1" }).await;
+
+    let filler = disk.fill();
+    sim.write_spec(&spec(front, &u2));
+    until("u2 serves", || async { served_by(front).await == "u2" }).await;
+    until("the second config_applied, sent from memory", applied(2)).await;
+    let port = settings.metrics.port;
+    until("the metric says the queue is not on disk", || async {
+        agent_metric(port, "vpsie_lb_agent_events_unsaved").await == Some(1.0)
+    })
+    .await;
+
+    // Space again: the file catches up within a poll or two, and holds nothing left to send.
+    std::fs::remove_file(&filler).unwrap();
+    until("the queue is on disk again", || async {
+        agent_metric(port, "vpsie_lb_agent_events_unsaved").await == Some(0.0)
+    })
+    .await;
+    let queue: Value =
+        serde_json::from_slice(&std::fs::read(settings.event_queue_path()).unwrap()).unwrap();
+    assert_eq!(queue["events"], json!([]), "{queue}");
+
+    // A restart sends nothing twice and misses nothing.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    agent.wait().unwrap();
+    let mut agent = start_agent();
+    until("the restarted agent's agent_started", || async {
+        let events = sim.events().await;
+        events.iter().filter(|e| e["type"] == "agent_started").count() >= 2
+    })
+    .await;
+    let events = sim.events().await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "agent_started",
+            "config_applied",
+            "config_applied",
+            "agent_started"
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(served_by(front).await, "u2");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
