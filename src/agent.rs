@@ -47,6 +47,10 @@ pub struct AgentState {
     pub epoch: Option<u32>,
     /// The last spec refused, by the hash of its body, so that it is reported once.
     pub rejected: Option<String>,
+    /// The last config that could not be handed over or stored (a full disk...), so that the
+    /// failure is reported once while every poll tries again.
+    #[serde(default)]
+    pub failed: Option<String>,
     pub last_poll: Option<String>,
     pub last_poll_result: Option<String>,
     pub last_event_sent: Option<String>,
@@ -73,6 +77,13 @@ pub enum Outcome {
     RolledBack {
         hash: String,
     },
+    /// The config could not be rendered, handed over or stored (a full or read-only disk, a
+    /// validation that could not run): nothing changed, the previous config serves, and every
+    /// poll tries again until the fault goes.
+    Failed {
+        hash: String,
+        error: String,
+    },
     Critical {
         hash: String,
     },
@@ -89,7 +100,7 @@ impl Outcome {
             } => 2,
             Outcome::Rejected { by_envoy: true, .. } => 3,
             Outcome::RolledBack { .. } => 4,
-            Outcome::Critical { .. } | Outcome::Unreachable(_) => 1,
+            Outcome::Failed { .. } | Outcome::Critical { .. } | Outcome::Unreachable(_) => 1,
         }
     }
 }
@@ -310,6 +321,7 @@ impl Agent {
             Outcome::Applied { .. } => "applied",
             Outcome::Rejected { .. } => "rejected",
             Outcome::RolledBack { .. } => "rolled_back",
+            Outcome::Failed { .. } => "failed",
             Outcome::Critical { .. } => "critical",
             Outcome::Unreachable(_) => "unreachable",
         };
@@ -450,15 +462,7 @@ impl Agent {
         }
         let prepared = match pipeline::finish(loaded, &resolved, &managed, &self.settings, true) {
             Ok(p) => p,
-            Err(e) => {
-                self.report(Event::reload_failed(
-                    &hash,
-                    self.state.epoch,
-                    &e.to_string(),
-                    SystemTime::now(),
-                ));
-                return Outcome::Critical { hash };
-            }
+            Err(e) => return self.failed(hash, e.to_string()),
         };
         let span = tracing::info_span!("apply", %hash);
         match client::hand_over_raw(&prepared, &self.settings, force)
@@ -480,9 +484,10 @@ impl Agent {
                     self.certs.applied(managed.challenges.keys().cloned());
                     self.metrics.set_certificates(&prepared.loaded.spec);
                 }
-                // A critical failure is retried at every poll; a rolled-back config is not (it
-                // would fail again): it waits for a new spec or a HUP.
-                if matches!(outcome, Outcome::Critical { .. }) {
+                // A critical failure, or one of the machine, is retried at every poll; a
+                // rolled-back config is not (it would fail again): it waits for a new spec or a
+                // HUP.
+                if matches!(outcome, Outcome::Critical { .. } | Outcome::Failed { .. }) {
                     self.api.forget_etag();
                 }
                 outcome
@@ -532,6 +537,7 @@ impl Agent {
                 self.state.applied_at = Some(now_str());
                 self.state.epoch = Some(epoch);
                 self.state.rejected = None;
+                self.state.failed = None;
                 Outcome::Applied { hash, epoch }
             }
             ApplyResult::Rejected => {
@@ -563,7 +569,9 @@ impl Agent {
                 self.report(Event::reload_failed(&hash, out.epoch, &error, now));
                 Outcome::RolledBack { hash }
             }
-            ApplyResult::Critical | ApplyResult::Error => {
+            // Nothing reached Envoy: the running config serves.
+            ApplyResult::Error => self.failed(hash, out.error.unwrap_or_default()),
+            ApplyResult::Critical => {
                 self.report(Event::critical_failure(
                     &hash,
                     out.epoch,
@@ -574,6 +582,22 @@ impl Agent {
                 Outcome::Critical { hash }
             }
         }
+    }
+
+    /// A config that could not be rendered, handed over or stored: `reload_failed` (the previous
+    /// config serves) once per config, however many polls it takes the fault to go.
+    fn failed(&mut self, hash: String, error: String) -> Outcome {
+        tracing::error!(%hash, "the config could not be applied; the previous one serves: {error}");
+        if self.state.failed.as_deref() != Some(hash.as_str()) {
+            self.report(Event::reload_failed(
+                &hash,
+                self.state.epoch,
+                &error,
+                SystemTime::now(),
+            ));
+            self.state.failed = Some(hash.clone());
+        }
+        Outcome::Failed { hash, error }
     }
 
     /// Sends queued events, oldest first, until the queue is empty or the API fails; backs off

@@ -414,6 +414,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                         "{hash} failed at runtime; the previous config serves (see `status`)"
                     )))
                 }
+                agent::Outcome::Failed { hash, error } => {
+                    return Err(anyhow::anyhow!(
+                        "{hash} could not be applied ({error}); the previous config serves"
+                    )
+                    .into())
+                }
                 agent::Outcome::Critical { hash } => {
                     return Err(anyhow::anyhow!(
                         "CRITICAL: {hash} could not be applied and envoy is not serving"

@@ -18,6 +18,7 @@ pub const POLL_RESULTS: &[&str] = &[
     "not_modified",
     "rejected",
     "rolled_back",
+    "failed",
     "critical",
     "unreachable",
 ];

@@ -20,7 +20,13 @@ impl Tmpfs {
     fn mount(kib: u32) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={kib}k,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={kib}k,mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .output()
             .expect("mount runs");
@@ -52,7 +58,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -121,7 +130,11 @@ async fn a_full_state_disk_loses_no_event_and_catches_up() {
         let sim = &sim;
         move || async move {
             let events = sim.events().await;
-            events.iter().filter(|e| e["type"] == "config_applied").count() >= n
+            events
+                .iter()
+                .filter(|e| e["type"] == "config_applied")
+                .count()
+                >= n
         }
     };
     until("the first config_applied", applied(1)).await;
@@ -157,7 +170,11 @@ async fn a_full_state_disk_loses_no_event_and_catches_up() {
     let mut agent = start_agent();
     until("the restarted agent's agent_started", || async {
         let events = sim.events().await;
-        events.iter().filter(|e| e["type"] == "agent_started").count() >= 2
+        events
+            .iter()
+            .filter(|e| e["type"] == "agent_started")
+            .count()
+            >= 2
     })
     .await;
     let events = sim.events().await;
@@ -173,6 +190,88 @@ async fn a_full_state_disk_loses_no_event_and_catches_up() {
         "{events:#?}"
     );
     assert_eq!(served_by(front).await, "u2");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// The supervisor's config directory on a full filesystem: a new spec cannot be stored, the
+/// API hears why (the error names the file and says the disk is full), the last good config
+/// keeps serving, and once space is back the agent applies the spec by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_config_disk_keeps_the_last_good_config_and_recovers() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let disk = Tmpfs::mount(2048);
+    let config_dir = disk.path().join("envoy");
+    let stand = Stand::start(|s| s.envoy.config_dir = config_dir.clone()).await;
+    let sim = Sim::start(&spec(front, &u1));
+    let settings = agent_settings(&stand, &sim);
+    let mut agent = agent_process(&stand, &settings)();
+    until("u1 serves", || async { served_by(front).await == "u1" }).await;
+
+    let filler = disk.fill();
+    sim.write_spec(&spec(front, &u2));
+    let failure = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = sim.events().await;
+            if let Some(e) = events
+                .iter()
+                .find(|e| e["type"] != "agent_started" && e["type"] != "config_applied")
+            {
+                break e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failure reported: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Not "Envoy is not serving": it is, on the previous config.
+    assert_eq!(failure["type"], "reload_failed", "{failure:#}");
+    let text = failure["message"].as_str().unwrap();
+    assert!(
+        text.contains("No space left on device")
+            && text.contains(config_dir.to_str().unwrap())
+            && text.contains("the previous config still serves"),
+        "the report does not say what is wrong: {failure:#}"
+    );
+    assert_eq!(served_by(front).await, "u1", "the last good config serves");
+    // Every poll tries again (1 s apart), and the failure is reported once.
+    let port = settings.metrics.port;
+    until("three failed polls", || async {
+        agent_metric(port, "vpsie_lb_agent_polls_total{result=\"failed\"}")
+            .await
+            .is_some_and(|n| n >= 3.0)
+    })
+    .await;
+    let failures = sim
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "reload_failed")
+        .count();
+    assert_eq!(failures, 1);
+    assert_eq!(served_by(front).await, "u1");
+
+    std::fs::remove_file(&filler).unwrap();
+    until("u2 serves once space is back", || async {
+        served_by(front).await == "u2"
+    })
+    .await;
+    until("its config_applied", || async {
+        let events = sim.events().await;
+        events
+            .iter()
+            .filter(|e| e["type"] == "config_applied")
+            .count()
+            == 2
+    })
+    .await;
     let _ = agent.kill();
     let _ = agent.wait();
 }

@@ -592,6 +592,7 @@ fn lb_series(instance: &str, changed: Changes) -> String {
             "vpsie_lb_agent_polls_total{result=\"unreachable\"}",
             "0x120",
         ),
+        ("vpsie_lb_agent_polls_total{result=\"failed\"}", "0x120"),
         (
             "vpsie_lb_agent_applies_total{result=\"rolled_back\"}",
             "0x120",
@@ -671,6 +672,14 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
                 "0x90 1x30",
             )],
             &["VpsieLbApplyCritical"],
+        ),
+        (
+            "lb-disk-refuses",
+            &[(
+                "vpsie_lb_agent_polls_total{result=\"failed\"}",
+                "0x90 1+1x30",
+            )],
+            &["VpsieLbApplyFailing"],
         ),
         (
             "lb-unreachable",
