@@ -84,7 +84,18 @@ enum Event {
     Exit(process::Exit),
     Retry,
     Watchdog,
+    /// Time to check that the socket on disk is still the one listened on.
+    SocketCheck,
     Shutdown(StopKind),
+}
+
+/// How often the supervisor checks that its socket is still on disk.
+const SOCKET_CHECK: Duration = Duration::from_secs(2);
+
+/// The inode of the socket file at `path`, if there is one.
+fn socket_inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
 }
 
 /// How to stop: TERM drains, INT does not.
@@ -158,13 +169,17 @@ pub async fn run(
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let (req_tx, mut req_rx) = mpsc::channel(16);
-    let accept = tokio::spawn(accept_loop(
+    let socket = sup.settings.supervisor.socket.clone();
+    let mut socket_ino = socket_inode(&socket);
+    let mut accept = tokio::spawn(accept_loop(
         listener,
-        req_tx,
+        req_tx.clone(),
         sup.snapshot.subscribe(),
         sup.admin.clone(),
         sup.metrics.clone(),
     ));
+    let mut socket_check = tokio::time::interval(SOCKET_CHECK);
+    socket_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let stop = loop {
         let retry_at = sup.retry_at;
@@ -174,6 +189,7 @@ pub async fn run(
             Some(exit) = sup.exits_rx.recv() => Event::Exit(exit),
             _ = sleep_until(retry_at), if retry_at.is_some() => Event::Retry,
             _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Event::Watchdog,
+            _ = socket_check.tick() => Event::SocketCheck,
         };
         match event {
             Event::Shutdown(kind) => break kind,
@@ -185,6 +201,33 @@ pub async fn run(
             Event::Exit(exit) => sup.on_exit(exit).await,
             Event::Retry => sup.retry().await,
             Event::Watchdog => {}
+            Event::SocketCheck => {
+                // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
+                // supervisor through it any more, so listen again on a new one.
+                let now = socket_inode(&socket);
+                if now.is_none() || now != socket_ino {
+                    match server::bind(&socket).await {
+                        Ok(listener) => {
+                            tracing::warn!(
+                                socket = %socket.display(),
+                                "the supervisor's socket was removed or replaced; listening on a new one"
+                            );
+                            accept.abort();
+                            accept = tokio::spawn(accept_loop(
+                                listener,
+                                req_tx.clone(),
+                                sup.snapshot.subscribe(),
+                                sup.admin.clone(),
+                                sup.metrics.clone(),
+                            ));
+                            socket_ino = socket_inode(&socket);
+                        }
+                        Err(e) => {
+                            tracing::error!("cannot listen on the supervisor's socket again: {e:#}")
+                        }
+                    }
+                }
+            }
         }
         if let Some(d) = watchdog {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);

@@ -275,3 +275,80 @@ async fn a_full_config_disk_keeps_the_last_good_config_and_recovers() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// The supervisor's socket removed from disk (a cleanup of /run, a mistaken rm): within a few
+/// seconds the supervisor listens on a new one, and what runs is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_supervisor_socket_comes_back_by_itself() {
+    let up = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let applied = stand.apply_ok(&spec(front, &up)).await;
+    std::fs::remove_file(&stand.settings.supervisor.socket).unwrap();
+    assert!(
+        vpsie_lb_agent::supervisor::client::status(&stand.settings)
+            .await
+            .is_err(),
+        "the socket is gone"
+    );
+    let settings = &stand.settings;
+    until(
+        "the supervisor answers on its socket again",
+        || async move {
+            vpsie_lb_agent::supervisor::client::status(settings)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let s = stand.status().await;
+    assert_eq!(s.hash, Some(applied.hash), "{s:?}");
+    assert_eq!(served_by(front).await, "u1");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&stand.settings.supervisor.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the new socket is private");
+}
+
+/// Envoy's binary missing: a new spec cannot be checked, the API hears why (the path), the
+/// running Envoy keeps serving the last good config, and once the binary is back the agent
+/// applies the spec by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_envoy_binary_keeps_the_last_good_config_and_recovers() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let bin_dir = tempfile::tempdir().unwrap();
+    let link = bin_dir.path().join("envoy");
+    std::os::unix::fs::symlink(crate::support::envoy_bin(), &link).unwrap();
+    let stand = Stand::start(|s| s.envoy.binary = link.clone()).await;
+    let sim = Sim::start(&spec(front, &u1));
+    let settings = agent_settings(&stand, &sim);
+    let mut agent = agent_process(&stand, &settings)();
+    until("u1 serves", || async { served_by(front).await == "u1" }).await;
+
+    std::fs::remove_file(&link).unwrap();
+    sim.write_spec(&spec(front, &u2));
+    until("the failure reaches the API", || async {
+        sim.events().await.iter().any(|e| {
+            e["type"] == "reload_failed"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(link.to_str().unwrap()))
+        })
+    })
+    .await;
+    assert_eq!(served_by(front).await, "u1", "the last good config serves");
+
+    std::os::unix::fs::symlink(crate::support::envoy_bin(), &link).unwrap();
+    until("u2 serves once the binary is back", || async {
+        served_by(front).await == "u2"
+    })
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
