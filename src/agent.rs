@@ -799,10 +799,45 @@ pub async fn serve_metrics(
         .route("/metrics", get(metrics_route))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| anyhow::anyhow!("the metrics server stopped: {e}"))
+    // Not axum::serve: it sets no time limits, so a client that opens connections and sends
+    // nothing (or its request a byte at a time) would hold them, and their file descriptors, for
+    // ever. Here each connection has METRICS_HEAD_TIMEOUT to send a request head and
+    // METRICS_CONNECTION_LIFETIME in all, and at most METRICS_CONNECTIONS are served at once (the
+    // scrape comes through Envoy, one connection at a time); more wait to be accepted.
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| anyhow::anyhow!("the metrics server stopped: {e}"))?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: let some close before trying again.
+                tracing::warn!("the metrics server cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(METRICS_HEAD_TIMEOUT);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, conn).await;
+            drop(permit);
+        });
+    }
 }
+
+/// Connections the metrics server serves at once.
+pub const METRICS_CONNECTIONS: usize = 64;
+/// How long a metrics connection has to send its request head.
+pub const METRICS_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a metrics connection may stay open in all.
+pub const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What the loop waits for.
 enum Wake {

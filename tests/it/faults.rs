@@ -352,3 +352,85 @@ async fn a_missing_envoy_binary_keeps_the_last_good_config_and_recovers() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Slow clients on the agent's metrics port (connections that send half a request head and then
+/// nothing): the server serves at most its limit at once, closes each after its head timeout,
+/// and a real scrape still gets its answer while the agent keeps polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_cannot_hold_the_metrics_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vpsie_lb_agent::agent::{METRICS_CONNECTIONS, METRICS_HEAD_TIMEOUT};
+    let up = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &up));
+    let settings = agent_settings(&stand, &sim);
+    let mut agent = agent_process(&stand, &settings)();
+    let port = settings.metrics.port;
+    let polls = || async move {
+        agent_metric(port, "vpsie_lb_agent_polls_total{result=\"not_modified\"}")
+            .await
+            .unwrap_or(0.0)
+    };
+    until("the agent polls", || async { polls().await >= 1.0 }).await;
+    let before = polls().await;
+
+    // More slow clients than the server serves at once, fewer than the listen backlog holds.
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..METRICS_CONNECTIONS + 36 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: slow\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // A real scrape gets through once the first slow clients have timed out.
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(METRICS_HEAD_TIMEOUT * 3)
+        .send()
+        .await
+        .expect("the scrape is answered")
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("vpsie_lb_agent_polls_total"), "{text}");
+    let scraped = started.elapsed();
+    // Every slow connection is closed by the server, none kept for ever; and not all at once:
+    // the first ones were served (and timed out) before the others were accepted.
+    let mut closed_at = Vec::new();
+    for (i, s) in slow.iter_mut().enumerate() {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(METRICS_HEAD_TIMEOUT * 4, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    // A 408 before the close is fine.
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "slow connection {i} is still open");
+        closed_at.push(started.elapsed());
+    }
+    println!(
+        "scrape answered after {scraped:?} behind {} slow clients; first closed at {:?}, last at {:?}",
+        slow.len(),
+        closed_at[0],
+        closed_at[closed_at.len() - 1]
+    );
+    assert!(closed_at[0] >= METRICS_HEAD_TIMEOUT - Duration::from_millis(500));
+    assert!(
+        closed_at[closed_at.len() - 1] >= METRICS_HEAD_TIMEOUT * 2 - Duration::from_millis(500)
+    );
+    assert!(
+        polls().await > before,
+        "the agent kept polling behind the slow clients"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
