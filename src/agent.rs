@@ -47,8 +47,8 @@ pub struct AgentState {
     pub epoch: Option<u32>,
     /// The last spec refused, by the hash of its body, so that it is reported once.
     pub rejected: Option<String>,
-    /// The last config that could not be handed over or stored (a full disk...), so that the
-    /// failure is reported once while every poll tries again.
+    /// The last config that could not be handed over or stored (a full disk...), or that left the
+    /// supervisor critical, so that the failure is reported once while every poll tries again.
     #[serde(default)]
     pub failed: Option<String>,
     pub last_poll: Option<String>,
@@ -373,6 +373,20 @@ impl Agent {
     }
 
     async fn cycle_inner(&mut self, force: bool) -> Outcome {
+        // A supervisor that is critical could not start what it holds (its stored config lost or
+        // damaged with the machine, say): it gets the spec again, whole, at every poll until it
+        // serves. (Not when it merely serves another config: that may be an operator's `apply`.)
+        let force = force
+            || match client::status(&self.settings).await {
+                Ok(s) if s.critical.is_some() => {
+                    tracing::warn!(
+                        "the supervisor is critical ({}); applying the spec again",
+                        s.critical.as_deref().unwrap_or("")
+                    );
+                    true
+                }
+                _ => false,
+            };
         if force {
             self.api.forget_etag();
         }
@@ -572,13 +586,17 @@ impl Agent {
             // Nothing reached Envoy: the running config serves.
             ApplyResult::Error => self.failed(hash, out.error.unwrap_or_default()),
             ApplyResult::Critical => {
-                self.report(Event::critical_failure(
-                    &hash,
-                    out.epoch,
-                    out.error.as_deref().unwrap_or(""),
-                    out.restore_error.as_deref().unwrap_or(""),
-                    now,
-                ));
+                // Once per config: a critical supervisor gets the spec again at every poll.
+                if self.state.failed.as_deref() != Some(hash.as_str()) {
+                    self.report(Event::critical_failure(
+                        &hash,
+                        out.epoch,
+                        out.error.as_deref().unwrap_or(""),
+                        out.restore_error.as_deref().unwrap_or(""),
+                        now,
+                    ));
+                    self.state.failed = Some(hash.clone());
+                }
                 Outcome::Critical { hash }
             }
         }

@@ -154,8 +154,9 @@ pub(super) fn check_inotify(x: &Xds) -> Result<(), String> {
 impl Supervisor {
     /// Splits a stored config for the directory of `epoch`.
     pub(super) fn split_stored(&self, hash: &str, epoch: u32) -> Result<Xds, String> {
-        let config = std::fs::read_to_string(self.store.config_path(hash))
-            .map_err(|e| format!("cannot read the stored config {hash}: {e}"))?;
+        let path = self.store.config_path(hash);
+        let config = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read the stored config {}: {e}", path.display()))?;
         let mut files = Vec::new();
         if let Ok(entries) = std::fs::read_dir(self.store.cert_dir(hash)) {
             for e in entries.flatten() {
@@ -164,7 +165,10 @@ impl Supervisor {
                 files.push((e.path(), contents));
             }
         }
+        // A stored config that does not parse was damaged on disk (it was checked before it was
+        // stored): say which file, so that an operator is not sent looking at the spec.
         xds::split(&config, &files, &epoch_dir(&self.settings, epoch))
+            .map_err(|e| format!("the stored config {} is damaged: {e}", path.display()))
     }
 
     /// Writes every file of `x` into its (fresh) directory, bootstrap last.

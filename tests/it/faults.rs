@@ -434,3 +434,45 @@ async fn slow_clients_cannot_hold_the_metrics_port() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// The stored config the supervisor restarts from, truncated mid-write (a crash of the machine
+/// while it was written, a disk error): a restarted supervisor says what is wrong, and the load
+/// balancer serves the spec again by itself, without anyone touching the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_stored_config_is_recovered_by_itself() {
+    let up = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let mut stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &up));
+    let settings = agent_settings(&stand, &sim);
+    let mut agent = agent_process(&stand, &settings)();
+    until("u1 serves", || async { served_by(front).await == "u1" }).await;
+    // Envoy serves a moment before the supervisor has confirmed the apply.
+    until("the apply is confirmed", || async {
+        stand.status().await.hash.is_some()
+    })
+    .await;
+    let hash = stand.status().await.hash.unwrap();
+
+    stand.signal_supervisor(nix::sys::signal::Signal::SIGINT);
+    assert!(stand.wait_supervisor(Duration::from_secs(10)));
+    let store = vpsie_lb_agent::store::ConfigStore::new(&stand.settings.envoy.config_dir);
+    let stored = store.config_path(&hash);
+    let text = std::fs::read(&stored).unwrap();
+    std::fs::write(&stored, &text[..text.len() / 2]).unwrap();
+    stand.spawn_supervisor().await;
+    until("u1 serves again", || async {
+        served_by(front).await == "u1"
+    })
+    .await;
+    let log = stand.log();
+    assert!(
+        log.contains(&format!(
+            "the stored config {} is damaged",
+            stored.display()
+        )),
+        "the supervisor does not say what is wrong:\n{log}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
