@@ -46,7 +46,7 @@ for t in "${targets[@]}"; do
     for f in "$out/$t/min"/*; do
         [ -f "$f" ] || continue
         name=$(sha256sum "$f" | cut -c1-16)
-        if ! cmp -s "$f" "corpus/$t/seed-$name" && [ ! -e "corpus/$t/$name" ]; then
+        if ! ls "corpus/$t/" | grep -q -- "$name"; then
             cp "$f" "corpus/$t/$name"
             added=$((added + 1))
         fi
