@@ -46,7 +46,7 @@ pub fn parse_chain(pem_text: &str) -> Result<(Vec<Vec<u8>>, String), String> {
             ));
         }
         let cert = match x509_parser::parse_x509_certificate(b.contents()) {
-            Ok((rest, cert)) if rest.is_empty() => cert,
+            Ok(([], cert)) => cert,
             Ok((rest, _)) => {
                 return Err(format!(
                     "certificate {} has {} bytes after its end",
