@@ -56,6 +56,43 @@ impl Tmpfs {
     }
 }
 
+/// What goes wrong with a disk, and how it is put right.
+#[derive(Clone, Copy, Debug)]
+enum DiskFault {
+    Full,
+    ReadOnly,
+}
+
+impl Tmpfs {
+    fn remount(&self, how: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(self.path())
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "cannot remount {how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Breaks the filesystem; the returned closure puts it right.
+    fn break_it(&self, fault: DiskFault) -> impl FnOnce(&Tmpfs) {
+        match fault {
+            DiskFault::Full => {
+                let filler = self.fill();
+                Box::new(move |_: &Tmpfs| std::fs::remove_file(&filler).unwrap())
+                    as Box<dyn FnOnce(&Tmpfs)>
+            }
+            DiskFault::ReadOnly => {
+                self.remount("ro");
+                Box::new(|t: &Tmpfs| t.remount("rw"))
+            }
+        }
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount")
@@ -114,6 +151,16 @@ where
 /// resends nothing and loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_state_disk_loses_no_event_and_catches_up() {
+    state_disk_fault(DiskFault::Full).await;
+}
+
+/// As above, with the state directory's filesystem read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_state_disk_loses_no_event_and_catches_up() {
+    state_disk_fault(DiskFault::ReadOnly).await;
+}
+
+async fn state_disk_fault(fault: DiskFault) {
     let (u1, u2) = (
         upstream::http("u1", None).await,
         upstream::http("u2", None).await,
@@ -140,7 +187,7 @@ async fn a_full_state_disk_loses_no_event_and_catches_up() {
     until("the first config_applied", applied(1)).await;
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
 
-    let filler = disk.fill();
+    let repair = disk.break_it(fault);
     sim.write_spec(&spec(front, &u2));
     until("u2 serves", || async { served_by(front).await == "u2" }).await;
     until("the second config_applied, sent from memory", applied(2)).await;
@@ -150,8 +197,9 @@ async fn a_full_state_disk_loses_no_event_and_catches_up() {
     })
     .await;
 
-    // Space again: the file catches up within a poll or two, and holds nothing left to send.
-    std::fs::remove_file(&filler).unwrap();
+    // The disk takes writes again: the file catches up within a poll or two, and holds nothing
+    // left to send.
+    repair(&disk);
     until("the queue is on disk again", || async {
         agent_metric(port, "vpsie_lb_agent_events_unsaved").await == Some(0.0)
     })
@@ -199,6 +247,16 @@ async fn a_full_state_disk_loses_no_event_and_catches_up() {
 /// keeps serving, and once space is back the agent applies the spec by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_config_disk_keeps_the_last_good_config_and_recovers() {
+    config_disk_fault(DiskFault::Full, "No space left on device").await;
+}
+
+/// As above, with the config directory's filesystem read-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_config_disk_keeps_the_last_good_config_and_recovers() {
+    config_disk_fault(DiskFault::ReadOnly, "Read-only file system").await;
+}
+
+async fn config_disk_fault(fault: DiskFault, cause: &str) {
     let (u1, u2) = (
         upstream::http("u1", None).await,
         upstream::http("u2", None).await,
@@ -212,7 +270,7 @@ async fn a_full_config_disk_keeps_the_last_good_config_and_recovers() {
     let mut agent = agent_process(&stand, &settings)();
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
 
-    let filler = disk.fill();
+    let repair = disk.break_it(fault);
     sim.write_spec(&spec(front, &u2));
     let failure = {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -235,7 +293,7 @@ async fn a_full_config_disk_keeps_the_last_good_config_and_recovers() {
     assert_eq!(failure["type"], "reload_failed", "{failure:#}");
     let text = failure["message"].as_str().unwrap();
     assert!(
-        text.contains("No space left on device")
+        text.contains(cause)
             && text.contains(config_dir.to_str().unwrap())
             && text.contains("the previous config still serves"),
         "the report does not say what is wrong: {failure:#}"
@@ -258,8 +316,8 @@ async fn a_full_config_disk_keeps_the_last_good_config_and_recovers() {
     assert_eq!(failures, 1);
     assert_eq!(served_by(front).await, "u1");
 
-    std::fs::remove_file(&filler).unwrap();
-    until("u2 serves once space is back", || async {
+    repair(&disk);
+    until("u2 serves once the disk takes writes", || async {
         served_by(front).await == "u2"
     })
     .await;
