@@ -26,6 +26,8 @@ fi
 # Builds AFL++'s runtime for this rustc; says so and fails when it is already built.
 cargo afl config --build >/dev/null 2>&1 || true
 
+afl_bin=$(ls -d "$HOME"/.local/share/afl.rs/rustc-*/afl.rs-"$cargo_afl_version"/afl/bin | tail -1)
+
 cd "$here"
 cargo afl build --release --locked
 
@@ -40,8 +42,11 @@ for t in "${targets[@]}"; do
     grep -E "execs_done|execs_per_sec|corpus_count|bitmap_cvg|saved_crashes|saved_hangs" \
         "$out/$t/default/fuzzer_stats" | sed "s/^/  /"
 
-    cargo afl cmin -i "$out/$t/default/queue" -o "$out/$t/min" -- "target/release/$t" \
-        >"$out/$t.cmin.log" 2>&1 || { tail -20 "$out/$t.cmin.log"; exit 1; }
+    # The shell afl-cmin: the Python one that `cargo afl cmin` runs found no coverage at all in
+    # the settings target's queue (AFL++ 4.x), and so kept nothing.
+    PATH="$afl_bin:$PATH" AFL_PATH="$afl_bin" "$afl_bin/afl-cmin.bash" -t 5000 \
+        -i "$out/$t/default/queue" -o "$out/$t/min" -- "target/release/$t" \
+        >"$out/$t.cmin.log" 2>&1 || { tail -c 2000 "$out/$t.cmin.log"; exit 1; }
     added=0
     for f in "$out/$t/min"/*; do
         [ -f "$f" ] || continue
