@@ -569,6 +569,25 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
             .flat_map(|n| (0..3).map(|v| n.vrrp(v)))
             .collect()
     };
+    // keepalived runs its notify script on its own time: the address can be back on node-1 a
+    // moment before node-1 has recorded "master" (seen under load). Count from a settled state:
+    // each node recorded as master of its own address and backup of the others.
+    let deadline = Instant::now() + settle;
+    loop {
+        let states = transitions(&nodes);
+        let settled = states.iter().enumerate().all(|(k, s)| {
+            let want = if k / 3 == k % 3 { "master" } else { "backup" };
+            s.as_ref().is_some_and(|(state, _)| state == want)
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VRRP states never settled: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let before = transitions(&nodes);
     let t2 = Instant::now();
     for (change, s) in [
