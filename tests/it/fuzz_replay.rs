@@ -89,3 +89,40 @@ async fn accepted_fuzz_specs_render_configs_envoy_accepts() {
         "only {accepted} accepted specs in the corpus"
     );
 }
+
+/// What fuzzing found (specs the agent accepted and Envoy refused), kept as `regression-*`
+/// entries: each is now refused where the spec is validated, at its certificate or key field,
+/// with words that say why.
+#[test]
+fn what_fuzzing_found_is_refused_at_its_field() {
+    let found: Vec<PathBuf> = corpus("spec")
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("regression-"))
+        })
+        .collect();
+    assert!(found.len() >= 8, "{found:?}");
+    for f in found {
+        let data = std::fs::read(&f).unwrap();
+        let errors = spec::load(&data, &targets::options())
+            .err()
+            .unwrap_or_else(|| panic!("{} is accepted again", f.display()));
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        let (field, words): (&str, &[&str]) = if name.starts_with("regression-rsa-key-") {
+            ("tls.privateKeyPem", &["is not a consistent RSA key"])
+        } else {
+            (
+                "tls.certificatePem",
+                &["is not valid DER", "after its end", "extension"],
+            )
+        };
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|e| e.path.ends_with(field) && words.iter().any(|w| e.message.contains(w))),
+            "{name}: {errors}"
+        );
+    }
+}
