@@ -29,7 +29,9 @@ cargo afl config --build >/dev/null 2>&1 || true
 afl_bin=$(ls -d "$HOME"/.local/share/afl.rs/rustc-*/afl.rs-"$cargo_afl_version"/afl/bin | tail -1)
 
 cd "$here"
-cargo afl build --release --locked
+# Not --locked: the committed tests/fuzz/Cargo.lock pins every crate it knows, and cargo only adds
+# the ones the agent has gained since (they are pinned in the agent's own Cargo.lock).
+cargo afl build --release
 
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1
 crashed=0
@@ -51,7 +53,9 @@ for t in "${targets[@]}"; do
     for f in "$out/$t/min"/*; do
         [ -f "$f" ] || continue
         name=$(sha256sum "$f" | cut -c1-16)
-        if ! ls "corpus/$t/" | grep -q -- "$name"; then
+        # Known under any prefix (seed-, regression-, crash-)? (A glob: `ls | grep -q` fails
+        # under pipefail when grep stops early.)
+        if ! compgen -G "corpus/$t/*$name" >/dev/null; then
             cp "$f" "corpus/$t/$name"
             added=$((added + 1))
         fi
