@@ -102,6 +102,17 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A child process killed (and reaped) when dropped, so that a failing test leaves no agent
+/// running behind it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn spec(front: u16, up: &Upstream) -> Value {
     json!({"identifier": LB, "lbName": "faults", "rules": [{"ruleId": "web", "scheme": "http",
         "frontPort": front, "backPort": 1,
@@ -172,7 +183,7 @@ async fn state_disk_fault(fault: DiskFault) {
     let mut settings = agent_settings(&stand, &sim);
     settings.state_dir = disk.path().join("agent");
     let start_agent = agent_process(&stand, &settings);
-    let mut agent = start_agent();
+    let agent = Running(start_agent());
     let applied = |n: usize| {
         let sim = &sim;
         move || async move {
@@ -210,12 +221,12 @@ async fn state_disk_fault(fault: DiskFault) {
 
     // A restart sends nothing twice and misses nothing.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    agent.wait().unwrap();
-    let mut agent = start_agent();
+    drop(agent);
+    let _agent = Running(start_agent());
     until("the restarted agent's agent_started", || async {
         let events = sim.events().await;
         events
@@ -238,8 +249,6 @@ async fn state_disk_fault(fault: DiskFault) {
         "{events:#?}"
     );
     assert_eq!(served_by(front).await, "u2");
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 /// The supervisor's config directory on a full filesystem: a new spec cannot be stored, the
@@ -267,7 +276,7 @@ async fn config_disk_fault(fault: DiskFault, cause: &str) {
     let stand = Stand::start(|s| s.envoy.config_dir = config_dir.clone()).await;
     let sim = Sim::start(&spec(front, &u1));
     let settings = agent_settings(&stand, &sim);
-    let mut agent = agent_process(&stand, &settings)();
+    let _agent = Running(agent_process(&stand, &settings)());
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
 
     let repair = disk.break_it(fault);
@@ -330,8 +339,6 @@ async fn config_disk_fault(fault: DiskFault, cause: &str) {
             == 2
     })
     .await;
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 /// The supervisor's socket removed from disk (a cleanup of /run, a mistaken rm): within a few
@@ -386,7 +393,7 @@ async fn a_missing_envoy_binary_keeps_the_last_good_config_and_recovers() {
     let stand = Stand::start(|s| s.envoy.binary = link.clone()).await;
     let sim = Sim::start(&spec(front, &u1));
     let settings = agent_settings(&stand, &sim);
-    let mut agent = agent_process(&stand, &settings)();
+    let _agent = Running(agent_process(&stand, &settings)());
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
 
     std::fs::remove_file(&link).unwrap();
@@ -407,8 +414,6 @@ async fn a_missing_envoy_binary_keeps_the_last_good_config_and_recovers() {
         served_by(front).await == "u2"
     })
     .await;
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 /// Slow clients on the agent's metrics port (connections that send half a request head and then
@@ -423,7 +428,7 @@ async fn slow_clients_cannot_hold_the_metrics_port() {
     let stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(front, &up));
     let settings = agent_settings(&stand, &sim);
-    let mut agent = agent_process(&stand, &settings)();
+    let _agent = Running(agent_process(&stand, &settings)());
     let port = settings.metrics.port;
     let polls = || async move {
         agent_metric(port, "vpsie_lb_agent_polls_total{result=\"not_modified\"}")
@@ -489,8 +494,6 @@ async fn slow_clients_cannot_hold_the_metrics_port() {
         polls().await > before,
         "the agent kept polling behind the slow clients"
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 /// The stored config the supervisor restarts from, truncated mid-write (a crash of the machine
@@ -503,7 +506,7 @@ async fn a_truncated_stored_config_is_recovered_by_itself() {
     let mut stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(front, &up));
     let settings = agent_settings(&stand, &sim);
-    let mut agent = agent_process(&stand, &settings)();
+    let _agent = Running(agent_process(&stand, &settings)());
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
     // Envoy serves a moment before the supervisor has confirmed the apply.
     until("the apply is confirmed", || async {
@@ -531,6 +534,4 @@ async fn a_truncated_stored_config_is_recovered_by_itself() {
         )),
         "the supervisor does not say what is wrong:\n{log}"
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
