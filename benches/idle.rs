@@ -44,6 +44,16 @@ fn rss(pid: u32) -> Option<[u64; 3]> {
     Some([field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?])
 }
 
+/// The agent process, killed and reaped when dropped (also when the benchmark fails).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn mb(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -73,7 +83,7 @@ async fn measure(n: usize) -> Vec<Row> {
     let stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(n));
     let settings = agent_settings(&stand, &sim);
-    let mut agent = agent_process(&stand, &settings)();
+    let agent = Running(agent_process(&stand, &settings)());
     // Applied, then answered "not modified" (ETag): the agent is idle from here on.
     support::sim::wait_polls(&settings, "not_modified").await;
     let status = stand.status().await;
@@ -81,7 +91,7 @@ async fn measure(n: usize) -> Vec<Row> {
         .envoy_pid
         .unwrap_or_else(|| panic!("no Envoy runs: {status:?}"));
     let pids = [
-        ("agent", agent.id()),
+        ("agent", agent.0.id()),
         ("supervisor", stand.supervisor_pid()),
         ("envoy (for scale)", envoy),
     ];
@@ -102,8 +112,7 @@ async fn measure(n: usize) -> Vec<Row> {
             row.samples.push(s);
         }
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     rows
 }
 
