@@ -47,10 +47,15 @@ pub struct AgentState {
     pub epoch: Option<u32>,
     /// The last spec refused, by the hash of its body, so that it is reported once.
     pub rejected: Option<String>,
-    /// The last config that could not be handed over or stored (a full disk...), or that left the
-    /// supervisor critical, so that the failure is reported once while every poll tries again.
+    /// The last config that could not be handed over or stored (a full disk...), so that the
+    /// failure is reported once while every poll tries again.
     #[serde(default)]
     pub failed: Option<String>,
+    /// The last config that left the supervisor critical, likewise reported once. Kept apart
+    /// from `failed`: a config that failed to store first and then left Envoy down must still
+    /// report the critical failure.
+    #[serde(default)]
+    pub critical: Option<String>,
     pub last_poll: Option<String>,
     pub last_poll_result: Option<String>,
     pub last_event_sent: Option<String>,
@@ -552,6 +557,7 @@ impl Agent {
                 self.state.epoch = Some(epoch);
                 self.state.rejected = None;
                 self.state.failed = None;
+                self.state.critical = None;
                 Outcome::Applied { hash, epoch }
             }
             ApplyResult::Rejected => {
@@ -587,7 +593,7 @@ impl Agent {
             ApplyResult::Error => self.failed(hash, out.error.unwrap_or_default()),
             ApplyResult::Critical => {
                 // Once per config: a critical supervisor gets the spec again at every poll.
-                if self.state.failed.as_deref() != Some(hash.as_str()) {
+                if self.state.critical.as_deref() != Some(hash.as_str()) {
                     self.report(Event::critical_failure(
                         &hash,
                         out.epoch,
@@ -595,7 +601,7 @@ impl Agent {
                         out.restore_error.as_deref().unwrap_or(""),
                         now,
                     ));
-                    self.state.failed = Some(hash.clone());
+                    self.state.critical = Some(hash.clone());
                 }
                 Outcome::Critical { hash }
             }

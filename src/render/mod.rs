@@ -143,6 +143,9 @@ fn q_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Value> {
     }
 }
 
+/// About what one endpoint takes in the rendered config, for sizing buffers.
+const ENDPOINT_BYTES: usize = 112;
+
 /// Writes a pool's endpoints, each `[address, port, weight]` (see [`view::Endpoint`]), as
 /// Envoy's `lb_endpoints` list, one endpoint a line. It exists for speed: at 10,000 backends,
 /// Tera's interpreter spent most of the render in a per-endpoint loop (`cargo bench --bench
@@ -157,8 +160,7 @@ fn lb_endpoints_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Va
     let Value::Array(list) = v else {
         return Err(bad(v));
     };
-    // About 110 bytes an endpoint.
-    let mut out = String::with_capacity(32 + list.len() * 112);
+    let mut out = String::with_capacity(32 + list.len() * ENDPOINT_BYTES);
     out.push('[');
     for (i, e) in list.iter().enumerate() {
         let (address, port, weight) = match e.as_array().map(Vec::as_slice) {
@@ -220,10 +222,10 @@ pub fn render(
     let (view, files) = view::build(spec, settings, resolved, &challenges);
     let ctx =
         tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
-    // Sized for the endpoints (about 112 bytes each) plus the rest, so that a big config is not
-    // copied over and over as Tera's buffer grows.
+    // Sized for the endpoints plus the rest, so that a big config is not copied over and over
+    // as Tera's buffer grows.
     let endpoints: usize = view.clusters.iter().map(|c| c.endpoints.len()).sum();
-    let mut out = Vec::with_capacity(64 * 1024 + endpoints * 112);
+    let mut out = Vec::with_capacity(64 * 1024 + endpoints * ENDPOINT_BYTES);
     tera.render_to("bootstrap.json.tera", &ctx, &mut out)
         .map_err(|e| RenderError::Render(format!("{:#}", anyhow::Error::new(e))))?;
     let config = String::from_utf8(out)

@@ -165,10 +165,15 @@ impl Supervisor {
                 files.push((e.path(), contents));
             }
         }
-        // A stored config that does not parse was damaged on disk (it was checked before it was
-        // stored): say which file, so that an operator is not sent looking at the spec.
-        xds::split(&config, &files, &epoch_dir(&self.settings, epoch))
-            .map_err(|e| format!("the stored config {} is damaged: {e}", path.display()))
+        // Every stored config was checked before it was stored, so one that does not read back
+        // was most likely damaged on disk: name the file, so that an operator is not sent
+        // looking at the spec.
+        xds::split(&config, &files, &epoch_dir(&self.settings, epoch)).map_err(|e| {
+            format!(
+                "the stored config {} does not read back (damaged on disk?): {e}",
+                path.display()
+            )
+        })
     }
 
     /// Writes every file of `x` into its (fresh) directory, bootstrap last.

@@ -169,15 +169,25 @@ pub async fn run(
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let (req_tx, mut req_rx) = mpsc::channel(16);
+    let spawn_accept = {
+        let (snapshot, admin, metrics) = (
+            sup.snapshot.subscribe(),
+            sup.admin.clone(),
+            sup.metrics.clone(),
+        );
+        move |listener| {
+            tokio::spawn(accept_loop(
+                listener,
+                req_tx.clone(),
+                snapshot.clone(),
+                admin.clone(),
+                metrics.clone(),
+            ))
+        }
+    };
     let socket = sup.settings.supervisor.socket.clone();
     let mut socket_ino = socket_inode(&socket);
-    let mut accept = tokio::spawn(accept_loop(
-        listener,
-        req_tx.clone(),
-        sup.snapshot.subscribe(),
-        sup.admin.clone(),
-        sup.metrics.clone(),
-    ));
+    let mut accept = spawn_accept(listener);
     let mut socket_check = tokio::time::interval(SOCKET_CHECK);
     socket_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -203,30 +213,27 @@ pub async fn run(
             Event::Watchdog => {}
             Event::SocketCheck => {
                 // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
-                // supervisor through it any more, so listen again on a new one.
+                // supervisor through it any more, so listen again on a new one. Nothing else
+                // changed, so the loop's bookkeeping below is skipped.
                 let now = socket_inode(&socket);
-                if now.is_none() || now != socket_ino {
-                    match server::bind(&socket).await {
-                        Ok(listener) => {
-                            tracing::warn!(
-                                socket = %socket.display(),
-                                "the supervisor's socket was removed or replaced; listening on a new one"
-                            );
-                            accept.abort();
-                            accept = tokio::spawn(accept_loop(
-                                listener,
-                                req_tx.clone(),
-                                sup.snapshot.subscribe(),
-                                sup.admin.clone(),
-                                sup.metrics.clone(),
-                            ));
-                            socket_ino = socket_inode(&socket);
-                        }
-                        Err(e) => {
-                            tracing::error!("cannot listen on the supervisor's socket again: {e:#}")
-                        }
+                if now.is_some() && now == socket_ino {
+                    continue;
+                }
+                match server::bind(&socket).await {
+                    Ok(listener) => {
+                        tracing::warn!(
+                            socket = %socket.display(),
+                            "the supervisor's socket was removed or replaced; listening on a new one"
+                        );
+                        accept.abort();
+                        accept = spawn_accept(listener);
+                        socket_ino = socket_inode(&socket);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot listen on the supervisor's socket again: {e:#}")
                     }
                 }
+                continue;
             }
         }
         if let Some(d) = watchdog {

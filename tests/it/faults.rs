@@ -529,7 +529,7 @@ async fn a_truncated_stored_config_is_recovered_by_itself() {
     let log = stand.log();
     assert!(
         log.contains(&format!(
-            "the stored config {} is damaged",
+            "the stored config {} does not read back",
             stored.display()
         )),
         "the supervisor does not say what is wrong:\n{log}"
