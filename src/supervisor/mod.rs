@@ -213,27 +213,26 @@ pub async fn run(
             Event::Watchdog => {}
             Event::SocketCheck => {
                 // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
-                // supervisor through it any more, so listen again on a new one. Nothing else
-                // changed, so the loop's bookkeeping below is skipped.
+                // supervisor through it any more, so listen again on a new one. (The loop's
+                // bookkeeping below runs on this tick too: it is also what retries an HA track
+                // file write that failed.)
                 let now = socket_inode(&socket);
-                if now.is_some() && now == socket_ino {
-                    continue;
-                }
-                match server::bind(&socket).await {
-                    Ok(listener) => {
-                        tracing::warn!(
-                            socket = %socket.display(),
-                            "the supervisor's socket was removed or replaced; listening on a new one"
-                        );
-                        accept.abort();
-                        accept = spawn_accept(listener);
-                        socket_ino = socket_inode(&socket);
+                if now.is_none() || now != socket_ino {
+                    match server::bind(&socket).await {
+                        Ok(listener) => {
+                            tracing::warn!(
+                                socket = %socket.display(),
+                                "the supervisor's socket was removed or replaced; listening on a new one"
+                            );
+                            accept.abort();
+                            accept = spawn_accept(listener);
+                            socket_ino = socket_inode(&socket);
+                        }
+                        Err(e) => {
+                            tracing::error!("cannot listen on the supervisor's socket again: {e:#}")
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!("cannot listen on the supervisor's socket again: {e:#}")
-                    }
                 }
-                continue;
             }
         }
         if let Some(d) = watchdog {
