@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle fuzz proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle soak fuzz proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -60,6 +60,14 @@ bench-live: envoy
 bench-idle: envoy
 	$(CARGO) build --locked --profile image
 	AGENT_BIN=$(CURDIR)/target/image/vpsie-lb-agent $(CARGO) bench --locked --bench idle
+
+## An hour of churn on the whole product (agent, supervisor, Envoy, API stand-in) under HTTP and
+## long-lived TCP load: a change every 2 s, API faults, Envoy killed every 10 min, the agent every 7.
+## Prints failures outside the kill windows, lost events, RSS and fds each minute, apply latency.
+## SOAK_MINUTES shortens it. Not in CI.
+SOAK_MINUTES ?= 60
+soak: envoy
+	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) bench --locked --bench soak
 
 ## Fuzz the spec parser and renderer, the settings file and the supervisor's protocol with AFL++
 ## (cargo-afl, stable Rust), FUZZ_SECONDS each (default 1200: an hour in all); new coverage goes

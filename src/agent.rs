@@ -282,9 +282,12 @@ impl Agent {
     }
 
     fn report(&mut self, event: Event) {
-        tracing::info!(kind = event.kind.as_str(), "{}", event.message);
-        if let Err(e) = self.queue.push(event) {
-            tracing::error!("{e:#}");
+        // Logged once queued, with its id: the line an operator (or the soak benchmark) can
+        // match against what the API recorded.
+        let (kind, id, message) = (event.kind.as_str(), event.id.clone(), event.message.clone());
+        match self.queue.push(event) {
+            Ok(()) => tracing::info!(kind, %id, "{message}"),
+            Err(e) => tracing::error!(kind, %id, "{message}: {e:#}"),
         }
         self.count_queue();
         self.next_event_attempt = Some(Instant::now());

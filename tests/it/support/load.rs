@@ -12,12 +12,28 @@ pub struct Counts {
     pub failed: u64,
     /// The first few failures, for the assertion message.
     pub errors: Vec<String>,
+    /// When each failure happened (the first 100,000): a soak tells failures inside a kill's
+    /// window from the others.
+    pub failed_at: Vec<std::time::Instant>,
 }
 
 impl Counts {
+    fn fail(&mut self, error: String) {
+        self.failed += 1;
+        if self.errors.len() < 10 {
+            self.errors.push(error);
+        }
+        if self.failed_at.len() < 100_000 {
+            self.failed_at.push(std::time::Instant::now());
+        }
+    }
+
     fn add(&mut self, other: Counts) {
         self.ok += other.ok;
         self.failed += other.failed;
+        let room = 100_000usize.saturating_sub(self.failed_at.len());
+        self.failed_at
+            .extend(other.failed_at.into_iter().take(room));
         self.errors.extend(
             other
                 .errors
@@ -47,6 +63,22 @@ impl Load {
         fresh: usize,
         source: Option<std::net::IpAddr>,
     ) -> Load {
+        Self::start_with(url, keep_alive, fresh, source, Duration::ZERO)
+    }
+
+    /// As [`Load::start`], each client pausing `pause` after each request: a steady rate for a
+    /// long run that must leave the machine's cores to what it measures.
+    pub fn start_paced(url: &str, keep_alive: usize, fresh: usize, pause: Duration) -> Load {
+        Self::start_with(url, keep_alive, fresh, None, pause)
+    }
+
+    fn start_with(
+        url: &str,
+        keep_alive: usize,
+        fresh: usize,
+        source: Option<std::net::IpAddr>,
+        pause: Duration,
+    ) -> Load {
         assert!(source.is_none_or(|s| s.is_loopback()));
         assert!(
             url.starts_with("http://127.0.0.1:"),
@@ -74,25 +106,13 @@ impl Load {
                                 c.ok += 1;
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err(e) => {
-                                c.failed += 1;
-                                if c.errors.len() < 10 {
-                                    c.errors.push(format!("body: {e:?}"));
-                                }
-                            }
+                            Err(e) => c.fail(format!("body: {e:?}")),
                         },
-                        Ok(r) => {
-                            c.failed += 1;
-                            if c.errors.len() < 10 {
-                                c.errors.push(format!("status {}", r.status()));
-                            }
-                        }
-                        Err(e) => {
-                            c.failed += 1;
-                            if c.errors.len() < 10 {
-                                c.errors.push(format!("{e:?}"));
-                            }
-                        }
+                        Ok(r) => c.fail(format!("status {}", r.status())),
+                        Err(e) => c.fail(format!("{e:?}")),
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 c

@@ -24,28 +24,10 @@ impl Sim {
     pub fn start(spec: &Value) -> Sim {
         let dir = tempfile::tempdir().unwrap();
         let token = "test-token-123".to_owned();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, &token).unwrap();
+        std::fs::write(dir.path().join("token"), &token).unwrap();
         let spec_path = dir.path().join("lb.json");
         std::fs::write(&spec_path, spec.to_string()).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vpsie-api-sim"))
-            .args(["--listen", "127.0.0.1:0", "--token-file"])
-            .arg(&token_file)
-            .arg("--lb")
-            .arg(format!("{LB}={}", spec_path.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().trim_end_matches('/').parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let (child, port) = spawn(dir.path(), 0);
         Sim {
             child,
             port,
@@ -55,12 +37,31 @@ impl Sim {
         }
     }
 
+    /// Kills the stand-in: the API is down (connections refused) until [`Sim::restart`].
+    /// What it recorded is gone with it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stand-in again on the same port, serving the same spec file.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, port) = spawn(self._dir.path(), self.port);
+        assert_eq!(port, self.port);
+        self.child = child;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Replaces the spec file by a rename: the stand-in reads it fresh on every request and
+    /// must never serve half a file.
     pub fn write_spec(&self, spec: &Value) {
-        std::fs::write(&self.spec, spec.to_string()).unwrap();
+        let tmp = self.spec.with_extension("json.tmp");
+        std::fs::write(&tmp, spec.to_string()).unwrap();
+        std::fs::rename(&tmp, &self.spec).unwrap();
     }
 
     pub async fn events(&self) -> Vec<Value> {
@@ -109,6 +110,30 @@ impl Drop for Sim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The stand-in process on `port` (0: any), serving `dir`'s `lb.json` with `dir`'s `token`;
+/// returns once it listens, with its port.
+fn spawn(dir: &std::path::Path, port: u16) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vpsie-api-sim"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--token-file"])
+        .arg(dir.join("token"))
+        .arg("--lb")
+        .arg(format!("{LB}={}", dir.join("lb.json").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    (child, port)
 }
 
 pub trait JsonValue {

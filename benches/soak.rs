@@ -1,0 +1,770 @@
+//! Soak: the whole product for an hour of churn. The real agent process follows the API stand-in
+//! (its own process) and hands each change to the real supervisor and Envoy, while:
+//! - paced HTTP clients (keep-alive and a new connection per request) and long-lived TCP
+//!   connections (an echo every second each) go through Envoy;
+//! - the spec changes every 2 s (the HTTP pool swaps a backend and its weights, a TCP backend
+//!   comes and goes, a third rule's listener is added and removed every 10 changes);
+//! - the API misbehaves every 30 s (500, 429, a reply slower than the agent's timeout, an
+//!   oversize body, an error envelope, a dropped connection), and is down (its process killed,
+//!   connections refused) for 3 minutes at 40% of the run;
+//! - Envoy is killed with SIGKILL every 10 minutes (the supervisor must bring it back) and the
+//!   agent every 7 (started again 2 s later, as systemd's `RestartSec=2` does).
+//!
+//! It prints: failed requests and cut long-lived connections outside Envoy's kill windows
+//! (target 0), events the agent queued vs. those the API recorded (target: none lost), every
+//! config Envoy served that no `config_applied` reported, RSS and open file descriptors of every
+//! process each minute (target: flat after the first 10 minutes), and apply latency percentiles
+//! (spec written → served, and the supervisor's own hand-over → confirmed).
+//!
+//! `make soak` (an hour; not in CI). `SOAK_MINUTES` shortens it: every period above scales with
+//! it except the 2 s changes and the 30 s faults. Loopback only. A kill window runs from the
+//! SIGKILL until the supervisor reports a new Envoy LIVE, plus 2 s for clients to reconnect.
+//! It asserts nothing: it reports, and exits non-zero when a target is missed.
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::envoy::free_port;
+use support::load::Load;
+use support::sim::{self, Sim};
+use support::supervisor::Stand;
+use support::upstream::{self, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vpsie_lb_agent::settings::{LogFormat, Settings};
+use vpsie_lb_agent::supervisor::client;
+
+/// When things happen, scaled to the run's length.
+struct Plan {
+    total: Duration,
+    envoy_kill_every: Duration,
+    agent_kill_every: Duration,
+    api_down_at: Duration,
+    api_down_for: Duration,
+    sample_every: Duration,
+    /// Growth is judged after this (the first 10 minutes of an hour).
+    settle: Duration,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let minutes: f64 = std::env::var("SOAK_MINUTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60.0);
+        let total = Duration::from_secs_f64(minutes * 60.0);
+        let part = |f: f64| total.mul_f64(f);
+        Plan {
+            total,
+            envoy_kill_every: part(10.0 / 60.0),
+            agent_kill_every: part(7.0 / 60.0),
+            api_down_at: part(0.4),
+            api_down_for: part(3.0 / 60.0),
+            sample_every: part(1.0 / 60.0),
+            settle: part(10.0 / 60.0),
+        }
+    }
+}
+
+const CHANGE_EVERY: Duration = Duration::from_secs(2);
+const FAULT_EVERY: Duration = Duration::from_secs(30);
+/// After a new Envoy is LIVE, clients may still be reconnecting.
+const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
+fn backend(id: &str, up: &Upstream, weight: u32) -> Value {
+    json!({"identifier": id, "ip": "127.0.0.1", "port": up.port(), "weight": weight})
+}
+
+struct Lb {
+    http_port: u16,
+    tcp_port: u16,
+    extra_port: u16,
+    http: Vec<Upstream>,
+    tcp: Vec<Upstream>,
+}
+
+impl Lb {
+    /// Change `i`: each differs from the one before, and none touches the listeners that carry
+    /// the load (their connections must live through every change).
+    fn spec(&self, i: usize) -> Value {
+        let n = self.http.len();
+        let pool: Vec<Value> = (0..n)
+            .filter(|k| *k != i % n && *k != (i + n / 2) % n)
+            .map(|k| {
+                backend(
+                    &self.http[k].name,
+                    &self.http[k],
+                    50 + ((i * 7 + k * 13) % 100) as u32,
+                )
+            })
+            .collect();
+        let mut tcp = vec![
+            backend("t0", &self.tcp[0], 100),
+            backend("t1", &self.tcp[1], 50 + (i % 50) as u32),
+        ];
+        if i % 4 < 2 {
+            tcp.push(backend("t2", &self.tcp[2], 100));
+        }
+        let mut rules = vec![
+            json!({"ruleId": "web", "scheme": "http", "frontPort": self.http_port, "backPort": 1,
+                   "healthCheckPath": "/", "backends": pool}),
+            json!({"ruleId": "tcp", "scheme": "tcp", "frontPort": self.tcp_port, "backPort": 1,
+                   "backends": tcp}),
+        ];
+        if (i / 10) % 2 == 1 {
+            rules.push(
+                json!({"ruleId": "extra", "scheme": "http", "frontPort": self.extra_port,
+                              "backPort": 1, "backends": [backend("x", &self.http[0], 100)]}),
+            );
+        }
+        json!({"identifier": sim::LB, "lbName": "soak", "updated_on": "2026-12-01 10:00:00",
+               "rules": rules})
+    }
+}
+
+/// Long-lived TCP connections through the tcp rule, each echoing a line every second; a
+/// connection that breaks is counted (with its time) and replaced.
+struct LongLived {
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+    cuts: Arc<Mutex<Vec<(Instant, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LongLived {
+    fn start(port: u16, n: usize) -> LongLived {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let cuts = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..n)
+            .map(|c| {
+                let (stop, rounds, cuts) = (stop.clone(), rounds.clone(), cuts.clone());
+                tokio::spawn(async move {
+                    let mut k = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Connecting fails while Envoy is down: try again, it is not a cut.
+                        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        let mut established = false;
+                        while !stop.load(Ordering::Relaxed) {
+                            k += 1;
+                            match echo(&mut s, &format!("c{c}-{k}\n")).await {
+                                Ok(()) => {
+                                    established = true;
+                                    rounds.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    // A connection Envoy accepted but could not forward (no
+                                    // backend yet) never carried anything: not a cut.
+                                    if established {
+                                        cuts.lock().unwrap().push((Instant::now(), e));
+                                    }
+                                    break;
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        LongLived {
+            stop,
+            rounds,
+            cuts,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, Vec<(Instant, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let cuts = self.cuts.lock().unwrap().clone();
+        (self.rounds.load(Ordering::Relaxed), cuts)
+    }
+}
+
+/// One echo round: the upstream answers `tN:` + what it was sent.
+async fn echo(s: &mut TcpStream, msg: &str) -> Result<(), String> {
+    s.write_all(msg.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let want = msg.len() + 3;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < want {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .map_err(|_| "no echo within 5 s".to_owned())?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed".into());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    if !got.ends_with(msg.as_bytes()) {
+        return Err(format!("wrong echo {:?}", String::from_utf8_lossy(&got)));
+    }
+    Ok(())
+}
+
+/// What the supervisor reported, each time it changed.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    pid: Option<u32>,
+    state: String,
+    hash: Option<String>,
+}
+
+/// Polls the supervisor's status every 100 ms, keeping each change with its time.
+fn watch_supervisor(
+    settings: Settings,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Instant, Seen)>> {
+    tokio::spawn(async move {
+        let mut log: Vec<(Instant, Seen)> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let seen = match client::status(&settings).await {
+                Ok(s) => Seen {
+                    pid: s.envoy_pid,
+                    state: s.envoy_state,
+                    hash: s.hash,
+                },
+                Err(e) => Seen {
+                    pid: None,
+                    state: format!("supervisor unreachable: {e}"),
+                    hash: None,
+                },
+            };
+            if log.last().map(|(_, s)| s) != Some(&seen) {
+                log.push((Instant::now(), seen));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        log
+    })
+}
+
+/// The real agent, logging JSON lines to `log` (appended across restarts).
+fn start_agent(config: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(support::agent_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+/// Events the agent queued, by id (its log line once an event is queued): id → kind.
+fn queued_events(log: &Path) -> BTreeMap<String, String> {
+    let file = std::fs::File::open(log).unwrap();
+    let mut out = BTreeMap::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let Ok(line) = line else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if let (Some(id), Some(kind)) = (f["id"].as_str(), f["kind"].as_str()) {
+            if v["level"] == "INFO" {
+                out.insert(id.to_owned(), kind.to_owned());
+            }
+        }
+    }
+    out
+}
+
+fn rss_kb_and_fds(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss, fds))
+}
+
+#[derive(Debug)]
+struct Sample {
+    at: Duration,
+    process: &'static str,
+    pid: u32,
+    rss_kb: u64,
+    fds: usize,
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn percentiles(name: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{name:<46} n={:<5} p50 {:>8.1} ms  p90 {:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+        v.len(),
+        pct(&v, 0.5),
+        pct(&v, 0.9),
+        pct(&v, 0.99),
+        v.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+fn main() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(soak());
+}
+
+async fn soak() {
+    let plan = Plan::from_env();
+    let mut http = Vec::new();
+    for k in 0..6 {
+        http.push(upstream::http(&format!("h{k}"), None).await);
+    }
+    let mut tcp = Vec::new();
+    for k in 0..3 {
+        tcp.push(upstream::echo(&format!("t{k}")).await);
+    }
+    let lb = Lb {
+        http_port: free_port(),
+        tcp_port: free_port(),
+        extra_port: free_port(),
+        http,
+        tcp,
+    };
+    let stand = Stand::start(|_| {}).await;
+    let mut sim = Sim::start(&lb.spec(0));
+    let mut settings = sim::agent_settings(&stand, &sim);
+    settings.logging.format = LogFormat::Json;
+    let config = stand.dir.path().join("agent-soak.yaml");
+    std::fs::write(&config, serde_yaml::to_string(&settings).unwrap()).unwrap();
+    let agent_log = stand.dir.path().join("agent.log");
+    let mut agent = start_agent(&config, &agent_log);
+
+    // Spec hashes, to tell when each change serves.
+    let hash_of = |spec: &Value| {
+        vpsie_lb_agent::pipeline::prepare_for_store(
+            spec.to_string().as_bytes(),
+            &settings,
+            support::now(),
+        )
+        .unwrap_or_else(|e| panic!("the soak's own spec is refused: {e}"))
+        .hash
+    };
+    let mut written: HashMap<String, Instant> = HashMap::new();
+    written.insert(hash_of(&lb.spec(0)), Instant::now());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_supervisor(stand.settings.clone(), stop.clone());
+    // Traffic starts once the first config serves.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("http://127.0.0.1:{}/", lb.http_port))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first config never served:\n{}",
+            stand.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load = Load::start_paced(
+        &format!("http://127.0.0.1:{}/", lb.http_port),
+        4,
+        2,
+        Duration::from_millis(20),
+    );
+    let long_lived = LongLived::start(lb.tcp_port, 16);
+
+    println!(
+        "soak: {:?}; changes every {CHANGE_EVERY:?}, API faults every {FAULT_EVERY:?}, Envoy killed every {:?}, the agent every {:?}, the API down at {:?} for {:?}",
+        plan.total, plan.envoy_kill_every, plan.agent_kill_every, plan.api_down_at, plan.api_down_for
+    );
+    let faults: [(&str, u32, u64); 6] = [
+        ("status_500", 3, 0),
+        ("status_429", 2, 0),
+        // Longer than the agent's request timeout (5 s).
+        ("delay", 1, 8000),
+        ("oversize", 1, 0),
+        ("error_envelope", 1, 0),
+        ("drop", 2, 0),
+    ];
+    let started = Instant::now();
+    let (mut next_change, mut next_fault, mut next_sample) =
+        (started + CHANGE_EVERY, started + FAULT_EVERY, started);
+    let mut next_envoy_kill = started + plan.envoy_kill_every;
+    let mut next_agent_kill = started + plan.agent_kill_every;
+    let api_down_at = started + plan.api_down_at;
+    let mut api_down = false;
+    let mut api_up_at: Option<Instant> = None;
+    let mut agent_restart_at: Option<Instant> = None;
+    let mut envoy_kills: Vec<(Instant, u32)> = Vec::new();
+    let mut agent_kills = 0;
+    let mut recorded: BTreeMap<String, Value> = BTreeMap::new();
+    let mut recorded_twice = 0usize;
+    let mut samples: Vec<Sample> = Vec::new();
+    let (mut i, mut f) = (0usize, 0usize);
+    let mut collect = |events: Vec<Value>, recorded: &mut BTreeMap<String, Value>| {
+        for e in events {
+            let id = e["id"].as_str().unwrap_or("").to_owned();
+            if recorded.insert(id, e).is_some() {
+                recorded_twice += 1;
+            }
+        }
+    };
+
+    while started.elapsed() < plan.total {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        if now >= next_change {
+            next_change += CHANGE_EVERY;
+            i += 1;
+            let spec = lb.spec(i);
+            written.entry(hash_of(&spec)).or_insert(now);
+            sim.write_spec(&spec);
+        }
+        if now >= next_fault && !api_down {
+            next_fault += FAULT_EVERY;
+            let (kind, count, delay) = faults[f % faults.len()];
+            f += 1;
+            sim.fault_ms(kind, count, delay).await;
+        }
+        if now >= api_down_at && !api_down && api_up_at.is_none() {
+            // Nothing more is recorded (every request answers 500), then what was is kept and
+            // the API goes away.
+            sim.fault("status_500", 1_000_000).await;
+            collect(sim.events().await, &mut recorded);
+            sim.kill();
+            api_down = true;
+            api_up_at = Some(now + plan.api_down_for);
+            println!(
+                "{:>7.1} s  the API is down",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if api_down && api_up_at.is_some_and(|t| now >= t) {
+            sim.restart();
+            api_down = false;
+            println!(
+                "{:>7.1} s  the API is back",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if now >= next_envoy_kill {
+            next_envoy_kill += plan.envoy_kill_every;
+            if let Ok(s) = client::status(&stand.settings).await {
+                if let Some(pid) = s.envoy_pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    envoy_kills.push((Instant::now(), pid));
+                    println!(
+                        "{:>7.1} s  Envoy {pid} killed",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+        if now >= next_agent_kill {
+            next_agent_kill += plan.agent_kill_every;
+            let _ = agent.kill();
+            let _ = agent.wait();
+            agent_kills += 1;
+            agent_restart_at = Some(now + Duration::from_secs(2));
+            println!(
+                "{:>7.1} s  the agent killed",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if agent_restart_at.is_some_and(|t| now >= t) {
+            agent_restart_at = None;
+            agent = start_agent(&config, &agent_log);
+        }
+        if now >= next_sample {
+            next_sample += plan.sample_every;
+            let envoy = client::status(&stand.settings)
+                .await
+                .ok()
+                .and_then(|s| s.envoy_pid);
+            let procs = [
+                ("agent", agent_restart_at.is_none().then(|| agent.id())),
+                ("supervisor", Some(stand.supervisor_pid())),
+                ("envoy", envoy),
+                ("api-sim", (!api_down).then(|| sim.child.id())),
+            ];
+            for (process, pid) in procs {
+                if let Some((rss_kb, fds)) = pid.and_then(rss_kb_and_fds) {
+                    samples.push(Sample {
+                        at: now - started,
+                        process,
+                        pid: pid.unwrap_or(0),
+                        rss_kb,
+                        fds,
+                    });
+                }
+            }
+        }
+    }
+    let ran = started.elapsed();
+    if agent_restart_at.is_some() {
+        agent = start_agent(&config, &agent_log);
+    }
+    if api_down {
+        sim.restart();
+    }
+    // The end: faults cleared, the last change served, every queued event delivered.
+    sim.clear_faults().await;
+    load.more(100).await;
+    let counts = load.finish().await;
+    let (rounds, cuts) = long_lived.finish().await;
+    let last_hash = hash_of(&lb.spec(i));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut delivered = false;
+    while Instant::now() < deadline {
+        let queued = queued_events(&agent_log);
+        let events = sim.events().await;
+        let served = client::status(&stand.settings)
+            .await
+            .ok()
+            .and_then(|s| s.hash);
+        if served.as_deref() == Some(last_hash.as_str())
+            && queued.keys().all(|id| {
+                recorded.contains_key(id) || events.iter().any(|e| e["id"] == id.as_str())
+            })
+        {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    collect(sim.events().await, &mut recorded);
+    stop.store(true, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // Kill windows: from each SIGKILL until a new Envoy is LIVE, plus the reconnect grace.
+    let windows: Vec<(Instant, Instant)> = envoy_kills
+        .iter()
+        .map(|&(at, pid)| {
+            let back = seen
+                .iter()
+                .find(|(t, s)| *t > at && s.pid.is_some_and(|p| p != pid) && s.state == "LIVE")
+                .map_or(at + Duration::from_secs(3600), |(t, _)| *t);
+            (at, back + RECONNECT_GRACE)
+        })
+        .collect();
+    let in_window = |t: Instant| windows.iter().any(|(a, b)| t >= *a && t <= *b);
+    let failed_outside = counts.failed_at.iter().filter(|t| !in_window(**t)).count();
+    let cuts_outside: Vec<&(Instant, String)> =
+        cuts.iter().filter(|(t, _)| !in_window(*t)).collect();
+
+    println!("\n== soak over {:.1} min: {i} changes, {f} API faults, {} Envoy kills, {agent_kills} agent kills",
+        ran.as_secs_f64() / 60.0, envoy_kills.len());
+    for (k, (a, b)) in windows.iter().enumerate() {
+        println!(
+            "Envoy kill {} at {:.0} s: a new Envoy LIVE after {:.2} s",
+            k + 1,
+            (*a - started).as_secs_f64(),
+            (*b - RECONNECT_GRACE - *a).as_secs_f64()
+        );
+    }
+    println!(
+        "HTTP requests: {} ok, {} failed ({} inside kill windows, {failed_outside} outside: target 0)",
+        counts.ok,
+        counts.failed,
+        counts.failed - failed_outside as u64
+    );
+    if failed_outside > 0 {
+        println!("  first errors: {:?}", counts.errors);
+    }
+    println!(
+        "long-lived TCP: {rounds} echo rounds, {} connections cut ({} outside kill windows: target 0)",
+        cuts.len(),
+        cuts_outside.len()
+    );
+    for (t, e) in cuts_outside.iter().take(10) {
+        println!("  cut at {:.1} s: {e}", (*t - started).as_secs_f64());
+    }
+
+    let queued = queued_events(&agent_log);
+    let lost: Vec<(&String, &String)> = queued
+        .iter()
+        .filter(|(id, _)| !recorded.contains_key(*id))
+        .collect();
+    let mut by_kind: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for kind in queued.values() {
+        by_kind.entry(kind).or_default().0 += 1;
+    }
+    for e in recorded.values() {
+        by_kind
+            .entry(e["type"].as_str().unwrap_or("?"))
+            .or_default()
+            .1 += 1;
+    }
+    println!(
+        "events: {} queued by the agent, {} recorded by the API ({recorded_twice} recorded twice across the API's restart), {} lost: target 0{}",
+        queued.len(),
+        recorded.len(),
+        lost.len(),
+        if delivered { "" } else { " (NOT all delivered within 120 s of the end)" }
+    );
+    for (kind, (q, r)) in &by_kind {
+        println!("  {kind:<20} queued {q:>5}  recorded {r:>5}");
+    }
+    let reported: BTreeSet<&str> = recorded
+        .values()
+        .filter(|e| e["type"] == "config_applied")
+        .filter_map(|e| e["metadata"]["config_hash"].as_str())
+        .collect();
+    let served: BTreeSet<&str> = seen.iter().filter_map(|(_, s)| s.hash.as_deref()).collect();
+    let unreported: Vec<&&str> = served.iter().filter(|h| !reported.contains(**h)).collect();
+    println!(
+        "configs: {} served, {} reported applied, {} served but never reported: target 0",
+        served.len(),
+        reported.len(),
+        unreported.len()
+    );
+
+    // Latency: spec written → the supervisor serves it (seen every 100 ms), for the changes
+    // that served before the next one superseded them; and the supervisor's own figure.
+    // Only the first sighting of each hash counts.
+    let mut first_seen: HashMap<&str, Instant> = HashMap::new();
+    for (t, s) in &seen {
+        if let Some(h) = s.hash.as_deref() {
+            first_seen.entry(h).or_insert(*t);
+        }
+    }
+    let e2e: Vec<f64> = first_seen
+        .iter()
+        .filter_map(|(h, t)| {
+            written
+                .get(*h)
+                .filter(|w| t >= *w)
+                .map(|w| (*t - *w).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let by_method = |m: &str| -> Vec<f64> {
+        recorded
+            .values()
+            .filter(|e| e["type"] == "config_applied" && e["metadata"]["method"] == m)
+            .filter_map(|e| e["metadata"]["apply_ms"].as_f64())
+            .collect()
+    };
+    println!("\napply latency");
+    percentiles("spec written -> served (status every 100 ms)", e2e);
+    percentiles(
+        "supervisor, live (hand-over -> confirmed)",
+        by_method("live"),
+    );
+    percentiles("supervisor, hot restart", by_method("hot_restart"));
+    let skipped = written.len()
+        - first_seen
+            .keys()
+            .filter(|h| written.contains_key(**h))
+            .count();
+    println!("({skipped} of {} specs were superseded before they served: API faults, the API or the agent down)", written.len());
+
+    println!("\nRSS (MB) and open fds, each {:?}", plan.sample_every);
+    println!(
+        "{:>8}  {:>20}  {:>20}  {:>20}  {:>20}",
+        "min", "agent", "supervisor", "envoy", "api-sim"
+    );
+    let mut rows: BTreeMap<u64, BTreeMap<&str, &Sample>> = BTreeMap::new();
+    for s in &samples {
+        rows.entry(s.at.as_secs()).or_default().insert(s.process, s);
+    }
+    for (at, row) in &rows {
+        let cell = |p: &str| {
+            row.get(p).map_or("-".to_owned(), |s| {
+                format!("{:.1} / {} ({})", s.rss_kb as f64 / 1024.0, s.fds, s.pid)
+            })
+        };
+        println!(
+            "{:>8.1}  {:>20}  {:>20}  {:>20}  {:>20}",
+            *at as f64 / 60.0,
+            cell("agent"),
+            cell("supervisor"),
+            cell("envoy"),
+            cell("api-sim")
+        );
+    }
+    // Growth after the settling time: for each process that lived through it, its first sample
+    // after it vs. its last; the processes killed on purpose are judged per life (pid).
+    let mut flat = true;
+    println!(
+        "\ngrowth after the first {:?} (per process life)",
+        plan.settle
+    );
+    let mut lives: BTreeMap<(&str, u32), Vec<&Sample>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.at >= plan.settle) {
+        lives.entry((s.process, s.pid)).or_default().push(s);
+    }
+    for ((process, pid), v) in &lives {
+        if v.len() < 3 {
+            continue;
+        }
+        let (a, b) = (v[0], v[v.len() - 1]);
+        let drss = b.rss_kb as f64 / 1024.0 - a.rss_kb as f64 / 1024.0;
+        let dfds = b.fds as i64 - a.fds as i64;
+        // Allocator noise is not growth: 1 MB or 5% of the process.
+        let grew = drss > (a.rss_kb as f64 / 1024.0 * 0.05).max(1.0) || dfds > 2;
+        if grew && *process != "api-sim" {
+            flat = false;
+        }
+        println!(
+            "  {process:<10} {pid:>8}  {} samples  RSS {:+.1} MB  fds {dfds:+}{}",
+            v.len(),
+            drss,
+            if grew { "  GREW" } else { "" }
+        );
+    }
+
+    let met = failed_outside == 0
+        && cuts_outside.is_empty()
+        && lost.is_empty()
+        && delivered
+        && unreported.is_empty()
+        && flat;
+    println!("\ntargets {}", if met { "met" } else { "MISSED" });
+    // The logs outlive the run's directory.
+    let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/soak-logs");
+    let _ = std::fs::create_dir_all(&keep);
+    for name in ["agent.log", "supervisor.log", "envoy.log"] {
+        let _ = std::fs::copy(stand.dir.path().join(name), keep.join(name));
+    }
+    println!("logs: {}", keep.display());
+    drop(stand);
+    if !met {
+        std::process::exit(1);
+    }
+}
