@@ -299,23 +299,99 @@ fn pipeline(c: &mut Criterion) {
     }
     g.finish();
     floor_ratio(&inputs, &settings, now);
+    endpoint_change(&cert, &settings, now);
+}
+
+/// An endpoint-only change (one backend re-addressed), the way the agent renders it: from the
+/// last config with the changed endpoint list rewritten (`render::splice`), beside a full render
+/// of the same change, in the same run. Both render for the store (the certificates' directory is
+/// named by the hash, so it moves too) and alternate between two specs, so every run is a change.
+fn endpoint_change(cert: &Cert, settings: &Settings, now: i64) {
+    use vpsie_lb_agent::pipeline::{self, Managed};
+    use vpsie_lb_agent::render::splice::{Cache, How};
+    println!("\nan endpoint-only change (one backend re-addressed), median of 15 runs each");
+    println!("| backends | full render ms | spliced ms | full / spliced | load + spliced ms |");
+    println!("|---|---|---|---|---|");
+    for n in SIZES {
+        let a = spec_json(n, cert);
+        let mut b = a.clone();
+        let first = b["data"]["rules"]
+            .as_array_mut()
+            .and_then(|rules| {
+                rules.iter_mut().find_map(|r| {
+                    r["backends"]
+                        .as_array_mut()
+                        .filter(|l| !l.is_empty())
+                        .map(|l| &mut l[0])
+                })
+            })
+            .expect("a rule with backends");
+        first["ip"] = json!("10.255.255.254");
+        let inputs = [a, b].map(|v| serde_json::to_vec(&v).expect("JSON serialises"));
+        let loaded = inputs
+            .clone()
+            .map(|i| pipeline::load(&i, settings, now).expect("valid spec"));
+        let (r, m) = (Default::default(), Managed::default());
+        let mut k = 0;
+        let full = median(
+            || {
+                k += 1;
+                let l = loaded[k % 2].clone();
+                black_box(pipeline::finish(l, &r, &m, settings, true).expect("renders"));
+            },
+            15,
+        );
+        let mut cache = Cache::default();
+        let _ = pipeline::finish_cached(loaded[k % 2].clone(), &r, &m, settings, &mut cache);
+        let spliced = median(
+            || {
+                k += 1;
+                let l = loaded[k % 2].clone();
+                let (p, how) =
+                    pipeline::finish_cached(l, &r, &m, settings, &mut cache).expect("renders");
+                assert_eq!(how, How::Spliced { changed: 1 });
+                black_box(p);
+            },
+            15,
+        );
+        let whole = median(
+            || {
+                k += 1;
+                let l = pipeline::load(&inputs[k % 2], settings, now).expect("valid spec");
+                let (p, how) =
+                    pipeline::finish_cached(l, &r, &m, settings, &mut cache).expect("renders");
+                assert_eq!(how, How::Spliced { changed: 1 });
+                black_box(p);
+            },
+            15,
+        );
+        println!(
+            "| {n} | {:.2} | {:.2} | {:.1} | {:.2} |",
+            full.as_secs_f64() * 1e3,
+            spliced.as_secs_f64() * 1e3,
+            full.as_secs_f64() / spliced.as_secs_f64(),
+            whole.as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// The median time of `runs` calls.
+fn median(mut f: impl FnMut(), runs: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
 }
 
 /// The pipeline beside a floor measured in the same run: parsing the same input with serde_json
 /// and writing the same output bytes (into memory, as `prepare` does; it does no I/O). Printed as
 /// medians and their ratio (target: 10,000 backends in at most 20 ms, and at most 3x the floor).
 fn floor_ratio(inputs: &[(usize, Vec<u8>)], settings: &Settings, now: i64) {
-    fn median(mut f: impl FnMut(), runs: usize) -> Duration {
-        let mut times: Vec<Duration> = (0..runs)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect();
-        times.sort();
-        times[runs / 2]
-    }
     println!("\npipeline beside its floor (median of 15 runs each)");
     println!("| backends | prepare ms | floor ms | prepare / floor |");
     println!("|---|---|---|---|");

@@ -5,15 +5,17 @@
 #   h2load    (nghttp2-client)  HTTP/2 load through an http2 rule, tests/it/grpc.rs
 #   pebble, pebble-challtestsrv (pebble)  the ACME test CA and its DNS, tests/it/managed.rs
 #   keepalived, ip (keepalived, iproute2)  high availability in network namespaces, tests/it/ha.rs
+#   faketime  (faketime)        the agent's clock jumping (libfaketime), tests/it/faults.rs
 #   haproxy   (haproxy)         only with WITH_HAPROXY=1: the baseline of `make bench-live`
 set -euo pipefail
 need=()
-tools=(promtool h2load pebble pebble-challtestsrv keepalived ip)
+tools=(promtool h2load pebble pebble-challtestsrv keepalived ip faketime)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v keepalived >/dev/null 2>&1 || need+=(keepalived)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v pebble-challtestsrv >/dev/null 2>&1 || need+=(pebble)
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ "${WITH_HAPROXY:-}" = 1 ]; then
   tools+=(haproxy)
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
@@ -32,7 +34,7 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-test-tools: no apt-get here; install promtool, h2load, pebble, keepalived and ip (${need[*]} on Debian) by hand." >&2
+  echo "install-test-tools: no apt-get here; install promtool, h2load, pebble, keepalived, ip and faketime (${need[*]} on Debian) by hand." >&2
   exit 1
 fi
 echo "install-test-tools: installing ${need[*]}"

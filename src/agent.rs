@@ -17,6 +17,7 @@ use crate::api::{self, ApiClient, Fetched};
 use crate::events::{Event, EventQueue};
 use crate::metrics::AgentMetrics;
 use crate::pipeline;
+use crate::render;
 use crate::resolve::{self, Resolved, Resolver};
 use crate::settings::Settings;
 use crate::spec::{self, Finding};
@@ -127,6 +128,10 @@ pub struct Agent {
     answers: resolve::Cache,
     reported: HashSet<String>,
     last_body: Option<Vec<u8>>,
+    /// The last config rendered: an endpoint-only change rewrites only its endpoint lists.
+    render_cache: render::splice::Cache,
+    /// The last spec fetched failed validation: each poll judges it again.
+    spec_refused: bool,
     /// Managed certificates (ACME): what is held, the challenges pending, the manager's events.
     certs: acme::Certs,
 }
@@ -179,6 +184,8 @@ impl Agent {
             answers: resolve::Cache::default(),
             reported: HashSet::new(),
             last_body: None,
+            render_cache: render::splice::Cache::default(),
+            spec_refused: false,
             certs,
         })
     }
@@ -416,10 +423,13 @@ impl Agent {
                 self.state.last_poll_result = Some("not modified".into());
                 // The spec is the same, but a host name's answer may have expired: look again,
                 // and apply if what the names resolve to changed.
+                // A spec refused by validation is judged again at every poll: a certificate's
+                // validity depends on the clock (one not valid yet, a clock set right again).
                 let expired = self
                     .answers
                     .next_expiry()
-                    .is_some_and(|t| t <= Instant::now());
+                    .is_some_and(|t| t <= Instant::now())
+                    || self.spec_refused;
                 let mut outcome = Outcome::Unchanged;
                 if expired {
                     if let Some(body) = self.last_body.take() {
@@ -444,11 +454,14 @@ impl Agent {
 
     async fn reconcile(&mut self, body: &[u8], force: bool) -> Outcome {
         let now = pipeline::now_unix();
+        self.spec_refused = false;
         let loaded = match pipeline::load(body, &self.settings, now) {
             Ok(l) => l,
             Err(errors) => {
+                self.spec_refused = true;
                 let body_hash = rejected_hash(body);
                 if self.state.rejected.as_deref() != Some(body_hash.as_str()) {
+                    tracing::warn!("{errors}");
                     self.metrics.spec_rejections.inc();
                     self.report(Event::config_rejected(
                         &body_hash,
@@ -456,8 +469,9 @@ impl Agent {
                         SystemTime::now(),
                     ));
                     self.state.rejected = Some(body_hash.clone());
+                } else {
+                    tracing::debug!("still refused: {errors}");
                 }
-                tracing::warn!("{errors}");
                 return Outcome::Rejected {
                     hash: body_hash,
                     by_envoy: false,
@@ -482,8 +496,24 @@ impl Agent {
             self.metrics.set_certificates(&loaded.spec);
             return Outcome::Unchanged;
         }
-        let prepared = match pipeline::finish(loaded, &resolved, &managed, &self.settings, true) {
-            Ok(p) => p,
+        let prepared = match pipeline::finish_cached(
+            loaded,
+            &resolved,
+            &managed,
+            &self.settings,
+            &mut self.render_cache,
+        ) {
+            Ok((p, how)) => {
+                let label = match how {
+                    render::splice::How::Full => "full",
+                    render::splice::How::Spliced { changed } => {
+                        tracing::debug!(changed, "endpoint-only change: endpoint lists rewritten");
+                        "spliced"
+                    }
+                };
+                self.metrics.renders.with_label_values(&[label]).inc();
+                p
+            }
             Err(e) => return self.failed(hash, e.to_string()),
         };
         let span = tracing::info_span!("apply", %hash);
@@ -719,13 +749,14 @@ pub fn parse_envoy_version(text: &str) -> Option<String> {
 }
 
 async fn envoy_version(settings: &Settings) -> String {
-    let out = tokio::process::Command::new(&settings.envoy.binary)
-        .arg("--version")
-        .output()
-        .await;
-    out.ok()
-        .and_then(|o| parse_envoy_version(&String::from_utf8_lossy(&o.stdout)))
-        .unwrap_or_else(|| "unknown".into())
+    match crate::envoy::process::query(&settings.envoy.binary, "--version").await {
+        Ok(o) => parse_envoy_version(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => {
+            tracing::warn!("cannot tell Envoy's version: {e:#}");
+            None
+        }
+    }
+    .unwrap_or_else(|| "unknown".into())
 }
 
 /// How long the loop may go without a turn before `/healthz` calls it stuck: three polls plus the

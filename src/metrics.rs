@@ -49,6 +49,9 @@ pub struct AgentMetrics {
     pub api_request_duration: HistogramVec,
     pub applies: IntCounterVec,
     pub apply_duration: Histogram,
+    /// Configs rendered, by how: from the templates, or the last config with only its endpoint
+    /// lists rewritten.
+    pub renders: IntCounterVec,
     pub envoy_epoch: IntGauge,
     pub config_info: IntGaugeVec,
     pub last_apply: Gauge,
@@ -128,6 +131,16 @@ impl AgentMetrics {
                     "apply_duration_seconds",
                     "From render to the new epoch LIVE",
                 )),
+            ),
+            renders: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}renders_total"),
+                        "Configs rendered, by how: full (the templates) or spliced (an endpoint-only change: the last config with the changed endpoint lists rewritten)",
+                    ),
+                    &["how"],
+                ),
             ),
             envoy_epoch: reg(
                 &r,
@@ -257,6 +270,9 @@ impl AgentMetrics {
         }
         for v in APPLY_RESULTS {
             m.applies.with_label_values(&[v]);
+        }
+        for v in ["full", "spliced"] {
+            m.renders.with_label_values(&[v]);
         }
         for v in ACME_RESULTS {
             m.acme_attempts.with_label_values(&[v]);

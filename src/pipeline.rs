@@ -121,26 +121,59 @@ pub struct Managed {
 /// config's hash in the supervisor's store, so that each stored config is complete on its own.
 /// The spec is completed with `managed` first ([`complete`]).
 pub fn finish(
-    mut loaded: Loaded,
+    loaded: Loaded,
     resolved: &Resolved,
     managed: &Managed,
     settings: &Settings,
     for_store: bool,
 ) -> Result<Prepared, Failure> {
+    finish_with(loaded, resolved, managed, settings, for_store, None).map(|(p, _)| p)
+}
+
+/// As [`finish`] for the store, rendering from `cache`, the last config rendered: an
+/// endpoint-only change rewrites only the endpoint lists that changed ([`render::splice`]).
+pub fn finish_cached(
+    loaded: Loaded,
+    resolved: &Resolved,
+    managed: &Managed,
+    settings: &Settings,
+    cache: &mut render::splice::Cache,
+) -> Result<(Prepared, render::splice::How), Failure> {
+    finish_with(loaded, resolved, managed, settings, true, Some(cache))
+}
+
+fn finish_with(
+    mut loaded: Loaded,
+    resolved: &Resolved,
+    managed: &Managed,
+    settings: &Settings,
+    for_store: bool,
+    cache: Option<&mut render::splice::Cache>,
+) -> Result<(Prepared, render::splice::How), Failure> {
     let hash = complete(&mut loaded, resolved, managed);
-    let rendered = if for_store {
-        let mut local = settings.clone();
-        local.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
-        render::render(&loaded.spec, &local, resolved, &managed.challenges)
+    let local;
+    let settings = if for_store {
+        let mut s = settings.clone();
+        s.envoy.cert_dir = Some(ConfigStore::new(&settings.envoy.config_dir).cert_dir(&hash));
+        local = s;
+        &local
     } else {
-        render::render(&loaded.spec, settings, resolved, &managed.challenges)
+        settings
+    };
+    let (rendered, how) = match cache {
+        Some(c) => c.render(&loaded.spec, settings, resolved, &managed.challenges),
+        None => render::render(&loaded.spec, settings, resolved, &managed.challenges)
+            .map(|r| (r, render::splice::How::Full)),
     }
     .map_err(anyhow::Error::from)?;
-    Ok(Prepared {
-        loaded,
-        hash,
-        rendered,
-    })
+    Ok((
+        Prepared {
+            loaded,
+            hash,
+            rendered,
+        },
+        how,
+    ))
 }
 
 /// Parse, normalise, validate, hash and render, with no host name resolved (a backend host

@@ -9,6 +9,7 @@ use crate::settings::Settings;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Lines of an epoch's log returned with a failure.
@@ -163,16 +164,30 @@ pub fn log_tail(file: &Path, pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// How long `envoy --version` or `--hot-restart-version` may take: they print and exit, and a
+/// binary that hangs instead (a broken upgrade, a stuck loader) must not hold up its caller.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `binary flag` for what it prints, killed after [`QUERY_TIMEOUT`].
+pub async fn query(binary: &Path, flag: &str) -> anyhow::Result<std::process::Output> {
+    let child = tokio::process::Command::new(binary)
+        .arg(flag)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(QUERY_TIMEOUT, child).await {
+        Ok(out) => out.map_err(|e| anyhow::anyhow!("cannot run {} {flag}: {e}", binary.display())),
+        Err(_) => anyhow::bail!(
+            "{} {flag} did not finish within {} s (killed)",
+            binary.display(),
+            QUERY_TIMEOUT.as_secs()
+        ),
+    }
+}
+
 /// The hot-restart version this Envoy binary speaks (`envoy --hot-restart-version`).
 pub async fn binary_hot_restart_version(binary: &Path) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(binary)
-        .arg("--hot-restart-version")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot run {} --hot-restart-version: {e}", binary.display())
-        })?;
+    let out = query(binary, "--hot-restart-version").await?;
     let v = version_from_output(&out.stdout, &out.stderr);
     match v {
         Some(v) if out.status.success() => Ok(v),

@@ -11,6 +11,7 @@
 //! The templates are compiled into the binary, so the agent is self-contained.
 
 mod sources;
+pub mod splice;
 mod view;
 pub mod xds;
 
@@ -160,18 +161,28 @@ fn lb_endpoints_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Va
     let Value::Array(list) = v else {
         return Err(bad(v));
     };
-    let mut out = String::with_capacity(32 + list.len() * ENDPOINT_BYTES);
-    out.push('[');
-    for (i, e) in list.iter().enumerate() {
-        let (address, port, weight) = match e.as_array().map(Vec::as_slice) {
+    let mut endpoints = Vec::with_capacity(list.len());
+    for e in list {
+        match e.as_array().map(Vec::as_slice) {
             Some([Value::String(a), Value::Number(p), Value::Number(w)]) => {
                 match (p.as_u64(), w.as_u64()) {
-                    (Some(p), Some(w)) => (a, p, w),
+                    (Some(p), Some(w)) => endpoints.push((a.as_str(), p, w)),
                     _ => return Err(bad(e)),
                 }
             }
             _ => return Err(bad(e)),
-        };
+        }
+    }
+    let mut out = String::with_capacity(32 + list.len() * ENDPOINT_BYTES);
+    write_lb_endpoints(&mut out, endpoints.into_iter());
+    Ok(Value::String(out))
+}
+
+/// The text of one `lb_endpoints` list: what the filter prints, and what a splice writes in its
+/// place ([`splice`]), so that the two cannot differ.
+fn write_lb_endpoints<'a>(out: &mut String, endpoints: impl Iterator<Item = (&'a str, u64, u64)>) {
+    out.push('[');
+    for (i, (address, port, weight)) in endpoints.enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -182,9 +193,12 @@ fn lb_endpoints_filter(v: &Value, _: &HashMap<String, Value>) -> tera::Result<Va
             quote(address)
         );
     }
-    out.push_str("\n              ]");
-    Ok(Value::String(out))
+    out.push_str(LB_ENDPOINTS_END);
 }
+
+/// How every `lb_endpoints` list ends: a newline is never inside a value (`quote` escapes it),
+/// and each endpoint's line is indented deeper, so this finds a list's end.
+const LB_ENDPOINTS_END: &str = "\n              ]";
 
 /// Pending ACME HTTP-01 challenges: token → key authorization. Both come from the CA, so they
 /// are held to the RFC's alphabet (base64url, and one `.` in the key authorization) before
@@ -213,15 +227,31 @@ pub fn render(
     resolved: &Resolved,
     challenges: &Challenges,
 ) -> Result<Rendered, RenderError> {
-    let tera = templates()?;
+    let (view, files) = build_view(spec, settings, resolved, challenges);
+    let config = render_view(&view)?;
+    Ok(Rendered { config, files })
+}
+
+/// The template's view of a spec, and the files it names.
+fn build_view(
+    spec: &Spec,
+    settings: &Settings,
+    resolved: &Resolved,
+    challenges: &Challenges,
+) -> (View, Vec<CertFile>) {
     let challenges: Challenges = challenges
         .iter()
         .filter(|(t, k)| challenge_ok(t, k))
         .map(|(t, k)| (t.clone(), k.clone()))
         .collect();
-    let (view, files) = view::build(spec, settings, resolved, &challenges);
+    view::build(spec, settings, resolved, &challenges)
+}
+
+/// The whole config from the templates, self-checked.
+fn render_view(view: &View) -> Result<String, RenderError> {
+    let tera = templates()?;
     let ctx =
-        tera::Context::from_serialize(&view).map_err(|e| RenderError::Render(e.to_string()))?;
+        tera::Context::from_serialize(view).map_err(|e| RenderError::Render(e.to_string()))?;
     // Sized for the endpoints plus the rest, so that a big config is not copied over and over
     // as Tera's buffer grows.
     let endpoints: usize = view.clusters.iter().map(|c| c.endpoints.len()).sum();
@@ -230,8 +260,8 @@ pub fn render(
         .map_err(|e| RenderError::Render(format!("{:#}", anyhow::Error::new(e))))?;
     let config = String::from_utf8(out)
         .map_err(|e| RenderError::Render(format!("the output is not UTF-8: {e}")))?;
-    check(&config, &view)?;
-    Ok(Rendered { config, files })
+    check(&config, view)?;
+    Ok(config)
 }
 
 /// The parts of a rendered config the self-check reads back. Strings are borrowed and every

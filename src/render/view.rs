@@ -252,7 +252,7 @@ pub struct OutlierView {
 
 /// One backend. Serialised as `[address, port, weight]` rather than a keyed object: a pool can
 /// hold 10,000 of them and the template context copies every one (`make bench`).
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: String,
     pub port: u16,

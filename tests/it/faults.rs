@@ -416,6 +416,55 @@ async fn a_missing_envoy_binary_keeps_the_last_good_config_and_recovers() {
     .await;
 }
 
+/// An Envoy binary that hangs when asked its version (a broken upgrade) holds nothing up: the
+/// agent gives up on the question after its time limit, reports the version unknown, and
+/// applies the spec; the hung process is killed, not left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_binary_that_hangs_holds_nothing_up() {
+    let u1 = upstream::http("u1", None).await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &u1));
+    let mut settings = agent_settings(&stand, &sim);
+    let marker = format!("hang-{}", std::process::id());
+    let hanging = stand.dir.path().join("envoy-hangs");
+    std::fs::write(
+        &hanging,
+        format!("#!/bin/bash\nexec -a {marker} sleep 600\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &hanging,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The agent's own view of the binary; the supervisor runs the real one.
+    settings.envoy.binary = hanging;
+    let _agent = Running(agent_process(&stand, &settings)());
+    let deadline =
+        Instant::now() + vpsie_lb_agent::envoy::process::QUERY_TIMEOUT + Duration::from_secs(20);
+    while served_by(front).await != "u1" {
+        assert!(Instant::now() < deadline, "the spec was never applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until("agent_started reaches the API", || async {
+        sim.events()
+            .await
+            .iter()
+            .any(|e| e["type"] == "agent_started" && e["metadata"]["envoy_version"] == "unknown")
+    })
+    .await;
+    let left = Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the hung process was left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
 /// Slow clients on the agent's metrics port (connections that send half a request head and then
 /// nothing): the server serves at most its limit at once, closes each after its head timeout,
 /// and a real scrape still gets its answer while the agent keeps polling.
@@ -533,5 +582,173 @@ async fn a_truncated_stored_config_is_recovered_by_itself() {
             stored.display()
         )),
         "the supervisor does not say what is wrong:\n{log}"
+    );
+}
+
+/// libfaketime, which moves the wall clock of the processes it is preloaded into (and of no
+/// other): Debian's `faketime` package, which `make test` installs.
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file());
+    found
+        .expect("libfaketime is required for this test: install Debian's faketime (make test does)")
+}
+
+/// The wall clock jumping under the agent (libfaketime moves the agent's clock only; its
+/// monotonic clock, which times its polls and retries, runs on as a real jump leaves it):
+/// forward past a certificate's expiry, a spec change is refused at the certificate with the
+/// date it expired, the last good config serving; set right again, the same spec is applied
+/// without any change of it. Then back before the certificate's start, likewise. Every event
+/// arrives once, with the clock the agent had when it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_jump_refuses_clearly_keeps_serving_and_recovers() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let tls_port = Stand::front_port();
+    // Valid from yesterday for ten days.
+    let cert = crate::support::certs::cert_valid(&["clock.test"], -1, 10);
+    let spec = |up: &Upstream| {
+        json!({"identifier": LB, "lbName": "clock", "rules": [
+            {"ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+             "backends": [{"identifier": "b", "ip": "127.0.0.1", "port": up.port()}]},
+            {"ruleId": "secure", "scheme": "https", "frontPort": tls_port, "backPort": 1,
+             "tls": {"certificateId": "clock", "certificatePem": cert.cert_pem,
+                     "privateKeyPem": cert.key_pem},
+             "backends": [{"identifier": "b", "ip": "127.0.0.1", "port": up.port()}]}]})
+    };
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(&u1));
+    let mut settings = agent_settings(&stand, &sim);
+    // Envoy does not run under libfaketime (it hangs at start): the agent asks its version
+    // through a wrapper that leaves it out. Only the agent's clock jumps.
+    let wrapper = stand.dir.path().join("envoy-real-clock");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nunset LD_PRELOAD\nexec '{}' \"$@\"\n",
+            crate::support::envoy_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    settings.envoy.binary = wrapper;
+    let _ = agent_process(&stand, &settings); // writes the agent's settings file
+    let clock = stand.dir.path().join("clock");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let _agent = Running(
+        Command::new(crate::support::agent_bin())
+            .args(["run", "--config"])
+            .arg(stand.dir.path().join("agent-run.yaml"))
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    until("u1 serves", || async { served_by(front).await == "u1" }).await;
+    let today = time::OffsetDateTime::now_utc().date();
+    let day_of = |e: &Value| -> time::Date {
+        let ts = e["timestamp"].as_str().unwrap_or_default();
+        let part = |r: std::ops::Range<usize>| -> i32 {
+            ts.get(r)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("not RFC 3339: {ts}"))
+        };
+        let month = time::Month::try_from(part(5..7) as u8).unwrap();
+        time::Date::from_calendar_date(part(0..4), month, part(8..10) as u8).unwrap()
+    };
+    let events_of = |kind: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.events()
+                .await
+                .into_iter()
+                .filter(|e| e["type"] == kind)
+                .collect::<Vec<Value>>()
+        }
+    };
+
+    // Forward, past the certificate's end: the change is refused at the certificate.
+    std::fs::write(&clock, "+30d\n").unwrap();
+    sim.write_spec(&spec(&u2));
+    until("the refusal reaches the API", || async {
+        !events_of("config_rejected").await.is_empty()
+    })
+    .await;
+    let refused = events_of("config_rejected").await.remove(0);
+    let text = refused.to_string();
+    assert!(
+        text.contains("rules[1].tls") && text.contains("expired on"),
+        "names the certificate and its expiry: {text}"
+    );
+    assert!(
+        day_of(&refused) >= today + time::Duration::days(29),
+        "{refused}"
+    );
+    assert_eq!(served_by(front).await, "u1", "the last good config serves");
+
+    // Set right: the same spec, unchanged at the API, is judged again and applied.
+    std::fs::write(&clock, "+0\n").unwrap();
+    until("u2 serves once the clock is right", || async {
+        served_by(front).await == "u2"
+    })
+    .await;
+
+    // Back, before the certificate's start: refused likewise, then applied once set right.
+    std::fs::write(&clock, "-3d\n").unwrap();
+    sim.write_spec(&spec(&u1));
+    until("the second refusal reaches the API", || async {
+        events_of("config_rejected").await.len() == 2
+    })
+    .await;
+    let refused = events_of("config_rejected").await.remove(1);
+    assert!(
+        refused.to_string().contains("is not valid before"),
+        "{refused}"
+    );
+    assert!(
+        day_of(&refused) <= today - time::Duration::days(2),
+        "{refused}"
+    );
+    assert_eq!(served_by(front).await, "u2", "the last good config serves");
+    std::fs::write(&clock, "+0\n").unwrap();
+    until("u1 serves once the clock is right", || async {
+        served_by(front).await == "u1"
+    })
+    .await;
+
+    // Every event once: started, three applies (u1, u2, u1), two refusals.
+    until("the last apply reaches the API", || async {
+        events_of("config_applied").await.len() == 3
+    })
+    .await;
+    let events = sim.events().await;
+    let mut kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "agent_started",
+            "config_applied",
+            "config_applied",
+            "config_applied",
+            "config_rejected",
+            "config_rejected"
+        ],
+        "{events:#?}"
     );
 }

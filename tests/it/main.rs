@@ -22,6 +22,7 @@ mod pool_health;
 mod proptest_specs;
 mod real_shape;
 mod sources;
+mod splice;
 mod supervision;
 mod traffic;
 mod validation;
