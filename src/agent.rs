@@ -158,10 +158,19 @@ impl Agent {
     pub fn with_api(api: ApiClient, settings: Settings) -> anyhow::Result<Agent> {
         store::create_private_dir(&settings.state_dir)?;
         let queue = EventQueue::open(&settings.event_queue_path(), QUEUE_CAPACITY)?;
-        let state: AgentState = std::fs::read(settings.agent_state_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let state_path = settings.agent_state_path();
+        // Damaged, the state is only bookkeeping: the next poll finds out what serves, and at
+        // worst an event is reported again (never lost).
+        let state: AgentState = match std::fs::read(&state_path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "ignoring unreadable state file {}: {e}; starting afresh",
+                    state_path.display()
+                );
+                AgentState::default()
+            }),
+            Err(_) => AgentState::default(),
+        };
         let metrics = Arc::new(AgentMetrics::new());
         let health = Arc::new(Health::default());
         health
