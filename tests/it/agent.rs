@@ -1139,3 +1139,57 @@ async fn a_host_name_resolving_to_a_forbidden_address_gets_no_endpoint_and_is_re
         "{metrics}"
     );
 }
+
+/// The agent's state and event queue files damaged on disk (truncated mid-write by a crash of the
+/// machine): the agent starts all the same, the queue file is moved aside (kept for a person to
+/// read), it finds what serves and applies the spec, and reports from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_state_files_are_set_aside_and_the_agent_carries_on() {
+    let (u1, u2) = (
+        upstream::http("u1", None).await,
+        upstream::http("u2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, &[("u1", &u1)]));
+    let settings = agent_settings(&stand, &sim);
+    let mut agent = Agent::new(settings.clone()).unwrap();
+    assert!(matches!(agent.cycle(false).await, Outcome::Applied { .. }));
+    flush_all(&mut agent).await;
+    drop(agent);
+    // Cut mid-write: valid JSON's first half.
+    for path in [settings.agent_state_path(), settings.event_queue_path()] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+    }
+    let mut agent = Agent::new(settings.clone()).unwrap();
+    let aside: Vec<String> = std::fs::read_dir(&settings.state_dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("events.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged queue is kept aside");
+    // What serves is found again: the same spec is no new apply.
+    let before = sim.events().await.len();
+    assert!(matches!(
+        agent.cycle(false).await,
+        Outcome::Applied { .. } | Outcome::Unchanged
+    ));
+    sim.write_spec(&spec(front, &[("u2", &u2)]));
+    assert!(matches!(agent.cycle(false).await, Outcome::Applied { .. }));
+    flush_all(&mut agent).await;
+    let events = sim.events().await;
+    assert!(
+        events[before..]
+            .iter()
+            .any(|e| e["type"] == "config_applied"),
+        "{events:?}"
+    );
+    let body = reqwest::get(format!("http://127.0.0.1:{front}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "u2");
+}
