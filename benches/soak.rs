@@ -726,14 +726,22 @@ async fn soak() {
     // after it vs. its last; the processes killed on purpose are judged per life (pid).
     let mut flat = true;
     println!(
-        "\ngrowth after the first {:?} (per process life)",
+        "\ngrowth after the first {:?} (per process life, from its third sample)",
         plan.settle
     );
     let mut lives: BTreeMap<(&str, u32), Vec<&Sample>> = BTreeMap::new();
-    for s in samples.iter().filter(|s| s.at >= plan.settle) {
+    for s in &samples {
         lives.entry((s.process, s.pid)).or_default().push(s);
     }
-    for ((process, pid), v) in &lives {
+    for ((process, pid), all) in &lives {
+        // A life's first two samples may catch it starting up (in a short run they do): its
+        // growth counts from its third, and from the settling time.
+        let v: Vec<&Sample> = all
+            .iter()
+            .skip(2)
+            .filter(|s| s.at >= plan.settle)
+            .copied()
+            .collect();
         if v.len() < 3 {
             continue;
         }
