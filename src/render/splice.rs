@@ -59,24 +59,21 @@ impl Cache {
     ) -> Result<(Rendered, How), RenderError> {
         let (mut view, files) = build_view(spec, settings, resolved, challenges);
         let cert_dir = settings.cert_dir().to_string_lossy().into_owned();
-        let mut endpoints: Vec<Vec<Endpoint>> = view
-            .clusters
-            .iter_mut()
-            .map(|c| std::mem::take(&mut c.endpoints))
-            .collect();
-        let shape = serde_json::to_string(&view).map_err(|e| RenderError::Render(e.to_string()))?;
-        // Moved back for the render or the self-check, and out again for the cache.
-        let put_back = |view: &mut View, endpoints: &mut Vec<Vec<Endpoint>>| {
-            for (c, e) in view.clusters.iter_mut().zip(endpoints.iter_mut()) {
-                c.endpoints = std::mem::take(e);
-            }
-        };
+        // Taken out for the shape, moved back for the render or the self-check, and out again
+        // for the cache.
         let take_out = |view: &mut View| -> Vec<Vec<Endpoint>> {
             view.clusters
                 .iter_mut()
                 .map(|c| std::mem::take(&mut c.endpoints))
                 .collect()
         };
+        let put_back = |view: &mut View, endpoints: &mut Vec<Vec<Endpoint>>| {
+            for (c, e) in view.clusters.iter_mut().zip(endpoints.iter_mut()) {
+                c.endpoints = std::mem::take(e);
+            }
+        };
+        let mut endpoints = take_out(&mut view);
+        let shape = serde_json::to_string(&view).map_err(|e| RenderError::Render(e.to_string()))?;
         // Taken out: a render that fails leaves no cache, rather than one for another config.
         let spliced = self
             .last

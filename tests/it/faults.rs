@@ -2,7 +2,7 @@
 //! clear error, the last good config keeps serving, no state or event is lost, and the agent
 //! recovers by itself when the fault goes. Needs root (the tests mount their own tmpfs).
 
-use crate::support::sim::{agent_process, agent_settings, client, Sim, LB};
+use crate::support::sim::{agent_metric, agent_process, agent_settings, client, Sim, LB};
 use crate::support::supervisor::Stand;
 use crate::support::upstream::{self, Upstream};
 use serde_json::{json, Value};
@@ -126,21 +126,6 @@ async fn served_by(front: u16) -> String {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(e) => format!("error: {e}"),
     }
-}
-
-/// One value of the agent's own metrics.
-async fn agent_metric(port: u16, name: &str) -> Option<f64> {
-    let text = client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Waits for `what` to hold, polling every 50 ms, for at most 20 s.

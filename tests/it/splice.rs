@@ -2,7 +2,7 @@
 //! byte for byte what the templates make, only endpoint-only changes take that path, and the real
 //! agent takes it for a backend change.
 
-use crate::support::sim::{self, agent_process, agent_settings, Sim};
+use crate::support::sim::{self, agent_metric, agent_process, agent_settings, Sim};
 use crate::support::supervisor::Stand;
 use crate::support::{certs, upstream};
 use serde_json::{json, Value};
@@ -202,15 +202,7 @@ async fn the_agent_splices_a_backend_change_and_envoy_serves_it() {
     let sim = Sim::start(&spec(&u1));
     let settings = agent_settings(&stand, &sim);
     let mut agent = agent_process(&stand, &settings)();
-    let metric = |name: &'static str| {
-        let url = format!("http://127.0.0.1:{}/metrics", settings.metrics.port);
-        async move {
-            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        }
-    };
+    let port = settings.metrics.port;
     let answers = |want: &'static str| async move {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -232,12 +224,12 @@ async fn the_agent_splices_a_backend_change_and_envoy_serves_it() {
     sim.write_spec(&spec(&u2));
     answers("u2").await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric("vpsie_lb_agent_renders_total{how=\"spliced\"} ").await != Some(1.0) {
+    while agent_metric(port, "vpsie_lb_agent_renders_total{how=\"spliced\"}").await != Some(1.0) {
         assert!(Instant::now() < deadline, "the change was not spliced");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        metric("vpsie_lb_agent_renders_total{how=\"full\"} ").await,
+        agent_metric(port, "vpsie_lb_agent_renders_total{how=\"full\"}").await,
         Some(1.0)
     );
     let _ = agent.kill();

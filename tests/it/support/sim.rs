@@ -211,3 +211,18 @@ pub async fn wait_polls(settings: &Settings, result: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One value of the running agent's own metrics (`name` with its labels), if it answers.
+pub async fn agent_metric(port: u16, name: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
