@@ -10,7 +10,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Lines of an epoch's log returned with a failure.
 const LOG_LINES: usize = 40;
@@ -25,6 +25,55 @@ pub struct Epoch {
     pub hash: String,
     pub pid: u32,
     log_file: PathBuf,
+    exited: ExitWatch,
+}
+
+/// Whether an epoch's process has exited, set by the task that reaps it before the exit is
+/// reported on the channel. Whatever the supervisor waits on (a confirmation, a hot restart's
+/// child) races it, so a dead Envoy is never waited on as if it were a slow one.
+#[derive(Debug, Clone)]
+pub struct ExitWatch {
+    pub epoch: u32,
+    pub pid: u32,
+    /// How it ended (`signal: 9 (SIGKILL)`, `exit status: 1`), once it has.
+    rx: watch::Receiver<Option<String>>,
+}
+
+impl ExitWatch {
+    /// True once the process has exited: reaped (the flag), or dead and not reaped yet. The
+    /// flag lags a kill by one turn of the runtime (SIGCHLD, then the reaping task); a decision
+    /// such as "hot restart from this parent?" must not. An unreaped pid cannot be reused, so
+    /// its `/proc` entry is this process's.
+    pub fn has_exited(&self) -> bool {
+        if self.rx.borrow().is_some() {
+            return true;
+        }
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            // "pid (comm) state ...": the command may hold ')' too, so the last one ends it.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+            Err(_) => true,
+        }
+    }
+
+    /// Resolves when the process has exited.
+    pub async fn exited(&self) {
+        let mut rx = self.rx.clone();
+        // An error means the reaping task is gone, which it is only after the exit.
+        let _ = rx.wait_for(Option::is_some).await;
+    }
+
+    /// "envoy epoch N (pid P) exited (how)": what a step that stopped because of it says.
+    pub fn describe(&self) -> String {
+        match self.rx.borrow().as_deref() {
+            Some(how) => format!(
+                "envoy epoch {} (pid {}) exited ({how})",
+                self.epoch, self.pid
+            ),
+            None => format!("envoy epoch {} (pid {}) exited", self.epoch, self.pid),
+        }
+    }
 }
 
 /// An epoch's exit, as the waiting task reports it.
@@ -40,8 +89,21 @@ impl Epoch {
         log_tail(&self.log_file, self.pid)
     }
 
+    /// Signals the process, unless it has already exited and been reaped (its pid may then
+    /// belong to another process).
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig);
+        if !self.has_exited() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), sig);
+        }
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited.has_exited()
+    }
+
+    /// A handle that tells when this process exits (cheap to clone).
+    pub fn watch(&self) -> ExitWatch {
+        self.exited.clone()
     }
 }
 
@@ -119,8 +181,10 @@ pub fn spawn(
         )
     })?;
     let pid = child.id().unwrap_or(0);
+    let (exited_tx, exited_rx) = watch::channel(None);
     tokio::spawn(async move {
         let status = child.wait().await;
+        let _ = exited_tx.send(Some(describe(&status)));
         let _ = exits.send(Exit { pid, status });
     });
     Ok(Epoch {
@@ -128,7 +192,20 @@ pub fn spawn(
         hash: hash.to_owned(),
         pid,
         log_file: settings.envoy.log_file.clone(),
+        exited: ExitWatch {
+            epoch,
+            pid,
+            rx: exited_rx,
+        },
     })
+}
+
+/// How a process ended, in words.
+pub fn describe(status: &std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
 }
 
 /// What `pid` said last in an Envoy log file (`[time][pid][level]...`): its warnings and errors

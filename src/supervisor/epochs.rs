@@ -34,18 +34,36 @@ impl Supervisor {
             Err(e) => tracing::warn!("cannot read the running hot restart version: {e:#}"),
         }
         self.wait_old_exited().await;
-        let (e, files) = self.start(hash, live_epoch + 1).await?;
+        // Never a hot restart from a parent that is gone: the caller recovers it as a crash.
+        let parent = match &self.live {
+            Some(live) if !live.has_exited() => live.watch(),
+            Some(live) => {
+                return Err(StartFailure {
+                    error: format!("{} before the hot restart", live.watch().describe()),
+                    log: live.log_tail(),
+                })
+            }
+            None => {
+                return Err(StartFailure {
+                    error: "envoy exited before the hot restart".into(),
+                    log: Vec::new(),
+                })
+            }
+        };
+        let (e, files) = self.start(hash, live_epoch + 1, Some(parent)).await?;
         self.set_live(e, files, hash);
         Ok(())
     }
 
     /// Spawns one epoch from the stored config `hash`, its xDS files written afresh into the
     /// epoch's own directory, and waits until it is LIVE with every resource active. On failure
-    /// the process is gone and reaped.
+    /// the process is gone and reaped. A hot restart names its `parent`: if that exits before
+    /// the child is LIVE, the child can never take over, and the start fails at once.
     pub(super) async fn start(
         &mut self,
         hash: &str,
         epoch: u32,
+        parent: Option<process::ExitWatch>,
     ) -> Result<(process::Epoch, live::LiveFiles), StartFailure> {
         let fail = |error: String| StartFailure {
             error,
@@ -55,13 +73,30 @@ impl Supervisor {
         let files = self.write_epoch_files(&x).map_err(fail)?;
         let path = x.dir.join("bootstrap.json");
         let binary = binary_id(&self.settings.envoy.binary);
+        if let Some(p) = &parent {
+            hold("hot-restart-spawn").await;
+            // The last moment to find the parent gone without leaving a child waiting for it.
+            if p.has_exited() {
+                return Err(fail(format!(
+                    "{} before epoch {epoch} was started",
+                    p.describe()
+                )));
+            }
+        }
         let e = process::spawn(&self.settings, &path, epoch, hash, self.exits_tx.clone())
             .map_err(|err| fail(format!("{err:#}")))?;
         tracing::Span::current().record("epoch", epoch);
         tracing::info!(epoch, pid = e.pid, "started envoy epoch");
         let timeout = Duration::from_secs(self.settings.supervisor.live_timeout_s.into());
-        let result = match self.wait_live(&e, timeout).await {
-            Ok(()) => self.confirm_started(&x).await.map_err(|err| (err, false)),
+        let result = match self.wait_live(&e, timeout, parent.as_ref()).await {
+            Ok(()) => {
+                if parent.is_some() {
+                    hold("hot-restart-live").await;
+                }
+                self.confirm_started(&x, &e.watch())
+                    .await
+                    .map_err(|err| (err, false))
+            }
             Err(failed) => Err(failed),
         };
         match result {
@@ -128,9 +163,23 @@ impl Supervisor {
         &mut self,
         e: &process::Epoch,
         timeout: Duration,
+        parent: Option<&process::ExitWatch>,
     ) -> Result<(), (String, bool)> {
         let deadline = Instant::now() + timeout;
+        let parent_gone = |p: &process::ExitWatch| {
+            (
+                format!(
+                    "{} before epoch {} was LIVE: the new epoch cannot take over",
+                    p.describe(),
+                    e.epoch
+                ),
+                false,
+            )
+        };
         loop {
+            if let Some(p) = parent.filter(|p| p.has_exited()) {
+                return Err(parent_gone(p));
+            }
             if let Ok(info) = self.admin.server_info().await {
                 if info.restart_epoch == e.epoch && info.state == "LIVE" {
                     return Ok(());
@@ -153,6 +202,7 @@ impl Supervisor {
                     self.forget(exit);
                 }
                 _ = tokio::time::sleep(LIVE_POLL) => {}
+                _ = parent_exited(parent) => {}
             }
         }
     }
@@ -173,10 +223,16 @@ impl Supervisor {
     }
 
     /// The previous parent must be gone before the next hot restart, or Envoy cuts it short.
+    /// Returns early when the live epoch exits meanwhile: there is then no hot restart to do.
     pub(super) async fn wait_old_exited(&mut self) {
         let grace = Duration::from_secs(u64::from(self.settings.envoy.parent_shutdown_time_s) + 5);
+        let live = self.live.as_ref().map(|e| e.watch());
         while let Some(pid) = self.old.first().map(|e| e.pid) {
-            if !self.wait_exit(pid, grace).await {
+            let exited = tokio::select! {
+                exited = self.wait_exit(pid, grace) => exited,
+                _ = parent_exited(live.as_ref()) => return,
+            };
+            if !exited {
                 tracing::warn!(
                     pid,
                     "an old epoch outlived its parent shutdown time; killing it"
@@ -241,7 +297,13 @@ impl Supervisor {
         for e in &all {
             e.signal(Signal::SIGTERM);
         }
-        let pids = all.iter().map(|e| e.pid).collect();
+        // One that has already exited (a crash) is not waited for: its exit may have been
+        // taken off the channel already.
+        let pids = all
+            .iter()
+            .filter(|e| !e.has_exited())
+            .map(|e| e.pid)
+            .collect();
         let stubborn = self.wait_all_exit(pids, KILL_DEADLINE).await;
         for e in all.iter().filter(|e| stubborn.contains(&e.pid)) {
             tracing::warn!(pid = e.pid, "envoy did not stop after SIGTERM; killing it");
@@ -269,5 +331,13 @@ impl Supervisor {
                 Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+}
+
+/// Resolves when `watch`'s process exits; never without one.
+async fn parent_exited(watch: Option<&process::ExitWatch>) {
+    match watch {
+        Some(w) => w.exited().await,
+        None => std::future::pending().await,
     }
 }

@@ -15,6 +15,7 @@
 
 use super::*;
 use crate::envoy::admin::{self, XdsState, XdsStats};
+use crate::envoy::process::ExitWatch;
 use crate::render::xds::{self, Kind, Xds};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -151,6 +152,30 @@ pub(super) fn check_inotify(x: &Xds) -> Result<(), String> {
     Ok(())
 }
 
+/// Sleeps `d`, unless the watched Envoy exits first: then fails at once, saying so. Every wait on
+/// Envoy goes through here, so a dead process is never waited on as if it were a slow one.
+pub(super) async fn pause(watch: &ExitWatch, d: Duration) -> Result<(), String> {
+    if watch.has_exited() {
+        return Err(watch.describe());
+    }
+    tokio::select! {
+        _ = watch.exited() => Err(watch.describe()),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+/// Envoy's xDS stats, unless the watched Envoy exits first (an admin request to a busy Envoy can
+/// take seconds).
+async fn stats(
+    admin: &admin::Admin,
+    watch: &ExitWatch,
+) -> Result<anyhow::Result<XdsStats>, String> {
+    tokio::select! {
+        s = admin.xds_stats() => Ok(s),
+        _ = watch.exited() => Err(watch.describe()),
+    }
+}
+
 impl Supervisor {
     /// Splits a stored config for the directory of `epoch`.
     pub(super) fn split_stored(&self, hash: &str, epoch: u32) -> Result<Xds, String> {
@@ -237,19 +262,26 @@ impl Supervisor {
     pub(super) async fn apply_live(&mut self, new: &Xds) -> Result<(), String> {
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
-        let Some(files) = &self.files else {
+        let (Some(files), Some(watch)) = (&self.files, self.live.as_ref().map(|e| e.watch()))
+        else {
             return Err("no live epoch to apply to".into());
         };
         let t0 = Instant::now();
         let before = files.xds.clone();
         let on_disk = files.clusters.clone();
         let routed = files.routed.clone();
+        hold("live-baseline").await;
         // Rejections are counted from here: Envoy may refuse a file before it is first asked.
-        let baseline = self
-            .admin
-            .xds_stats()
-            .await
-            .map_err(|e| format!("cannot read Envoy's xDS state: {e:#}"))?;
+        // A busy Envoy may not answer at once; a dead one ends the apply.
+        let baseline = loop {
+            match stats(&self.admin, &watch).await? {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("cannot read Envoy's xDS state: {e:#}"))
+                }
+                Err(_) => pause(&watch, CONFIRM_POLL).await?,
+            }
+        };
 
         // 1. Certificates, endpoints, then clusters: the new ones and every one on disk now,
         //    since listeners on disk may still route to them.
@@ -260,7 +292,8 @@ impl Supervisor {
             }
         }
         // A pool that gains hosts gets them before it loses any (see `bridge_endpoints`).
-        self.bridge_endpoints(&before, new, &baseline, deadline)
+        hold("live-bridge").await;
+        self.bridge_endpoints(&before, new, &baseline, deadline, &watch)
             .await?;
         for f in new.named_files(Kind::Endpoints).values() {
             self.put(f)?;
@@ -281,7 +314,8 @@ impl Supervisor {
             ..Expect::default()
         };
         let written = t0.elapsed();
-        self.confirm(&expect, &baseline, deadline).await?;
+        hold("live-clusters").await;
+        self.confirm(&expect, &baseline, deadline, &watch).await?;
         let clusters = t0.elapsed();
         // In effect means traffic too: hosts a pool gained have had their first check.
         let gaining: Vec<String> = new
@@ -296,7 +330,9 @@ impl Supervisor {
             })
             .map(|(name, _)| name.clone())
             .collect();
-        self.wait_checked(&gaining, &baseline, deadline).await?;
+        hold("live-checked").await;
+        self.wait_checked(&gaining, &baseline, deadline, &watch)
+            .await?;
         let checked = t0.elapsed();
 
         // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
@@ -320,7 +356,8 @@ impl Supervisor {
             secrets,
             ..Expect::default()
         };
-        self.confirm(&expect, &baseline, deadline).await?;
+        hold("live-listeners").await;
+        self.confirm(&expect, &baseline, deadline, &watch).await?;
 
         // Where an apply's time goes (Envoy's own work is between "written" and "clusters").
         tracing::debug!(
@@ -342,7 +379,8 @@ impl Supervisor {
                 cds: Some(final_cds.version.clone()),
                 ..Expect::default()
             };
-            self.confirm(&expect, &baseline, deadline).await?;
+            hold("live-prune").await;
+            self.confirm(&expect, &baseline, deadline, &watch).await?;
         }
         let keep: BTreeSet<String> = new.all_files().into_iter().map(|f| f.name).collect();
         if let Some(f) = &mut self.files {
@@ -374,6 +412,7 @@ impl Supervisor {
         new: &Xds,
         baseline: &XdsStats,
         deadline: Instant,
+        watch: &ExitWatch,
     ) -> Result<(), String> {
         let mut bridged = Vec::new();
         let mut expect = Expect::default();
@@ -397,8 +436,8 @@ impl Supervisor {
             return Ok(());
         }
         // Written: Envoy takes the union, then checks the new hosts once each.
-        self.confirm(&expect, baseline, deadline).await?;
-        self.wait_checked(&bridged, baseline, deadline).await
+        self.confirm(&expect, baseline, deadline, watch).await?;
+        self.wait_checked(&bridged, baseline, deadline, watch).await
     }
 
     /// Waits until every host these pools gained has had its first health check (pass or
@@ -408,9 +447,10 @@ impl Supervisor {
         pools: &[String],
         baseline: &XdsStats,
         deadline: Instant,
+        watch: &ExitWatch,
     ) -> Result<(), String> {
         loop {
-            let mut waiting = match self.admin.xds_stats().await {
+            let mut waiting = match stats(&self.admin, watch).await? {
                 Ok(s) => {
                     if !s.rejected_since(baseline).is_empty() {
                         return Err(format!(
@@ -437,7 +477,7 @@ impl Supervisor {
                     waiting.join(", ")
                 ));
             }
-            tokio::time::sleep(CONFIRM_POLL).await;
+            pause(watch, CONFIRM_POLL).await?;
         }
     }
 
@@ -448,9 +488,10 @@ impl Supervisor {
         expect: &Expect,
         baseline: &XdsStats,
         deadline: Instant,
+        watch: &ExitWatch,
     ) -> Result<(), String> {
         loop {
-            let mut missing = match self.admin.xds_stats().await {
+            let mut missing = match stats(&self.admin, watch).await? {
                 Ok(s) => {
                     let rejected = s.rejected_since(baseline);
                     if !rejected.is_empty() {
@@ -497,12 +538,12 @@ impl Supervisor {
                     missing.join(", ")
                 ));
             }
-            tokio::time::sleep(CONFIRM_POLL).await;
+            pause(watch, CONFIRM_POLL).await?;
         }
     }
 
     /// After an epoch is LIVE: every resource it was started with is active, none rejected.
-    pub(super) async fn confirm_started(&self, x: &Xds) -> Result<(), String> {
+    pub(super) async fn confirm_started(&self, x: &Xds, watch: &ExitWatch) -> Result<(), String> {
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
         let versions = |kind| -> BTreeMap<String, String> {
@@ -519,6 +560,7 @@ impl Supervisor {
             secrets: versions(Kind::Secret),
         };
         // A new process: every rejection it counted is this config's.
-        self.confirm(&expect, &XdsStats::default(), deadline).await
+        self.confirm(&expect, &XdsStats::default(), deadline, watch)
+            .await
     }
 }

@@ -514,6 +514,13 @@ impl Supervisor {
                     out.result = ApplyResult::Applied;
                     out.method = Some(ApplyMethod::HotRestart);
                 }
+                Err(f) if self.live_exited() => {
+                    // The running Envoy died under the hot restart: its child cannot take over
+                    // from a parent that is gone, so nothing is restored from it either.
+                    out.envoy_log = f.log;
+                    self.recover_from_exit(Some(&req.hash), f.error, &mut out)
+                        .await;
+                }
                 Err(f) => {
                     tracing::error!("the new config failed to start: {}", f.error);
                     out.error = Some(f.error);
@@ -575,6 +582,11 @@ impl Supervisor {
                     .inc();
                 self.record_good(hash);
             }
+            Err(e) if self.live_exited() => {
+                // Not a refusal: Envoy died. The new resources passed validation, so a fresh
+                // Envoy starts with them; nothing is put back into a process that is gone.
+                self.recover_from_exit(Some(hash), e, out).await;
+            }
             Err(e) => {
                 tracing::error!(
                     "the live update failed: {e}; putting the last good resources back"
@@ -587,12 +599,22 @@ impl Supervisor {
                     .live_applies
                     .with_label_values(&["rolled_back"])
                     .inc();
+                hold("put-back").await;
                 let back = match &before {
                     Some(b) => self.apply_live(b).await,
                     None => Err("nothing to go back to".into()),
                 };
                 match back {
                     Ok(()) => out.result = ApplyResult::RolledBack,
+                    Err(e2) if self.live_exited() => {
+                        // Envoy refused the new resources, then died: the last good config
+                        // starts afresh.
+                        let why = format!(
+                            "{}; then, putting the last good resources back: {e2}",
+                            out.error.take().unwrap_or_default()
+                        );
+                        self.recover_from_exit(None, why, out).await;
+                    }
                     Err(e2) => {
                         tracing::error!(
                             "the last good resources were not confirmed either ({e2}); hot restarting into the last good config"
@@ -600,6 +622,79 @@ impl Supervisor {
                         self.restore_into(out).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// Whether the live epoch's process has exited (and is not replaced yet).
+    fn live_exited(&self) -> bool {
+        self.live.as_ref().is_some_and(|e| e.has_exited())
+    }
+
+    /// The live Envoy exited in the middle of an apply (a live update, its put-back, a hot
+    /// restart): recovered as a crash, at once. Nothing more is waited on the dead process and
+    /// no hot restart is tried from it (its child would wait for a parent that is gone). A fresh
+    /// epoch 0 starts from the newest config known to be valid: `new` (it passed validation and
+    /// Envoy did not refuse it) when given, else the last good one. `out` says what happened.
+    async fn recover_from_exit(&mut self, new: Option<&str>, why: String, out: &mut ApplyOutcome) {
+        let dead = self.live.take();
+        self.metrics.envoy_up.set(0);
+        self.publish();
+        if let Some(d) = &dead {
+            // Found dead before it was reaped: its exit status follows within a turn of the
+            // runtime, and is worth the wait (it says whether it crashed or was killed).
+            let _ = tokio::time::timeout(Duration::from_secs(1), d.watch().exited()).await;
+        }
+        let what = dead
+            .as_ref()
+            .map_or_else(|| "envoy exited".to_owned(), |d| d.watch().describe());
+        if let Some(d) = &dead {
+            if out.envoy_log.is_empty() {
+                out.envoy_log = d.log_tail();
+            }
+        }
+        let mut errors = vec![format!("{what} during the apply ({why})")];
+        if let Some(new) = new {
+            tracing::error!("{}; starting a fresh envoy with the new config", errors[0]);
+            match self.full_restart(new, StopKind::Fast).await {
+                Ok(()) => {
+                    out.result = ApplyResult::Applied;
+                    out.method = Some(ApplyMethod::Restart);
+                    out.error = Some(format!("{}; a fresh envoy serves this config", errors[0]));
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("the new config did not start afresh either: {e}");
+                    errors.push(format!("the new config did not start afresh: {e}"));
+                }
+            }
+        }
+        let good = self
+            .state
+            .good
+            .iter()
+            .find(|h| Some(h.as_str()) != new)
+            .cloned()
+            .or_else(|| dead.as_ref().map(|d| d.hash.clone()));
+        let Some(good) = good else {
+            let e = "there is no known-good config to go back to".to_owned();
+            out.result = ApplyResult::Critical;
+            out.error = Some(errors.join("; "));
+            out.restore_error = Some(e.clone());
+            self.enter_critical(e);
+            return;
+        };
+        tracing::error!(
+            "{}; starting a fresh envoy with the last good config",
+            errors.join("; ")
+        );
+        out.error = Some(errors.join("; "));
+        match self.full_restart(&good, StopKind::Fast).await {
+            Ok(()) => out.result = ApplyResult::RolledBack,
+            Err(e) => {
+                out.result = ApplyResult::Critical;
+                out.restore_error = Some(e.clone());
+                self.enter_critical(e);
             }
         }
     }
@@ -626,7 +721,9 @@ impl Supervisor {
         else {
             return Err("there is no known-good config to go back to".into());
         };
-        if let Some(live_epoch) = self.live.as_ref().map(|e| e.epoch) {
+        // A hot restart needs a parent that runs: a dead one is replaced by a fresh start.
+        let parent = self.live.as_ref().filter(|e| !e.has_exited());
+        if let Some((live_epoch, watch)) = parent.map(|e| (e.epoch, e.watch())) {
             match shm::clear_initializing(
                 self.settings.envoy.base_id,
                 &self.binary_hot_restart_version,
@@ -639,7 +736,7 @@ impl Supervisor {
             }
             // The failed child never became a parent, so its epoch number is the one the live
             // parent answers to.
-            match self.start(&good, live_epoch + 1).await {
+            match self.start(&good, live_epoch + 1, Some(watch)).await {
                 Ok((e, files)) => {
                     self.set_live(e, files, &good);
                     return Ok(());
@@ -659,7 +756,7 @@ impl Supervisor {
         if let Err(e) = shm::remove_stale(self.settings.envoy.base_id) {
             tracing::warn!("{e:#}");
         }
-        match self.start(hash, 0).await {
+        match self.start(hash, 0, None).await {
             Ok((e, files)) => {
                 self.set_live(e, files, hash);
                 Ok(())
@@ -737,12 +834,31 @@ impl Supervisor {
     }
 }
 
-fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
-    match status {
-        Ok(s) => s.to_string(),
-        Err(e) => format!("wait failed: {e}"),
+use process::describe;
+
+/// Debug builds only (the tests' binary): holds the supervisor at a named step while the file
+/// `$VPSIE_LB_TEST_HOLD_DIR/<step>` exists, after writing `<step>.reached` beside it, so that a
+/// test can kill a process at exactly that step instead of by timing luck. Release builds (the
+/// image) compile it to nothing.
+#[cfg(debug_assertions)]
+async fn hold(step: &str) {
+    let Some(dir) = std::env::var_os("VPSIE_LB_TEST_HOLD_DIR").map(PathBuf::from) else {
+        return;
+    };
+    let gate = dir.join(step);
+    if !gate.exists() {
+        return;
+    }
+    let _ = std::fs::write(dir.join(format!("{step}.reached")), b"");
+    tracing::warn!(step, "held at a test step");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gate.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[cfg(not(debug_assertions))]
+async fn hold(_step: &str) {}
 
 /// The ports of a rendered config's listeners.
 fn listener_ports(config: &str) -> Vec<u16> {

@@ -49,6 +49,9 @@ pub enum ApplyMethod {
     Live,
     /// A new Envoy epoch took over by hot restart.
     HotRestart,
+    /// A fresh Envoy (epoch 0) started with it: the running one exited in the middle of the
+    /// apply, and the new config had passed validation.
+    Restart,
 }
 
 impl ApplyMethod {
@@ -56,6 +59,7 @@ impl ApplyMethod {
         match self {
             ApplyMethod::Live => "live",
             ApplyMethod::HotRestart => "hot_restart",
+            ApplyMethod::Restart => "restart",
         }
     }
 }

@@ -7,6 +7,7 @@ mod admin_socket;
 mod agent;
 mod api_sim;
 mod demo;
+mod dying;
 mod envoy_validate;
 mod faults;
 mod fuzz_replay;
