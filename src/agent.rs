@@ -576,7 +576,13 @@ impl Agent {
                 let epoch = out.epoch.unwrap_or(0);
                 self.metrics.set_config(&hash, epoch);
                 self.health.applied.store(true, Ordering::Relaxed);
-                if out.result == ApplyResult::Applied {
+                // Unchanged for the supervisor but not applied as far as this agent knows: an
+                // agent killed while handing it over. The supervisor says how it was applied,
+                // so the API still hears of it, once.
+                let missed = out.result == ApplyResult::Unchanged
+                    && out.method.is_some()
+                    && self.state.applied_hash.as_deref() != Some(hash.as_str());
+                if out.result == ApplyResult::Applied || missed {
                     self.metrics
                         .apply_duration
                         .observe(out.apply_ms as f64 / 1000.0);
@@ -591,6 +597,7 @@ impl Agent {
                         epoch,
                         out.apply_ms,
                         out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
+                        out.error.as_deref(),
                         now,
                     ));
                 }

@@ -94,24 +94,29 @@ impl Event {
         epoch: u32,
         apply_ms: u64,
         method: &str,
+        incident: Option<&str>,
         now: SystemTime,
     ) -> Event {
-        Event::new(
-            EventKind::ConfigApplied,
-            format!(
-                "config {} applied in {apply_ms} ms by {} (Envoy epoch {epoch})",
-                short(config_hash),
-                method.replace('_', " ")
-            ),
-            now,
-            json!({
-                "config_hash": config_hash,
-                "previous_hash": previous_hash,
-                "epoch": epoch,
-                "apply_ms": apply_ms,
-                "method": method,
-            }),
-        )
+        let mut message = format!(
+            "config {} applied in {apply_ms} ms by {} (Envoy epoch {epoch})",
+            short(config_hash),
+            method.replace('_', " ")
+        );
+        let mut metadata = json!({
+            "config_hash": config_hash,
+            "previous_hash": previous_hash,
+            "epoch": epoch,
+            "apply_ms": apply_ms,
+            "method": method,
+        });
+        // What went wrong on the way (`restart`: Envoy exited mid-apply and a fresh one took
+        // the config): one event says both what serves and what happened.
+        if let Some(what) = incident {
+            message.push_str(": ");
+            message.push_str(what);
+            metadata["error"] = json!(what);
+        }
+        Event::new(EventKind::ConfigApplied, message, now, metadata)
     }
 
     /// The spec failed validation; nothing changed.
@@ -580,7 +585,7 @@ mod tests {
 
     #[test]
     fn config_applied_body() {
-        let e = Event::config_applied(HASH, Some(PREV), 3, 1250, "hot_restart", now());
+        let e = Event::config_applied(HASH, Some(PREV), 3, 1250, "hot_restart", None, now());
         assert_eq!(
             body(&e),
             json!({
@@ -596,13 +601,22 @@ mod tests {
                 },
             })
         );
-        let first = Event::config_applied(HASH, None, 0, 7, "hot_restart", now());
+        let first = Event::config_applied(HASH, None, 0, 7, "hot_restart", None, now());
         assert_eq!(body(&first)["metadata"]["previous_hash"], Value::Null);
         assert_eq!(
             first.metadata.len(),
             5,
             "every key is present, even when null"
         );
+        let crash = "envoy epoch 0 (pid 9) exited (signal: 9 (SIGKILL)) during the apply";
+        let restarted =
+            Event::config_applied(HASH, Some(PREV), 0, 180, "restart", Some(crash), now());
+        assert_eq!(
+            body(&restarted)["message"],
+            format!("config 0123456789ab applied in 180 ms by restart (Envoy epoch 0): {crash}")
+        );
+        assert_eq!(body(&restarted)["metadata"]["error"], crash);
+        assert_eq!(body(&restarted)["metadata"]["method"], "restart");
     }
 
     #[test]

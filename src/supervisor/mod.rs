@@ -436,6 +436,19 @@ impl Supervisor {
         };
         if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
             out.result = ApplyResult::Unchanged;
+            // How it got there, when this supervisor applied it last: a client killed while
+            // handing it over learns it now, and can still report it.
+            if let Some(last) = self
+                .state
+                .last_apply
+                .as_ref()
+                .filter(|l| l.hash == req.hash && l.result == ApplyResult::Applied)
+            {
+                out.method = last.method;
+                out.previous_hash = last.previous_hash.clone();
+                out.apply_ms = last.apply_ms;
+                out.error = last.error.clone();
+            }
             return out;
         }
         let rendered = Rendered {

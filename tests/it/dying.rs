@@ -588,3 +588,138 @@ async fn a_supervisor_killed_mid_apply_comes_back_with_the_last_good_config() {
     );
     assert_eq!(get(front, Some("x.test")).await.unwrap(), "u1");
 }
+
+/// The `config_applied` events the stand-in API recorded for `hash`.
+async fn applied_events(sim: &crate::support::sim::Sim, hash: &str) -> Vec<Value> {
+    sim.events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "config_applied" && e["metadata"]["config_hash"] == hash)
+        .collect()
+}
+
+/// The whole product: the agent killed while it hands a config over (the supervisor finishes
+/// the apply without it), then Envoy killed in the middle of the next one. Each ends in one
+/// event at the API that says what serves and, for the kill, what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_hears_once_of_an_apply_whose_agent_or_envoy_died_midway() {
+    use crate::support::sim::{agent_process, agent_settings, Sim};
+    let [u1, u2, u3] = ups().await;
+    let front = Stand::front_port();
+    let a = spec(front, 1000, &[&u1], None);
+    let b = spec(front, 1000, &[&u2], None);
+    let c = spec(front, 1000, &[&u3], None);
+    let dir = tempfile::tempdir().unwrap();
+    let hold = Hold::new(dir.path());
+    let stand = Stand::start_with_env(|_| {}, hold.env()).await;
+    let sim = Sim::start(&a);
+    let settings = agent_settings(&stand, &sim);
+    let start_agent = agent_process(&stand, &settings);
+    let mut agent = start_agent();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(front, None).await.as_deref() != Ok("u1") {
+        assert!(Instant::now() < deadline, "a never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The agent dies while the supervisor applies b.
+    hold.arm("live-clusters");
+    sim.write_spec(&b);
+    hold.reached("live-clusters", &stand).await;
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    hold.release("live-clusters");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(front, None).await.as_deref() != Ok("u2") {
+        assert!(Instant::now() < deadline, "b never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Envoy serves a moment before the supervisor has confirmed the apply.
+    let first = sim
+        .events()
+        .await
+        .into_iter()
+        .find(|e| e["type"] == "config_applied")
+        .unwrap();
+    let a_hash = first["metadata"]["config_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let b_hash = loop {
+        if let Some(h) = stand.status().await.hash.filter(|h| *h != a_hash) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "b was never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        applied_events(&sim, &b_hash).await.is_empty(),
+        "{:?}\n{}",
+        sim.events().await,
+        stand.log()
+    );
+    let mut agent = start_agent();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reported = loop {
+        let events = applied_events(&sim, &b_hash).await;
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent never reported b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reported[0]["metadata"]["method"], "live", "{reported:?}");
+
+    // Envoy dies while the supervisor applies c.
+    let pid = stand.status().await.envoy_pid.unwrap();
+    std::fs::remove_file(dir.path().join("hold/live-clusters.reached")).unwrap();
+    hold.arm("live-clusters");
+    sim.write_spec(&c);
+    hold.reached("live-clusters", &stand).await;
+    kill(pid);
+    until_dead(pid).await;
+    hold.release("live-clusters");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (c_hash, reported) = loop {
+        let s = stand.status().await;
+        if let Some(h) = s.hash.filter(|h| *h != b_hash) {
+            let events = applied_events(&sim, &h).await;
+            if !events.is_empty() {
+                break (h, events);
+            }
+        }
+        assert!(Instant::now() < deadline, "c was never reported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(get(front, None).await.as_deref(), Ok("u3"));
+    // A few polls later: still one event for each, and no failure reported.
+    let polls = Instant::now();
+    let mut seen = sim.events().await.len();
+    while polls.elapsed() < Duration::from_secs(3) || sim.events().await.len() != seen {
+        seen = sim.events().await.len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = sim.events().await;
+    assert_eq!(applied_events(&sim, &b_hash).await.len(), 1, "{events:?}");
+    assert_eq!(reported.len(), 1);
+    assert_eq!(applied_events(&sim, &c_hash).await.len(), 1, "{events:?}");
+    let e = &reported[0];
+    assert_eq!(e["metadata"]["method"], "restart", "{e}");
+    let what = e["metadata"]["error"].as_str().unwrap_or_default();
+    assert!(
+        what.contains(&format!("pid {pid}")) && what.contains("SIGKILL"),
+        "{e}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["type"] == "reload_failed" || e["type"] == "critical_failure"),
+        "{events:?}"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
