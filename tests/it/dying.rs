@@ -8,8 +8,9 @@
 //! new one when it had passed validation, else the last good one), one outcome that says what
 //! happened, and no hot restart tried from a parent that is gone.
 
+use crate::supervision::upstreams;
 use crate::support::supervisor::Stand;
-use crate::support::upstream::{self, Upstream};
+use crate::support::upstream::Upstream;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -179,6 +180,16 @@ struct Expect {
     answers: &'static [&'static str],
 }
 
+/// The new config serves from a fresh Envoy, answered by one of `answers`.
+fn afresh(answers: &'static [&'static str]) -> Expect {
+    Expect {
+        result: ApplyResult::Applied,
+        method: Some(ApplyMethod::Restart),
+        new_serves: true,
+        answers,
+    }
+}
+
 /// Applies `from`, holds the supervisor at `step` of the apply of `to`, SIGKILLs the live Envoy
 /// there, and checks what follows.
 async fn envoy_killed_at(
@@ -264,19 +275,11 @@ async fn envoy_killed_at(
     );
 }
 
-async fn ups() -> [Upstream; 3] {
-    [
-        upstream::http("u1", None).await,
-        upstream::http("u2", None).await,
-        upstream::http("u3", None).await,
-    ]
-}
-
 /// Envoy killed at every step of a live apply: a fresh Envoy serves the new config (it had
 /// passed validation), reported as applied by `restart`, within 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_killed_at_each_step_of_a_live_apply_serves_the_new_config_within_a_second() {
-    let [u1, u2, u3] = ups().await;
+    let [u1, u2, u3] = upstreams().await;
     // The pool gains u3 and loses u1 while it serves (the bridge and the first-check wait),
     // and a domain pool is added (routes and listeners change).
     let front = Stand::front_port();
@@ -289,43 +292,17 @@ async fn envoy_killed_at_each_step_of_a_live_apply_serves_the_new_config_within_
         "live-checked",
         "live-listeners",
     ] {
-        envoy_killed_at(
-            step,
-            &a,
-            &b,
-            front,
-            |_| {},
-            Expect {
-                result: ApplyResult::Applied,
-                method: Some(ApplyMethod::Restart),
-                new_serves: true,
-                answers: &["u2", "u3"],
-            },
-        )
-        .await;
+        envoy_killed_at(step, &a, &b, front, |_| {}, afresh(&["u2", "u3"])).await;
     }
     // The last step removes a cluster nothing routes to any more: going back from b to a.
-    envoy_killed_at(
-        "live-prune",
-        &b,
-        &a,
-        front,
-        |_| {},
-        Expect {
-            result: ApplyResult::Applied,
-            method: Some(ApplyMethod::Restart),
-            new_serves: true,
-            answers: &["u1", "u2"],
-        },
-    )
-    .await;
+    envoy_killed_at("live-prune", &b, &a, front, |_| {}, afresh(&["u1", "u2"])).await;
 }
 
 /// Envoy refuses the new config live (a listener port held by another process), then dies
 /// while the last good resources are put back: a fresh Envoy serves the last good config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_killed_while_the_last_good_resources_go_back_serves_them_afresh() {
-    let [u1, u2, _u3] = ups().await;
+    let [u1, u2, _u3] = upstreams().await;
     let front = Stand::front_port();
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let a = spec(front, 1000, &[&u1], None);
@@ -355,24 +332,11 @@ async fn envoy_killed_while_the_last_good_resources_go_back_serves_them_afresh()
 /// left waiting for it; a fresh Envoy serves the new config.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_killed_as_a_hot_restart_begins_serves_the_new_config_afresh() {
-    let [u1, u2, _u3] = ups().await;
+    let [u1, u2, _u3] = upstreams().await;
     let front = Stand::front_port();
     let a = spec(front, 1000, &[&u1], None);
     let b = spec(front, 2000, &[&u2], None);
-    envoy_killed_at(
-        "hot-restart-spawn",
-        &a,
-        &b,
-        front,
-        |_| {},
-        Expect {
-            result: ApplyResult::Applied,
-            method: Some(ApplyMethod::Restart),
-            new_serves: true,
-            answers: &["u2"],
-        },
-    )
-    .await;
+    envoy_killed_at("hot-restart-spawn", &a, &b, front, |_| {}, afresh(&["u2"])).await;
 }
 
 /// The child of a hot restart dies once LIVE, before the supervisor confirmed it: the parent
@@ -380,7 +344,7 @@ async fn envoy_killed_as_a_hot_restart_begins_serves_the_new_config_afresh() {
 /// and the parent dying at that point costs nothing: the child serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn either_side_of_a_hot_restart_dying_leaves_a_serving_envoy() {
-    let [u1, u2, _u3] = ups().await;
+    let [u1, u2, _u3] = upstreams().await;
     let front = Stand::front_port();
     let a = spec(front, 1000, &[&u1], None);
     let b = spec(front, 2000, &[&u2], None);
@@ -473,7 +437,7 @@ fn procfs_children(pid: u32) -> Vec<u32> {
 /// time limit, and the new config serves within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_killed_during_a_first_check_wait_is_recovered_at_once() {
-    let [u1, u2, _u3] = ups().await;
+    let [u1, u2, _u3] = upstreams().await;
     // A backend that accepts connections and never answers: its first check takes until the
     // check's timeout.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -540,7 +504,7 @@ async fn envoy_killed_during_a_first_check_wait_is_recovered_at_once() {
 /// config at once, and the same apply then succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisor_killed_mid_apply_comes_back_with_the_last_good_config() {
-    let [u1, u2, u3] = ups().await;
+    let [u1, u2, u3] = upstreams().await;
     let front = Stand::front_port();
     let a = spec(front, 1000, &[&u1, &u2], None);
     let b = spec(front, 1000, &[&u2, &u3], Some(&u1));
@@ -604,7 +568,7 @@ async fn applied_events(sim: &crate::support::sim::Sim, hash: &str) -> Vec<Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_hears_once_of_an_apply_whose_agent_or_envoy_died_midway() {
     use crate::support::sim::{agent_process, agent_settings, Sim};
-    let [u1, u2, u3] = ups().await;
+    let [u1, u2, u3] = upstreams().await;
     let front = Stand::front_port();
     let a = spec(front, 1000, &[&u1], None);
     let b = spec(front, 1000, &[&u2], None);

@@ -30,7 +30,7 @@ fn specs(front: u16, ups: &[Upstream; 3]) -> (Value, Value) {
     (a, b)
 }
 
-async fn upstreams() -> [Upstream; 3] {
+pub(crate) async fn upstreams() -> [Upstream; 3] {
     [
         upstream::http("u1", None).await,
         upstream::http("u2", None).await,
