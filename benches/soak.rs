@@ -20,8 +20,8 @@
 //! it except the 2 s changes and the 30 s faults. Loopback only. A kill window runs from the
 //! SIGKILL until the supervisor reports a new Envoy LIVE, plus 0.5 s for clients to reconnect,
 //! and never longer than 1 s: a failure after that counts, and a recovery slower than 1 s is a
-//! missed target itself. Open file descriptors are judged net of established TCP connections
-//! (Envoy's move with its clients). It asserts nothing: it reports, exits non-zero when a target
+//! missed target itself. Open file descriptors are judged net of TCP connections
+//! (Envoy's move with its clients and health checks). It asserts nothing: it reports, exits non-zero when a target
 //! is missed and names each one; every process it started is stopped, whatever happens.
 
 #[path = "../tests/it/support/mod.rs"]
@@ -179,7 +179,23 @@ impl LongLived {
                                     break;
                                 }
                             }
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            // Between rounds the peer sends nothing: a read that ends is the
+                            // cut, timed when it happens (not at the next round, up to 1 s later).
+                            let mut probe = [0u8; 1];
+                            let idle = tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => None,
+                                r = s.read(&mut probe) => Some(match r {
+                                    Ok(0) => "closed while idle".to_owned(),
+                                    Ok(_) => "unexpected bytes while idle".to_owned(),
+                                    Err(e) => format!("{e} while idle"),
+                                }),
+                            };
+                            if let Some(e) = idle {
+                                if established {
+                                    cuts.lock().unwrap().push((Instant::now(), e));
+                                }
+                                break;
+                            }
                         }
                     }
                 })
@@ -327,7 +343,8 @@ fn queued_events(log: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// The inodes of this network namespace's established TCP sockets (IPv4 and IPv6).
+/// The inodes of this network namespace's TCP connection sockets, in any state but LISTEN
+/// (established, being set up by a health check, closing), IPv4 and IPv6.
 fn established_inodes() -> HashSet<u64> {
     let mut set = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -336,8 +353,8 @@ fn established_inodes() -> HashSet<u64> {
         };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local remote st ... inode (10th field); st 01 = ESTABLISHED.
-            if f.get(3) == Some(&"01") {
+            // sl local remote st ... inode (10th field); st 0A = LISTEN.
+            if f.get(3).is_some_and(|st| *st != "0A") {
                 if let Some(inode) = f.get(9).and_then(|i| i.parse().ok()) {
                     set.insert(inode);
                 }
@@ -347,8 +364,8 @@ fn established_inodes() -> HashSet<u64> {
     set
 }
 
-/// Open fds of `pid` that are not established TCP connections: what a leak would grow, while
-/// connections come and go with the load.
+/// Open fds of `pid` that are not TCP connections: what a leak would grow (listeners, files,
+/// Unix sockets, inotify...), while connections come and go with the load and health checks.
 fn fds_net_of_connections(pid: u32, established: &HashSet<u64>) -> Option<usize> {
     let mut n = 0;
     for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
