@@ -20,7 +20,7 @@
 //! it except the 2 s changes and the 30 s faults. Loopback only. A kill window runs from the
 //! SIGKILL until the supervisor reports a new Envoy LIVE, plus 0.5 s for clients to reconnect,
 //! and never longer than 1 s: a failure after that counts, and a recovery slower than 1 s is a
-//! missed target itself. Open file descriptors are judged net of TCP connections
+//! missed target itself. Open file descriptors are judged net of connection sockets (TCP, and Unix streams such as admin requests)
 //! (Envoy's move with its clients and health checks). It asserts nothing: it reports, exits non-zero when a target
 //! is missed and names each one; every process it started is stopped, whatever happens.
 
@@ -343,10 +343,23 @@ fn queued_events(log: &Path) -> BTreeMap<String, String> {
     out
 }
 
-/// The inodes of this network namespace's TCP connection sockets, in any state but LISTEN
-/// (established, being set up by a health check, closing), IPv4 and IPv6.
+/// The inodes of this network namespace's connection sockets: TCP in any state but LISTEN
+/// (established, being set up by a health check, closing), IPv4 and IPv6, and connected Unix
+/// stream sockets (admin requests: one connection each, many a second during an apply).
 fn established_inodes() -> HashSet<u64> {
     let mut set = HashSet::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/unix") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Num RefCount Protocol Flags Type St Inode [Path]; Type 0001 = stream,
+            // St 03 = connected (a listener is 01).
+            if f.get(4) == Some(&"0001") && f.get(5) == Some(&"03") {
+                if let Some(inode) = f.get(6).and_then(|i| i.parse().ok()) {
+                    set.insert(inode);
+                }
+            }
+        }
+    }
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
