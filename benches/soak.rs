@@ -20,9 +20,10 @@
 //! it except the 2 s changes and the 30 s faults. Loopback only. A kill window runs from the
 //! SIGKILL until the supervisor reports a new Envoy LIVE, plus 0.5 s for clients to reconnect,
 //! and never longer than 1 s: a failure after that counts, and a recovery slower than 1 s is a
-//! missed target itself. Open file descriptors are judged net of connection sockets (TCP, and Unix streams such as admin requests)
-//! (Envoy's move with its clients and health checks). It asserts nothing: it reports, exits non-zero when a target
-//! is missed and names each one; every process it started is stopped, whatever happens.
+//! missed target itself. Open file descriptors are judged net of connection sockets (TCP in any
+//! state, connected Unix streams): Envoy's move with its clients, its health checks and the
+//! admin requests. It asserts nothing: it reports, exits non-zero when a target is missed and
+//! names each one; every process it started is stopped, whatever happens.
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
