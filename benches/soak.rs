@@ -586,11 +586,14 @@ async fn soak() {
             next_envoy_kill += plan.envoy_kill_every;
             if let Ok(s) = client::status(&stand.settings).await {
                 if let Some(pid) = s.envoy_pid {
+                    // Timed before the signal: the clients' threads may see the cut before this
+                    // one runs again.
+                    let at = Instant::now();
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
                     );
-                    envoy_kills.push((Instant::now(), pid));
+                    envoy_kills.push((at, pid));
                     println!(
                         "{:>7.1} s  Envoy {pid} killed",
                         started.elapsed().as_secs_f64()
