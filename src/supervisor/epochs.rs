@@ -177,13 +177,14 @@ impl Supervisor {
             )
         };
         loop {
-            if let Some(p) = parent.filter(|p| p.has_exited()) {
-                return Err(parent_gone(p));
-            }
             if let Ok(info) = self.admin.server_info().await {
                 if info.restart_epoch == e.epoch && info.state == "LIVE" {
                     return Ok(());
                 }
+            }
+            // Asked after LIVE: a parent that dies once its child has taken over costs nothing.
+            if let Some(p) = parent.filter(|p| p.has_exited()) {
+                return Err(parent_gone(p));
             }
             if Instant::now() >= deadline {
                 return Err((
