@@ -205,13 +205,7 @@ async fn envoy_killed_at(
     let stand = Stand::start_with_env(tweak, hold.env()).await;
     let old = stand.apply_ok(from).await;
     let pid = stand.status().await.envoy_pid.unwrap();
-    let new_hash = vpsie_lb_agent::command::prepare_for_store(
-        to.to_string().as_bytes(),
-        &stand.settings,
-        crate::support::now(),
-    )
-    .unwrap()
-    .hash;
+    let new_hash = stand.hash_of(to);
 
     hold.arm(step);
     let task = hand_over(&stand.settings, to);

@@ -260,13 +260,7 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
         .spawn()
         .unwrap();
     // Kill it once its request is in flight: the supervisor has logged its arrival.
-    let want = vpsie_lb_agent::command::prepare_for_store(
-        b.to_string().as_bytes(),
-        &stand.settings,
-        crate::support::now(),
-    )
-    .unwrap()
-    .hash;
+    let want = stand.hash_of(&b);
     let arrived = |log: String| {
         log.lines()
             .any(|l| l.contains("apply requested") && l.contains(&want))

@@ -111,6 +111,13 @@ impl Stand {
         vpsie_lb_agent::supervisor::client::hand_over(&p, &self.settings, false).await
     }
 
+    /// The config hash `spec` gets with this stand's settings.
+    pub fn hash_of(&self, spec: &Value) -> String {
+        command::prepare_for_store(spec.to_string().as_bytes(), &self.settings, super::now())
+            .unwrap()
+            .hash
+    }
+
     pub async fn apply_ok(&self, spec: &Value) -> ApplyOutcome {
         self.apply(spec)
             .await
