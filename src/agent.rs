@@ -497,7 +497,7 @@ impl Agent {
         // answered on the redirect port. Both are part of the config's hash.
         self.certs.want(loaded.spec.managed_names());
         let managed = self.certs.managed();
-        let hash = pipeline::complete(&mut loaded, &resolved, &managed);
+        let hash = pipeline::complete(&mut loaded, &resolved, &managed, &self.settings);
         if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
             self.certs.applied(managed.challenges.keys().cloned());
             // What serves is this spec: a restarted agent reports its certificates' expiry

@@ -6,6 +6,7 @@
 
 use crate::envoy;
 pub use crate::pipeline::{now_unix, prepare, prepare_for_store, Failure, Prepared};
+use crate::render;
 use crate::settings::Settings;
 use crate::spec;
 use crate::store::{self, ConfigStore};
@@ -70,8 +71,11 @@ pub async fn validate(spec_path: &Path, settings: &Settings) -> Result<Prepared,
     let mut local = settings.clone();
     local.envoy.config_dir = dir.path().to_path_buf();
     local.envoy.cert_dir = Some(dir.path().join("certs"));
-    let p = resolving(&input, &local, false).await?;
+    let mut p = resolving(&input, &local, false).await?;
     let config = dir.path().join("envoy.json");
+    p.rendered.config =
+        render::with_access_log_path(&p.rendered.config, &dir.path().join("access.log"))
+            .map_err(anyhow::Error::from)?;
     store::write_rendered(&p.rendered, &config)?;
     envoy::validate(&settings.envoy.binary, &config).await?;
     Ok(p)

@@ -227,6 +227,25 @@ async fn stop_signal() -> StopKind {
     }
 }
 
+/// HUP reads the settings file again, for the supervisor to apply what can change live.
+fn reloads(
+    path: Option<PathBuf>,
+) -> tokio::sync::mpsc::UnboundedReceiver<anyhow::Result<Settings>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if tx.send(Settings::load(path.as_deref())).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Render { spec, out, config } => {
@@ -254,7 +273,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let socket = settings.supervisor.socket.clone();
             let result = runtime()?.block_on(async {
                 let listener = supervisor::bind(&socket).await?;
-                let result = supervisor::run(settings, listener, stop_signal()).await;
+                let result =
+                    supervisor::run(settings, listener, stop_signal(), reloads(config)).await;
                 let _ = std::fs::remove_file(&socket);
                 result
             });

@@ -342,6 +342,12 @@ pub struct SupervisorMetrics {
     pub apply_duration: Histogram,
     pub live_applies: IntCounterVec,
     pub resources_info: IntGaugeVec,
+    pub access_log_bytes: IntGauge,
+    pub access_log_files: IntGauge,
+    pub access_log_rotations: IntCounter,
+    pub access_log_reopen_failures: IntCounter,
+    pub access_log_disk_free: IntGauge,
+    pub access_log_disk_size: IntGauge,
 }
 
 impl SupervisorMetrics {
@@ -406,6 +412,48 @@ impl SupervisorMetrics {
                         "The config whose dynamic resources the live Envoy serves (1 for that hash)",
                     ),
                     &["config_hash"],
+                ),
+            ),
+            access_log_bytes: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}access_log_bytes"),
+                    "Size of the access log files together (the current one and the rotated ones)",
+                ),
+            ),
+            access_log_files: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}access_log_files"),
+                    "Access log files on disk, the current one included",
+                ),
+            ),
+            access_log_rotations: reg(
+                &r,
+                IntCounter::new(
+                    format!("{p}access_log_rotations_total"),
+                    "Access log rotations (the file renamed, Envoy asked to reopen)",
+                ),
+            ),
+            access_log_reopen_failures: reg(
+                &r,
+                IntCounter::new(
+                    format!("{p}access_log_reopen_failures_total"),
+                    "Requests to Envoy to reopen its log files that failed (retried at the next check)",
+                ),
+            ),
+            access_log_disk_free: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}access_log_disk_free_bytes"),
+                    "Bytes available to unprivileged users on the access log's file system",
+                ),
+            ),
+            access_log_disk_size: reg(
+                &r,
+                IntGauge::new(
+                    format!("{p}access_log_disk_size_bytes"),
+                    "Size of the access log's file system",
                 ),
             ),
             registry: r,

@@ -70,8 +70,8 @@ pub fn load(input: &[u8], settings: &Settings, now: i64) -> Result<Loaded, SpecE
 
 /// The config hash: the spec's, and, when it names backend hosts, what they resolved to (a
 /// changed answer is a changed config). A spec of IP literals only keeps its spec hash.
-pub fn hash(loaded: &Loaded, resolved: &Resolved) -> String {
-    let spec_hash = spec::config_hash(&loaded.spec, render::template_version());
+pub fn hash(loaded: &Loaded, resolved: &Resolved, settings: &Settings) -> String {
+    let spec_hash = spec::config_hash(&loaded.spec, &render::output_version(settings));
     if resolved.is_empty() {
         return spec_hash;
     }
@@ -92,9 +92,14 @@ pub fn hash(loaded: &Loaded, resolved: &Resolved) -> String {
 /// Completes a loaded spec with what the agent manages, and hashes the result: the managed
 /// certificates fill the domains that wait for them ([`spec::fill_managed`], so a renewal is a
 /// new config), and the pending ACME challenges count too (answering a new one is a new config).
-pub fn complete(loaded: &mut Loaded, resolved: &Resolved, managed: &Managed) -> String {
+pub fn complete(
+    loaded: &mut Loaded,
+    resolved: &Resolved,
+    managed: &Managed,
+    settings: &Settings,
+) -> String {
     spec::fill_managed(&mut loaded.spec, &managed.certificates);
-    let base = hash(loaded, resolved);
+    let base = hash(loaded, resolved, settings);
     if managed.challenges.is_empty() {
         return base;
     }
@@ -150,7 +155,7 @@ fn finish_with(
     for_store: bool,
     cache: Option<&mut render::splice::Cache>,
 ) -> Result<(Prepared, render::splice::How), Failure> {
-    let hash = complete(&mut loaded, resolved, managed);
+    let hash = complete(&mut loaded, resolved, managed, settings);
     let local;
     let settings = if for_store {
         let mut s = settings.clone();

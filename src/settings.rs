@@ -30,6 +30,8 @@ pub struct Settings {
     #[serde(default)]
     pub acme: AcmeSettings,
     #[serde(default)]
+    pub access_log: AccessLogSettings,
+    #[serde(default)]
     pub dev: DevSettings,
     /// High availability with keepalived (VRRP); absent: a single node.
     #[serde(default)]
@@ -404,6 +406,7 @@ impl Default for Settings {
             metrics: MetricsSettings::default(),
             logging: LoggingSettings::default(),
             acme: AcmeSettings::default(),
+            access_log: AccessLogSettings::default(),
             dev: DevSettings::default(),
             ha: None,
         }
@@ -501,6 +504,79 @@ impl Default for EnvoySettings {
             concurrency: None,
             log_file: PathBuf::from("/var/log/vpsie-lb/envoy.log"),
         }
+    }
+}
+
+/// Whether Envoy logs requests at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogMode {
+    File,
+    Off,
+}
+
+/// Customer traffic's access log: written by Envoy itself to a file (never through the
+/// supervisor's stdout and the journal), rotated and bounded by the supervisor.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogSettings {
+    /// `file`, or `off` (nothing is written). Live: a runtime value, no listener changes.
+    pub mode: AccessLogMode,
+    /// The file Envoy appends to; rotated files are `<path>.1` (newest) to `<path>.<keep_files>`.
+    /// Rendered into every listener: a new path is a new config (the agent's next render).
+    pub path: PathBuf,
+    /// The share of requests logged, 0 to 100 in steps of 0.01. Requests answered 5xx or with a
+    /// response flag (no healthy upstream, reset, timeout...) are always logged. Live.
+    pub sample_percent: f64,
+    /// The most the log files may take together, the current one included. Live.
+    pub max_bytes: u64,
+    /// How many rotated files to keep at most. Live.
+    pub keep_files: u32,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        AccessLogSettings {
+            mode: AccessLogMode::File,
+            path: PathBuf::from("/var/log/vpsie-lb/access.log"),
+            sample_percent: 100.0,
+            max_bytes: 512 << 20,
+            keep_files: 4,
+        }
+    }
+}
+
+/// The smallest total an access log may be bounded to: a rotation every few seconds at line
+/// rate already.
+pub const ACCESS_LOG_MIN_BYTES: u64 = 4 << 20;
+
+impl AccessLogSettings {
+    /// `sample_percent` as Envoy's runtime numerator over 10,000.
+    pub fn sample_per_ten_thousand(&self) -> u32 {
+        (self.sample_percent * 100.0).round() as u32
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let p = &self.sample_percent;
+        if !(0.0..=100.0).contains(p) || ((p * 100.0).round() - p * 100.0).abs() > 1e-6 {
+            bail!("access_log.sample_percent: {p} must be between 0 and 100, in steps of 0.01");
+        }
+        // (A relative path is relative to the supervisor's working directory, as Envoy's.)
+        if self.path.file_name().is_none()
+            || self.path.as_os_str().as_encoded_bytes().ends_with(b"/")
+        {
+            bail!("access_log.path: {:?} must name a file", self.path);
+        }
+        if self.max_bytes < ACCESS_LOG_MIN_BYTES {
+            bail!(
+                "access_log.max_bytes: {} is below the minimum of {ACCESS_LOG_MIN_BYTES} (4 MiB)",
+                self.max_bytes
+            );
+        }
+        if !(1..=100).contains(&self.keep_files) {
+            bail!("access_log.keep_files: must be between 1 and 100");
+        }
+        Ok(())
     }
 }
 
@@ -636,6 +712,7 @@ impl Settings {
         if let Some(ha) = &self.ha {
             ha.check()?;
         }
+        self.access_log.check()?;
         self.check_acme()
     }
 
@@ -916,5 +993,30 @@ mod tests {
             Settings::parse("envoy:\n  redirect_port: 9100\n").is_ok(),
             "no scrape port"
         );
+    }
+
+    #[test]
+    fn access_log_settings_are_checked_and_name_the_field() {
+        let s = Settings::parse("").unwrap();
+        assert_eq!(s.access_log.mode, AccessLogMode::File);
+        assert_eq!(s.access_log.max_bytes, 512 << 20);
+        assert_eq!(s.access_log.sample_per_ten_thousand(), 10_000);
+        let s = Settings::parse("access_log:\n  mode: off\n  sample_percent: 0.25\n").unwrap();
+        assert_eq!(s.access_log.mode, AccessLogMode::Off);
+        assert_eq!(s.access_log.sample_per_ten_thousand(), 25);
+        for (yaml, field) in [
+            ("sample_percent: 100.5", "access_log.sample_percent"),
+            ("sample_percent: -1", "access_log.sample_percent"),
+            ("sample_percent: 0.001", "access_log.sample_percent"),
+            ("path: /var/log/", "access_log.path"),
+            ("path: /", "access_log.path"),
+            ("max_bytes: 1000", "access_log.max_bytes"),
+            ("keep_files: 0", "access_log.keep_files"),
+            ("mode: stdout", "expected `file` or `off`"),
+            ("rotate: daily", "rotate"),
+        ] {
+            let e = Settings::parse(&format!("access_log:\n  {yaml}\n")).unwrap_err();
+            assert!(format!("{e:#}").contains(field), "{yaml}: {e:#}");
+        }
     }
 }

@@ -24,6 +24,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// The template set, compiled in. Names are what templates `include`.
@@ -39,6 +40,10 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     (
         "http.json.tera",
         include_str!("../../templates/http.json.tera"),
+    ),
+    (
+        "access_log.json.tera",
+        include_str!("../../templates/access_log.json.tera"),
     ),
     (
         "cluster.json.tera",
@@ -90,6 +95,57 @@ pub fn template_version() -> &'static str {
         }
         hex::encode(h.finalize())
     })
+}
+
+/// The template set's version together with every setting the output depends on: part of every
+/// `config_hash`, so that a changed setting (a new access log path, a listen address) is a new
+/// config that the agent applies, not one the supervisor takes for the one already stored.
+pub fn output_version(settings: &Settings) -> String {
+    let e = &settings.envoy;
+    let m = &settings.metrics;
+    let mut h = Sha256::new();
+    for part in [
+        // (Certificate paths are left out: stored configs keep their certificates under their
+        // own hash, and `validate` renders into a directory of its own.)
+        template_version().to_owned(),
+        e.admin_socket.to_string_lossy().into_owned(),
+        e.listen_address.to_string(),
+        e.redirect_port.to_string(),
+        m.address.to_string(),
+        m.port.to_string(),
+        m.scrape_port.to_string(),
+        m.allowed_cidrs.join(","),
+        settings.access_log.path.to_string_lossy().into_owned(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The type of the file access log's config, as the templates write it.
+const FILE_ACCESS_LOG: &str =
+    "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+/// `config` with every access log written to `path` instead: `envoy --mode validate` opens the
+/// files it names, and a check from the command line must neither need nor touch the real one.
+pub fn with_access_log_path(config: &str, path: &Path) -> Result<String, RenderError> {
+    fn walk(v: &mut Value, path: &str) {
+        match v {
+            Value::Object(o) => {
+                if o.get("@type").and_then(Value::as_str) == Some(FILE_ACCESS_LOG) {
+                    o.insert("path".into(), Value::String(path.into()));
+                }
+                o.values_mut().for_each(|v| walk(v, path));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, path)),
+            _ => {}
+        }
+    }
+    let mut doc: Value = serde_json::from_str(config)
+        .map_err(|e| RenderError::Check(format!("it does not read back: {e}")))?;
+    walk(&mut doc, &path.to_string_lossy());
+    Ok(doc.to_string())
 }
 
 /// The compiled templates. Call once at start-up to fail fast on a broken build.
@@ -374,6 +430,15 @@ mod readback {
 /// Parses the rendered text back and checks that its shape is exactly what the view asked for:
 /// same node id, admin address, listeners and clusters in order, and every endpoint. An input
 /// that managed to add or remove structure would fail here.
+/// The rule name a listener's access log lines carry.
+fn log_rule(l: &view::Listener) -> &str {
+    match (&l.http, &l.tcp) {
+        (Some(h), _) => &h.stat_prefix,
+        (None, Some(t)) => &t.stat_prefix,
+        (None, None) => "",
+    }
+}
+
 fn check(config: &str, view: &View) -> Result<(), RenderError> {
     let fail = |what: String| Err(RenderError::Check(what));
     let doc: readback::Doc = match serde_json::from_str(config) {
@@ -406,6 +471,11 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
                 && l.address.target() == Some(format!("{}:{}", view.listen_address, vl.port))
                 && l.filter_chains.len() == vl.chains.len()
         });
+    // A rule's name is a literal inside the access log's format string, where `%` would start a
+    // command: rule ids are identifiers, so this is a second line of defence.
+    if let Some(l) = view.listeners.iter().find(|l| log_rule(l).contains('%')) {
+        return fail(format!("listener {}: its rule name holds '%'", l.name));
+    }
     if !same_listeners {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_ref()).collect();
         return fail(format!("listeners {names:?}"));

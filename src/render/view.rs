@@ -20,6 +20,8 @@ pub struct View {
     pub node_id: String,
     pub admin_socket: String,
     pub listen_address: String,
+    /// Where every listener's access log goes (`access_log.path`).
+    pub access_log_path: String,
     pub max_connections: u32,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
@@ -156,7 +158,6 @@ pub struct Http {
     pub idle_timeout: String,
     /// Whether any virtual host uses sticky sessions (the filter is then in the chain).
     pub sticky: bool,
-    pub access_log: bool,
     pub vhosts: Vec<Vhost>,
 }
 
@@ -449,7 +450,6 @@ pub fn build(
                 route_name: name,
                 idle_timeout: secs(60),
                 sticky: false,
-                access_log: true,
                 vhosts: redirect_vhosts,
             }),
             tcp: None,
@@ -477,6 +477,7 @@ pub fn build(
         node_id: spec.id.clone(),
         admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
         listen_address: settings.envoy.listen_address.to_string(),
+        access_log_path: settings.access_log.path.to_string_lossy().into_owned(),
         max_connections: spec.max_connections,
         listeners,
         clusters,
@@ -546,7 +547,6 @@ fn http(rule: &Rule) -> Http {
         route_name: rule.id.clone(),
         idle_timeout: secs(rule.timeouts.idle_s),
         sticky: vhosts.iter().any(|v| v.sticky_cookie.is_some()),
-        access_log: true,
         vhosts,
     }
 }

@@ -13,6 +13,7 @@
 //! - Certificates go to SDS, named by the certificate's id and holding the PEM inline: a
 //!   rotation changes the secret, not the listener, and drains nothing.
 
+use crate::settings::{AccessLogMode, AccessLogSettings};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const RUNTIME: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
 
 /// Listeners and clusters that stay in the bootstrap: the scrape port and where it forwards.
 fn is_static_listener(name: &str) -> bool {
@@ -84,6 +86,26 @@ pub fn file_name(kind: Kind, name: &str) -> String {
 
 pub const LDS_FILE: &str = "lds.json";
 pub const CDS_FILE: &str = "cds.json";
+/// The runtime layer (RTDS) the supervisor writes from its own settings: what the access log
+/// filters read, so that `access_log.mode` and `sample_percent` change without a listener update.
+pub const RUNTIME_FILE: &str = "runtime.json";
+const RUNTIME_LAYER: &str = "vpsie_lb";
+
+/// The runtime file for these access log settings.
+pub fn runtime_file(a: &AccessLogSettings) -> File {
+    let enabled = match a.mode {
+        AccessLogMode::File => 100,
+        AccessLogMode::Off => 0,
+    };
+    let layer = json!({
+        "name": RUNTIME_LAYER,
+        "layer": {"vpsie_lb": {"access_log": {
+            "enabled": enabled,
+            "sample": a.sample_per_ten_thousand(),
+        }}}
+    });
+    discovery_file(RUNTIME_FILE.into(), RUNTIME, &[&layer])
+}
 
 fn source(dir: &Path, file: &str) -> Value {
     json!({
@@ -145,6 +167,17 @@ impl Xds {
                     "lds_config": source(&self.dir, LDS_FILE),
                     "cds_config": source(&self.dir, CDS_FILE),
                 }),
+            );
+            // The RTDS layer first, then the admin layer (`/runtime_modify`, for an operator).
+            o.insert(
+                "layered_runtime".into(),
+                json!({"layers": [
+                    {"name": "rtds", "rtds_layer": {
+                        "name": RUNTIME_LAYER,
+                        "rtds_config": source(&self.dir, RUNTIME_FILE),
+                    }},
+                    {"name": "admin", "admin_layer": {}},
+                ]}),
             );
         }
         b.to_string()

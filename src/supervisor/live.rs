@@ -128,9 +128,10 @@ pub(super) fn epoch_dir(settings: &Settings, epoch: u32) -> PathBuf {
     xds_root(settings).join(epoch.to_string())
 }
 
-/// Inotify instances an epoch of this config holds: one per file subscription.
+/// Inotify instances an epoch of this config holds: one per file subscription (LDS, CDS and the
+/// runtime layer, then one per named resource).
 pub(super) fn inotify_need(x: &Xds) -> u64 {
-    (2 + x.routes.len() + x.endpoints.len() + x.secrets.len()) as u64
+    (3 + x.routes.len() + x.endpoints.len() + x.secrets.len()) as u64
 }
 
 /// Refuses a config whose subscriptions, counted for two epochs at once (a hot restart), do not
@@ -209,6 +210,9 @@ impl Supervisor {
             self.write_file(&x.dir, &f)?;
             written.insert(f.name, f.version);
         }
+        // The runtime layer follows the supervisor's settings, not the config: it is not one of
+        // the config's files (a live apply never removes it).
+        self.write_file(&x.dir, &xds::runtime_file(&self.settings.access_log))?;
         self.write_file(
             &x.dir,
             &xds::File {
@@ -233,7 +237,7 @@ impl Supervisor {
 
     /// One file, renamed into place from outside the watched directory. Not fsynced: an epoch
     /// always starts from a directory written afresh from the stored (synced) config.
-    fn write_file(&self, dir: &Path, f: &xds::File) -> Result<(), String> {
+    pub(super) fn write_file(&self, dir: &Path, f: &xds::File) -> Result<(), String> {
         let tmp = xds_root(&self.settings).join(".tmp");
         store::write_private_via(&tmp, &dir.join(&f.name), &f.data, store::Durability::Atomic)
             .map_err(|e| format!("{e:#}"))

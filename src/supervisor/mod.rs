@@ -27,6 +27,7 @@
 //! The supervisor must run on a current-thread runtime on the main thread: Envoy's hot-restart
 //! children set PR_SET_PDEATHSIG, so they die with the *thread* that spawned them.
 
+mod access_log;
 pub mod client;
 mod epochs;
 mod live;
@@ -86,6 +87,8 @@ enum Event {
     Watchdog,
     /// Time to check that the socket on disk is still the one listened on.
     SocketCheck,
+    /// The settings file, read again (SIGHUP).
+    Reload(Box<anyhow::Result<Settings>>),
     Shutdown(StopKind),
 }
 
@@ -132,6 +135,8 @@ pub struct Supervisor {
     binary_id: Option<BinaryId>,
     /// What the HA track file last said (`Some(true)`: serving), so it is written on changes only.
     track_written: std::cell::Cell<Option<bool>>,
+    /// The access log settings the rotation task follows (changed by a reload).
+    access_log_tx: watch::Sender<crate::settings::AccessLogSettings>,
 }
 
 /// What identifies the Envoy binary on disk (device, inode, size, modification time).
@@ -158,8 +163,14 @@ pub async fn run(
     settings: Settings,
     listener: UnixListener,
     shutdown: impl Future<Output = StopKind>,
+    mut reloads: mpsc::UnboundedReceiver<anyhow::Result<Settings>>,
 ) -> anyhow::Result<()> {
     let mut sup = Supervisor::new(settings).await?;
+    let rotation = tokio::spawn(access_log::run(
+        sup.access_log_tx.subscribe(),
+        sup.admin.clone(),
+        sup.metrics.clone(),
+    ));
     sup.resume().await;
     sup.publish();
     // READY once Envoy is LIVE with the current config, or at once when there is none yet (the
@@ -200,6 +211,7 @@ pub async fn run(
             _ = sleep_until(retry_at), if retry_at.is_some() => Event::Retry,
             _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Event::Watchdog,
             _ = socket_check.tick() => Event::SocketCheck,
+            Some(new) = reloads.recv() => Event::Reload(Box::new(new)),
         };
         match event {
             Event::Shutdown(kind) => break kind,
@@ -211,6 +223,7 @@ pub async fn run(
             Event::Exit(exit) => sup.on_exit(exit).await,
             Event::Retry => sup.retry().await,
             Event::Watchdog => {}
+            Event::Reload(new) => sup.reload(*new).await,
             Event::SocketCheck => {
                 // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
                 // supervisor through it any more, so listen again on a new one. (The loop's
@@ -251,6 +264,7 @@ pub async fn run(
     sup.write_track_file(false);
     accept.abort();
     sup.stop(stop).await;
+    rotation.abort();
     Ok(())
 }
 
@@ -266,6 +280,9 @@ impl Supervisor {
         let binary_hot_restart_version =
             process::binary_hot_restart_version(&settings.envoy.binary).await?;
         let admin = Admin::new(&settings.envoy.admin_socket)?;
+        // Envoy opens the access log when it validates or starts a config: its directory must be
+        // there first.
+        access_log::prepare_dir(&settings.access_log.path)?;
         let state_path = settings.state_dir.join("supervisor.json");
         let state = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -280,7 +297,6 @@ impl Supervisor {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         Ok(Supervisor {
             store: ConfigStore::new(&settings.envoy.config_dir),
-            settings,
             admin,
             state_path,
             state,
@@ -298,6 +314,8 @@ impl Supervisor {
             files: None,
             binary_id: None,
             track_written: std::cell::Cell::new(None),
+            access_log_tx: watch::channel(settings.access_log.clone()).0,
+            settings,
         })
     }
 

@@ -60,6 +60,7 @@ async fn accepted_fuzz_specs_render_configs_envoy_accepts() {
         settings.envoy.config_dir = dir.path().to_path_buf();
         settings.envoy.cert_dir = Some(dir.path().join("certs"));
         settings.envoy.redirect_port = targets::options().redirect_port;
+        settings.access_log.path = dir.path().join("access.log");
         let rendered = render::render(
             &loaded.spec,
             &settings,

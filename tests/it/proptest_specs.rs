@@ -350,6 +350,7 @@ fn proptest_valid_specs_render_to_configs_envoy_accepts() {
             settings.envoy.config_dir = dir.path().to_path_buf();
             settings.envoy.cert_dir = Some(dir.path().join("certs"));
             settings.envoy.redirect_port = 18_080;
+            settings.access_log.path = dir.path().join("access.log");
             let prepared = command::prepare(
                 spec.to_string().as_bytes(),
                 &settings,

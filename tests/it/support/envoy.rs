@@ -44,6 +44,7 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.envoy.admin_socket = dir.join("admin.sock");
     s.envoy.listen_address = "127.0.0.1".parse().unwrap();
     s.envoy.redirect_port = free_port();
+    s.access_log.path = dir.join("access.log");
     s.dev.allow_loopback_backends = true;
     s
 }
