@@ -85,7 +85,7 @@ cat <<MSG
   Events the agent reported:
     curl -H "Vpsie-Auth: \$(cat $RUN/api-key)" 'http://127.0.0.1:18090/sim/events?lb=demo-lb'
 
-  Logs: $RUN/agent.log, $RUN/supervisor.log (access log), $RUN/envoy.log, $RUN/api-sim.log
+  Logs: $RUN/agent.log, $RUN/supervisor.log, $RUN/envoy.log, $RUN/access.log (JSON lines), $RUN/api-sim.log
   Ctrl-C stops everything.
 MSG
 wait "$AGENT"

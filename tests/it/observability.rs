@@ -411,6 +411,9 @@ const DASHBOARD_MUST_USE: &[&str] = &[
     "envoy_tcp_downstream_cx_no_route",
     "vpsie_lb_agent_vrrp_state",
     "vpsie_lb_agent_vrrp_transitions_total",
+    "envoy_filesystem_write_buffered",
+    "envoy_filesystem_write_failed",
+    "vpsie_lb_supervisor_access_log_bytes",
 ];
 const RULES_MUST_USE: &[&str] = &[
     "vpsie_lb_agent_applies_total",
@@ -424,6 +427,8 @@ const RULES_MUST_USE: &[&str] = &[
     "vpsie_lb_agent_events_dropped_total",
     "vpsie_lb_agent_events_unsaved",
     "vpsie_lb_agent_vrrp_state",
+    "envoy_filesystem_write_failed",
+    "vpsie_lb_supervisor_access_log_disk_free_bytes",
 ];
 
 fn names_by_use(exprs: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
@@ -634,6 +639,9 @@ fn lb_series(instance: &str, changed: Changes) -> String {
             "envoy_cluster_membership_total{envoy_cluster_name=\"r1\"}",
             "2x120",
         ),
+        ("envoy_filesystem_write_failed", "0x120"),
+        ("vpsie_lb_supervisor_access_log_disk_free_bytes", "5e9x120"),
+        ("vpsie_lb_supervisor_access_log_disk_size_bytes", "1e10x120"),
     ];
     let mut out = String::new();
     for (series, values) in healthy {
@@ -767,6 +775,19 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
             "lb-disk-full",
             &[("vpsie_lb_agent_events_unsaved", "0x60 1x60")],
             &["VpsieLbEventQueueNotOnDisk"],
+        ),
+        (
+            "lb-log-lost",
+            &[("envoy_filesystem_write_failed", "0x90 1+3x30")],
+            &["VpsieLbAccessLogWritesFailing"],
+        ),
+        (
+            "lb-log-disk",
+            &[(
+                "vpsie_lb_supervisor_access_log_disk_free_bytes",
+                "5e9x90 3e8x30",
+            )],
+            &["VpsieLbAccessLogDiskFilling"],
         ),
     ];
     let mut series = String::new();

@@ -103,6 +103,7 @@ fn the_shipped_settings_are_valid_and_fit_the_units() {
     for (what, path) in [
         ("envoy.config_dir", &s.envoy.config_dir),
         ("envoy.log_file", &s.envoy.log_file),
+        ("access_log.path", &s.access_log.path),
         ("envoy.admin_socket", &s.envoy.admin_socket),
         ("supervisor.socket", &s.supervisor.socket),
         ("state_dir", &s.state_dir),
