@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle soak fuzz proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle bench-access-log soak fuzz proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -60,6 +60,12 @@ bench-live: envoy
 bench-idle: envoy
 	$(CARGO) build --locked --profile image
 	AGENT_BIN=$(CURDIR)/target/image/vpsie-lb-agent $(CARGO) bench --locked --bench idle
+
+## The access log at line rate (installs wrk): throughput and p99 with the log on vs off,
+## interleaved, then 5 min at saturation with the shipped bound (~7 min). Prints a verdict.
+bench-access-log: envoy
+	WITH_WRK=1 scripts/install-test-tools.sh
+	$(CARGO) bench --locked --bench access_log
 
 ## An hour of churn on the whole product (agent, supervisor, Envoy, API stand-in) under HTTP and
 ## long-lived TCP load: a change every 2 s, API faults, Envoy killed every 10 min, the agent every 7.

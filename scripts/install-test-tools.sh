@@ -7,6 +7,7 @@
 #   keepalived, ip (keepalived, iproute2)  high availability in network namespaces, tests/it/ha.rs
 #   faketime  (faketime)        the agent's clock jumping (libfaketime), tests/it/faults.rs
 #   haproxy   (haproxy)         only with WITH_HAPROXY=1: the baseline of `make bench-live`
+#   wrk       (wrk)             only with WITH_WRK=1: the load of `make bench-access-log`
 set -euo pipefail
 need=()
 tools=(promtool h2load pebble pebble-challtestsrv keepalived ip faketime)
@@ -19,6 +20,10 @@ command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ "${WITH_HAPROXY:-}" = 1 ]; then
   tools+=(haproxy)
   command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+fi
+if [ "${WITH_WRK:-}" = 1 ]; then
+  tools+=(wrk)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -76,7 +76,7 @@ impl Supervisor {
         }
         let old = &self.settings.access_log;
         if new.access_log == *old {
-            tracing::info!("settings reloaded; the access log's are unchanged");
+            tracing::info!("settings reloaded; access log settings unchanged");
             return;
         }
         if new.access_log.path != old.path {

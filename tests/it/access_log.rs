@@ -109,28 +109,6 @@ async fn envoy_stat(settings: &Settings, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Rewrites the stand's settings file and sends SIGHUP; waits until the supervisor logged
-/// `expect` once more than before.
-async fn reload(stand: &mut Stand, tweak: impl FnOnce(&mut Settings), expect: &str) {
-    tweak(&mut stand.settings);
-    std::fs::write(
-        &stand.config_file,
-        serde_yaml::to_string(&stand.settings).unwrap(),
-    )
-    .unwrap();
-    let before = stand.log().matches(expect).count();
-    stand.signal_supervisor(Signal::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while stand.log().matches(expect).count() <= before {
-        assert!(
-            Instant::now() < deadline,
-            "the supervisor did not log {expect:?} after SIGHUP:\n{}",
-            stand.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn get(c: &reqwest::Client, url: &str) -> u16 {
     c.get(url).send().await.unwrap().status().as_u16()
 }
@@ -326,23 +304,23 @@ async fn off_writes_nothing_and_settings_change_live_without_a_new_epoch() {
     assert_eq!(get(&c, &bad("/quiet-error")).await, 503);
 
     // Off -> file: the first line is the marker sent after the change; nothing of before.
-    reload(
-        &mut stand,
-        |s| s.access_log.mode = AccessLogMode::File,
-        "access log settings applied",
-    )
-    .await;
+    stand
+        .reload(
+            |s| s.access_log.mode = AccessLogMode::File,
+            "access log settings applied",
+        )
+        .await;
     assert_eq!(get(&c, &ok("/marker-1")).await, 200);
     let l = wait_lines(&path, "marker-1", |l| !with_path(l, "/marker-1").is_empty()).await;
     assert_eq!(l.len(), 1, "off wrote lines: {l:?}");
 
     // Sampling to 0: successes are no longer logged, errors still are.
-    reload(
-        &mut stand,
-        |s| s.access_log.sample_percent = 0.0,
-        "access log settings applied",
-    )
-    .await;
+    stand
+        .reload(
+            |s| s.access_log.sample_percent = 0.0,
+            "access log settings applied",
+        )
+        .await;
     for _ in 0..200 {
         assert_eq!(get(&c, &ok("/sampled-out")).await, 200);
     }
@@ -352,12 +330,12 @@ async fn off_writes_nothing_and_settings_change_live_without_a_new_epoch() {
     assert_eq!(l.len(), 2);
 
     // A settings file that does not check is refused whole; the running settings stay.
-    reload(
-        &mut stand,
-        |s| s.access_log.sample_percent = 100.0,
-        "access log settings applied",
-    )
-    .await;
+    stand
+        .reload(
+            |s| s.access_log.sample_percent = 100.0,
+            "access log settings applied",
+        )
+        .await;
     std::fs::write(
         &stand.config_file,
         std::fs::read_to_string(&stand.config_file)
@@ -380,19 +358,19 @@ async fn off_writes_nothing_and_settings_change_live_without_a_new_epoch() {
     .await;
 
     // And off again: not even errors.
-    reload(
-        &mut stand,
-        |s| s.access_log.mode = AccessLogMode::Off,
-        "access log settings applied",
-    )
-    .await;
+    stand
+        .reload(
+            |s| s.access_log.mode = AccessLogMode::Off,
+            "access log settings applied",
+        )
+        .await;
     assert_eq!(get(&c, &bad("/error-while-off")).await, 503);
-    reload(
-        &mut stand,
-        |s| s.access_log.mode = AccessLogMode::File,
-        "access log settings applied",
-    )
-    .await;
+    stand
+        .reload(
+            |s| s.access_log.mode = AccessLogMode::File,
+            "access log settings applied",
+        )
+        .await;
     assert_eq!(get(&c, &ok("/marker-2")).await, 200);
     let l = wait_lines(&path, "marker-2", |l| !with_path(l, "/marker-2").is_empty()).await;
     assert!(with_path(&l, "/error-while-off").is_empty(), "{l:?}");

@@ -154,6 +154,28 @@ impl Stand {
         }
     }
 
+    /// Rewrites the settings file with `tweak` applied and sends SIGHUP; waits until the
+    /// supervisor's log holds `expect` once more than before.
+    pub async fn reload(&mut self, tweak: impl FnOnce(&mut Settings), expect: &str) {
+        tweak(&mut self.settings);
+        std::fs::write(
+            &self.config_file,
+            serde_yaml::to_string(&self.settings).unwrap(),
+        )
+        .unwrap();
+        let before = self.log().matches(expect).count();
+        self.signal_supervisor(nix::sys::signal::Signal::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.log().matches(expect).count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not log {expect:?} after SIGHUP:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn front_port() -> u16 {
         free_port()
     }

@@ -1,0 +1,286 @@
+//! What the access log costs at line rate, and whether its bound holds there.
+//!
+//! One supervisor and its Envoy (2 workers) serving one http rule to a loopback upstream in this
+//! process; load from Debian's `wrk` (HTTP/1.1 keep-alive, 1 thread, 32 connections), all on the
+//! same cores.
+//!
+//! 1. **Cost**: rounds of `mode: off` and `mode: file` (100 %), interleaved and switched live
+//!    (SIGHUP: the same Envoy, only its runtime changes), `ACCESS_LOG_BENCH_ROUNDS` pairs (default
+//!    5) of `ACCESS_LOG_BENCH_ROUND_S` seconds (default 8), the order alternating. Targets: the
+//!    median throughput with the log ≥ 0.9× without it, its p99 ≤ 1.2×.
+//! 2. **Bound**: the log on at 100 % with the shipped bound (512 MiB, 4 rotated files) for
+//!    `ACCESS_LOG_BENCH_SECONDS` (default 300) at saturation; the files are measured every 20 ms
+//!    (each file once, by inode). Targets: at least 20,000 requests a second, the files never
+//!    above `max_bytes`, every line of what is left whole JSON, and nothing per request in the
+//!    supervisor's own log.
+//!
+//! `make bench-access-log` (installs wrk). Loopback only. Prints each round, the ratios and a
+//! verdict naming every missed target; exits 1 when one is missed.
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use serde_json::json;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::supervisor::Stand;
+use support::upstream;
+use vpsie_lb_agent::settings::AccessLogMode;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One wrk run: requests per second and p99 latency.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    rps: f64,
+    p99_ms: f64,
+}
+
+/// wrk's "99%" line: a number with a unit (us, ms, s).
+fn parse_latency(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str, seconds: u64) -> Round {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c32", "--latency", "-d"])
+        .arg(format!("{seconds}s"))
+        .arg(url)
+        .output()
+        .expect("wrk is required: WITH_WRK=1 scripts/install-test-tools.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"));
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| parse_latency(v.trim()))
+        .unwrap_or_else(|| panic!("no 99% in wrk's output: {text}"));
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "wrk saw errors: {text}"
+    );
+    Round { rps, p99_ms }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn rotated(path: &Path, n: usize) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
+}
+
+/// The log files' sizes together, each file once (a rotation may rename one mid-measure), and
+/// the inodes seen.
+fn on_disk(path: &Path) -> (u64, HashSet<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for p in std::iter::once(path.to_path_buf()).chain((1..=10).map(|n| rotated(path, n))) {
+        if let Ok(m) = std::fs::metadata(&p) {
+            if seen.insert(m.ino()) {
+                total += m.len();
+            }
+        }
+    }
+    (total, seen)
+}
+
+/// Lines of every log file left, and the first line that is not one whole JSON object.
+fn check_lines(path: &Path) -> (u64, Option<String>) {
+    use std::io::BufRead;
+    let mut n = 0;
+    for p in std::iter::once(path.to_path_buf()).chain((1..=10).map(|n| rotated(path, n))) {
+        let Ok(f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        for line in std::io::BufReader::with_capacity(1 << 20, f).split(b'\n') {
+            let line = line.unwrap();
+            n += 1;
+            let ok =
+                serde_json::from_slice::<serde_json::Value>(&line).is_ok_and(|v| v.is_object());
+            if !ok {
+                return (
+                    n,
+                    Some(format!(
+                        "{}: {}",
+                        p.display(),
+                        String::from_utf8_lossy(&line[..line.len().min(200)])
+                    )),
+                );
+            }
+        }
+    }
+    (n, None)
+}
+
+fn main() {
+    let rounds = env_u64("ACCESS_LOG_BENCH_ROUNDS", 5);
+    let round_s = env_u64("ACCESS_LOG_BENCH_ROUND_S", 8);
+    let bound_s = env_u64("ACCESS_LOG_BENCH_SECONDS", 300);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut missed: Vec<String> = Vec::new();
+    rt.block_on(async {
+        let up = upstream::http("web", None).await;
+        let front = Stand::front_port();
+        let mut stand = Stand::start(|s| {
+            s.envoy.concurrency = Some(2);
+            s.access_log.max_bytes = 512 << 20;
+            s.access_log.keep_files = 4;
+        })
+        .await;
+        stand
+            .apply_ok(&json!({"identifier": "lb-bench", "lbName": "bench", "rules": [{
+                "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": up.port(),
+                "backends": [{"identifier": "b1", "ip": "127.0.0.1"}]}]}))
+            .await;
+        let url = format!("http://127.0.0.1:{front}/");
+        let path = stand.settings.access_log.path.clone();
+        println!(
+            "access log bench: wrk -t1 -c32 keep-alive, Envoy 2 workers, {rounds} pairs of {round_s} s, then {bound_s} s at the shipped bound"
+        );
+        let _ = wrk(&url, 2);
+
+        // 1. Cost.
+        let (mut off, mut file) = (Vec::new(), Vec::new());
+        println!("\nround  mode   requests/s   p99 ms");
+        for r in 0..rounds {
+            let order = if r % 2 == 0 {
+                [AccessLogMode::Off, AccessLogMode::File]
+            } else {
+                [AccessLogMode::File, AccessLogMode::Off]
+            };
+            for mode in order {
+                stand
+                    .reload(|s| s.access_log.mode = mode, "access log settings applied")
+                    .await;
+                let x = wrk(&url, round_s);
+                println!("{r:>5}  {mode:<5?}  {:>11.0}  {:>7.2}", x.rps, x.p99_ms);
+                match mode {
+                    AccessLogMode::Off => off.push(x),
+                    AccessLogMode::File => file.push(x),
+                }
+            }
+        }
+        let m = |v: &[Round], f: fn(&Round) -> f64| median(v.iter().map(f).collect());
+        let (off_rps, file_rps) = (m(&off, |x| x.rps), m(&file, |x| x.rps));
+        let (off_p99, file_p99) = (m(&off, |x| x.p99_ms), m(&file, |x| x.p99_ms));
+        let rps_ratio = file_rps / off_rps;
+        let p99_ratio = file_p99 / off_p99;
+        println!(
+            "\nmedian: off {off_rps:.0} req/s p99 {off_p99:.2} ms; file {file_rps:.0} req/s p99 {file_p99:.2} ms"
+        );
+        println!(
+            "ratio file/off: throughput {rps_ratio:.3} (target >= 0.9), p99 {p99_ratio:.3} (target <= 1.2)"
+        );
+        if rps_ratio < 0.9 {
+            missed.push(format!("throughput with the log {rps_ratio:.3}x (target >= 0.9x)"));
+        }
+        if p99_ratio > 1.2 {
+            missed.push(format!("p99 with the log {p99_ratio:.3}x (target <= 1.2x)"));
+        }
+
+        // 2. The bound at line rate.
+        stand
+            .reload(|s| s.access_log.mode = AccessLogMode::File, "access log settings")
+            .await;
+        let max = stand.settings.access_log.max_bytes;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (stop, path) = (stop.clone(), path.clone());
+            std::thread::spawn(move || {
+                let (mut worst, mut samples) = (0u64, 0u64);
+                let mut inodes = HashSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let (total, seen) = on_disk(&path);
+                    worst = worst.max(total);
+                    inodes.extend(seen);
+                    samples += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (worst, samples, inodes.len())
+            })
+        };
+        let t = Instant::now();
+        let load = {
+            let url = url.clone();
+            std::thread::spawn(move || wrk(&url, bound_s))
+        };
+        let x = load.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let (worst, samples, files_seen) = sampler.join().unwrap();
+        let took = t.elapsed();
+        let (lines, bad) = check_lines(&path);
+        let own = stand.log();
+        println!(
+            "\nbound: {:.0} s at {:.0} req/s (p99 {:.2} ms); files at most {:.1} MiB of {:.0} MiB ({samples} samples, {} files over the run); {lines} lines left, every one checked",
+            took.as_secs_f64(),
+            x.rps,
+            x.p99_ms,
+            worst as f64 / (1 << 20) as f64,
+            max as f64 / (1 << 20) as f64,
+            files_seen
+        );
+        println!(
+            "supervisor's own log: {} bytes, {} lines",
+            own.len(),
+            own.lines().count()
+        );
+        if x.rps < 20_000.0 {
+            missed.push(format!(
+                "the bound was proven at {:.0} req/s, below the 20,000 asked",
+                x.rps
+            ));
+        }
+        if worst > max {
+            missed.push(format!("the files reached {worst} bytes > max_bytes {max}"));
+        }
+        if files_seen < 6 {
+            missed.push(format!(
+                "only {files_seen} files over the run: the bound was not exercised"
+            ));
+        }
+        if let Some(b) = bad {
+            missed.push(format!("a line that is not whole JSON: {b}"));
+        }
+        if own.contains("\"rule\"") || own.contains("GET /") {
+            missed.push("per-request lines in the supervisor's log".into());
+        }
+    });
+    if missed.is_empty() {
+        println!("\ntargets met");
+    } else {
+        println!("\ntargets missed:");
+        for m in &missed {
+            println!("  - {m}");
+        }
+        std::process::exit(1);
+    }
+}
