@@ -505,7 +505,8 @@ def checks(qga, http_port, scrape_port, t_boot):
     log(f"agent restarted; supervisor pid {after[0]} and envoy pid {after[1]} unchanged; "
         f"request -> {status_code}")
 
-    hot_restart_under_load(qga, http_port)
+    served = hot_restart_under_load(qga, http_port)
+    access_log_and_journal(qga, served)
     reboot_without_api(qga, http_port)
     high_availability(qga)
 
@@ -562,15 +563,58 @@ def change_under_load(qga, http_port, new, want_method, want_epoch, must_see):
         fail(f"{tally['failed']} requests failed during the change: {tally['errors'][:5]}")
     if not got.startswith(f"epoch {want_epoch} method {want_method} "):
         fail(f"expected epoch {want_epoch} by {want_method}, got {got}")
+    return tally["ok"]
 
 
 def hot_restart_under_load(qga, http_port):
     """A backend added goes into the running Envoy live (still epoch 0); a bootstrap change
     (maxConnections) needs a new process: a hot restart into epoch 1. Both under load."""
-    change_under_load(qga, http_port, spec(("web1", "web2", "web3")), "live", 0, "web3")
+    served = change_under_load(qga, http_port, spec(("web1", "web2", "web3")), "live", 0, "web3")
     bigger = spec(("web1", "web2", "web3"))
     bigger["maxConnections"] = 20000
-    change_under_load(qga, http_port, bigger, "hot_restart", 1, "web3")
+    served += change_under_load(qga, http_port, bigger, "hot_restart", 1, "web3")
+    return served
+
+
+def access_log_and_journal(qga, served):
+    """Access logs go to their own file, never to the journal: every request served under load
+    is a JSON line in /var/log/vpsie-lb/access.log, the supervisor's own lines about those
+    changes (the live apply, the hot restart) are in its journal, no access log line is, and
+    journald suppressed nothing of the unit. `systemctl reload` (SIGHUP) works under the unit's
+    hardening and applies the access log settings live."""
+    lines = int(qga.check("cat /var/log/vpsie-lb/access.log* | wc -l").strip())
+    if lines < served:
+        fail(f"{lines} access log lines for {served} requests served under load")
+    last = json.loads(qga.check("tail -n 1 /var/log/vpsie-lb/access.log"))
+    if last.get("type") != "http" or last.get("rule") != "web" or last.get("status") != 200:
+        fail(f"the last access log line is not a request of rule web: {last}")
+    journal = qga.check("journalctl -b -u vpsie-lb-envoy.service --no-pager -o cat")
+    for needle in ('"request_id"', '"user_agent"', '"upstream_ms"'):
+        if needle in journal:
+            fail(f"an access log line ({needle}) in the supervisor's journal")
+    events = []
+    for line in journal.splitlines():
+        try:
+            fields = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        events.append((fields.get("message"), fields.get("epoch")))
+    if not any(m == "applied live" for m, _ in events):
+        fail("the supervisor's 'applied live' line is missing from its journal")
+    if ("envoy epoch is LIVE", 1) not in events:
+        fail("the supervisor's line on epoch 1 going LIVE is missing from its journal")
+    suppressed = qga.check("journalctl -b --no-pager -o cat | grep -c 'Suppressed .*vpsie-lb' || true").strip()
+    if suppressed not in ("", "0"):
+        fail(f"journald suppressed messages of our units {suppressed} time(s)")
+    pid = qga.check("systemctl show -p MainPID --value vpsie-lb-envoy.service").strip()
+    qga.check("systemctl reload vpsie-lb-envoy.service")
+    wait_for("the supervisor to read its settings again", lambda: (
+        "access log settings unchanged" in qga.check(
+            "journalctl -b -u vpsie-lb-envoy.service --no-pager -o cat"), "waiting"), 30)
+    if qga.check("systemctl show -p MainPID --value vpsie-lb-envoy.service").strip() != pid:
+        fail("systemctl reload restarted the supervisor")
+    log(f"access log: {lines} JSON lines for {served} requests under load; none in the journal, "
+        f"the supervisor's apply lines all there, nothing suppressed; systemctl reload read the settings")
 
 
 STATUS_JSON = "vpsie-lb-agent status --json --config /etc/vpsie-lb/agent.yaml"
