@@ -22,11 +22,12 @@ mod support;
 
 use serde_json::json;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::access_log::{files, on_disk};
 use support::supervisor::Stand;
 use support::upstream;
 use vpsie_lb_agent::settings::AccessLogMode;
@@ -89,31 +90,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn rotated(path: &Path, n: usize) -> PathBuf {
-    PathBuf::from(format!("{}.{n}", path.display()))
-}
-
-/// The log files' sizes together, each file once (a rotation may rename one mid-measure), and
-/// the inodes seen.
-fn on_disk(path: &Path) -> (u64, HashSet<u64>) {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    for p in std::iter::once(path.to_path_buf()).chain((1..=10).map(|n| rotated(path, n))) {
-        if let Ok(m) = std::fs::metadata(&p) {
-            if seen.insert(m.ino()) {
-                total += m.len();
-            }
-        }
-    }
-    (total, seen)
-}
-
 /// Lines of every log file left, and the first line that is not one whole JSON object.
 fn check_lines(path: &Path) -> (u64, Option<String>) {
     use std::io::BufRead;
     let mut n = 0;
-    for p in std::iter::once(path.to_path_buf()).chain((1..=10).map(|n| rotated(path, n))) {
+    for p in files(path) {
         let Ok(f) = std::fs::File::open(&p) else {
             continue;
         };

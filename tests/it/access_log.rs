@@ -4,6 +4,7 @@
 //! that never stops traffic. Nothing per request reaches the supervisor's own log.
 
 use crate::grpc::grpc_server;
+use crate::support::access_log::{on_disk, rotated};
 use crate::support::envoy::{admin_client, free_port};
 use crate::support::load::Load;
 use crate::support::supervisor::Stand;
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use vpsie_lb_agent::settings::{AccessLogMode, Settings};
+use vpsie_lb_agent::settings::{AccessLogMode, AccessLogSettings, Settings};
 
 fn lb(rules: Vec<Value>) -> Value {
     json!({"identifier": "lb-log", "lbName": "log", "rules": rules})
@@ -37,11 +38,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap()
-}
-
-/// `<path>.<n>`.
-fn rotated(path: &Path, n: usize) -> PathBuf {
-    PathBuf::from(format!("{}.{n}", path.display()))
 }
 
 /// Every line of the log files, oldest first, each parsed: a line that is not one whole JSON
@@ -109,6 +105,20 @@ async fn envoy_stat(settings: &Settings, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Changes the access log settings by SIGHUP; returns once Envoy holds them.
+async fn set(stand: &mut Stand, tweak: impl FnOnce(&mut AccessLogSettings)) {
+    stand
+        .reload(|s| tweak(&mut s.access_log), "access log settings applied")
+        .await;
+}
+
+/// Requests `url` (expecting `status`) and waits until its line (by path) is in the log.
+async fn logged(c: &reqwest::Client, url: &str, status: u16, log: &Path) -> Vec<Value> {
+    assert_eq!(get(c, url).await, status, "{url}");
+    let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap();
+    wait_lines(log, &path, |l| !with_path(l, &path).is_empty()).await
+}
+
 async fn get(c: &reqwest::Client, url: &str) -> u16 {
     c.get(url).send().await.unwrap().status().as_u16()
 }
@@ -139,36 +149,24 @@ async fn http_https_http2_and_tcp_rules_log_one_json_line_with_the_right_values(
         .user_agent("it-agent/1 \"quoted\"")
         .build()
         .unwrap();
-    let r = c
-        .get(format!("http://127.0.0.1:{p_http}/a/b?secret=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let url = format!("http://127.0.0.1:{p_http}/a/b?secret=1");
+    assert_eq!(get(&c, &url).await, 200);
     let tls = reqwest::Client::builder()
         .no_proxy()
         .danger_accept_invalid_certs(true)
         .resolve("shop.test", SocketAddr::from(([127, 0, 0, 1], p_https)))
         .build()
         .unwrap();
-    let r = tls
-        .get(format!("https://shop.test:{p_https}/tls?x=1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(&tls, &format!("https://shop.test:{p_https}/tls?x=1")).await,
+        200
+    );
     let h2 = reqwest::Client::builder()
         .no_proxy()
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let h2_status = h2
-        .get(format!("http://127.0.0.1:{p_h2}/h2"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16();
+    let h2_status = get(&h2, &format!("http://127.0.0.1:{p_h2}/h2")).await;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", p_tcp))
         .await
         .unwrap();
@@ -304,38 +302,21 @@ async fn off_writes_nothing_and_settings_change_live_without_a_new_epoch() {
     assert_eq!(get(&c, &bad("/quiet-error")).await, 503);
 
     // Off -> file: the first line is the marker sent after the change; nothing of before.
-    stand
-        .reload(
-            |s| s.access_log.mode = AccessLogMode::File,
-            "access log settings applied",
-        )
-        .await;
-    assert_eq!(get(&c, &ok("/marker-1")).await, 200);
-    let l = wait_lines(&path, "marker-1", |l| !with_path(l, "/marker-1").is_empty()).await;
+    set(&mut stand, |a| a.mode = AccessLogMode::File).await;
+    let l = logged(&c, &ok("/marker-1"), 200, &path).await;
     assert_eq!(l.len(), 1, "off wrote lines: {l:?}");
 
     // Sampling to 0: successes are no longer logged, errors still are.
-    stand
-        .reload(
-            |s| s.access_log.sample_percent = 0.0,
-            "access log settings applied",
-        )
-        .await;
+    set(&mut stand, |a| a.sample_percent = 0.0).await;
     for _ in 0..200 {
         assert_eq!(get(&c, &ok("/sampled-out")).await, 200);
     }
-    assert_eq!(get(&c, &bad("/error-1")).await, 503);
-    let l = wait_lines(&path, "error-1", |l| !with_path(l, "/error-1").is_empty()).await;
+    let l = logged(&c, &bad("/error-1"), 503, &path).await;
     assert!(with_path(&l, "/sampled-out").is_empty(), "{l:?}");
     assert_eq!(l.len(), 2);
 
     // A settings file that does not check is refused whole; the running settings stay.
-    stand
-        .reload(
-            |s| s.access_log.sample_percent = 100.0,
-            "access log settings applied",
-        )
-        .await;
+    set(&mut stand, |a| a.sample_percent = 100.0).await;
     std::fs::write(
         &stand.config_file,
         std::fs::read_to_string(&stand.config_file)
@@ -351,28 +332,13 @@ async fn off_writes_nothing_and_settings_change_live_without_a_new_epoch() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(stand.log().contains("access_log.sample_percent"));
-    assert_eq!(get(&c, &ok("/still-logged")).await, 200);
-    wait_lines(&path, "still-logged", |l| {
-        !with_path(l, "/still-logged").is_empty()
-    })
-    .await;
+    logged(&c, &ok("/still-logged"), 200, &path).await;
 
     // And off again: not even errors.
-    stand
-        .reload(
-            |s| s.access_log.mode = AccessLogMode::Off,
-            "access log settings applied",
-        )
-        .await;
+    set(&mut stand, |a| a.mode = AccessLogMode::Off).await;
     assert_eq!(get(&c, &bad("/error-while-off")).await, 503);
-    stand
-        .reload(
-            |s| s.access_log.mode = AccessLogMode::File,
-            "access log settings applied",
-        )
-        .await;
-    assert_eq!(get(&c, &ok("/marker-2")).await, 200);
-    let l = wait_lines(&path, "marker-2", |l| !with_path(l, "/marker-2").is_empty()).await;
+    set(&mut stand, |a| a.mode = AccessLogMode::File).await;
+    let l = logged(&c, &ok("/marker-2"), 200, &path).await;
     assert!(with_path(&l, "/error-while-off").is_empty(), "{l:?}");
 
     // All of it live: the same epoch and the same Envoy process.
@@ -381,22 +347,6 @@ async fn off_writes_nothing_and_settings_change_live_without_a_new_epoch() {
         (after.epoch, after.envoy_pid),
         (before.epoch, before.envoy_pid)
     );
-}
-
-/// Sizes of the log files together, each file counted once even if a rotation renames it while
-/// they are measured (by inode).
-fn total_on_disk(path: &Path) -> (u64, usize) {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    for p in std::iter::once(path.to_path_buf()).chain((1..=10).map(|n| rotated(path, n))) {
-        if let Ok(m) = std::fs::metadata(&p) {
-            if seen.insert(m.ino()) {
-                total += m.len();
-            }
-        }
-    }
-    (total, seen.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,7 +409,8 @@ async fn the_files_never_exceed_max_bytes_under_load() {
             inodes_of_oldest.len(),
             path.display()
         );
-        let (total, files) = total_on_disk(&path);
+        let (total, inodes) = on_disk(&path);
+        let files = inodes.len();
         worst = worst.max((total, files));
         assert!(total <= max, "{total} bytes on disk > max_bytes {max}");
         assert!(files <= 3, "{files} files with keep_files 2");

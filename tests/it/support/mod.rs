@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod access_log;
 pub mod certs;
 pub mod envoy;
 pub mod load;
