@@ -532,6 +532,9 @@ pub struct AccessLogSettings {
     pub max_bytes: u64,
     /// How many rotated files to keep at most. Live.
     pub keep_files: u32,
+    /// Log the path with its query string (off by default: query strings carry tokens and
+    /// personal data). Rendered into the listeners, like `path`.
+    pub query_string: bool,
 }
 
 impl Default for AccessLogSettings {
@@ -542,6 +545,7 @@ impl Default for AccessLogSettings {
             sample_percent: 100.0,
             max_bytes: 512 << 20,
             keep_files: 4,
+            query_string: false,
         }
     }
 }

@@ -116,6 +116,7 @@ pub fn output_version(settings: &Settings) -> String {
         m.scrape_port.to_string(),
         m.allowed_cidrs.join(","),
         settings.access_log.path.to_string_lossy().into_owned(),
+        settings.access_log.query_string.to_string(),
     ] {
         h.update(part.as_bytes());
         h.update([0]);
@@ -626,6 +627,51 @@ mod tests {
                 "not caught: {t}"
             );
         }
+    }
+
+    /// Every listener logs to `access_log.path`, without the query string unless asked; both
+    /// settings change the output version (so the config hash), the runtime-only ones do not.
+    #[test]
+    fn access_log_settings_shape_the_config_and_its_version() {
+        let (spec, mut settings) = example();
+        settings.access_log.path = "/var/log/x/a.log".into();
+        let text = |s: &Settings| {
+            render(&spec, s, &Resolved::new(), &Default::default())
+                .unwrap()
+                .config
+        };
+        let plain = text(&settings);
+        let listeners = plain.matches("\"name\": \"envoy.filters.network.").count();
+        assert!(listeners > 0);
+        assert_eq!(
+            plain.matches("\"path\": \"/var/log/x/a.log\"").count(),
+            plain.matches("envoy.access_loggers.file").count(),
+        );
+        assert!(plain.contains("%REQ_WITHOUT_QUERY(:PATH):1024%"));
+        assert!(!plain.contains("envoy.access_loggers.stdout"));
+        let v0 = output_version(&settings);
+        let mut with_query = settings.clone();
+        with_query.access_log.query_string = true;
+        let q = text(&with_query);
+        assert!(q.contains("\"%REQ(:PATH):1024%\"") && !q.contains("REQ_WITHOUT_QUERY(:PATH)"));
+        assert_ne!(output_version(&with_query), v0);
+        let mut moved = settings.clone();
+        moved.access_log.path = "/var/log/y/a.log".into();
+        assert_ne!(output_version(&moved), v0);
+        let mut live_only = settings.clone();
+        live_only.access_log.sample_percent = 1.0;
+        live_only.access_log.max_bytes = 8 << 20;
+        assert_eq!(output_version(&live_only), v0);
+        assert_eq!(text(&live_only), plain);
+        // The command line's check writes every access log elsewhere, and nothing else.
+        let moved_text = with_access_log_path(&plain, Path::new("/tmp/v/access.log")).unwrap();
+        let a: Value = serde_json::from_str(&plain).unwrap();
+        let b: Value = serde_json::from_str(&moved_text).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            moved_text.matches("/tmp/v/access.log").count(),
+            plain.matches("/var/log/x/a.log").count()
+        );
     }
 
     /// The split moves every resource out of the bootstrap without changing it: listeners keep

@@ -22,6 +22,8 @@ pub struct View {
     pub listen_address: String,
     /// Where every listener's access log goes (`access_log.path`).
     pub access_log_path: String,
+    /// Whether the logged path keeps its query string (`access_log.query_string`).
+    pub access_log_query: bool,
     pub max_connections: u32,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
@@ -478,6 +480,7 @@ pub fn build(
         admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
         listen_address: settings.envoy.listen_address.to_string(),
         access_log_path: settings.access_log.path.to_string_lossy().into_owned(),
+        access_log_query: settings.access_log.query_string,
         max_connections: spec.max_connections,
         listeners,
         clusters,

@@ -202,7 +202,7 @@ async fn http_https_http2_and_tcp_rules_log_one_json_line_with_the_right_values(
     assert_eq!(web_line["client"], "127.0.0.1");
     assert!(web_line["client_port"].as_u64().unwrap() > 0);
     assert_eq!(web_line["method"], "GET");
-    assert_eq!(web_line["path"], "/a/b", "no query string");
+    assert_eq!(web_line["path"], "/a/b", "no query string by default");
     assert_eq!(web_line["protocol"], "HTTP/1.1");
     assert_eq!(web_line["status"], 200);
     assert_eq!(web_line["flags"], "-");
