@@ -582,9 +582,11 @@ def access_log_and_journal(qga, served):
     changes (the live apply, the hot restart) are in its journal, no access log line is, and
     journald suppressed nothing of the unit. `systemctl reload` (SIGHUP) works under the unit's
     hardening and applies the access log settings live."""
-    lines = int(qga.check("cat /var/log/vpsie-lb/access.log* | wc -l").strip())
-    if lines < served:
-        fail(f"{lines} access log lines for {served} requests served under load")
+    # Envoy flushes its log buffer every second.
+    count = "cat /var/log/vpsie-lb/access.log* | wc -l"
+    wait_for(f"{served} access log lines", lambda: (
+        int(qga.check(count).strip()) >= served, qga.check(count).strip() + " lines"), 30)
+    lines = int(qga.check(count).strip())
     last = json.loads(qga.check("tail -n 1 /var/log/vpsie-lb/access.log"))
     if last.get("type") != "http" or last.get("rule") != "web" or last.get("status") != 200:
         fail(f"the last access log line is not a request of rule web: {last}")
