@@ -647,13 +647,13 @@ mod tests {
             plain.matches("\"path\": \"/var/log/x/a.log\"").count(),
             plain.matches("envoy.access_loggers.file").count(),
         );
-        assert!(plain.contains("%REQ_WITHOUT_QUERY(:PATH):1024%"));
+        assert!(plain.contains("%PATH(NQ):1024%"));
         assert!(!plain.contains("envoy.access_loggers.stdout"));
         let v0 = output_version(&settings);
         let mut with_query = settings.clone();
         with_query.access_log.query_string = true;
         let q = text(&with_query);
-        assert!(q.contains("\"%REQ(:PATH):1024%\"") && !q.contains("REQ_WITHOUT_QUERY(:PATH)"));
+        assert!(q.contains("\"%PATH(WQ):1024%\"") && !q.contains("%PATH(NQ)"));
         assert_ne!(output_version(&with_query), v0);
         let mut moved = settings.clone();
         moved.access_log.path = "/var/log/y/a.log".into();

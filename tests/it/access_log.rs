@@ -452,3 +452,20 @@ async fn a_full_disk_never_stops_traffic_and_shows() {
     assert_eq!(get(&c, &format!("http://127.0.0.1:{front}/")).await, 200);
     assert_eq!(stand.status().await.envoy_state, "LIVE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_string_is_logged_only_when_asked() {
+    let web = upstream::http("web", None).await;
+    let front = free_port();
+    let stand = Stand::start(|s| s.access_log.query_string = true).await;
+    stand
+        .apply_ok(&lb(vec![http_rule("web", front, web.port())]))
+        .await;
+    let url = format!("http://127.0.0.1:{front}/a/b?secret=1");
+    assert_eq!(get(&client(), &url).await, 200);
+    let l = wait_lines(&stand.settings.access_log.path, "the request", |l| {
+        !l.is_empty()
+    })
+    .await;
+    assert_eq!(l[0]["path"], "/a/b?secret=1");
+}
