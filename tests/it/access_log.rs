@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use vpsie_lb_agent::settings::{AccessLogMode, AccessLogSettings, Settings};
+use vpsie_lb_agent::supervisor::protocol::ApplyMethod;
 
 fn lb(rules: Vec<Value>) -> Value {
     json!({"identifier": "lb-log", "lbName": "log", "rules": rules})
@@ -468,4 +469,37 @@ async fn the_query_string_is_logged_only_when_asked() {
     })
     .await;
     assert_eq!(l[0]["path"], "/a/b?secret=1");
+}
+
+/// A new `access_log.path` is a new config (the path is rendered into every listener, and the
+/// settings the render reads are part of the hash): applied live, in the same epoch, and the
+/// supervisor's rotation follows the new path after SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_path_is_a_new_config_applied_live() {
+    let web = upstream::http("web", None).await;
+    let front = free_port();
+    let mut stand = Stand::start(|_| {}).await;
+    let spec = lb(vec![http_rule("web", front, web.port())]);
+    let first = stand.apply_ok(&spec).await;
+    let old = stand.settings.access_log.path.clone();
+    let url = |p: &str| format!("http://127.0.0.1:{front}{p}");
+    logged(&client(), &url("/before"), 200, &old).await;
+
+    let new = stand.dir.path().join("logs").join("access.log");
+    stand
+        .reload(|s| s.access_log.path = new.clone(), "rotation follows")
+        .await;
+    assert!(
+        new.parent().unwrap().is_dir(),
+        "the supervisor made its directory"
+    );
+    let second = stand.apply_ok(&spec).await;
+    assert_ne!(second.hash, first.hash, "the same spec, a new config");
+    assert!(
+        matches!(second.method, Some(ApplyMethod::Live)) && second.epoch == first.epoch,
+        "applied live, in the same epoch: {second:?}"
+    );
+    let l = logged(&client(), &url("/after"), 200, &new).await;
+    assert_eq!(l.len(), 1);
+    assert!(with_path(&lines(&old), "/after").is_empty());
 }
