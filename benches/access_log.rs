@@ -144,22 +144,9 @@ fn check_lines(path: &Path) -> (u64, Option<String>) {
     (n, None)
 }
 
-/// Envoy's stats, read from its admin socket: a lookup by name (0 when missing).
+/// Envoy's stats of the log files and of the rule.
 async fn stand_stats(stand: &Stand) -> impl Fn(&str) -> u64 {
-    let text = support::envoy::admin_client(&stand.settings)
-        .get("http://envoy/stats?filter=^(filesystem|http\\.web)\\.")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    move |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    }
+    support::envoy::stats(&stand.settings, "^(filesystem|http\\.web)\\.").await
 }
 
 fn main() {

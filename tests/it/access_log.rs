@@ -5,7 +5,7 @@
 
 use crate::grpc::grpc_server;
 use crate::support::access_log::{on_disk, rotated};
-use crate::support::envoy::{admin_client, free_port};
+use crate::support::envoy::{free_port, stats};
 use crate::support::load::Load;
 use crate::support::supervisor::Stand;
 use crate::support::{certs, upstream};
@@ -92,18 +92,7 @@ fn with_path<'a>(l: &'a [Value], path: &str) -> Vec<&'a Value> {
 
 /// One Envoy counter, read from its admin socket.
 async fn envoy_stat(settings: &Settings, name: &str) -> u64 {
-    let text = admin_client(settings)
-        .get(format!("http://envoy/stats?filter=^{name}$"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    stats(settings, &format!("^{name}$")).await(name)
 }
 
 /// Changes the access log settings by SIGHUP; returns once Envoy holds them.

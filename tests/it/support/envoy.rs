@@ -35,6 +35,25 @@ pub fn admin_client(settings: &Settings) -> reqwest::Client {
         .unwrap()
 }
 
+/// Envoy's stats matching the regex `filter`, read once from its admin socket: a lookup by name
+/// (0 when missing).
+pub async fn stats(settings: &Settings, filter: &str) -> impl Fn(&str) -> u64 {
+    let text = admin_client(settings)
+        .get(format!("http://envoy/stats?filter={filter}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    move |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// Settings for a test stand: loopback everything, fresh ports, files in `dir`.
 pub fn test_settings(dir: &Path) -> Settings {
     let mut s = Settings::default();
