@@ -134,6 +134,17 @@ pub(super) fn inotify_need(x: &Xds) -> u64 {
     (3 + x.routes.len() + x.endpoints.len() + x.secrets.len()) as u64
 }
 
+/// Whether `new` differs from `live` in endpoint lists only (the same bootstrap, listeners,
+/// routes, clusters and certificates).
+pub(super) fn only_endpoints_differ(live: &Xds, new: &Xds) -> bool {
+    live.bootstrap_key == new.bootstrap_key
+        && live.dir == new.dir
+        && live.clusters == new.clusters
+        && live.listeners == new.listeners
+        && live.routes == new.routes
+        && live.secrets == new.secrets
+}
+
 /// Refuses a config whose subscriptions, counted for two epochs at once (a hot restart), do not
 /// fit in the kernel's per-user inotify limit: Envoy would crash when it runs out.
 pub(super) fn check_inotify(x: &Xds) -> Result<(), String> {

@@ -6,8 +6,9 @@
 //! socket ([`protocol`]); killing or restarting them never touches Envoy.
 //!
 //! What it does, and why (every "why" was measured with Envoy 1.40, see ARCHITECTURE.md):
-//! - **apply**: store the config under its hash, `envoy --mode validate` it, check that the ports
-//!   it adds can be bound and that its xDS subscriptions fit the inotify limit. Then, when the
+//! - **apply**: store the config under its hash, `envoy --mode validate` it (unless only its
+//!   endpoint lists differ from the running config's), check that the ports it adds can be bound
+//!   and that its xDS subscriptions fit the inotify limit. Then, when the
 //!   bootstrap and the Envoy binary are unchanged, put its resources into the running epoch
 //!   live ([`live`]: xDS files, make before break, confirmed; rolled back when Envoy refuses or
 //!   does not confirm). Otherwise hot restart: wait for the previous parent to finish draining
@@ -487,28 +488,47 @@ impl Supervisor {
                 return out;
             }
         };
-        if let Err(e) = envoy::validate(&self.settings.envoy.binary, &path).await {
-            out.result = match e {
-                envoy::EnvoyError::Rejected(_) => ApplyResult::Rejected,
-                _ => ApplyResult::Error,
-            };
-            out.error = Some(e.to_string());
-            self.prune();
-            return out;
-        }
-        if self.settings.supervisor.preflight_ports {
-            if let Err(e) = self.preflight(&rendered.config) {
-                out.result = ApplyResult::RolledBack;
-                out.error = Some(e);
+        let same_binary =
+            self.binary_id.is_some() && self.binary_id == binary_id(&self.settings.envoy.binary);
+        // An endpoint-only change (what the agent's splice produces: addresses and weights it
+        // already judged) differs from the config Envoy runs only in endpoint lists, and that
+        // config was validated whole: it goes to Envoy without `envoy --mode validate` (most of
+        // a small live apply's time) and without the port check (no listener changed). Envoy
+        // still confirms or refuses it, and a refusal is rolled back as always.
+        let endpoint_only = match (&self.live, &self.files) {
+            (Some(e), Some(f)) if same_binary && !req.force => self
+                .split_stored(&req.hash, e.epoch)
+                .ok()
+                .filter(|x| live::only_endpoints_differ(&f.xds, x)),
+            _ => None,
+        };
+        if endpoint_only.is_some() {
+            tracing::info!("only endpoint lists changed: validation skipped");
+        } else {
+            if let Err(e) = envoy::validate(&self.settings.envoy.binary, &path).await {
+                out.result = match e {
+                    envoy::EnvoyError::Rejected(_) => ApplyResult::Rejected,
+                    _ => ApplyResult::Error,
+                };
+                out.error = Some(e.to_string());
                 self.prune();
                 return out;
+            }
+            if self.settings.supervisor.preflight_ports {
+                if let Err(e) = self.preflight(&rendered.config) {
+                    out.result = ApplyResult::RolledBack;
+                    out.error = Some(e);
+                    self.prune();
+                    return out;
+                }
             }
         }
         // Live when the running epoch can take it: same bootstrap, same binary.
         let live_epoch = self.live.as_ref().map(|e| e.epoch);
-        let split = match live_epoch {
-            Some(epoch) => self.split_stored(&req.hash, epoch),
-            None => self.split_stored(&req.hash, 0),
+        let split = match (endpoint_only, live_epoch) {
+            (Some(x), _) => Ok(x),
+            (None, Some(epoch)) => self.split_stored(&req.hash, epoch),
+            (None, None) => self.split_stored(&req.hash, 0),
         };
         let split = match split.and_then(|x| live::check_inotify(&x).map(|()| x)) {
             Ok(x) => x,
@@ -519,8 +539,6 @@ impl Supervisor {
                 return out;
             }
         };
-        let same_binary =
-            self.binary_id.is_some() && self.binary_id == binary_id(&self.settings.envoy.binary);
         let can_go_live = live_epoch.is_some()
             && same_binary
             && self
@@ -614,8 +632,9 @@ impl Supervisor {
                 self.record_good(hash);
             }
             Err(e) if self.live_exited() => {
-                // Not a refusal: Envoy died. The new resources passed validation, so a fresh
-                // Envoy starts with them; nothing is put back into a process that is gone.
+                // Not a refusal: Envoy died. The new resources passed validation (or are the
+                // validated ones with other endpoint lists), so a fresh Envoy starts with them;
+                // nothing is put back into a process that is gone.
                 self.recover_from_exit(Some(hash), e, out).await;
             }
             Err(e) => {
@@ -665,8 +684,9 @@ impl Supervisor {
     /// The live Envoy exited in the middle of an apply (a live update, its put-back, a hot
     /// restart): recovered as a crash, at once. Nothing more is waited on the dead process and
     /// no hot restart is tried from it (its child would wait for a parent that is gone). A fresh
-    /// epoch 0 starts from the newest config known to be valid: `new` (it passed validation and
-    /// Envoy did not refuse it) when given, else the last good one. `out` says what happened.
+    /// epoch 0 starts from the newest config known to be valid: `new` (it passed validation, or
+    /// differs from a validated one in endpoint lists only, and Envoy did not refuse it) when
+    /// given, else the last good one. `out` says what happened.
     async fn recover_from_exit(&mut self, new: Option<&str>, why: String, out: &mut ApplyOutcome) {
         let dead = self.live.take();
         self.metrics.envoy_up.set(0);

@@ -471,3 +471,76 @@ async fn a_new_envoy_binary_is_taken_by_hot_restart() {
         (Some(ApplyMethod::Live), Some(1))
     );
 }
+
+/// An endpoint-only change (addresses, weights: what the agent's splice produces) goes to Envoy
+/// without `envoy --mode validate`: the rest of the config is the validated one Envoy runs. Any
+/// other change, and a forced resync, is validated as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_only_change_skips_validation_and_nothing_else_does() {
+    let ups = [
+        upstream::http("a", None).await,
+        upstream::http("b", None).await,
+        upstream::http("c", None).await,
+    ];
+    let front = free_port();
+    let stand = Stand::start(|_| {}).await;
+    let spec = |pool: &[(&str, usize, u32)], domain: bool| -> Value {
+        let backends: Vec<Value> = pool
+            .iter()
+            .map(|(id, i, w)| backend(id, &ups[*i], *w))
+            .collect();
+        let mut rule = json!({"ruleId": "web", "scheme": "http", "frontPort": front,
+                              "backPort": 1, "backends": backends});
+        if domain {
+            rule["domains"] = json!([{"domainId": "d", "domainName": "d.test",
+                                      "backends": [backend("d1", &ups[2], 1)]}]);
+        }
+        json!({"identifier": "lb-eo", "lbName": "eo", "rules": [rule]})
+    };
+    let skipped = || {
+        stand
+            .log()
+            .matches("only endpoint lists changed: validation skipped")
+            .count()
+    };
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let want = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    let live = |o: &vpsie_lb_agent::supervisor::protocol::ApplyOutcome| {
+        assert_eq!(o.result, ApplyResult::Applied, "{o:?}");
+        assert_eq!(o.method, Some(ApplyMethod::Live), "{o:?}");
+    };
+
+    stand.apply_ok(&spec(&[("x", 0, 1)], false)).await;
+    assert_eq!(skipped(), 0, "the first config is validated");
+    // Re-addressed and re-weighted: endpoints only.
+    live(
+        &stand
+            .apply_ok(&spec(&[("x", 1, 3), ("y", 0, 1)], false))
+            .await,
+    );
+    assert_eq!(skipped(), 1);
+    reaches_exactly(&c, front, &want(&["a", "b"]), 1).await;
+    // A domain added: routes and clusters change, so it is validated.
+    live(
+        &stand
+            .apply_ok(&spec(&[("x", 1, 3), ("y", 0, 1)], true))
+            .await,
+    );
+    assert_eq!(skipped(), 1);
+    // Endpoints only again, over the new config.
+    live(&stand.apply_ok(&spec(&[("x", 1, 1)], true)).await);
+    assert_eq!(skipped(), 2);
+    reaches_exactly(&c, front, &want(&["b"]), 3).await;
+    // A forced resync of the same config is validated.
+    let p = vpsie_lb_agent::command::prepare_for_store(
+        spec(&[("x", 1, 1)], true).to_string().as_bytes(),
+        &stand.settings,
+        crate::support::now(),
+    )
+    .unwrap();
+    let forced = vpsie_lb_agent::supervisor::client::hand_over(&p, &stand.settings, true)
+        .await
+        .unwrap();
+    live(&forced);
+    assert_eq!(skipped(), 2);
+}
