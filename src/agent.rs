@@ -591,15 +591,18 @@ impl Agent {
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0.0, |d| d.as_secs_f64()),
                     );
-                    self.report(Event::config_applied(
-                        &hash,
-                        out.previous_hash.as_deref(),
-                        epoch,
-                        out.apply_ms,
-                        out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
-                        out.error.as_deref(),
-                        now,
-                    ));
+                    self.report(
+                        Event::config_applied(
+                            &hash,
+                            out.previous_hash.as_deref(),
+                            epoch,
+                            out.apply_ms,
+                            out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
+                            out.error.as_deref(),
+                            now,
+                        )
+                        .with_id(out.apply_id.as_deref()),
+                    );
                 }
                 self.state.applied_hash = Some(hash.clone());
                 self.state.applied_at = Some(now_str());

@@ -390,6 +390,7 @@ mod tests {
                 restore_error: None,
                 envoy_log: vec![],
                 envoy_us: None,
+                apply_id: None,
             }),
             ..Status::default()
         }));

@@ -119,6 +119,15 @@ impl Event {
         Event::new(EventKind::ConfigApplied, message, now, metadata)
     }
 
+    /// The same event with `id` as its id, when `id` is a UUID (the supervisor's id of an
+    /// apply: reporting that apply twice then makes one event to the API).
+    pub fn with_id(mut self, id: Option<&str>) -> Event {
+        if let Some(id) = id.filter(|i| uuid::Uuid::try_parse(i).is_ok()) {
+            self.id = id.to_owned();
+        }
+        self
+    }
+
     /// The spec failed validation; nothing changed.
     pub fn config_rejected(config_hash: &str, errors: &[Finding], now: SystemTime) -> Event {
         let noun = if errors.len() == 1 { "error" } else { "errors" };
@@ -993,5 +1002,16 @@ mod tests {
         assert!(!q.unsaved());
         let again = EventQueue::open(&path, 3).unwrap();
         assert_eq!(epochs(&again), [json!(1), json!(2)]);
+    }
+
+    #[test]
+    fn an_apply_id_becomes_the_event_id_when_it_is_a_uuid() {
+        let now = SystemTime::UNIX_EPOCH;
+        let e = || Event::config_applied("h", None, 0, 1, "live", None, now);
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(e().with_id(Some(&id)).id, id);
+        let random = e().with_id(Some("not-a-uuid")).id;
+        assert!(uuid::Uuid::try_parse(&random).is_ok() && random != id);
+        assert_ne!(e().with_id(None).id, e().with_id(None).id);
     }
 }

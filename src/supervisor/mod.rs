@@ -452,6 +452,7 @@ impl Supervisor {
             restore_error: None,
             envoy_log: Vec::new(),
             envoy_us: None,
+            apply_id: Some(uuid::Uuid::new_v4().to_string()),
         };
         if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
             out.result = ApplyResult::Unchanged;
@@ -467,6 +468,7 @@ impl Supervisor {
                 out.previous_hash = last.previous_hash.clone();
                 out.apply_ms = last.apply_ms;
                 out.error = last.error.clone();
+                out.apply_id = last.apply_id.clone();
             }
             return out;
         }

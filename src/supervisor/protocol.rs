@@ -103,6 +103,12 @@ pub struct ApplyOutcome {
     /// confirmed (live), or from the new epoch spawned to LIVE (hot restart).
     #[serde(default)]
     pub envoy_us: Option<u64>,
+    /// Names this apply (a UUID). The agent's `config_applied` event for it carries it as its
+    /// id, so a report sent twice (an agent killed before it saved what it had reported, which
+    /// then hears of the apply again as unchanged) is one event to the API, which drops
+    /// duplicates by id.
+    #[serde(default)]
+    pub apply_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -681,3 +681,78 @@ async fn the_api_hears_once_of_an_apply_whose_agent_or_envoy_died_midway() {
     agent.kill().unwrap();
     agent.wait().unwrap();
 }
+
+/// An agent killed after it reported an apply but before it saved that it had (its state file
+/// still names the previous config) hears of the apply again from the supervisor, as unchanged,
+/// and reports it again: with the supervisor's id of the apply as the event's id, so that the
+/// API, which drops duplicates by id, records it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_reported_twice_is_one_event_at_the_api() {
+    use crate::support::sim::{agent_metric, agent_process, agent_settings, Sim};
+    let [u1, u2, _] = upstreams().await;
+    let front = Stand::front_port();
+    let stand = Stand::start(|_| {}).await;
+    let sim = Sim::start(&spec(front, 1000, &[&u1], None));
+    let settings = agent_settings(&stand, &sim);
+    let start_agent = agent_process(&stand, &settings);
+    let mut agent = start_agent();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_hash = loop {
+        if let Some(e) = sim
+            .events()
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "config_applied")
+        {
+            break e["metadata"]["config_hash"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "a was never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    sim.write_spec(&spec(front, 1000, &[&u2], None));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (b_hash, first) = loop {
+        if let Some(h) = stand.status().await.hash.filter(|h| *h != a_hash) {
+            let events = applied_events(&sim, &h).await;
+            if let [e] = events.as_slice() {
+                break (h, e.clone());
+            }
+        }
+        assert!(Instant::now() < deadline, "b was never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // The agent dies; its state file is put back to before b, as if it had died between
+    // queueing b's event and saving its state.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let path = settings.agent_state_path();
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["applied_hash"], b_hash.as_str());
+    state["applied_hash"] = json!(a_hash);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let mut again = start_agent();
+    // It sends its agent_started and b's event again; both acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent_metric(settings.metrics.port, "vpsie_lb_agent_events_sent_total").await < Some(2.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent sent nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = applied_events(&sim, &b_hash).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["id"], first["id"]);
+    let started = sim
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e["type"] == "agent_started")
+        .count();
+    assert_eq!(started, 2);
+    again.kill().unwrap();
+    again.wait().unwrap();
+}
