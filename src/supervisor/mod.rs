@@ -529,10 +529,9 @@ impl Supervisor {
         }
         // Live when the running epoch can take it: same bootstrap, same binary.
         let live_epoch = self.live.as_ref().map(|e| e.epoch);
-        let split = match (live_split, live_epoch) {
-            (Some(x), _) => x,
-            (None, Some(epoch)) => self.split_stored(&req.hash, epoch),
-            (None, None) => self.split_stored(&req.hash, 0),
+        let split = match live_split {
+            Some(x) => x,
+            None => self.split_stored(&req.hash, live_epoch.unwrap_or(0)),
         };
         let split = match split.and_then(|x| live::check_inotify(&x).map(|()| x)) {
             Ok(x) => x,
