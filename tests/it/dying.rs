@@ -454,6 +454,16 @@ async fn envoy_killed_during_a_first_check_wait_is_recovered_at_once() {
         .push(json!({"identifier": "silent", "ip": "127.0.0.1", "port": silent_port}));
     let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 30).await;
     stand.apply_ok(&a).await;
+    // The pool serves (both hosts past their first check): only a pool that carries traffic
+    // keeps its old hosts while the new one is checked, which is the wait this test kills into.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crate::support::envoy::stats(&stand.settings, "^cluster\\.web\\.membership_healthy$")
+        .await("cluster.web.membership_healthy")
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the pool never became healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = stand.status().await.envoy_pid.unwrap();
     let task = hand_over(&stand.settings, &b);
     let deadline = Instant::now() + Duration::from_secs(20);
