@@ -351,6 +351,7 @@ impl Agent {
         };
         self.metrics.polls.with_label_values(&[result]).inc();
         if let Ok(s) = client::status(&self.settings).await {
+            self.report_stuck_transitions(&s);
             self.metrics
                 .envoy_up
                 .set(i64::from(s.envoy_state == "LIVE"));
@@ -380,6 +381,21 @@ impl Agent {
         self.save();
         self.beat();
         outcome
+    }
+
+    /// A pool that did not finish moving in time is reported once: the event's id is the
+    /// transition's, so a report repeated by a restarted agent is one event at the API.
+    fn report_stuck_transitions(&mut self, s: &crate::supervisor::protocol::Status) {
+        for t in &s.transitions {
+            let Some(hosts) = &t.stuck else { continue };
+            if !self.reported.insert(format!("transition {}", t.id)) {
+                continue;
+            }
+            let event =
+                Event::transition_stuck(&t.config_hash, s.epoch, &t.pool, hosts, SystemTime::now())
+                    .with_id(Some(&t.id));
+            self.report(event);
+        }
     }
 
     fn queue_certificate_events(&mut self) {

@@ -199,6 +199,20 @@ pub fn status_summary(s: &FullStatus) -> String {
                     r.lds_version, r.cds_version, r.live_applies
                 ));
             }
+            for t in &sup.transitions {
+                let mut text = format!(
+                    "Moving      pool {}: {} new hosts, {} not checked yet, {} old kept, {:.1} s",
+                    t.pool,
+                    t.new_hosts,
+                    t.pending,
+                    t.old_hosts,
+                    t.age_ms as f64 / 1000.0
+                );
+                if let Some(hosts) = &t.stuck {
+                    text.push_str(&format!("; STUCK: not passed: {}", line(&hosts.join(", "))));
+                }
+                out.push(text);
+            }
             if let Some(last) = &sup.last_apply {
                 let result = serde_json::to_value(last.result)
                     .ok()

@@ -171,6 +171,34 @@ impl Event {
         )
     }
 
+    /// A pool of an applied config did not finish moving to its new hosts in time: the new ones
+    /// in `hosts` had not passed their first health check, so its old hosts keep serving beside
+    /// them (nothing is rolled back). A `reload_failed` with the pool's facts added.
+    pub fn transition_stuck(
+        config_hash: &str,
+        epoch: Option<u32>,
+        pool: &str,
+        hosts: &[String],
+        now: SystemTime,
+    ) -> Event {
+        let error = format!(
+            "pool {pool} did not finish moving: new hosts that have not passed their first health check: {}; its old hosts keep serving",
+            hosts.join(", ")
+        );
+        Event::new(
+            EventKind::ReloadFailed,
+            format!("config {}: {error}", short(config_hash)),
+            now,
+            json!({
+                "config_hash": config_hash,
+                "epoch": epoch,
+                "error": error,
+                "pool": pool,
+                "hosts": hosts,
+            }),
+        )
+    }
+
     /// Envoy is not serving and could not be restored.
     pub fn critical_failure(
         config_hash: &str,

@@ -348,6 +348,8 @@ pub struct SupervisorMetrics {
     pub access_log_reopen_failures: IntCounter,
     pub access_log_disk_free: IntGauge,
     pub access_log_disk_size: IntGauge,
+    pub transitions: IntGaugeVec,
+    pub transitions_ended: IntCounterVec,
 }
 
 impl SupervisorMetrics {
@@ -456,8 +458,34 @@ impl SupervisorMetrics {
                     "Size of the access log's file system",
                 ),
             ),
+            transitions: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{p}pool_transitions"),
+                        "Pools moving to new hosts, by state (checking: new hosts not all passed yet; stuck: not finished within confirm_timeout_s, old hosts still serve)",
+                    ),
+                    &["state"],
+                ),
+            ),
+            transitions_ended: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}pool_transitions_total"),
+                        "Pool transitions ended, by how (finished; superseded by a later change; dropped by a new Envoy epoch)",
+                    ),
+                    &["result"],
+                ),
+            ),
             registry: r,
         };
+        for v in ["checking", "stuck"] {
+            m.transitions.with_label_values(&[v]);
+        }
+        for v in ["finished", "superseded", "dropped"] {
+            m.transitions_ended.with_label_values(&[v]);
+        }
         for v in ["applied", "rolled_back"] {
             m.live_applies.with_label_values(&[v]);
         }

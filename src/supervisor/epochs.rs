@@ -127,6 +127,8 @@ impl Supervisor {
             self.old.push(prev);
         }
         self.files = Some(files);
+        // A new epoch starts from the configs' own lists: nothing is held any more.
+        self.end_transitions("dropped");
         let live = self.live.as_ref();
         self.state.epoch = live.map(|e| e.epoch);
         self.state.pid = live.map(|e| e.pid);

@@ -13,6 +13,7 @@
 //! - Each epoch reads its own directory (`<xds>/<epoch>`): while a hot restart drains the old
 //!   epoch, changes reach only the new one.
 
+use super::transition::{self, Transition, Verdict};
 use super::*;
 use crate::envoy::admin::{self, XdsState, XdsStats};
 use crate::envoy::process::ExitWatch;
@@ -22,6 +23,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// How often Envoy's stats are read while waiting for a step.
 const CONFIRM_POLL: Duration = Duration::from_millis(5);
+/// How often the pools in transition are looked at.
+pub(super) const TRANSITION_POLL: Duration = Duration::from_millis(10);
+/// How often one pool's per-host health may be read (`/clusters`: only when the counts cannot
+/// decide, e.g. an old host is down beside the new ones).
+const HOSTS_READ_EVERY: Duration = Duration::from_secs(1);
 /// Headroom left for everything else that uses inotify (systemd, other services).
 const INOTIFY_HEADROOM: u64 = 16;
 
@@ -108,14 +114,6 @@ fn rejection_details(d: &XdsState) -> String {
     } else {
         errors.join("; ")
     }
-}
-
-/// The version of every EDS file of `x`, by cluster.
-fn expected_endpoints(x: &Xds) -> BTreeMap<String, String> {
-    x.named_files(Kind::Endpoints)
-        .into_iter()
-        .map(|(n, f)| (n, f.version))
-        .collect()
 }
 
 /// Where the xDS files of every epoch live.
@@ -274,9 +272,16 @@ impl Supervisor {
     /// clusters (old ones kept), wait warm; then routes and listeners, wait active; then the
     /// clusters nothing uses any more are removed and their files deleted. Each step is
     /// confirmed from Envoy's admin API within the deadline; a rejection ends it at once.
-    pub(super) async fn apply_live(&mut self, new: &Xds) -> Result<(), String> {
-        let deadline =
-            Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
+    /// Done when Envoy has taken every resource: a pool that moves while it serves is written
+    /// as the union of its new hosts and the ones that served, and the transition it returns
+    /// finishes in the background ([`transition`]). `hash` is `new`'s config.
+    pub(super) async fn apply_live(
+        &mut self,
+        new: &Xds,
+        hash: &str,
+    ) -> Result<BTreeMap<String, Transition>, String> {
+        let timeout = Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
+        let deadline = Instant::now() + timeout;
         let (Some(files), Some(watch)) = (&self.files, self.live.as_ref().map(|e| e.watch()))
         else {
             return Err("no live epoch to apply to".into());
@@ -306,11 +311,18 @@ impl Supervisor {
                 secrets.insert(name, f.version);
             }
         }
-        // A pool that gains hosts gets them before it loses any (see `bridge_endpoints`).
+        // A pool that gains hosts while it serves keeps the ones that served (see `transition`).
+        let plan = transition::plan(
+            &before,
+            &self.transitions,
+            new,
+            hash,
+            |pool| baseline.cluster_number(pool, "membership_healthy") > 0,
+            timeout,
+            Instant::now(),
+        );
         hold("live-bridge").await;
-        self.bridge_endpoints(&before, new, &baseline, deadline, &watch)
-            .await?;
-        for f in new.named_files(Kind::Endpoints).values() {
+        for f in plan.files.values() {
             self.put(f)?;
         }
         let extra: BTreeMap<String, Value> = on_disk
@@ -325,30 +337,17 @@ impl Supervisor {
         }
         let expect = Expect {
             cds: Some(cds.version.clone()),
-            endpoints: expected_endpoints(new),
+            endpoints: plan
+                .files
+                .iter()
+                .map(|(n, f)| (n.clone(), f.version.clone()))
+                .collect(),
             ..Expect::default()
         };
         let written = t0.elapsed();
         hold("live-clusters").await;
         self.confirm(&expect, &baseline, deadline, &watch).await?;
         let clusters = t0.elapsed();
-        // In effect means traffic too: hosts a pool gained have had their first check.
-        let gaining: Vec<String> = new
-            .endpoints
-            .iter()
-            .filter(|(name, la)| {
-                before.clusters.contains_key(*name)
-                    && before
-                        .endpoints
-                        .get(*name)
-                        .is_some_and(|old| xds::host_changes(old, la).0)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        hold("live-checked").await;
-        self.wait_checked(&gaining, &baseline, deadline, &watch)
-            .await?;
-        let checked = t0.elapsed();
 
         // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
         let routes = new.named_files(Kind::Route);
@@ -378,7 +377,6 @@ impl Supervisor {
         tracing::debug!(
             written_us = written.as_micros() as u64,
             clusters_us = clusters.as_micros() as u64,
-            checked_us = checked.as_micros() as u64,
             listeners_us = t0.elapsed().as_micros() as u64,
             "live apply steps"
         );
@@ -411,89 +409,159 @@ impl Supervisor {
             f.status.lds_version = lds.version;
             f.status.cds_version = final_cds.version;
         }
-        Ok(())
+        if plan.superseded > 0 {
+            self.metrics
+                .transitions_ended
+                .with_label_values(&["superseded"])
+                .inc_by(plan.superseded as u64);
+        }
+        Ok(plan.transitions)
     }
 
-    /// A pool (same cluster definition) that gains hosts and loses others while it carries
-    /// traffic (some host healthy now) gets the new ones first, beside the old ones, and the
-    /// update waits until each new one has finished its first health check (pass or fail):
-    /// Envoy keeps a new host out of the balancing until then (`membership_excluded`), and a
-    /// pool left with only unchecked hosts answers "no healthy upstream". Only then are the old
-    /// hosts removed. A pool that only gains, or that serves nothing anyway, takes its new set
-    /// in one step. Read from `/stats` (a `/clusters` page of 10,000 hosts costs seconds).
-    async fn bridge_endpoints(
-        &mut self,
-        before: &Xds,
-        new: &Xds,
-        baseline: &XdsStats,
-        deadline: Instant,
-        watch: &ExitWatch,
-    ) -> Result<(), String> {
-        let mut bridged = Vec::new();
-        let mut expect = Expect::default();
-        for (name, la) in &new.endpoints {
-            let (Some(old_la), true) = (
-                before.endpoints.get(name),
-                before.clusters.get(name) == new.clusters.get(name),
-            ) else {
+    /// One look at the pools in transition (the supervisor's loop calls it every
+    /// [`TRANSITION_POLL`] while there are any): a pool whose new hosts all passed their first
+    /// check gets its own list (the old hosts go); one that took it is done; one past its
+    /// deadline is reported once, and keeps its old hosts.
+    pub(super) async fn advance_transitions(&mut self) {
+        if self.transitions.is_empty() {
+            return;
+        }
+        let Some(watch) = self.live.as_ref().map(|e| e.watch()) else {
+            self.end_transitions("dropped");
+            return;
+        };
+        hold("transition-check").await;
+        let s = match stats(&self.admin, &watch).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("cannot read Envoy's stats for the pools in transition: {e:#}");
+                return;
+            }
+            // Envoy died: its exit is on its way to the loop, which starts a fresh one.
+            Err(_) => return,
+        };
+        let names: Vec<String> = self.transitions.keys().cloned().collect();
+        for name in names {
+            let Some(t) = self.transitions.get(&name) else {
                 continue;
             };
-            let (gains, loses) = xds::host_changes(old_la, la);
-            if !(gains && loses) || baseline.cluster_number(name, "membership_healthy") == 0 {
-                continue;
-            }
-            let f = xds::endpoints_file(name, &xds::union_endpoints(la, old_la));
-            self.put(&f)?;
-            expect.endpoints.insert(name.clone(), f.version);
-            bridged.push(name.clone());
-        }
-        if bridged.is_empty() {
-            return Ok(());
-        }
-        // Written: Envoy takes the union, then checks the new hosts once each.
-        self.confirm(&expect, baseline, deadline, watch).await?;
-        self.wait_checked(&bridged, baseline, deadline, watch).await
-    }
-
-    /// Waits until every host these pools gained has had its first health check (pass or
-    /// fail): until then Envoy keeps it out of the balancing (`membership_excluded`).
-    async fn wait_checked(
-        &self,
-        pools: &[String],
-        baseline: &XdsStats,
-        deadline: Instant,
-        watch: &ExitWatch,
-    ) -> Result<(), String> {
-        loop {
-            let mut waiting = match stats(&self.admin, watch).await? {
-                Ok(s) => {
-                    if !s.rejected_since(baseline).is_empty() {
-                        return Err(format!(
-                            "envoy rejected the update ({})",
-                            s.rejected_since(baseline).join(", ")
-                        ));
-                    }
-                    pools
-                        .iter()
-                        .filter(|c| s.cluster_number(c, "membership_excluded") > 0)
-                        .map(|c| format!("the first health check of new hosts in {c}"))
-                        .collect::<Vec<_>>()
+            let now = Instant::now();
+            let mut verdict = transition::judge(t, &s, None);
+            let overdue = now >= t.deadline && t.stuck.is_none() && t.finishing.is_none();
+            let mut health = None;
+            if (verdict == Verdict::ReadHosts && now >= t.next_hosts_read) || overdue {
+                health = tokio::select! {
+                    h = self.admin.host_health(&name) => h.ok(),
+                    _ = watch.exited() => return,
+                };
+                if let Some(t) = self.transitions.get_mut(&name) {
+                    t.next_hosts_read = now + HOSTS_READ_EVERY;
                 }
-                Err(e) => vec![format!("{e:#}")],
+            }
+            let Some(t) = self.transitions.get_mut(&name) else {
+                continue;
             };
-            if waiting.is_empty() {
-                return Ok(());
+            if health.is_some() {
+                verdict = transition::judge(t, &s, health.as_ref());
             }
-            if Instant::now() >= deadline {
-                waiting.dedup();
-                return Err(format!(
-                    "envoy did not confirm the update within {} s; still waiting for: {}",
-                    self.settings.supervisor.confirm_timeout_s,
-                    waiting.join(", ")
-                ));
+            t.pending = s.cluster_number(&name, "membership_excluded");
+            match verdict {
+                Verdict::Finish => {
+                    let target = t.target.clone();
+                    hold("transition-finish").await;
+                    match self.put(&target) {
+                        Ok(_) => {
+                            if let Some(t) = self.transitions.get_mut(&name) {
+                                t.finishing = Some(target.version);
+                            }
+                        }
+                        Err(e) => tracing::error!(
+                            pool = %name,
+                            "cannot write the pool's own endpoint list: {e}; trying again"
+                        ),
+                    }
+                }
+                Verdict::Done => {
+                    let t = self.transitions.remove(&name);
+                    if let Some(t) = t {
+                        tracing::info!(
+                            pool = %name,
+                            new_hosts = t.added.len(),
+                            old_hosts_removed = t.removing,
+                            took_ms = t.started.elapsed().as_millis() as u64,
+                            "pool transition finished"
+                        );
+                    }
+                    self.metrics
+                        .transitions_ended
+                        .with_label_values(&["finished"])
+                        .inc();
+                }
+                Verdict::Wait | Verdict::ReadHosts if overdue => {
+                    let never = match &health {
+                        Some(h) => transition::not_passed(t, h),
+                        None => t.added.iter().cloned().collect(),
+                    };
+                    tracing::error!(
+                        pool = %name,
+                        config = %t.hash,
+                        hosts = ?never,
+                        "pool transition not finished within {} s: new hosts have not passed their first health check; the old hosts keep serving",
+                        self.settings.supervisor.confirm_timeout_s
+                    );
+                    t.stuck = Some(never);
+                }
+                Verdict::Wait | Verdict::ReadHosts => {}
             }
-            pause(watch, CONFIRM_POLL).await?;
         }
+        self.count_transitions();
+    }
+
+    /// Takes the transitions an apply left (the ones it replaced were counted by it).
+    pub(super) fn set_transitions(&mut self, t: BTreeMap<String, Transition>) {
+        self.transitions = t;
+        self.count_transitions();
+    }
+
+    /// Ends every transition (a new epoch starts from the configs' own lists).
+    pub(super) fn end_transitions(&mut self, why: &str) {
+        if !self.transitions.is_empty() {
+            self.metrics
+                .transitions_ended
+                .with_label_values(&[why])
+                .inc_by(self.transitions.len() as u64);
+            self.transitions.clear();
+        }
+        self.count_transitions();
+    }
+
+    fn count_transitions(&self) {
+        let stuck = self
+            .transitions
+            .values()
+            .filter(|t| t.stuck.is_some())
+            .count();
+        let m = &self.metrics.transitions;
+        m.with_label_values(&["stuck"]).set(stuck as i64);
+        m.with_label_values(&["checking"])
+            .set((self.transitions.len() - stuck) as i64);
+    }
+
+    /// What `status` shows of the transitions.
+    pub(super) fn transitions_status(&self) -> Vec<protocol::TransitionStatus> {
+        self.transitions
+            .values()
+            .map(|t| protocol::TransitionStatus {
+                id: t.id.clone(),
+                pool: t.pool.clone(),
+                config_hash: t.hash.clone(),
+                new_hosts: t.added.len(),
+                pending: t.pending,
+                old_hosts: t.removing,
+                age_ms: t.started.elapsed().as_millis() as u64,
+                stuck: t.stuck.clone(),
+            })
+            .collect()
     }
 
     /// Waits until Envoy reports `expect`, a rejection (counted from `baseline`), or the

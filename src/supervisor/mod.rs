@@ -34,6 +34,7 @@ mod epochs;
 mod live;
 pub mod protocol;
 mod server;
+mod transition;
 
 pub use server::bind;
 use server::{accept_loop, answer_serving, answer_status};
@@ -90,6 +91,8 @@ enum Event {
     SocketCheck,
     /// The settings file, read again (SIGHUP).
     Reload(Box<anyhow::Result<Settings>>),
+    /// Time to look at the pools in transition.
+    Transitions,
     Shutdown(StopKind),
 }
 
@@ -138,6 +141,10 @@ pub struct Supervisor {
     track_written: std::cell::Cell<Option<bool>>,
     /// The access log settings the rotation task follows (changed by a reload).
     access_log_tx: watch::Sender<crate::settings::AccessLogSettings>,
+    /// Pools moving to new hosts in the live epoch, by pool (see [`transition`]).
+    transitions: std::collections::BTreeMap<String, transition::Transition>,
+    /// When the transitions are looked at next.
+    next_transition_check: Option<Instant>,
 }
 
 /// What identifies the Envoy binary on disk (device, inode, size, modification time).
@@ -205,6 +212,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let stop = loop {
         let retry_at = sup.retry_at;
+        let transitions_at = sup.next_transition_check;
         let event = tokio::select! {
             kind = &mut shutdown => Event::Shutdown(kind),
             Some((req, reply)) = req_rx.recv() => Event::Request(req, reply),
@@ -213,6 +221,7 @@ pub async fn run(
             _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Event::Watchdog,
             _ = socket_check.tick() => Event::SocketCheck,
             Some(new) = reloads.recv() => Event::Reload(Box::new(new)),
+            _ = sleep_until(transitions_at), if transitions_at.is_some() => Event::Transitions,
         };
         match event {
             Event::Shutdown(kind) => break kind,
@@ -225,6 +234,10 @@ pub async fn run(
             Event::Retry => sup.retry().await,
             Event::Watchdog => {}
             Event::Reload(new) => sup.reload(*new).await,
+            Event::Transitions => {
+                sup.next_transition_check = None;
+                sup.advance_transitions().await;
+            }
             Event::SocketCheck => {
                 // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
                 // supervisor through it any more, so listen again on a new one. (The loop's
@@ -255,6 +268,11 @@ pub async fn run(
         }
         while let Some(exit) = sup.live_died.take() {
             sup.on_exit(exit).await;
+        }
+        if sup.transitions.is_empty() {
+            sup.next_transition_check = None;
+        } else if sup.next_transition_check.is_none() {
+            sup.next_transition_check = Some(Instant::now() + live::TRANSITION_POLL);
         }
         sup.publish();
         sup.notify_status();
@@ -316,6 +334,8 @@ impl Supervisor {
             binary_id: None,
             track_written: std::cell::Cell::new(None),
             access_log_tx: watch::channel(settings.access_log.clone()).0,
+            transitions: Default::default(),
+            next_transition_check: None,
             settings,
         })
     }
@@ -435,6 +455,7 @@ impl Supervisor {
             last_apply: self.state.last_apply.clone(),
             critical: self.critical.clone(),
             resources: self.files.as_ref().map(|f| f.status.clone()),
+            transitions: self.transitions_status(),
         });
     }
 
@@ -618,11 +639,12 @@ impl Supervisor {
     ) {
         let before = self.files.as_ref().map(|f| f.xds.clone());
         let started = Instant::now();
-        let result = self.apply_live(x).await;
+        let result = self.apply_live(x, hash).await;
         out.envoy_us = Some(started.elapsed().as_micros() as u64);
         match result {
-            Ok(()) => {
-                tracing::info!(%hash, "applied live");
+            Ok(transitions) => {
+                tracing::info!(%hash, moving_pools = transitions.len(), "applied live");
+                self.set_transitions(transitions);
                 if let Some(f) = &mut self.files {
                     f.status.live_applies += 1;
                 }
@@ -653,12 +675,20 @@ impl Supervisor {
                     .with_label_values(&["rolled_back"])
                     .inc();
                 hold("put-back").await;
+                let previous = self
+                    .live
+                    .as_ref()
+                    .map(|e| e.hash.clone())
+                    .unwrap_or_default();
                 let back = match &before {
-                    Some(b) => self.apply_live(b).await,
+                    Some(b) => self.apply_live(b, &previous).await,
                     None => Err("nothing to go back to".into()),
                 };
                 match back {
-                    Ok(()) => out.result = ApplyResult::RolledBack,
+                    Ok(transitions) => {
+                        self.set_transitions(transitions);
+                        out.result = ApplyResult::RolledBack;
+                    }
                     Err(e2) if self.live_exited() => {
                         // Envoy refused the new resources, then died: the last good config
                         // starts afresh.

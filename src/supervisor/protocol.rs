@@ -128,6 +128,30 @@ pub struct Status {
     /// epoch serves: they change live, without a new epoch.
     #[serde(default)]
     pub resources: Option<ResourcesStatus>,
+    /// Pools moving to new hosts: applied (Envoy took the change), their old hosts kept until
+    /// the new ones pass their first health check.
+    #[serde(default)]
+    pub transitions: Vec<TransitionStatus>,
+}
+
+/// One pool on its way to the hosts its config names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionStatus {
+    /// A UUID; a stuck transition's report carries it as its event id.
+    pub id: String,
+    pub pool: String,
+    pub config_hash: String,
+    /// Hosts new to the pool (checked or not).
+    pub new_hosts: usize,
+    /// Hosts Envoy still keeps out until their first check, as last read.
+    pub pending: u64,
+    /// Old hosts that go once the new ones passed (0: nothing is held).
+    pub old_hosts: usize,
+    pub age_ms: u64,
+    /// Set when it did not finish within `confirm_timeout_s`: the new hosts that had not passed
+    /// their first health check then (the old hosts keep serving).
+    #[serde(default)]
+    pub stuck: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,10 +118,33 @@ impl Stand {
             .hash
     }
 
+    /// Applies `spec` and waits until it is in effect for traffic too: every pool that moved has
+    /// finished its transition (new hosts checked, old ones gone), as `status` says.
     pub async fn apply_ok(&self, spec: &Value) -> ApplyOutcome {
-        self.apply(spec)
+        let out = self
+            .apply(spec)
             .await
-            .unwrap_or_else(|e| panic!("apply failed: {e}\nsupervisor log:\n{}", self.log()))
+            .unwrap_or_else(|e| panic!("apply failed: {e}\nsupervisor log:\n{}", self.log()));
+        self.settled().await;
+        out
+    }
+
+    /// Waits until no pool is in transition (a stuck one fails the test).
+    pub async fn settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status().await;
+            if s.transitions.is_empty() {
+                return;
+            }
+            assert!(
+                s.transitions.iter().all(|t| t.stuck.is_none()) && Instant::now() < deadline,
+                "pools still moving: {:?}\nsupervisor log:\n{}",
+                s.transitions,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn status(&self) -> Status {

@@ -1,0 +1,375 @@
+//! Pools that move while they serve, finished off the apply path.
+//!
+//! An apply is done when Envoy has accepted every resource (what HAProxy's runtime API means
+//! too). A pool that gains hosts and loses others while it carries traffic must not lose its old
+//! hosts before the new ones can serve: Envoy keeps a new host out of the balancing until its
+//! first health check (`ignore_new_hosts_until_first_hc`), so a pool left with only unchecked
+//! hosts would answer "no healthy upstream". So the apply writes the union (the new list plus the
+//! old hosts that served) and records a [`Transition`]; the supervisor's loop then watches
+//! Envoy's stats and, once every new host has passed its first check, writes the pool's own list
+//! (the old hosts go). A later change supersedes an unfinished transition (its new union is
+//! built on the hosts that served, never on unchecked ones, so it cannot grow change after
+//! change). A transition that does not finish within `confirm_timeout_s` is reported once, not
+//! rolled back: its old hosts still serve, a host that failed its check gets no traffic.
+//!
+//! A pool that only gains hosts has nothing to hold: its transition only follows the first
+//! checks, for `status`. Pools that are new or redefined are warmed by Envoy itself (CDS waits
+//! for every first check of a new cluster) and need none.
+//!
+//! [`plan`] and [`judge`] are pure; the supervisor does the I/O.
+
+use crate::envoy::admin::XdsStats;
+use crate::render::xds::{self, Xds};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// A pool on its way from the hosts that served to the config's own list.
+#[derive(Debug, Clone)]
+pub(super) struct Transition {
+    /// Names it (a UUID): the id of the event that reports it stuck.
+    pub id: String,
+    pub pool: String,
+    /// The config whose list this is.
+    pub hash: String,
+    /// The endpoint list known to serve, kept beside the new one until the new hosts passed
+    /// their first check. `None`: the pool only gains hosts, nothing is held.
+    pub settled: Option<Value>,
+    /// The pool's own endpoint list (already on disk when nothing is held).
+    pub target: xds::File,
+    /// The hosts (`address:port`, as Envoy names them) that may not have been checked yet.
+    pub added: BTreeSet<String>,
+    /// How many hosts go once it finishes.
+    pub removing: usize,
+    pub started: Instant,
+    pub deadline: Instant,
+    /// Hosts Envoy still keeps out until their first check, as last read.
+    pub pending: u64,
+    /// Set once the pool's own list is written: the version Envoy must report.
+    pub finishing: Option<String>,
+    /// Set once reported as not finished in time: the new hosts that had not passed.
+    pub stuck: Option<Vec<String>>,
+    /// When the per-host health may be read next (only when the counts cannot decide).
+    pub next_hosts_read: Instant,
+}
+
+/// What an apply writes for the pools, and the transitions it leaves.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// Pool → the endpoints file to write now (the union, or the pool's own list).
+    pub files: BTreeMap<String, xds::File>,
+    pub transitions: BTreeMap<String, Transition>,
+    /// Unfinished transitions this apply replaces or ends.
+    pub superseded: usize,
+}
+
+/// How Envoy names a host in `/clusters`.
+pub(super) fn host_key(address: &str, port: u32) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+fn hosts(la: &Value) -> BTreeSet<String> {
+    xds::endpoint_list(la)
+        .into_iter()
+        .map(|(a, p, _)| host_key(a, p))
+        .collect()
+}
+
+/// Decides, for every pool of `new`, what to write now and what transition follows. `live` is
+/// the config Envoy was given last (its lists as configured, not the unions), `current` the
+/// transitions still running, `serving(pool)` whether a pool has a healthy host now.
+pub(super) fn plan(
+    live: &Xds,
+    current: &BTreeMap<String, Transition>,
+    new: &Xds,
+    hash: &str,
+    serving: impl Fn(&str) -> bool,
+    timeout: Duration,
+    now: Instant,
+) -> Plan {
+    let mut out = Plan::default();
+    for (name, la) in &new.endpoints {
+        let own = xds::endpoints_file(name, la);
+        let prev = current.get(name);
+        let same_pool =
+            live.clusters.contains_key(name) && live.clusters.get(name) == new.clusters.get(name);
+        let Some(live_la) = live.endpoints.get(name).filter(|_| same_pool) else {
+            // New or redefined: Envoy warms it with every first check before it serves.
+            out.files.insert(name.clone(), own);
+            continue;
+        };
+        if let Some(t) = prev.filter(|_| live_la == la) {
+            // Not changed by this apply: its transition goes on as it is.
+            let on_disk = match (&t.settled, &t.finishing) {
+                (Some(old), None) => xds::endpoints_file(name, &xds::union_endpoints(la, old)),
+                _ => own,
+            };
+            out.files.insert(name.clone(), on_disk);
+            out.transitions.insert(name.clone(), t.clone());
+            continue;
+        }
+        // The hosts that served: a held list (unless the pool's own list is already going in,
+        // every new host having passed), else the live one.
+        let base = prev
+            .filter(|t| t.finishing.is_none())
+            .and_then(|t| t.settled.as_ref())
+            .unwrap_or(live_la);
+        let want = hosts(la);
+        let had = hosts(base);
+        // New to the pool, or added by an unfinished change and maybe still unchecked.
+        let added: BTreeSet<String> = want
+            .iter()
+            .filter(|h| !had.contains(*h) || prev.is_some_and(|t| t.added.contains(*h)))
+            .cloned()
+            .collect();
+        let removing = had.difference(&want).count();
+        if added.is_empty() {
+            out.files.insert(name.clone(), own);
+            continue;
+        }
+        let settled = (removing > 0 && serving(name)).then(|| base.clone());
+        let write = match &settled {
+            Some(old) => xds::endpoints_file(name, &xds::union_endpoints(la, old)),
+            None => own.clone(),
+        };
+        out.files.insert(name.clone(), write);
+        out.transitions.insert(
+            name.clone(),
+            Transition {
+                id: uuid::Uuid::new_v4().to_string(),
+                pool: name.clone(),
+                hash: hash.to_owned(),
+                removing: if settled.is_some() { removing } else { 0 },
+                settled,
+                target: own,
+                added,
+                started: now,
+                deadline: now + timeout,
+                pending: 0,
+                finishing: None,
+                stuck: None,
+                next_hosts_read: now,
+            },
+        );
+    }
+    // Every running transition not carried over was replaced or ended by this change.
+    out.superseded = current
+        .iter()
+        .filter(|(name, t)| out.transitions.get(*name).map(|n| &n.id) != Some(&t.id))
+        .count();
+    out
+}
+
+/// What to do next with a transition, from Envoy's stats (and, when the counts cannot tell, the
+/// pool's per-host health).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Still waiting.
+    Wait,
+    /// Every new host passed: write the pool's own list.
+    Finish,
+    /// Over (Envoy took the pool's own list, or a pool that only gained has every host checked).
+    Done,
+    /// The counts cannot tell whether the new hosts passed: read the pool's hosts.
+    ReadHosts,
+}
+
+pub(super) fn judge(
+    t: &Transition,
+    s: &XdsStats,
+    health: Option<&BTreeMap<String, bool>>,
+) -> Verdict {
+    if let Some(v) = &t.finishing {
+        return if s.version(&format!(
+            "cluster.{}",
+            crate::envoy::admin::stat_name(&t.pool)
+        )) == Some(v)
+        {
+            Verdict::Done
+        } else {
+            Verdict::Wait
+        };
+    }
+    let pending = s.cluster_number(&t.pool, "membership_excluded");
+    if pending > 0 {
+        return Verdict::Wait;
+    }
+    if t.settled.is_none() {
+        return Verdict::Done;
+    }
+    // Every host of the union healthy: the new ones passed, whatever the old ones did.
+    if s.cluster_number(&t.pool, "membership_healthy")
+        >= s.cluster_number(&t.pool, "membership_total")
+    {
+        return Verdict::Finish;
+    }
+    match health {
+        Some(h) if t.added.iter().all(|a| h.get(a) == Some(&true)) => Verdict::Finish,
+        Some(_) => Verdict::Wait,
+        None => Verdict::ReadHosts,
+    }
+}
+
+/// The new hosts that have not passed, for a report.
+pub(super) fn not_passed(t: &Transition, health: &BTreeMap<String, bool>) -> Vec<String> {
+    t.added
+        .iter()
+        .filter(|a| health.get(*a) != Some(&true))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn la(ports: &[u32]) -> Value {
+        let eps: Vec<Value> = ports
+            .iter()
+            .map(|p| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}))
+            .collect();
+        json!({"cluster_name": "web", "endpoints": [{"lb_endpoints": eps}]})
+    }
+
+    fn config(ports: &[u32]) -> Xds {
+        Xds {
+            base: Value::Null,
+            bootstrap_key: String::new(),
+            dir: "/x".into(),
+            listeners: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            clusters: [("web".to_owned(), json!({"name": "web"}))].into(),
+            endpoints: [("web".to_owned(), la(ports))].into(),
+            secrets: BTreeMap::new(),
+        }
+    }
+
+    fn plan_of(
+        live: &[u32],
+        cur: &BTreeMap<String, Transition>,
+        new: &[u32],
+        serving: bool,
+    ) -> Plan {
+        let t = Duration::from_secs(5);
+        plan(
+            &config(live),
+            cur,
+            &config(new),
+            "h",
+            |_| serving,
+            t,
+            Instant::now(),
+        )
+    }
+
+    fn hosts_in(f: &xds::File) -> BTreeSet<String> {
+        let v: Value = serde_json::from_slice(&f.data).unwrap();
+        hosts(&v["resources"][0])
+    }
+
+    fn set(ports: &[u32]) -> BTreeSet<String> {
+        ports.iter().map(|p| host_key("127.0.0.1", *p)).collect()
+    }
+
+    #[test]
+    fn a_serving_pool_that_moves_keeps_its_old_hosts_beside_the_new_ones() {
+        let p = plan_of(&[1, 2], &BTreeMap::new(), &[2, 3], true);
+        assert_eq!(hosts_in(&p.files["web"]), set(&[1, 2, 3]));
+        let t = &p.transitions["web"];
+        assert_eq!(t.added, set(&[3]));
+        assert_eq!(t.removing, 1);
+        assert_eq!(hosts_in(&t.target), set(&[2, 3]));
+        assert_eq!(p.superseded, 0);
+    }
+
+    #[test]
+    fn a_pool_that_serves_nothing_or_only_gains_or_only_loses_takes_its_list_at_once() {
+        let p = plan_of(&[1, 2], &BTreeMap::new(), &[2, 3], false);
+        assert_eq!(hosts_in(&p.files["web"]), set(&[2, 3]));
+        assert!(p.transitions["web"].settled.is_none(), "nothing held");
+        let p = plan_of(&[1], &BTreeMap::new(), &[1, 2], true);
+        assert_eq!(hosts_in(&p.files["web"]), set(&[1, 2]));
+        assert_eq!(p.transitions["web"].removing, 0);
+        let p = plan_of(&[1, 2], &BTreeMap::new(), &[1], true);
+        assert_eq!(hosts_in(&p.files["web"]), set(&[1]));
+        assert!(p.transitions.is_empty());
+        // A re-weighting is no move.
+        let p = plan_of(&[1, 2], &BTreeMap::new(), &[1, 2], true);
+        assert!(p.transitions.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_pool_keeps_its_transition_and_a_changed_one_builds_on_what_served() {
+        let first = plan_of(&[1, 2], &BTreeMap::new(), &[3, 4], true);
+        // Another part of the config changed: the same transition, the same file.
+        let again = plan_of(&[3, 4], &first.transitions, &[3, 4], true);
+        assert_eq!(again.transitions["web"].id, first.transitions["web"].id);
+        assert_eq!(again.files["web"], first.files["web"]);
+        assert_eq!(again.superseded, 0);
+        // The pool moves again before 3 and 4 passed: 1 and 2 (which served) stay, 3 and 4
+        // (never checked) are not held, and 4, still in the list, may still be unchecked.
+        let next = plan_of(&[3, 4], &first.transitions, &[4, 5], true);
+        assert_eq!(hosts_in(&next.files["web"]), set(&[1, 2, 4, 5]));
+        let t = &next.transitions["web"];
+        assert_eq!(t.added, set(&[4, 5]));
+        assert_eq!(t.removing, 2);
+        assert_ne!(t.id, first.transitions["web"].id);
+        assert_eq!(next.superseded, 1);
+        // Back to what served: nothing to wait for.
+        let back = plan_of(&[3, 4], &first.transitions, &[1, 2], true);
+        assert!(back.transitions.is_empty());
+        assert_eq!(hosts_in(&back.files["web"]), set(&[1, 2]));
+        assert_eq!(back.superseded, 1);
+    }
+
+    fn stats(excluded: u64, healthy: u64, total: u64, version: Option<&str>) -> XdsStats {
+        let mut s = XdsStats::default();
+        for (k, v) in [
+            ("membership_excluded", excluded),
+            ("membership_healthy", healthy),
+            ("membership_total", total),
+        ] {
+            s.numbers.insert(format!("cluster.web.{k}"), v);
+        }
+        if let Some(v) = version {
+            s.versions
+                .insert("cluster.web.version_text".into(), v.to_owned());
+        }
+        s
+    }
+
+    #[test]
+    fn a_transition_finishes_once_every_new_host_passed_and_envoy_took_the_list() {
+        let mut t = plan_of(&[1, 2], &BTreeMap::new(), &[2, 3], true).transitions["web"].clone();
+        assert_eq!(judge(&t, &stats(1, 2, 3, None), None), Verdict::Wait);
+        assert_eq!(judge(&t, &stats(0, 3, 3, None), None), Verdict::Finish);
+        // An old host is down: the counts cannot tell; the hosts can.
+        assert_eq!(judge(&t, &stats(0, 2, 3, None), None), Verdict::ReadHosts);
+        let mut h: BTreeMap<String, bool> = [(host_key("127.0.0.1", 1), false)].into();
+        h.insert(host_key("127.0.0.1", 2), true);
+        h.insert(host_key("127.0.0.1", 3), true);
+        assert_eq!(judge(&t, &stats(0, 2, 3, None), Some(&h)), Verdict::Finish);
+        h.insert(host_key("127.0.0.1", 3), false);
+        assert_eq!(judge(&t, &stats(0, 2, 3, None), Some(&h)), Verdict::Wait);
+        assert_eq!(not_passed(&t, &h), vec![host_key("127.0.0.1", 3)]);
+        t.finishing = Some(t.target.version.clone());
+        assert_eq!(judge(&t, &stats(0, 2, 2, Some("old")), None), Verdict::Wait);
+        let v = t.target.version.clone();
+        assert_eq!(judge(&t, &stats(0, 2, 2, Some(&v)), None), Verdict::Done);
+        // Only gaining: over once every new host was checked, pass or fail.
+        let g = plan_of(&[1], &BTreeMap::new(), &[1, 2], true).transitions["web"].clone();
+        assert_eq!(judge(&g, &stats(1, 1, 2, None), None), Verdict::Wait);
+        assert_eq!(judge(&g, &stats(0, 1, 2, None), None), Verdict::Done);
+    }
+
+    #[test]
+    fn hosts_are_named_as_envoy_names_them() {
+        assert_eq!(host_key("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(host_key("2001:2::1", 443), "[2001:2::1]:443");
+    }
+}
