@@ -1,6 +1,7 @@
 //! Live apply with the real Envoy: changes go into the running epoch through xDS, long-lived
-//! connections live through them, every change is in effect (traffic included) when the apply
-//! returns, and what Envoy does not confirm is put back.
+//! connections live through them, an apply is done when Envoy took the change, a pool that
+//! moves keeps its old hosts until the new ones passed their first check (in the background),
+//! and what Envoy does not confirm is put back.
 
 use crate::grpc::{self, GrpcServer};
 use crate::support::certs;
@@ -553,4 +554,232 @@ async fn an_endpoint_only_change_skips_validation_and_nothing_else_does() {
         .unwrap();
     live(&forced);
     assert_eq!(skipped(), 2);
+}
+
+/// A spec of one http rule whose pool is `pool`, checked on `/healthz` every 200 ms (two passes
+/// to become healthy again, one failure to go).
+fn checked_spec(front: u16, pool: &[&Upstream]) -> Value {
+    let backends: Vec<Value> = pool.iter().map(|u| backend(&u.name, u, 100)).collect();
+    json!({"identifier": "lb-move", "lbName": "move", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+        "healthCheckPath": "/healthz", "checkInterval": 200, "fastInterval": 100,
+        "rise": 2, "fall": 1, "backends": backends}]})
+}
+
+fn paths(u: &Upstream) -> Vec<String> {
+    u.paths_seen.lock().unwrap().clone()
+}
+
+/// Requests (not health checks) an upstream answered.
+fn served(u: &Upstream) -> usize {
+    paths(u).iter().filter(|p| *p == "/").count()
+}
+
+/// A pool replaced wholesale under HTTP load, its new backends failing their health checks at
+/// first: the apply is done at once (Envoy took it), the old backends carry every request
+/// until the new ones pass, no request reaches a new backend before it passed a check, none
+/// fails, and once the transition is over the old backends get nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_replaced_wholesale_moves_once_its_new_hosts_pass() {
+    let (o1, o2) = (
+        upstream::http("o1", None).await,
+        upstream::http("o2", None).await,
+    );
+    let (n1, n2) = (
+        upstream::http("n1", None).await,
+        upstream::http("n2", None).await,
+    );
+    for n in [&n1, &n2] {
+        n.failing_health
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    let front = Stand::front_port();
+    let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 30).await;
+    stand.apply_ok(&checked_spec(front, &[&o1, &o2])).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 1);
+    load.more(50).await;
+
+    let out = stand
+        .apply(&checked_spec(front, &[&n1, &n2]))
+        .await
+        .unwrap();
+    assert_eq!(out.method, Some(ApplyMethod::Live));
+    let moving = stand.status().await.transitions;
+    assert!(
+        moving.len() == 1
+            && moving[0].pool == "web"
+            && moving[0].new_hosts == 2
+            && moving[0].old_hosts == 2,
+        "{moving:?}"
+    );
+    // The new backends are checked and fail; the old ones carry the traffic meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [&n1, &n2]
+        .iter()
+        .any(|n| paths(n).iter().filter(|p| *p == "/healthz").count() < 2)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new backends were not checked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    load.more(100).await;
+    assert_eq!(
+        served(&n1) + served(&n2),
+        0,
+        "no traffic before a check passed"
+    );
+    let s = stand.status().await;
+    assert_eq!(s.transitions.len(), 1, "still moving: {:?}", s.transitions);
+    assert!(s.transitions[0].stuck.is_none());
+
+    // They pass: each gets traffic only after a check it passed, and the old ones go.
+    let flipped: Vec<usize> = [&n1, &n2].iter().map(|n| paths(n).len()).collect();
+    for n in [&n1, &n2] {
+        n.failing_health
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+    stand.settled().await;
+    for (n, from) in [&n1, &n2].into_iter().zip(flipped) {
+        let after = &paths(n)[from..];
+        if let Some(first) = after.iter().position(|p| p == "/") {
+            assert!(
+                after[..first].iter().any(|p| p == "/healthz"),
+                "{}: a request before a passing check: {after:?}",
+                n.name
+            );
+        }
+    }
+    let old = served(&o1) + served(&o2);
+    load.more(200).await;
+    assert_eq!(served(&o1) + served(&o2), old, "the old backends are gone");
+    assert!(
+        served(&n1) > 0 && served(&n2) > 0,
+        "both new backends serve"
+    );
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    let m = stand.metrics().await;
+    assert!(
+        m.contains("vpsie_lb_supervisor_pool_transitions_total{result=\"finished\"} 1"),
+        "{m}"
+    );
+}
+
+/// A pool whose new host never passes: the whole product (stand-in API, agent, supervisor,
+/// Envoy). Applied at once; after `confirm_timeout_s` the transition is reported once (status,
+/// metric, one `reload_failed` event naming the pool and the host), the old host keeps serving,
+/// and the next change supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_whose_new_hosts_never_pass_is_reported_once_and_superseded() {
+    use crate::support::sim::{agent_process, agent_settings, Sim};
+    let (o1, dead, n2) = (
+        upstream::http("o1", None).await,
+        upstream::http("dead", None).await,
+        upstream::http("n2", None).await,
+    );
+    dead.failing_health
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let front = Stand::front_port();
+    let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 2).await;
+    let a = checked_spec(front, &[&o1]);
+    let sim = Sim::start(&a);
+    let settings = agent_settings(&stand, &sim);
+    let mut agent = agent_process(&stand, &settings)();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stand.status().await.hash.is_none() {
+        assert!(Instant::now() < deadline, "a never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stand.settled().await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 2, 1);
+    load.more(20).await;
+
+    sim.write_spec(&checked_spec(front, &[&dead]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stuck = loop {
+        let s = stand.status().await;
+        if let Some(t) = s.transitions.iter().find(|t| t.stuck.is_some()) {
+            break t.clone();
+        }
+        assert!(Instant::now() < deadline, "never reported stuck: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        stuck.stuck.as_deref(),
+        Some(&[format!("127.0.0.1:{}", dead.port())][..])
+    );
+    let applied = stand.status().await.last_apply.unwrap();
+    assert_eq!(applied.result, ApplyResult::Applied);
+    assert!(
+        applied.apply_ms < 2000,
+        "applied before the transition's deadline: {applied:?}"
+    );
+    // Reported once, however long it stays: wait until it has been stuck for as long again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let events: Vec<Value> = sim
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "reload_failed")
+            .collect();
+        if !events.is_empty() && stand.status().await.transitions[0].age_ms > 5000 {
+            assert_eq!(events.len(), 1, "{events:?}");
+            break events[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event: {:?}",
+            sim.events().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["id"], stuck.id.as_str(), "{event}");
+    assert_eq!(event["metadata"]["pool"], "web", "{event}");
+    assert_eq!(
+        event["metadata"]["hosts"],
+        json!([format!("127.0.0.1:{}", dead.port())]),
+        "{event}"
+    );
+    assert_eq!(
+        stand.log().matches("pool transition not finished").count(),
+        1
+    );
+    let m = stand.metrics().await;
+    assert!(
+        m.contains("vpsie_lb_supervisor_pool_transitions{state=\"stuck\"} 1"),
+        "{m}"
+    );
+    load.more(50).await;
+    assert_eq!(paths(&dead).iter().filter(|p| *p == "/").count(), 0);
+
+    // The next change supersedes it.
+    sim.write_spec(&checked_spec(front, &[&n2]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = stand.status().await;
+        if s.transitions.is_empty() && served(&n2) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the next change did not take over: {:?}",
+            s.transitions
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = served(&o1);
+    load.more(100).await;
+    assert_eq!(served(&o1), old, "o1 is gone once n2 passed");
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    let m = stand.metrics().await;
+    assert!(
+        m.contains("vpsie_lb_supervisor_pool_transitions_total{result=\"superseded\"} 1"),
+        "{m}"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
 }

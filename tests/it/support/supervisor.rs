@@ -147,6 +147,22 @@ impl Stand {
         }
     }
 
+    /// The supervisor's metrics, in Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        use vpsie_lb_agent::supervisor::protocol::{self, Request, Response};
+        match protocol::call(
+            &self.settings.supervisor.socket,
+            &Request::Metrics,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        {
+            Response::Metrics { text } => text,
+            other => panic!("{other:?}"),
+        }
+    }
+
     pub async fn status(&self) -> Status {
         vpsie_lb_agent::supervisor::client::status(&self.settings)
             .await
