@@ -391,9 +391,15 @@ impl Agent {
             if !self.reported.insert(format!("transition {}", t.id)) {
                 continue;
             }
-            let event =
-                Event::transition_stuck(&t.config_hash, s.epoch, &t.pool, hosts, SystemTime::now())
-                    .with_id(Some(&t.id));
+            let event = Event::transition_stuck(
+                &t.config_hash,
+                s.epoch,
+                &t.pool,
+                hosts,
+                t.old_hosts,
+                SystemTime::now(),
+            )
+            .with_id(Some(&t.id));
             self.report(event);
         }
     }

@@ -201,10 +201,10 @@ pub fn status_summary(s: &FullStatus) -> String {
             }
             for t in &sup.transitions {
                 let mut text = format!(
-                    "Moving      pool {}: {} new hosts, {} not checked yet, {} old kept, {:.1} s",
+                    "Moving      pool {}: {} new hosts, {} hosts not healthy, {} old kept, {:.1} s",
                     t.pool,
                     t.new_hosts,
-                    t.pending,
+                    t.unhealthy,
                     t.old_hosts,
                     t.age_ms as f64 / 1000.0
                 );

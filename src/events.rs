@@ -172,17 +172,24 @@ impl Event {
     }
 
     /// A pool of an applied config did not finish moving to its new hosts in time: the new ones
-    /// in `hosts` had not passed their first health check, so its old hosts keep serving beside
-    /// them (nothing is rolled back). A `reload_failed` with the pool's facts added.
+    /// in `hosts` had not passed their first health check. `held` old hosts keep serving beside
+    /// them (nothing is rolled back); with none held, the new hosts just get no traffic. A
+    /// `reload_failed` with the pool's facts added.
     pub fn transition_stuck(
         config_hash: &str,
         epoch: Option<u32>,
         pool: &str,
         hosts: &[String],
+        held: usize,
         now: SystemTime,
     ) -> Event {
+        let after = if held > 0 {
+            format!("its {held} old hosts keep serving")
+        } else {
+            "they get no traffic".to_owned()
+        };
         let error = format!(
-            "pool {pool} did not finish moving: new hosts that have not passed their first health check: {}; its old hosts keep serving",
+            "pool {pool}: new hosts have not passed their first health check: {}; {after}",
             hosts.join(", ")
         );
         Event::new(
@@ -195,6 +202,7 @@ impl Event {
                 "error": error,
                 "pool": pool,
                 "hosts": hosts,
+                "old_hosts_serving": held,
             }),
         )
     }

@@ -225,8 +225,7 @@ pub struct XdsStats {
     /// Stat name → version, e.g. `cluster.web.version_text` → `"1a2b..."`.
     pub versions: BTreeMap<String, String>,
     /// Stat name → value for `*.update_rejected`, the warming gauges and each cluster's
-    /// `membership_healthy` / `membership_excluded` (hosts kept out until their first check) /
-    /// `membership_total`.
+    /// `membership_healthy` / `membership_total`.
     pub numbers: BTreeMap<String, u64>,
 }
 
@@ -275,7 +274,7 @@ pub fn stat_name(name: &str) -> String {
 impl Admin {
     pub async fn xds_stats(&self) -> anyhow::Result<XdsStats> {
         let text = self
-            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming|membership_healthy|membership_excluded|membership_total)$")
+            .get_text("/stats?filter=(version_text|update_rejected|warming_clusters|total_listeners_warming|membership_healthy|membership_total)$")
             .await?;
         let mut s = XdsStats::default();
         for line in text.lines() {

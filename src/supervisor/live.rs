@@ -28,6 +28,8 @@ pub(super) const TRANSITION_POLL: Duration = Duration::from_millis(10);
 /// How often one pool's per-host health may be read (`/clusters`: only when the counts cannot
 /// decide, e.g. an old host is down beside the new ones).
 const HOSTS_READ_EVERY: Duration = Duration::from_secs(1);
+/// The same, once a transition has been reported as not finished.
+const HOSTS_READ_EVERY_STUCK: Duration = Duration::from_secs(30);
 /// Headroom left for everything else that uses inotify (systemd, other services).
 const INOTIFY_HEADROOM: u64 = 16;
 
@@ -454,8 +456,17 @@ impl Supervisor {
                     h = self.admin.host_health(&name) => h.ok(),
                     _ = watch.exited() => return,
                 };
+                // A read costs Envoy's main thread time in proportion to the pool (about a
+                // second at 10,000 hosts): the next one waits at least twenty times as long,
+                // and a transition already reported is looked at this way rarely.
+                let cost = now.elapsed() * 20;
                 if let Some(t) = self.transitions.get_mut(&name) {
-                    t.next_hosts_read = now + HOSTS_READ_EVERY;
+                    let floor = if t.stuck.is_some() || overdue {
+                        HOSTS_READ_EVERY_STUCK
+                    } else {
+                        HOSTS_READ_EVERY
+                    };
+                    t.next_hosts_read = Instant::now() + cost.max(floor);
                 }
             }
             let Some(t) = self.transitions.get_mut(&name) else {
@@ -464,7 +475,9 @@ impl Supervisor {
             if health.is_some() {
                 verdict = transition::judge(t, &s, health.as_ref());
             }
-            t.pending = s.cluster_number(&name, "membership_excluded");
+            t.unhealthy = s
+                .cluster_number(&name, "membership_total")
+                .saturating_sub(s.cluster_number(&name, "membership_healthy"));
             match verdict {
                 Verdict::Finish => {
                     let target = t.target.clone();
@@ -506,7 +519,8 @@ impl Supervisor {
                         pool = %name,
                         config = %t.hash,
                         hosts = ?never,
-                        "pool transition not finished within {} s: new hosts have not passed their first health check; the old hosts keep serving",
+                        old_hosts_serving = t.removing,
+                        "pool transition not finished within {} s: new hosts have not passed their first health check",
                         self.settings.supervisor.confirm_timeout_s
                     );
                     t.stuck = Some(never);
@@ -556,7 +570,7 @@ impl Supervisor {
                 pool: t.pool.clone(),
                 config_hash: t.hash.clone(),
                 new_hosts: t.added.len(),
-                pending: t.pending,
+                unhealthy: t.unhealthy,
                 old_hosts: t.removing,
                 age_ms: t.started.elapsed().as_millis() as u64,
                 stuck: t.stuck.clone(),

@@ -143,8 +143,9 @@ pub struct TransitionStatus {
     pub config_hash: String,
     /// Hosts new to the pool (checked or not).
     pub new_hosts: usize,
-    /// Hosts Envoy still keeps out until their first check, as last read.
-    pub pending: u64,
+    /// Hosts of the pool (old ones included) not healthy, as last read: a new host is not
+    /// healthy until its first check passed.
+    pub unhealthy: u64,
     /// Old hosts that go once the new ones passed (0: nothing is held).
     pub old_hosts: usize,
     pub age_ms: u64,

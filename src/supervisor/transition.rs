@@ -2,19 +2,28 @@
 //!
 //! An apply is done when Envoy has accepted every resource (what HAProxy's runtime API means
 //! too). A pool that gains hosts and loses others while it carries traffic must not lose its old
-//! hosts before the new ones can serve: Envoy keeps a new host out of the balancing until its
-//! first health check (`ignore_new_hosts_until_first_hc`), so a pool left with only unchecked
-//! hosts would answer "no healthy upstream". So the apply writes the union (the new list plus the
-//! old hosts that served) and records a [`Transition`]; the supervisor's loop then watches
-//! Envoy's stats and, once every new host has passed its first check, writes the pool's own list
-//! (the old hosts go). A later change supersedes an unfinished transition (its new union is
-//! built on the hosts that served, never on unchecked ones, so it cannot grow change after
-//! change). A transition that does not finish within `confirm_timeout_s` is reported once, not
-//! rolled back: its old hosts still serve, a host that failed its check gets no traffic.
+//! hosts before the new ones can serve: Envoy starts a host added to a health-checked cluster
+//! unhealthy until its first check passes, so a pool left with only new hosts would answer "no
+//! healthy upstream". So the apply writes the union (the new list plus the old hosts that
+//! served) and records a [`Transition`]; the supervisor's loop then watches Envoy's stats and,
+//! once every new host has passed, writes the pool's own list (the old hosts go). A later
+//! change supersedes an unfinished transition (its new union is built on the hosts that served,
+//! never on unchecked ones, so it cannot grow change after change). A transition that does not
+//! finish within `confirm_timeout_s` is reported once, not rolled back: its old hosts still
+//! serve, a host that failed its check gets no traffic.
 //!
-//! A pool that only gains hosts has nothing to hold: its transition only follows the first
-//! checks, for `status`. Pools that are new or redefined are warmed by Envoy itself (CDS waits
-//! for every first check of a new cluster) and need none.
+//! The signal is cheap in the usual case: every host of the pool healthy (`membership_healthy`
+//! = `membership_total` in `/stats`) means every new one passed. Only when some host is not
+//! healthy (an old one down, a new one failing) is the pool's per-host health read
+//! (`/clusters` filtered to it), at a pace bounded by what a read costs. (Envoy's
+//! `ignore_new_hosts_until_first_hc` would tell "checked" apart from "failed" in the counts,
+//! but it makes every first answer rebuild the pool's host lists on Envoy's main thread: O(n²)
+//! for n new hosts. Not set.)
+//!
+//! A pool that only gains hosts has nothing to hold: its transition only follows the new hosts
+//! until they pass, for `status` (and a report when they do not). Pools that are new or
+//! redefined are warmed by Envoy itself (CDS waits for every first check of a new cluster) and
+//! need none.
 //!
 //! [`plan`] and [`judge`] are pure; the supervisor does the I/O.
 
@@ -43,8 +52,8 @@ pub(super) struct Transition {
     pub removing: usize,
     pub started: Instant,
     pub deadline: Instant,
-    /// Hosts Envoy still keeps out until their first check, as last read.
-    pub pending: u64,
+    /// Hosts of the pool (old ones included) not healthy, as last read.
+    pub unhealthy: u64,
     /// Set once the pool's own list is written: the version Envoy must report.
     pub finishing: Option<String>,
     /// Set once reported as not finished in time: the new hosts that had not passed.
@@ -149,7 +158,7 @@ pub(super) fn plan(
                 added,
                 started: now,
                 deadline: now + timeout,
-                pending: 0,
+                unhealthy: 0,
                 finishing: None,
                 stuck: None,
                 next_hosts_read: now,
@@ -172,7 +181,7 @@ pub(super) enum Verdict {
     Wait,
     /// Every new host passed: write the pool's own list.
     Finish,
-    /// Over (Envoy took the pool's own list, or a pool that only gained has every host checked).
+    /// Over (Envoy took the pool's own list, or every host a pool that only gained got passed).
     Done,
     /// The counts cannot tell whether the new hosts passed: read the pool's hosts.
     ReadHosts,
@@ -184,33 +193,28 @@ pub(super) fn judge(
     health: Option<&BTreeMap<String, bool>>,
 ) -> Verdict {
     if let Some(v) = &t.finishing {
-        return if s.version(&format!(
-            "cluster.{}",
-            crate::envoy::admin::stat_name(&t.pool)
-        )) == Some(v)
-        {
+        let stat = format!("cluster.{}", crate::envoy::admin::stat_name(&t.pool));
+        return if s.version(&stat) == Some(v) {
             Verdict::Done
         } else {
             Verdict::Wait
         };
     }
-    let pending = s.cluster_number(&t.pool, "membership_excluded");
-    if pending > 0 {
-        return Verdict::Wait;
-    }
-    if t.settled.is_none() {
-        return Verdict::Done;
-    }
-    // Every host of the union healthy: the new ones passed, whatever the old ones did.
-    if s.cluster_number(&t.pool, "membership_healthy")
+    let passed = if s.cluster_number(&t.pool, "membership_healthy")
         >= s.cluster_number(&t.pool, "membership_total")
     {
-        return Verdict::Finish;
-    }
-    match health {
-        Some(h) if t.added.iter().all(|a| h.get(a) == Some(&true)) => Verdict::Finish,
-        Some(_) => Verdict::Wait,
-        None => Verdict::ReadHosts,
+        // Every host of the pool healthy: the new ones passed, whatever the old ones did.
+        true
+    } else {
+        match health {
+            Some(h) => t.added.iter().all(|a| h.get(a) == Some(&true)),
+            None => return Verdict::ReadHosts,
+        }
+    };
+    match (passed, t.settled.is_some()) {
+        (false, _) => Verdict::Wait,
+        (true, true) => Verdict::Finish,
+        (true, false) => Verdict::Done,
     }
 }
 
@@ -327,13 +331,9 @@ mod tests {
         assert_eq!(back.superseded, 1);
     }
 
-    fn stats(excluded: u64, healthy: u64, total: u64, version: Option<&str>) -> XdsStats {
+    fn stats(healthy: u64, total: u64, version: Option<&str>) -> XdsStats {
         let mut s = XdsStats::default();
-        for (k, v) in [
-            ("membership_excluded", excluded),
-            ("membership_healthy", healthy),
-            ("membership_total", total),
-        ] {
+        for (k, v) in [("membership_healthy", healthy), ("membership_total", total)] {
             s.numbers.insert(format!("cluster.web.{k}"), v);
         }
         if let Some(v) = version {
@@ -346,25 +346,24 @@ mod tests {
     #[test]
     fn a_transition_finishes_once_every_new_host_passed_and_envoy_took_the_list() {
         let mut t = plan_of(&[1, 2], &BTreeMap::new(), &[2, 3], true).transitions["web"].clone();
-        assert_eq!(judge(&t, &stats(1, 2, 3, None), None), Verdict::Wait);
-        assert_eq!(judge(&t, &stats(0, 3, 3, None), None), Verdict::Finish);
-        // An old host is down: the counts cannot tell; the hosts can.
-        assert_eq!(judge(&t, &stats(0, 2, 3, None), None), Verdict::ReadHosts);
+        assert_eq!(judge(&t, &stats(3, 3, None), None), Verdict::Finish);
+        // A host is not healthy: the counts cannot tell which; the hosts can.
+        assert_eq!(judge(&t, &stats(2, 3, None), None), Verdict::ReadHosts);
         let mut h: BTreeMap<String, bool> = [(host_key("127.0.0.1", 1), false)].into();
         h.insert(host_key("127.0.0.1", 2), true);
         h.insert(host_key("127.0.0.1", 3), true);
-        assert_eq!(judge(&t, &stats(0, 2, 3, None), Some(&h)), Verdict::Finish);
+        assert_eq!(judge(&t, &stats(2, 3, None), Some(&h)), Verdict::Finish);
         h.insert(host_key("127.0.0.1", 3), false);
-        assert_eq!(judge(&t, &stats(0, 2, 3, None), Some(&h)), Verdict::Wait);
+        assert_eq!(judge(&t, &stats(2, 3, None), Some(&h)), Verdict::Wait);
         assert_eq!(not_passed(&t, &h), vec![host_key("127.0.0.1", 3)]);
         t.finishing = Some(t.target.version.clone());
-        assert_eq!(judge(&t, &stats(0, 2, 2, Some("old")), None), Verdict::Wait);
+        assert_eq!(judge(&t, &stats(2, 2, Some("old")), None), Verdict::Wait);
         let v = t.target.version.clone();
-        assert_eq!(judge(&t, &stats(0, 2, 2, Some(&v)), None), Verdict::Done);
-        // Only gaining: over once every new host was checked, pass or fail.
+        assert_eq!(judge(&t, &stats(2, 2, Some(&v)), None), Verdict::Done);
+        // Only gaining: over once every new host passed; nothing to write.
         let g = plan_of(&[1], &BTreeMap::new(), &[1, 2], true).transitions["web"].clone();
-        assert_eq!(judge(&g, &stats(1, 1, 2, None), None), Verdict::Wait);
-        assert_eq!(judge(&g, &stats(0, 1, 2, None), None), Verdict::Done);
+        assert_eq!(judge(&g, &stats(1, 2, None), None), Verdict::ReadHosts);
+        assert_eq!(judge(&g, &stats(2, 2, None), None), Verdict::Done);
     }
 
     #[test]

@@ -489,9 +489,17 @@ async fn envoy_killed_during_a_first_check_wait_is_recovered_at_once() {
     kill(pid);
     let back = serving_again(front, killed).await;
     assert!(back < BACK_WITHIN, "serving again after {back:?}");
-    let s = stand.status().await;
+    // Envoy serves a moment before the supervisor has confirmed its start.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = stand.status().await;
+        if s.envoy_pid.is_some_and(|p| p != pid) && s.envoy_state == "LIVE" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no new Envoy: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(s.hash, Some(out.hash.clone()), "the new config serves");
-    assert_ne!(s.envoy_pid, Some(pid));
     assert_eq!(
         s.epoch,
         Some(0),
