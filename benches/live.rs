@@ -71,7 +71,9 @@ struct Row {
     whole: Vec<u64>,
     /// Where live applies' time went, from the supervisor's "live apply steps" lines: p50 µs
     /// of each step's end, from the apply's start.
-    steps: Option<[u64; 3]>,
+    steps: Option<Vec<u64>>,
+    /// The supervisor's own part ("apply steps"): stored, split and compared, applied, pruned.
+    sup: Option<Vec<u64>>,
 }
 
 impl Row {
@@ -117,6 +119,7 @@ async fn run(
         envoy: Vec::new(),
         whole: Vec::new(),
         steps: None,
+        sup: None,
     };
     let logged = stand.log().len();
     for i in 0..reps {
@@ -135,32 +138,45 @@ async fn run(
     row.envoy.sort_unstable();
     row.whole.sort_unstable();
     if method == ApplyMethod::Live {
-        row.steps = Some(steps(&stand.log()[logged..]));
+        let log = &stand.log()[logged..];
+        row.steps = Some(steps(
+            log,
+            "live apply steps",
+            &["written_us", "clusters_us", "listeners_us"],
+        ));
+        row.sup = Some(steps(
+            log,
+            "apply steps",
+            &["stored_us", "split_us", "applied_us", "pruned_us"],
+        ));
     }
     row
 }
 
-/// p50 of each field of the "live apply steps" debug lines in `log`.
-fn steps(log: &str) -> [u64; 3] {
-    let fields = ["written_us=", "clusters_us=", "listeners_us="];
-    let mut columns: [Vec<u64>; 3] = Default::default();
-    for line in log.lines().filter(|l| l.contains("live apply steps")) {
+/// p50 of each of `fields` (`name=` followed by µs) in the debug lines of `log` that hold
+/// `marker`.
+fn steps(log: &str, marker: &str, fields: &[&str]) -> Vec<u64> {
+    let mut columns: Vec<Vec<u64>> = vec![Vec::new(); fields.len()];
+    for line in log.lines().filter(|l| l.contains(marker)) {
         for (i, f) in fields.iter().enumerate() {
             let v = line
-                .split_once(f)
+                .split_once(&format!("{f}="))
                 .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
                 .and_then(|n| n.parse::<u64>().ok());
             columns[i].extend(v);
         }
     }
-    columns.map(|mut c| {
-        c.sort_unstable();
-        if c.is_empty() {
-            0
-        } else {
-            pct(&c, 0.5)
-        }
-    })
+    columns
+        .into_iter()
+        .map(|mut c| {
+            c.sort_unstable();
+            if c.is_empty() {
+                0
+            } else {
+                pct(&c, 0.5)
+            }
+        })
+        .collect()
 }
 
 /// HAProxy with `n` servers; each repetition re-addresses and enables all of them over the
@@ -211,6 +227,7 @@ fn haproxy(n: usize, reps: usize, one_weight: bool) -> Row {
         envoy: Vec::new(),
         whole: Vec::new(),
         steps: None,
+        sup: None,
     };
     for r in 0..reps {
         let port = 9 + (r % 2);
@@ -476,7 +493,7 @@ fn main() {
             },
             vec![(
                 "RUST_LOG".into(),
-                "info,vpsie_lb_agent::supervisor::live=debug".into(),
+                "info,vpsie_lb_agent::supervisor=debug".into(),
             )],
         )
         .await;
@@ -614,8 +631,22 @@ fn main() {
         println!("\nwhere a live apply's time goes (p50, ms from its start; Envoy's own work is between \"written\" and \"clusters\")");
         println!("| {:<44} | {:>8} | {:>8} | {:>9} |", "", "written", "clusters", "listeners");
         for (r, _) in &rows {
-            if let Some(s) = r.steps {
+            if let Some(s) = &r.steps {
                 println!("| {:<44} | {:>8.1} | {:>8.1} | {:>9.1} |", r.name, ms(s[0]), ms(s[1]), ms(s[2]));
+            }
+        }
+        println!("\nthe supervisor's part (p50, ms from the request read; \"applied\" includes Envoy's part, \"done\" the bookkeeping after it)");
+        println!("| {:<44} | {:>8} | {:>8} | {:>8} | {:>8} |", "", "stored", "split", "applied", "done");
+        for (r, _) in &rows {
+            if let Some(s) = &r.sup {
+                println!(
+                    "| {:<44} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} |",
+                    r.name,
+                    ms(s[0]),
+                    ms(s[0] + s[1]),
+                    ms(s[2]),
+                    ms(s[3])
+                );
             }
         }
         println!("\nmoved while serving (every backend re-addressed, backends up), from the hand-over, p50 / max ms");

@@ -696,6 +696,9 @@ mod tests {
         assert_eq!(x.clusters.len() + statics("clusters"), n("clusters"));
         // (Certificates to SDS: the https rules of tests/it/live.rs, rotated live.)
         assert!(!x.listeners.is_empty() && !x.routes.is_empty());
+        let names: std::collections::BTreeSet<String> =
+            x.all_files().into_iter().map(|f| f.name).collect();
+        assert_eq!(x.file_names(), names);
         let eds = x.named_files(xds::Kind::Endpoints);
         for (name, c) in &x.clusters {
             assert_eq!(c["type"], "EDS");

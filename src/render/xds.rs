@@ -222,6 +222,22 @@ impl Xds {
             .collect()
     }
 
+    /// The names of [`Xds::all_files`], without writing any file's contents.
+    pub fn file_names(&self) -> std::collections::BTreeSet<String> {
+        let mut out: std::collections::BTreeSet<String> = [LDS_FILE, CDS_FILE]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for (kind, map) in [
+            (Kind::Secret, &self.secrets),
+            (Kind::Endpoints, &self.endpoints),
+            (Kind::Route, &self.routes),
+        ] {
+            out.extend(map.keys().map(|n| file_name(kind, n)));
+        }
+        out
+    }
+
     /// Every file of this config, for a new epoch's directory.
     pub fn all_files(&self) -> Vec<File> {
         let mut out = Vec::new();

@@ -69,7 +69,7 @@ impl Supervisor {
             error,
             log: Vec::new(),
         };
-        let x = self.split_stored(hash, epoch).map_err(fail)?;
+        let x = std::sync::Arc::new(self.split_stored(hash, epoch).map_err(fail)?);
         let files = self.write_epoch_files(&x).map_err(fail)?;
         let path = x.dir.join("bootstrap.json");
         let binary = binary_id(&self.settings.envoy.binary);

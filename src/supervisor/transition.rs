@@ -60,6 +60,10 @@ pub(super) struct Transition {
     pub stuck: Option<Vec<String>>,
     /// When the per-host health may be read next (only when the counts cannot decide).
     pub next_hosts_read: Instant,
+    /// The pool's healthy count as last read, and since when it has not moved: while new hosts
+    /// keep passing there is no need to read them one by one.
+    pub healthy: u64,
+    pub healthy_since: Instant,
 }
 
 /// What an apply writes for the pools, and the transitions it leaves.
@@ -162,6 +166,8 @@ pub(super) fn plan(
                 finishing: None,
                 stuck: None,
                 next_hosts_read: now,
+                healthy: 0,
+                healthy_since: now,
             },
         );
     }

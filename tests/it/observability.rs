@@ -611,6 +611,10 @@ fn lb_series(instance: &str, changed: Changes) -> String {
         ("vpsie_lb_agent_envoy_up", "1x120"),
         ("vpsie_lb_supervisor_envoy_up", "1x120"),
         (
+            "vpsie_lb_supervisor_pool_transitions{state=\"stuck\"}",
+            "0x120",
+        ),
+        (
             "vpsie_lb_supervisor_envoy_restarts_total{kind=\"full\"}",
             "1x120",
         ),
@@ -788,6 +792,14 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
                 "5e9x90 3e8x30",
             )],
             &["VpsieLbAccessLogDiskFilling"],
+        ),
+        (
+            "lb-pool-stuck",
+            &[(
+                "vpsie_lb_supervisor_pool_transitions{state=\"stuck\"}",
+                "0x90 1x30",
+            )],
+            &["VpsieLbPoolTransitionStuck"],
         ),
     ];
     let mut series = String::new();
