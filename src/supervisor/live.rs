@@ -22,8 +22,11 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// How often Envoy's stats are read while waiting for a step.
+/// How often Envoy's stats are read while waiting for a step: often at first (a small update
+/// is taken within milliseconds), then less, since each read is work for Envoy's main thread.
 const CONFIRM_POLL: Duration = Duration::from_millis(5);
+const CONFIRM_POLL_FIRST: Duration = Duration::from_millis(1);
+const CONFIRM_FAST_FOR: Duration = Duration::from_millis(30);
 /// How often the pools in transition are looked at.
 pub(super) const TRANSITION_POLL: Duration = Duration::from_millis(10);
 /// How often one pool's per-host health may be read (`/clusters`: only when the counts cannot
@@ -603,6 +606,7 @@ impl Supervisor {
         deadline: Instant,
         watch: &ExitWatch,
     ) -> Result<(), String> {
+        let started = Instant::now();
         loop {
             let mut missing = match stats(&self.admin, watch).await? {
                 Ok(s) => {
@@ -651,7 +655,12 @@ impl Supervisor {
                     missing.join(", ")
                 ));
             }
-            pause(watch, CONFIRM_POLL).await?;
+            let poll = if started.elapsed() < CONFIRM_FAST_FOR {
+                CONFIRM_POLL_FIRST
+            } else {
+                CONFIRM_POLL
+            };
+            pause(watch, poll).await?;
         }
     }
 
