@@ -95,6 +95,20 @@ impl Row {
     }
 }
 
+/// The last lines of the supervisor's and Envoy's logs, for a failure message.
+fn logs(stand: &Stand) -> String {
+    let tail = |path: std::path::PathBuf| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    format!(
+        "supervisor log:\n{}\nenvoy log:\n{}",
+        tail(stand.dir.path().join("supervisor.log")),
+        tail(stand.settings.envoy.log_file.clone())
+    )
+}
+
 async fn hand_over(stand: &Stand, v: &Value) -> (ApplyOutcome, u64) {
     let p = command::prepare_for_store(v.to_string().as_bytes(), &stand.settings, support::now())
         .unwrap();
@@ -131,7 +145,9 @@ async fn run(
             tokio::time::sleep(wait).await;
         }
         let (out, whole) = hand_over(stand, if i % 2 == 0 { b } else { a }).await;
-        assert_eq!(out.method, Some(method), "{name}: {out:?}");
+        if out.method != Some(method) {
+            panic!("{name}, repetition {i}: {out:?}\n{}", logs(stand));
+        }
         row.envoy.push(out.envoy_us.unwrap_or(0));
         row.whole.push(whole);
     }
@@ -356,6 +372,18 @@ fn pool(n: usize, port: u16, weight: u32) -> Vec<(String, u16, u32)> {
     (0..n).map(|i| (addr(i), port, weight)).collect()
 }
 
+/// This process's limit on open files (Envoy inherits it through the supervisor).
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
 /// The supervisor's resident memory, MB.
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -380,7 +408,9 @@ struct Moves {
 async fn move_pool(stand: &Stand, to: &Value, m: &mut Moves) {
     let t = Instant::now();
     let (out, _) = hand_over(stand, to).await;
-    assert_eq!(out.method, Some(ApplyMethod::Live), "{out:?}");
+    if out.method != Some(ApplyMethod::Live) {
+        panic!("a move: {out:?}\n{}", logs(stand));
+    }
     m.applied.push(t.elapsed().as_micros() as u64);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -517,6 +547,8 @@ fn main() {
                 rows.push((row, w));
             }};
         }
+        // `LIVE_BENCH_ONLY=moves`: only the pools that move while serving.
+        let only_moves = std::env::var("LIVE_BENCH_ONLY").is_ok_and(|v| v == "moves");
         for &n in &sizes {
             let reps = if n >= 10_000 { reps.min(10) } else { reps };
             // Down backends (closed ports): nothing serves, so nothing is held.
@@ -525,6 +557,9 @@ fn main() {
             let (out, _) = hand_over(&stand, &a).await;
             assert!(first || out.method == Some(ApplyMethod::Live), "{out:?}");
             first = false;
+            if only_moves && n >= 1000 {
+                // Straight to the moves.
+            } else {
             timed!(run(&stand, &format!("live: {n} backends re-addressed"), &a, &b, reps, ApplyMethod::Live).await);
             timed!(haproxy(n, reps, false));
             let mut reweighted = pool(n, 9, 100);
@@ -535,6 +570,7 @@ fn main() {
             // One fewer, so that 10,000 stays within the contract's limit.
             let plus = pool_spec(front, &pool(n - 1, 9, 100));
             timed!(run(&stand, &format!("live: 1 added to / removed from {n}"), &a, &plus, reps, ApplyMethod::Live).await);
+            }
             hand_over(&stand, &a).await;
             memory.push((n, rss_mb(stand.supervisor_pid())));
             if n < 1000 {
@@ -600,7 +636,16 @@ fn main() {
             let mut redefined = pool_spec(front, &pool(n, p2, 100));
             redefined["rules"][0]["checkInterval"] = json!(4000);
             let mut warm = Moves::default();
-            let times = reps.min(4);
+            // Both clusters check every host at once, each check on a connection of its own
+            // that Envoy keeps: Envoy needs more than 2n descriptors (at 10,000 here, with
+            // 20,000 allowed, it ran out and crashed: EMFILE, then SIGSEGV; the image allows
+            // 1,048,576).
+            let times = if open_files_limit() > 2 * n as u64 + 2000 {
+                reps.min(4)
+            } else {
+                println!("(the redefined pool at {n} backends is skipped: {} open files allowed here)", open_files_limit());
+                0
+            };
             for i in 0..times {
                 move_pool(&stand, if i % 2 == 0 { &redefined } else { &a }, &mut warm).await;
             }
@@ -609,7 +654,9 @@ fn main() {
             }
             warm.applied.sort_unstable();
             warm.finished.sort_unstable();
-            warming.push((n, warm));
+            if times > 0 {
+                warming.push((n, warm));
+            }
             memory.push((n, rss_mb(stand.supervisor_pid())));
             drop(up);
         }
