@@ -1056,6 +1056,8 @@ async fn host_named_backends_are_resolved_by_the_agent_and_changes_are_followed(
         panic!("a changed answer is a changed config, applied live")
     };
     assert_ne!(h1, h2);
+    // Applied once Envoy took it; u1 serves beside u2 until u2 has passed its first check.
+    stand.settled().await;
     assert_eq!(answering(front, 20).await, ["u2".to_owned()].into());
 
     // Both: traffic reaches both addresses.
