@@ -1023,9 +1023,18 @@ async fn answering(front: u16, n: usize) -> std::collections::BTreeSet<String> {
 /// Envoy gets the addresses as endpoints, and a changed answer is followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_named_backends_are_resolved_by_the_agent_and_changes_are_followed() {
-    let u1 = upstream::http("u1", None).await;
-    let port = u1.port();
-    // The same port on another loopback address: only the name's answer tells them apart.
+    // The same port on another loopback address: only the name's answer tells them apart. (A
+    // port free on 127.0.0.1 may be held on 127.0.0.2: another one is tried then.)
+    let mut tries = 0;
+    let (u1, port) = loop {
+        let u1 = upstream::http("u1", None).await;
+        let port = u1.port();
+        if std::net::TcpListener::bind(("127.0.0.2", port)).is_ok() {
+            break (u1, port);
+        }
+        tries += 1;
+        assert!(tries < 50, "no port free on both loopback addresses");
+    };
     let _u2 = upstream::http_at("u2", None, format!("127.0.0.2:{port}").parse().unwrap()).await;
     let front = Stand::front_port();
     let stand = Stand::start(|_| {}).await;
