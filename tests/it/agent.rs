@@ -1026,7 +1026,7 @@ async fn host_named_backends_are_resolved_by_the_agent_and_changes_are_followed(
     // The same port on another loopback address: only the name's answer tells them apart. (A
     // port free on 127.0.0.1 may be held on 127.0.0.2: another one is tried then.)
     let mut tries = 0;
-    let (u1, port) = loop {
+    let (_u1, port) = loop {
         let u1 = upstream::http("u1", None).await;
         let port = u1.port();
         if std::net::TcpListener::bind(("127.0.0.2", port)).is_ok() {
