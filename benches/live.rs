@@ -557,9 +557,8 @@ fn main() {
             let (out, _) = hand_over(&stand, &a).await;
             assert!(first || out.method == Some(ApplyMethod::Live), "{out:?}");
             first = false;
-            if only_moves && n >= 1000 {
-                // Straight to the moves.
-            } else {
+            // `LIVE_BENCH_ONLY=moves` goes straight to the moves.
+            if !(only_moves && n >= 1000) {
             timed!(run(&stand, &format!("live: {n} backends re-addressed"), &a, &b, reps, ApplyMethod::Live).await);
             timed!(haproxy(n, reps, false));
             let mut reweighted = pool(n, 9, 100);

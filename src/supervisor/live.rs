@@ -449,64 +449,50 @@ impl Supervisor {
         };
         let names: Vec<String> = self.transitions.keys().cloned().collect();
         for name in names {
-            let Some(t) = self.transitions.get(&name) else {
+            // Taken out while it is looked at (the admin API and the files are the
+            // supervisor's), put back unless it is over.
+            let Some(mut t) = self.transitions.remove(&name) else {
                 continue;
             };
             let now = Instant::now();
-            let mut verdict = transition::judge(t, &s, None);
-            let overdue = now >= t.deadline && t.stuck.is_none() && t.finishing.is_none();
             let healthy = s.cluster_number(&name, "membership_healthy");
             let moving = healthy != t.healthy || now < t.healthy_since + HOSTS_READ_EVERY;
             if healthy != t.healthy {
-                if let Some(t) = self.transitions.get_mut(&name) {
-                    t.healthy = healthy;
-                    t.healthy_since = now;
-                }
+                t.healthy = healthy;
+                t.healthy_since = now;
             }
-            let Some(t) = self.transitions.get(&name) else {
-                continue;
-            };
+            t.unhealthy = s
+                .cluster_number(&name, "membership_total")
+                .saturating_sub(healthy);
+            let overdue = now >= t.deadline && t.stuck.is_none() && t.finishing.is_none();
+            let mut verdict = transition::judge(&t, &s, None);
             let mut health = None;
             // Hosts are read one by one only when the counts have stopped moving (new hosts
             // passing one after the other need no per-host look) or the deadline is here.
-            let read = verdict == Verdict::ReadHosts && !moving && now >= t.next_hosts_read;
-            if read || overdue {
+            if (verdict == Verdict::ReadHosts && !moving && now >= t.next_hosts_read) || overdue {
                 health = tokio::select! {
                     h = self.admin.host_health(&name) => h.ok(),
-                    _ = watch.exited() => return,
+                    _ = watch.exited() => {
+                        self.transitions.insert(name, t);
+                        return;
+                    }
                 };
                 // A read costs Envoy's main thread time in proportion to the pool (about a
                 // second at 10,000 hosts): the next one waits at least twenty times as long,
                 // and a transition already reported is looked at this way rarely.
-                let cost = now.elapsed() * 20;
-                if let Some(t) = self.transitions.get_mut(&name) {
-                    let floor = if t.stuck.is_some() || overdue {
-                        HOSTS_READ_EVERY_STUCK
-                    } else {
-                        HOSTS_READ_EVERY
-                    };
-                    t.next_hosts_read = Instant::now() + cost.max(floor);
-                }
+                let floor = if t.stuck.is_some() || overdue {
+                    HOSTS_READ_EVERY_STUCK
+                } else {
+                    HOSTS_READ_EVERY
+                };
+                t.next_hosts_read = Instant::now() + (now.elapsed() * 20).max(floor);
+                verdict = transition::judge(&t, &s, health.as_ref());
             }
-            let Some(t) = self.transitions.get_mut(&name) else {
-                continue;
-            };
-            if health.is_some() {
-                verdict = transition::judge(t, &s, health.as_ref());
-            }
-            t.unhealthy = s
-                .cluster_number(&name, "membership_total")
-                .saturating_sub(s.cluster_number(&name, "membership_healthy"));
             match verdict {
                 Verdict::Finish => {
-                    let target = t.target.clone();
                     hold("transition-finish").await;
-                    match self.put(&target) {
-                        Ok(_) => {
-                            if let Some(t) = self.transitions.get_mut(&name) {
-                                t.finishing = Some(target.version);
-                            }
-                        }
+                    match self.put(&t.target) {
+                        Ok(_) => t.finishing = Some(t.target.version.clone()),
                         Err(e) => tracing::error!(
                             pool = %name,
                             "cannot write the pool's own endpoint list: {e}; trying again"
@@ -514,24 +500,22 @@ impl Supervisor {
                     }
                 }
                 Verdict::Done => {
-                    let t = self.transitions.remove(&name);
-                    if let Some(t) = t {
-                        tracing::info!(
-                            pool = %name,
-                            new_hosts = t.added.len(),
-                            old_hosts_removed = t.removing,
-                            took_ms = t.started.elapsed().as_millis() as u64,
-                            "pool transition finished"
-                        );
-                    }
+                    tracing::info!(
+                        pool = %name,
+                        new_hosts = t.added.len(),
+                        old_hosts_removed = t.removing,
+                        took_ms = t.started.elapsed().as_millis() as u64,
+                        "pool transition finished"
+                    );
                     self.metrics
                         .transitions_ended
                         .with_label_values(&["finished"])
                         .inc();
+                    continue;
                 }
                 Verdict::Wait | Verdict::ReadHosts if overdue => {
                     let never = match &health {
-                        Some(h) => transition::not_passed(t, h),
+                        Some(h) => transition::not_passed(&t, h),
                         None => t.added.iter().cloned().collect(),
                     };
                     tracing::error!(
@@ -546,6 +530,7 @@ impl Supervisor {
                 }
                 Verdict::Wait | Verdict::ReadHosts => {}
             }
+            self.transitions.insert(name, t);
         }
         self.count_transitions();
     }

@@ -12,10 +12,10 @@
 //!   bootstrap and the Envoy binary are unchanged, put its resources into the running epoch
 //!   live ([`live`]: xDS files, make before break, confirmed; rolled back when Envoy refuses or
 //!   does not confirm; done once Envoy took it, a pool that moved finishing its transition in
-//!   this loop afterwards, see [`transition`]). Otherwise hot restart: wait for the previous parent to finish draining
-//!   (a new child makes Envoy kill its grandparent at once, cutting what it still drains),
-//!   start epoch N+1 from its own xDS directory and wait until `/server_info` says LIVE with
-//!   that epoch and every resource is confirmed.
+//!   this loop afterwards, see [`transition`]). Otherwise hot restart: wait for the previous
+//!   parent to finish draining (a new child makes Envoy kill its grandparent at once, cutting
+//!   what it still drains), start epoch N+1 from its own xDS directory and wait until
+//!   `/server_info` says LIVE with that epoch and every resource is confirmed.
 //! - **a child that fails**: by then it has made the parent stop its admin and its listeners, and
 //!   left the shared memory marked "initializing". The supervisor clears that stale mark and
 //!   starts the *same* epoch number again with the last good config (the dead child never became
