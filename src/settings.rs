@@ -484,6 +484,47 @@ pub struct EnvoySettings {
     /// Envoy's own log (`--log-path`). A file, not a pipe through the supervisor: an Envoy that
     /// outlives the supervisor would die of SIGPIPE on its next log line.
     pub log_file: PathBuf,
+    /// The heap Envoy's overload manager measures against, in MiB: at 95 % Envoy returns free
+    /// memory to the system and stops keep-alive, at 98 % it refuses new requests and
+    /// connections. Default: from the machine's memory ([`heap_limit_for`]).
+    pub max_heap_mb: Option<u64>,
+    /// How long a client may take to send its request headers; then Envoy closes the connection
+    /// (slowloris). HAProxy's recommended `timeout http-request`.
+    pub request_headers_timeout_s: u32,
+}
+
+/// Envoy's heap limit on a machine with `mem_total` bytes: all of it but 384 MiB (the agent,
+/// the supervisor, keepalived and the system: about 150 MB measured, the rest page cache for
+/// the logs), never less than half of it.
+pub fn heap_limit_for(mem_total: u64) -> u64 {
+    mem_total.saturating_sub(384 << 20).max(mem_total / 2)
+}
+
+impl EnvoySettings {
+    /// [`EnvoySettings::max_heap_mb`] in bytes, or [`heap_limit_for`] this machine's memory
+    /// (`MemTotal` in /proc/meminfo; 1 GiB if it cannot be read).
+    pub fn max_heap_bytes(&self) -> u64 {
+        if let Some(mb) = self.max_heap_mb {
+            return mb << 20;
+        }
+        static MEM_TOTAL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let total = *MEM_TOTAL.get_or_init(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|t| mem_total_kib(&t))
+                .map_or(1 << 30, |kib| kib << 10)
+        });
+        heap_limit_for(total)
+    }
+}
+
+/// `MemTotal` of /proc/meminfo, in KiB.
+fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Default for EnvoySettings {
@@ -503,6 +544,8 @@ impl Default for EnvoySettings {
             drain_strategy: DrainStrategy::Gradual,
             concurrency: None,
             log_file: PathBuf::from("/var/log/vpsie-lb/envoy.log"),
+            max_heap_mb: None,
+            request_headers_timeout_s: 10,
         }
     }
 }
@@ -707,6 +750,12 @@ impl Settings {
                 e.drain_time_s
             );
         }
+        if e.max_heap_mb.is_some_and(|mb| mb < 64) {
+            bail!("envoy.max_heap_mb: must be at least 64 (Envoy alone uses about 40 MiB of heap)");
+        }
+        if !(1..=3600).contains(&e.request_headers_timeout_s) {
+            bail!("envoy.request_headers_timeout_s: must be between 1 and 3600");
+        }
         if e.concurrency == Some(0) {
             bail!("envoy.concurrency: must be at least 1 (leave it out for one worker per CPU)");
         }
@@ -891,6 +940,31 @@ mod tests {
         assert_eq!(s.envoy.redirect_port, 8080);
         assert_eq!(s.cert_dir(), PathBuf::from("/var/lib/vpsie-lb/envoy/certs"));
         assert!(!s.dev.allow_loopback_backends);
+    }
+
+    #[test]
+    fn the_heap_limit_follows_the_machine_unless_set() {
+        const GIB: u64 = 1 << 30;
+        // 1 GiB: all but 384 MiB; 512 MiB: half, never less.
+        assert_eq!(heap_limit_for(GIB), 640 << 20);
+        assert_eq!(heap_limit_for(GIB / 2), 256 << 20);
+        assert_eq!(heap_limit_for(8 * GIB), 8 * GIB - (384 << 20));
+        assert_eq!(
+            mem_total_kib("MemTotal:        2014056 kB\nMemFree: 1 kB\n"),
+            Some(2014056)
+        );
+        assert_eq!(mem_total_kib("MemFree: 1 kB\n"), None);
+        let s = Settings::parse("envoy:\n  max_heap_mb: 300\n").unwrap();
+        assert_eq!(s.envoy.max_heap_bytes(), 300 << 20);
+        let auto = Settings::parse("{}").unwrap().envoy.max_heap_bytes();
+        assert!(auto >= 256 << 20, "{auto}");
+        let e = Settings::parse("envoy:\n  max_heap_mb: 10\n").unwrap_err();
+        assert!(format!("{e:#}").contains("envoy.max_heap_mb"), "{e:#}");
+        let e = Settings::parse("envoy:\n  request_headers_timeout_s: 0\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("envoy.request_headers_timeout_s"),
+            "{e:#}"
+        );
     }
 
     #[test]

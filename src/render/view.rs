@@ -25,10 +25,54 @@ pub struct View {
     /// Whether the logged path keeps its query string (`access_log.query_string`).
     pub access_log_query: bool,
     pub max_connections: u32,
+    /// What Envoy's edge guide asks of a proxy facing the internet (see [`Edge`]).
+    pub edge: Edge,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// The scrape port, when `metrics.allowed_cidrs` names anyone allowed to scrape.
     pub metrics: Option<Metrics>,
+}
+
+/// The limits every customer listener gets, from Envoy's "Configuring Envoy as an edge proxy"
+/// (best practices) and, where a value is a product choice, from what HAProxy and nginx do.
+/// README "Edge limits" lists them with their reasons.
+#[derive(Debug, Serialize)]
+pub struct Edge {
+    /// Per connection, on listeners and clusters (the guide: 32 KiB; Envoy's default 1 MiB lets
+    /// each slow reader pin a megabyte).
+    pub buffer_limit_bytes: u32,
+    /// The overload manager's heap limit (`envoy.max_heap_mb`, by default from the VM's memory).
+    pub max_heap_bytes: u64,
+    /// Time a client has to send its request headers (`envoy.request_headers_timeout_s`, 10 s:
+    /// HAProxy's recommended `timeout http-request`): a slowloris connection is closed then.
+    pub request_headers_timeout: String,
+    /// Request headers in all (Envoy's default and about AWS ALB's 64 KB): 431 beyond.
+    pub max_request_headers_kb: u32,
+    /// Request headers counted (Envoy's default, HAProxy's `tune.http.maxhdr` is 101): 431 beyond.
+    pub max_headers_count: u32,
+    /// Requests (HTTP/2: streams) one client connection may make before Envoy closes it
+    /// gracefully (nginx's `keepalive_requests` default): bounds what one connection can cost,
+    /// rapid resets included.
+    pub max_requests_per_connection: u32,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_initial_stream_window: u32,
+    pub h2_initial_connection_window: u32,
+}
+
+impl Edge {
+    fn new(settings: &Settings) -> Edge {
+        Edge {
+            buffer_limit_bytes: 32 * 1024,
+            max_heap_bytes: settings.envoy.max_heap_bytes(),
+            request_headers_timeout: secs(settings.envoy.request_headers_timeout_s),
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+            max_requests_per_connection: 1000,
+            h2_max_concurrent_streams: 100,
+            h2_initial_stream_window: 64 * 1024,
+            h2_initial_connection_window: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -482,6 +526,7 @@ pub fn build(
         access_log_path: settings.access_log.path.to_string_lossy().into_owned(),
         access_log_query: settings.access_log.query_string,
         max_connections: spec.max_connections,
+        edge: Edge::new(settings),
         listeners,
         clusters,
         metrics: metrics_view(settings),

@@ -9,6 +9,7 @@ mod agent;
 mod api_sim;
 mod demo;
 mod dying;
+mod edge;
 mod envoy_validate;
 mod faults;
 mod fuzz_replay;
