@@ -491,6 +491,10 @@ pub struct EnvoySettings {
     /// How long a client may take to send its request headers; then Envoy closes the connection
     /// (slowloris). HAProxy's recommended `timeout http-request`.
     pub request_headers_timeout_s: u32,
+    /// Requests (HTTP/2: streams) one client connection may make; then Envoy closes it
+    /// gracefully (`Connection: close`, GOAWAY) and the client opens another. Bounds what one
+    /// connection can hold or cost; browsers and gRPC clients reconnect without a failure.
+    pub max_requests_per_connection: u32,
 }
 
 /// Envoy's heap limit on a machine with `mem_total` bytes: all of it but 384 MiB (the agent,
@@ -546,6 +550,7 @@ impl Default for EnvoySettings {
             log_file: PathBuf::from("/var/log/vpsie-lb/envoy.log"),
             max_heap_mb: None,
             request_headers_timeout_s: 10,
+            max_requests_per_connection: 10_000,
         }
     }
 }
@@ -755,6 +760,9 @@ impl Settings {
         }
         if !(1..=3600).contains(&e.request_headers_timeout_s) {
             bail!("envoy.request_headers_timeout_s: must be between 1 and 3600");
+        }
+        if e.max_requests_per_connection == 0 {
+            bail!("envoy.max_requests_per_connection: must be at least 1");
         }
         if e.concurrency == Some(0) {
             bail!("envoy.concurrency: must be at least 1 (leave it out for one worker per CPU)");

@@ -341,7 +341,24 @@ mod readback {
         #[serde(rename = "overload_manager")]
         pub _overload_manager: serde::de::IgnoredAny,
         #[serde(borrow)]
+        pub layered_runtime: Runtime<'a>,
+        #[serde(borrow)]
         pub static_resources: Resources<'a>,
+    }
+    /// One static layer of numbers (the listeners' connection limits).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Runtime<'a> {
+        #[serde(borrow)]
+        pub layers: Vec<Layer<'a>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Layer<'a> {
+        #[serde(rename = "name")]
+        pub _name: serde::de::IgnoredAny,
+        #[serde(borrow)]
+        pub static_layer: std::collections::BTreeMap<Cow<'a, str>, u64>,
     }
     #[derive(Deserialize)]
     pub struct Node<'a> {
@@ -451,6 +468,23 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     }
     if doc.admin.address.target() != Some(format!("unix:{}", view.admin_socket)) {
         return fail("admin address".into());
+    }
+    let limits: Vec<(&str, u64)> = match doc.layered_runtime.layers.as_slice() {
+        [layer] => layer
+            .static_layer
+            .iter()
+            .map(|(k, v)| (k.as_ref(), *v))
+            .collect(),
+        _ => return fail("the runtime layer".into()),
+    };
+    let mut want: Vec<(&str, u64)> = view
+        .listener_limits
+        .iter()
+        .map(|l| (l.key.as_str(), u64::from(l.limit)))
+        .collect();
+    want.sort_unstable();
+    if limits != want {
+        return fail(format!("the runtime keys {limits:?}"));
     }
     let listeners = match &view.metrics {
         Some(m) => {
@@ -741,6 +775,32 @@ mod tests {
             x.bootstrap_key, z.bootstrap_key,
             "maxConnections needs a process"
         );
+        // Listener limits: one runtime key per listener (and the scrape port's), out of the
+        // bootstrap and into the RTDS layer, where a rule added or removed changes them live.
+        assert!(x.base.get("layered_runtime").is_none());
+        let share = view::listener_limit(spec.max_connections, x.listeners.len());
+        for name in x.listeners.keys() {
+            let key = format!("envoy.resource_limits.listener.{name}.connection_limit");
+            assert_eq!(x.runtime[&key], share, "{key}");
+        }
+        let rtds = xds::runtime_file(&settings.access_log, &x.runtime);
+        let rtds: Value = serde_json::from_slice(&rtds.data).unwrap();
+        let layer = &rtds["resources"][0]["layer"];
+        assert_eq!(layer["vpsie_lb"]["access_log"]["enabled"], 100);
+        let some = x.listeners.keys().next().unwrap();
+        assert_eq!(
+            layer[format!("envoy.resource_limits.listener.{some}.connection_limit")],
+            share
+        );
+        let mut fewer = spec.clone();
+        fewer.rules.truncate(1);
+        let w = render(&fewer, &settings, &Resolved::new(), &Default::default()).unwrap();
+        let w = xds::split(&w.config, &files, dir).unwrap();
+        assert_eq!(
+            x.bootstrap_key, w.bootstrap_key,
+            "limits are not the bootstrap"
+        );
+        assert_ne!(x.runtime, w.runtime);
     }
 
     /// The endpoints filter writes exactly the JSON Envoy reads, quotes the address as `q` does,

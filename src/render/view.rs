@@ -27,6 +27,8 @@ pub struct View {
     pub max_connections: u32,
     /// What Envoy's edge guide asks of a proxy facing the internet (see [`Edge`]).
     pub edge: Edge,
+    /// Each listener's share of `max_connections` ([`listener_limits`]), as runtime keys.
+    pub listener_limits: Vec<ListenerLimit>,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
     /// The scrape port, when `metrics.allowed_cidrs` names anyone allowed to scrape.
@@ -51,8 +53,9 @@ pub struct Edge {
     /// Request headers counted (Envoy's default, HAProxy's `tune.http.maxhdr` is 101): 431 beyond.
     pub max_headers_count: u32,
     /// Requests (HTTP/2: streams) one client connection may make before Envoy closes it
-    /// gracefully (nginx's `keepalive_requests` default): bounds what one connection can cost,
-    /// rapid resets included.
+    /// gracefully (`envoy.max_requests_per_connection`, 10,000: ten times nginx's
+    /// `keepalive_requests`, so that load generators that do not reconnect, h2load, are not
+    /// cut short by it; HAProxy has no such limit).
     pub max_requests_per_connection: u32,
     pub h2_max_concurrent_streams: u32,
     pub h2_initial_stream_window: u32,
@@ -67,13 +70,44 @@ impl Edge {
             request_headers_timeout: secs(settings.envoy.request_headers_timeout_s),
             max_request_headers_kb: 60,
             max_headers_count: 100,
-            max_requests_per_connection: 1000,
+            max_requests_per_connection: settings.envoy.max_requests_per_connection,
             h2_max_concurrent_streams: 100,
             h2_initial_stream_window: 64 * 1024,
             h2_initial_connection_window: 1024 * 1024,
         }
     }
 }
+
+/// One listener's connection limit: Envoy's runtime key
+/// `envoy.resource_limits.listener.<name>.connection_limit`.
+#[derive(Debug, Serialize)]
+pub struct ListenerLimit {
+    pub key: String,
+    pub limit: u32,
+}
+
+impl ListenerLimit {
+    fn new(listener: &str, limit: u32) -> ListenerLimit {
+        ListenerLimit {
+            key: format!("envoy.resource_limits.listener.{listener}.connection_limit"),
+            limit,
+        }
+    }
+}
+
+/// How many connections each of `n` customer listeners may hold under the load balancer's cap
+/// `global`: half the cap is shared, the other half reserved in equal parts, so that one
+/// listener under attack can hold at most `global - (n-1) * reserve` and every other listener
+/// keeps its `reserve = global / 2n` for its own clients. One listener gets the whole cap.
+pub fn listener_limit(global: u32, n: usize) -> u32 {
+    let n = n.max(1) as u32;
+    let reserve = global / (2 * n);
+    global - (n - 1) * reserve
+}
+
+/// The scrape port's own limit: it is outside the global cap (`ignore_global_conn_limit`), so a
+/// flood of customer connections never blinds monitoring, and a scraper needs a few at most.
+const METRICS_CONNECTIONS: u32 = 100;
 
 #[derive(Debug, Serialize)]
 pub struct Metrics {
@@ -519,6 +553,15 @@ pub fn build(
                 .collect();
         }
     }
+    let share = listener_limit(spec.max_connections, listeners.len());
+    let mut listener_limits: Vec<ListenerLimit> = listeners
+        .iter()
+        .map(|l| ListenerLimit::new(&l.name, share))
+        .collect();
+    let metrics = metrics_view(settings);
+    if let Some(m) = &metrics {
+        listener_limits.push(ListenerLimit::new(&m.listener_name, METRICS_CONNECTIONS));
+    }
     let view = View {
         node_id: spec.id.clone(),
         admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
@@ -527,9 +570,10 @@ pub fn build(
         access_log_query: settings.access_log.query_string,
         max_connections: spec.max_connections,
         edge: Edge::new(settings),
+        listener_limits,
         listeners,
         clusters,
-        metrics: metrics_view(settings),
+        metrics,
     };
     (view, files)
 }
@@ -728,6 +772,24 @@ fn endpoints(pool: &Pool, resolved: &Resolved) -> Vec<Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listener_keeps_a_reserve_that_no_other_can_take() {
+        assert_eq!(listener_limit(50_000, 1), 50_000);
+        assert_eq!(listener_limit(50_000, 2), 37_500);
+        assert_eq!(listener_limit(50_000, 10), 27_500);
+        assert_eq!(listener_limit(1, 3), 1);
+        for global in [1u32, 7, 100, 50_000, 1_000_000] {
+            for n in 1..60usize {
+                let limit = listener_limit(global, n);
+                let reserve = global / (2 * n as u32);
+                // One listener at its limit leaves every other one its reserve, and is never
+                // held below half the cap.
+                assert!(limit + (n as u32 - 1) * reserve <= global, "{global} {n}");
+                assert!(limit >= global / 2, "{global} {n}");
+            }
+        }
+    }
     use serde_json::json;
 
     fn build_from(spec: serde_json::Value) -> View {

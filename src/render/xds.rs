@@ -49,6 +49,9 @@ pub struct Xds {
     /// By cluster name.
     pub endpoints: BTreeMap<String, Value>,
     pub secrets: BTreeMap<String, Value>,
+    /// Runtime keys the config sets (each listener's connection limit): the rendered config's
+    /// static runtime layer, moved into the RTDS layer so that they change live.
+    pub runtime: BTreeMap<String, Value>,
 }
 
 /// One xDS file as written: its name in the directory, version and contents.
@@ -91,19 +94,26 @@ pub const CDS_FILE: &str = "cds.json";
 pub const RUNTIME_FILE: &str = "runtime.json";
 const RUNTIME_LAYER: &str = "vpsie_lb";
 
-/// The runtime file for these access log settings.
-pub fn runtime_file(a: &AccessLogSettings) -> File {
+/// The runtime file for these access log settings and the config's own keys (`from_config`:
+/// [`Xds::runtime`]).
+pub fn runtime_file(a: &AccessLogSettings, from_config: &BTreeMap<String, Value>) -> File {
     let enabled = match a.mode {
         AccessLogMode::File => 100,
         AccessLogMode::Off => 0,
     };
-    let layer = json!({
-        "name": RUNTIME_LAYER,
-        "layer": {"vpsie_lb": {"access_log": {
+    let mut layer = Map::new();
+    // Dotted keys at the top of the layer are runtime keys as they are.
+    for (k, v) in from_config {
+        layer.insert(k.clone(), v.clone());
+    }
+    layer.insert(
+        "vpsie_lb".into(),
+        json!({"access_log": {
             "enabled": enabled,
             "sample": a.sample_per_ten_thousand(),
-        }}}
-    });
+        }}),
+    );
+    let layer = json!({"name": RUNTIME_LAYER, "layer": layer});
     discovery_file(RUNTIME_FILE.into(), RUNTIME, &[&layer])
 }
 
@@ -336,6 +346,7 @@ pub fn split(config: &str, files: &[(PathBuf, String)], dir: &Path) -> Result<Xd
     let mut doc: Value =
         serde_json::from_str(config).map_err(|e| format!("the config does not parse: {e}"))?;
     let root = doc.as_object_mut().ok_or("the config is not an object")?;
+    let runtime = static_runtime(root.remove("layered_runtime"))?;
     let statics = root
         .get_mut("static_resources")
         .and_then(Value::as_object_mut)
@@ -351,6 +362,7 @@ pub fn split(config: &str, files: &[(PathBuf, String)], dir: &Path) -> Result<Xd
         clusters: BTreeMap::new(),
         endpoints: BTreeMap::new(),
         secrets: BTreeMap::new(),
+        runtime,
     };
     let mut static_listeners = Vec::new();
     for mut l in listeners {
@@ -396,6 +408,24 @@ pub fn split(config: &str, files: &[(PathBuf, String)], dir: &Path) -> Result<Xd
     xds.bootstrap_key = hex::encode(Sha256::digest(doc.to_string().as_bytes()));
     xds.base = doc;
     Ok(xds)
+}
+
+/// The keys of the rendered config's one static runtime layer (none when it has no runtime).
+fn static_runtime(runtime: Option<Value>) -> Result<BTreeMap<String, Value>, String> {
+    let Some(runtime) = runtime else {
+        return Ok(BTreeMap::new());
+    };
+    match runtime
+        .get("layers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([layer]) => match layer.get("static_layer") {
+            Some(Value::Object(o)) => Ok(o.clone().into_iter().collect()),
+            _ => Err("the runtime layer is not a static layer".into()),
+        },
+        _ => Err("layered_runtime must hold exactly one layer".into()),
+    }
 }
 
 fn take_array(o: &mut Map<String, Value>, key: &str) -> Result<Vec<Value>, String> {

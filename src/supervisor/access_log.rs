@@ -109,8 +109,13 @@ impl Supervisor {
         let (Some(files), Some(epoch)) = (&self.files, &self.live) else {
             return Ok(None);
         };
-        let file = xds::runtime_file(&self.settings.access_log);
+        let file = xds::runtime_file(&self.settings.access_log, &files.xds.runtime);
         self.write_file(&files.xds.dir, &file)?;
+        if let Some(files) = &mut self.files {
+            files
+                .written
+                .insert(file.name.clone(), file.version.clone());
+        }
         let watch = epoch.watch();
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());

@@ -60,6 +60,8 @@ pub(super) struct LiveFiles {
 struct Expect {
     cds: Option<String>,
     lds: Option<String>,
+    /// The RTDS layer (listeners' connection limits and the access log's keys).
+    runtime: Option<String>,
     /// Cluster name → the version of its EDS file.
     endpoints: BTreeMap<String, String>,
     routes: BTreeMap<String, String>,
@@ -81,6 +83,9 @@ impl Expect {
         }
         if let Some(v) = &self.lds {
             want("listeners".into(), s.version("listener_manager.lds"), v);
+        }
+        if let Some(v) = &self.runtime {
+            want("runtime".into(), s.version("runtime"), v);
         }
         for (name, v) in &self.endpoints {
             let stat = format!("cluster.{}", admin::stat_name(name));
@@ -148,6 +153,7 @@ pub(super) fn only_endpoints_differ(live: &Xds, new: &Xds) -> bool {
         && live.listeners == new.listeners
         && live.routes == new.routes
         && live.secrets == new.secrets
+        && live.runtime == new.runtime
 }
 
 /// Refuses a config whose subscriptions, counted for two epochs at once (a hot restart), do not
@@ -226,9 +232,11 @@ impl Supervisor {
             self.write_file(&x.dir, &f)?;
             written.insert(f.name, f.version);
         }
-        // The runtime layer follows the supervisor's settings, not the config: it is not one of
-        // the config's files (a live apply never removes it).
-        self.write_file(&x.dir, &xds::runtime_file(&self.settings.access_log))?;
+        // The runtime layer follows the supervisor's settings and the config's own keys: it is
+        // not one of the config's files (a live apply never removes it).
+        let runtime = xds::runtime_file(&self.settings.access_log, &x.runtime);
+        self.write_file(&x.dir, &runtime)?;
+        written.insert(runtime.name, runtime.version);
         self.write_file(
             &x.dir,
             &xds::File {
@@ -338,12 +346,16 @@ impl Supervisor {
             .collect();
         let cds = new.cds(&extra);
         self.put(&cds)?;
+        // Listener limits before the listeners: a new listener is never without one.
+        let runtime = xds::runtime_file(&self.settings.access_log, &new.runtime);
+        let runtime = self.put(&runtime)?.then_some(runtime.version);
         if let Some(f) = &mut self.files {
             f.clusters = new.clusters.clone();
             f.clusters.extend(extra.clone());
         }
         let expect = Expect {
             cds: Some(cds.version.clone()),
+            runtime,
             endpoints: plan
                 .files
                 .iter()
@@ -406,7 +418,7 @@ impl Supervisor {
         if let Some(f) = &mut self.files {
             let dir = f.xds.dir.clone();
             f.written.retain(|name, _| {
-                let keep_it = keep.contains(name);
+                let keep_it = keep.contains(name) || name == xds::RUNTIME_FILE;
                 if !keep_it {
                     let _ = std::fs::remove_file(dir.join(name));
                 }
@@ -662,6 +674,7 @@ impl Supervisor {
         let expect = Expect {
             cds: Some(x.cds(&BTreeMap::new()).version),
             lds: Some(x.lds().version),
+            runtime: Some(xds::runtime_file(&self.settings.access_log, &x.runtime).version),
             endpoints: versions(Kind::Endpoints),
             routes: versions(Kind::Route),
             secrets: versions(Kind::Secret),
