@@ -8,6 +8,7 @@
 #   faketime  (faketime)        the agent's clock jumping (libfaketime), tests/it/faults.rs
 #   haproxy   (haproxy)         only with WITH_HAPROXY=1: the baseline of `make bench-live`
 #   wrk       (wrk)             only with WITH_WRK=1: the load of `make bench-access-log`
+#   slowhttptest (slowhttptest) only with WITH_SLOWHTTPTEST=1: the attacker of `make bench-attacks`
 set -euo pipefail
 need=()
 tools=(promtool h2load pebble pebble-challtestsrv keepalived ip faketime)
@@ -24,6 +25,10 @@ fi
 if [ "${WITH_WRK:-}" = 1 ]; then
   tools+=(wrk)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
+if [ "${WITH_SLOWHTTPTEST:-}" = 1 ]; then
+  tools+=(slowhttptest)
+  command -v slowhttptest >/dev/null 2>&1 || need+=(slowhttptest)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

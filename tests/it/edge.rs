@@ -344,7 +344,14 @@ async fn a_heap_over_its_limit_sheds_load_and_says_so() {
         })
         .unwrap_or_else(|| panic!("no overload action in the scrape:\n{prom}"));
     assert!(line.ends_with(" 1"), "{line}");
-    assert!(prom.contains("envoy_overload_envoy_resource_monitors_fixed_heap_pressure"));
+    // Every series the alerts and the dashboard's "Edge" row read.
+    for series in [
+        "envoy_overload_envoy_resource_monitors_fixed_heap_pressure",
+        "envoy_overload_envoy_overload_actions_disable_http_keepalive_active",
+        "envoy_overload_envoy_overload_actions_reduce_timeouts_scale_percent",
+    ] {
+        assert!(prom.contains(&format!("\n{series}")), "{series}");
+    }
 }
 
 /// Opens `n` connections to `port` and returns the ones Envoy holds open: one over a listener's
@@ -393,6 +400,20 @@ async fn each_listener_holds_at_most_its_share_and_the_share_follows_the_rules_l
         s(&format!("listener.127.0.0.1_{a}.downstream_cx_overflow")),
         3
     );
+    // As the alerts and the dashboard read it.
+    let prom = crate::support::envoy::admin_client(&stand.settings)
+        .get("http://envoy/stats/prometheus")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(
+        "envoy_listener_downstream_cx_overflow{{envoy_listener_address=\"127.0.0.1_{a}\"}} 3"
+    );
+    assert!(prom.contains(&series), "{series}");
+    assert!(prom.contains("\nenvoy_listener_downstream_global_cx_overflow{"));
     drop((on_a, on_b));
 
     // One rule left, live: it may now take the whole cap (the RTDS layer changed with it).

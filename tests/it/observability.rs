@@ -646,6 +646,26 @@ fn lb_series(instance: &str, changed: Changes) -> String {
         ("envoy_filesystem_write_failed", "0x120"),
         ("vpsie_lb_supervisor_access_log_disk_free_bytes", "5e9x120"),
         ("vpsie_lb_supervisor_access_log_disk_size_bytes", "1e10x120"),
+        (
+            "envoy_overload_envoy_resource_monitors_fixed_heap_pressure",
+            "10x120",
+        ),
+        (
+            "envoy_overload_envoy_overload_actions_disable_http_keepalive_active",
+            "0x120",
+        ),
+        (
+            "envoy_overload_envoy_overload_actions_stop_accepting_requests_active",
+            "0x120",
+        ),
+        (
+            "envoy_listener_downstream_cx_overflow{envoy_listener_address=\"0.0.0.0_80\"}",
+            "0x120",
+        ),
+        (
+            "envoy_listener_downstream_global_cx_overflow{envoy_listener_address=\"0.0.0.0_80\"}",
+            "0x120",
+        ),
     ];
     let mut out = String::new();
     for (series, values) in healthy {
@@ -800,6 +820,44 @@ fn the_alerts_fire_on_the_failures_they_name_and_not_on_a_healthy_lb() {
                 "0x90 1x30",
             )],
             &["VpsieLbPoolTransitionStuck"],
+        ),
+        (
+            "lb-heap-high",
+            &[(
+                "envoy_overload_envoy_resource_monitors_fixed_heap_pressure",
+                "10x90 90x30",
+            )],
+            &["VpsieLbMemoryPressure"],
+        ),
+        (
+            "lb-shedding",
+            &[
+                (
+                    "envoy_overload_envoy_resource_monitors_fixed_heap_pressure",
+                    "10x90 96x30",
+                ),
+                (
+                    "envoy_overload_envoy_overload_actions_disable_http_keepalive_active",
+                    "0x90 1x30",
+                ),
+            ],
+            &["VpsieLbMemoryPressure", "VpsieLbSheddingLoad"],
+        ),
+        (
+            "lb-conn-cap",
+            &[(
+                "envoy_listener_downstream_cx_overflow{envoy_listener_address=\"0.0.0.0_80\"}",
+                "0x90 0+10x30",
+            )],
+            &["VpsieLbConnectionsRefused"],
+        ),
+        (
+            "lb-global-cap",
+            &[(
+                "envoy_listener_downstream_global_cx_overflow{envoy_listener_address=\"0.0.0.0_80\"}",
+                "0x90 0+10x30",
+            )],
+            &["VpsieLbConnectionsRefused"],
         ),
     ];
     let mut series = String::new();
