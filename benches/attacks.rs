@@ -204,6 +204,9 @@ async fn rapid_reset(port: u16, conns: usize, seconds: u64) -> (u64, u64) {
                         Ok((_, mut s)) => {
                             s.send_reset(h2::Reason::CANCEL);
                             streams.fetch_add(1, Ordering::Relaxed);
+                            // Let the connection's task write the frames (and the legitimate
+                            // client run): without it the loop only fills a local queue.
+                            tokio::task::yield_now().await;
                         }
                         Err(_) => break,
                     }
@@ -351,6 +354,9 @@ fn main() {
                 );
                 println!("{line}");
                 rows.push(line);
+                if during.0 == 0 {
+                    missed.push(format!("{}: the legitimate client made no request at all", $name));
+                }
                 if during.1 > 0 {
                     missed.push(format!("{}: the legitimate client had {} failures", $name, during.1));
                 }

@@ -332,8 +332,16 @@ async fn a_heap_over_its_limit_sheds_load_and_says_so() {
         text.contains("overload.envoy.overload_actions.reduce_timeouts.scale_percent: 100"),
         "{text}"
     );
+    // At 98 % new connections are not even accepted (closed at once, no answer).
     let ok = b"GET /shed HTTP/1.1\r\nHost: lb\r\n\r\n".to_vec();
-    assert_eq!(status_of(front, &ok).await, Some(503));
+    assert_eq!(status_of(front, &ok).await, None);
+    let shed = envoy.admin_text("/stats?filter=overload").await;
+    assert!(
+        shed.contains(&format!(
+            "listener.127.0.0.1_{front}.downstream_cx_overload_reject: 1"
+        )),
+        "the refused connection is counted:\n{shed}"
+    );
     assert!(!up.paths_seen.lock().unwrap().iter().any(|p| p == "/shed"));
     // What the scrape carries (the metrics route forwards this page).
     let prom = envoy.admin_text("/stats/prometheus").await;
@@ -349,6 +357,8 @@ async fn a_heap_over_its_limit_sheds_load_and_says_so() {
         "envoy_overload_envoy_resource_monitors_fixed_heap_pressure",
         "envoy_overload_envoy_overload_actions_disable_http_keepalive_active",
         "envoy_overload_envoy_overload_actions_reduce_timeouts_scale_percent",
+        "envoy_listener_downstream_cx_overload_reject",
+        "envoy_envoy_overload_actions_reset_high_memory_stream_count",
     ] {
         assert!(prom.contains(&format!("\n{series}")), "{series}");
     }
