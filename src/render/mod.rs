@@ -478,9 +478,9 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
         _ => return fail("the runtime layer".into()),
     };
     let mut want: Vec<(&str, u64)> = view
-        .listener_limits
+        .runtime
         .iter()
-        .map(|l| (l.key.as_str(), u64::from(l.limit)))
+        .map(|l| (l.key.as_str(), u64::from(l.value)))
         .collect();
     want.sort_unstable();
     if limits != want {
@@ -783,6 +783,10 @@ mod tests {
             let key = format!("envoy.resource_limits.listener.{name}.connection_limit");
             assert_eq!(x.runtime[&key], share, "{key}");
         }
+        assert_eq!(
+            x.runtime["overload.premature_reset_total_stream_count"],
+            view::PREMATURE_RESETS
+        );
         let rtds = xds::runtime_file(&settings.access_log, &x.runtime);
         let rtds: Value = serde_json::from_slice(&rtds.data).unwrap();
         let layer = &rtds["resources"][0]["layer"];

@@ -258,11 +258,18 @@ async fn http2_streams_are_capped_and_rapid_resets_end_the_connection() {
         }
         assert!(opened < 5_000, "Envoy never ended the connection");
     };
-    // Envoy's defence: once 500 streams ended and half of them were reset within a second of
-    // opening, it closes the connection, long before the per-connection request limit.
+    // Envoy's defence: once 100 streams ended (the config's runtime key; Envoy's default is
+    // 500) and half of them were reset within a second of opening, it closes the connection,
+    // long before the per-connection request limit.
     // (The client counts what it wrote; more than Envoy had read when it closed.)
     assert_ne!(ended, "stalled", "{opened} streams");
     let _ = driver.await;
+    let runtime = envoy.admin_text("/runtime").await;
+    let runtime: Value = serde_json::from_str(&runtime).unwrap();
+    assert_eq!(
+        runtime["entries"]["overload.premature_reset_total_stream_count"]["final_value"],
+        "100"
+    );
     let s = crate::support::envoy::stats(&envoy.settings, "downstream_rq_t").await;
     assert_eq!(
         s("http.web.downstream_rq_too_many_premature_resets"),
