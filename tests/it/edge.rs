@@ -311,6 +311,81 @@ async fn http2_clients_are_told_the_stream_and_window_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_streams_on_one_connection_is_held_to_100() {
+    // A backend that accepts and never answers: Envoy holds every stream open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            kept.push(s);
+        }
+    });
+    let front = free_port();
+    let spec = json!({"identifier": "lb-edge", "lbName": "edge", "rules": [{
+        "ruleId": "web", "scheme": "http", "frontPort": front, "backPort": 1,
+        "backends": [{"identifier": "b1", "ip": "127.0.0.1", "port": port}]
+    }]});
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = Envoy::start_with(&spec, test_settings(dir.path()), dir).await;
+    let tcp = TcpStream::connect(("127.0.0.1", front)).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    // Until the server's SETTINGS are read, a client may open any number of streams.
+    let mut conn = Box::pin(conn);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.max_concurrent_send_streams() != 100 {
+        assert!(Instant::now() < deadline, "no SETTINGS from Envoy");
+        let _ = tokio::time::timeout(Duration::from_millis(20), &mut conn).await;
+    }
+    let driver = tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        // Past the server's limit the client must wait for a stream to end: none will.
+        let Ok(ready) = tokio::time::timeout(Duration::from_millis(500), h2.clone().ready()).await
+        else {
+            break;
+        };
+        h2 = ready.unwrap();
+        let req = http::Request::post(format!("http://127.0.0.1:{front}/flood"))
+            .body(())
+            .unwrap();
+        held.push(h2.send_request(req, false).unwrap());
+    }
+    // The client may queue past the limit; what counts is what Envoy holds open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = crate::support::envoy::stats(&envoy.settings, "downstream_rq").await;
+        let active = s("http.web.downstream_rq_active");
+        if active == 100 {
+            break;
+        }
+        assert!(
+            active < 100,
+            "{active} streams open at once on one connection"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "Envoy never held the 100 streams"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other 50 wait on the client's side for a stream to end; none reaches Envoy.
+    let settled = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settled {
+        let s = crate::support::envoy::stats(&envoy.settings, "downstream_rq").await;
+        assert_eq!(
+            s("http.web.downstream_rq_total"),
+            100,
+            "{} sent",
+            held.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    driver.abort();
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heap_over_its_limit_sheds_load_and_says_so() {
     let up = upstream::http("b1", None).await;
     let front = free_port();
