@@ -493,14 +493,7 @@ async fn each_listener_holds_at_most_its_share_and_the_share_follows_the_rules_l
         3
     );
     // As the alerts and the dashboard read it.
-    let prom = crate::support::envoy::admin_client(&stand.settings)
-        .get("http://envoy/stats/prometheus")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let prom = crate::support::envoy::admin_page(&stand.settings, "/stats/prometheus").await;
     let series = format!(
         "envoy_listener_downstream_cx_overflow{{envoy_listener_address=\"127.0.0.1_{a}\"}} 3"
     );

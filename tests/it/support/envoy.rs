@@ -35,17 +35,22 @@ pub fn admin_client(settings: &Settings) -> reqwest::Client {
         .unwrap()
 }
 
-/// Envoy's stats matching the regex `filter`, read once from its admin socket: a lookup by name
-/// (0 when missing).
-pub async fn stats(settings: &Settings, filter: &str) -> impl Fn(&str) -> u64 {
-    let text = admin_client(settings)
-        .get(format!("http://envoy/stats?filter={filter}"))
+/// The body of one page of the admin API of `settings`' Envoy (`path` with its query).
+pub async fn admin_page(settings: &Settings, path: &str) -> String {
+    admin_client(settings)
+        .get(format!("http://envoy{path}"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Envoy's stats matching the regex `filter`, read once from its admin socket: a lookup by name
+/// (0 when missing).
+pub async fn stats(settings: &Settings, filter: &str) -> impl Fn(&str) -> u64 {
+    let text = admin_page(settings, &format!("/stats?filter={filter}")).await;
     move |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
@@ -129,14 +134,7 @@ impl Envoy {
 
     /// GETs an admin page and returns its body.
     pub async fn admin_text(&self, path: &str) -> String {
-        self.admin_client()
-            .get(self.admin_url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        admin_page(&self.settings, path).await
     }
 
     pub fn pid(&self) -> u32 {
