@@ -4,7 +4,7 @@ ENVOY_BIN ?= $(CURDIR)/.tools/envoy/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
 
-.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle bench-access-log bench-attacks soak fuzz proptest-nightly clean \
+.PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle bench-access-log bench-attacks bench-dataplane soak fuzz proptest-nightly clean \
 	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
 
 all: build
@@ -66,6 +66,12 @@ bench-idle: envoy
 bench-access-log: envoy
 	WITH_WRK=1 scripts/install-test-tools.sh
 	$(CARGO) bench --locked --bench access_log
+
+## The data path beside HAProxy and nginx on the same upstreams and cores: requests/s, p50/p99
+## and CPU per request of each proxy (installs wrk, haproxy, nginx; ~4 min).
+bench-dataplane: envoy
+	WITH_WRK=1 WITH_HAPROXY=1 WITH_NGINX=1 scripts/install-test-tools.sh
+	$(CARGO) bench --locked --bench dataplane
 
 ## The edge under attack (installs slowhttptest): slowloris and slow POST with 4,000
 ## connections, HTTP/2 rapid reset and stream flood, memory pressure; a legitimate client's

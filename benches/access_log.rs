@@ -17,12 +17,16 @@
 //! `make bench-access-log` (installs wrk). Loopback only. Prints each round, the ratios and a
 //! verdict naming every missed target; exits 1 when one is missed.
 
+// Shared by the benchmarks that drive load; not every one reads every figure.
+#[allow(dead_code)]
+#[path = "load/mod.rs"]
+mod load;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
+use load::{cpu_seconds, median, Round};
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,82 +41,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// One wrk run: requests per second and p99 latency (and, in the cost rounds, Envoy's CPU time
-/// per request, the fairer figure while wrk shares the cores).
-#[derive(Debug, Clone, Copy)]
-struct Round {
-    rps: f64,
-    p99_ms: f64,
-    cpu_us: f64,
-}
-
-/// CPU time (user + system) of process `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // The clock tick, asked once (not a process spawned per measurement).
-    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let hz = *HZ.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    });
-    ticks as f64 / hz
-}
-
-/// wrk's "99%" line: a number with a unit (us, ms, s).
-fn parse_latency(v: &str) -> Option<f64> {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => return None,
-    })
-}
-
-fn wrk(url: &str, seconds: u64) -> Round {
-    let out = Command::new("wrk")
-        .args(["-t1", "-c32", "--latency", "-d"])
-        .arg(format!("{seconds}s"))
-        .arg(url)
-        .output()
-        .expect("wrk is required: WITH_WRK=1 scripts/install-test-tools.sh");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk failed: {text}");
-    let rps = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output: {text}"));
-    let p99_ms = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| parse_latency(v.trim()))
-        .unwrap_or_else(|| panic!("no 99% in wrk's output: {text}"));
-    assert!(
-        !text.contains("Non-2xx") && !text.contains("Socket errors"),
-        "wrk saw errors: {text}"
-    );
-    Round {
-        rps,
-        p99_ms,
-        cpu_us: 0.0,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Lines of every log file left, and the first line that is not one whole JSON object.
@@ -177,7 +105,7 @@ fn main() {
         println!(
             "access log bench: wrk -t1 -c32 keep-alive, Envoy 2 workers, {rounds} pairs of {round_s} s, then {bound_s} s at the shipped bound"
         );
-        let _ = wrk(&url, 2);
+        let _ = load::wrk(&url, 32, 2, &[]);
 
         // 1. Cost.
         let (mut off, mut file) = (Vec::new(), Vec::new());
@@ -196,7 +124,7 @@ fn main() {
                         .await;
                 }
                 let cpu = cpu_seconds(envoy_pid);
-                let mut x = wrk(&url, round_s);
+                let mut x = load::wrk(&url, 32, round_s, &[]);
                 x.cpu_us = (cpu_seconds(envoy_pid) - cpu) * 1e6 / (x.rps * round_s as f64);
                 println!(
                     "{r:>5}  {mode:<5?}  {:>11.0}  {:>7.2}  {:>16.1}",
@@ -255,7 +183,7 @@ fn main() {
         let t = Instant::now();
         let load = {
             let url = url.clone();
-            std::thread::spawn(move || wrk(&url, bound_s))
+            std::thread::spawn(move || load::wrk(&url, 32, bound_s, &[]))
         };
         let x = load.join().unwrap();
         stop.store(true, Ordering::Relaxed);

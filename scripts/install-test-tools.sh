@@ -9,6 +9,7 @@
 #   haproxy   (haproxy)         only with WITH_HAPROXY=1: the baseline of `make bench-live`
 #   wrk       (wrk)             only with WITH_WRK=1: the load of `make bench-access-log`
 #   slowhttptest (slowhttptest) only with WITH_SLOWHTTPTEST=1: the attacker of `make bench-attacks`
+#   nginx     (nginx)           only with WITH_NGINX=1: upstream and baseline of `make bench-dataplane`
 set -euo pipefail
 need=()
 tools=(promtool h2load pebble pebble-challtestsrv keepalived ip faketime)
@@ -25,6 +26,10 @@ fi
 if [ "${WITH_WRK:-}" = 1 ]; then
   tools+=(wrk)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
+if [ "${WITH_NGINX:-}" = 1 ]; then
+  tools+=(nginx)
+  command -v nginx >/dev/null 2>&1 || need+=(nginx)
 fi
 if [ "${WITH_SLOWHTTPTEST:-}" = 1 ]; then
   tools+=(slowhttptest)

@@ -73,7 +73,8 @@ pub fn test_settings(dir: &Path) -> Settings {
     s
 }
 
-/// An Envoy process serving one spec. Killed and reaped on drop.
+/// An Envoy process serving one spec (one worker unless `envoy.concurrency` says). Killed and
+/// reaped on drop.
 pub struct Envoy {
     child: Child,
     pub settings: Settings,
@@ -100,13 +101,9 @@ impl Envoy {
         let child = Command::new(&settings.envoy.binary)
             .arg("--config-path")
             .arg(&config)
-            .args([
-                "--concurrency",
-                "1",
-                "--log-level",
-                "warn",
-                "--disable-hot-restart",
-            ])
+            .arg("--concurrency")
+            .arg(settings.envoy.concurrency.unwrap_or(1).to_string())
+            .args(["--log-level", "warn", "--disable-hot-restart"])
             .stdin(Stdio::null())
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile)

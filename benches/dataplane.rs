@@ -1,0 +1,280 @@
+//! The data path: the config the agent renders, served by a real Envoy, beside HAProxy and
+//! nginx as proxies, on the same upstreams and the same cores, in interleaved rounds.
+//!
+//! Upstreams: one nginx (1 worker) answering a 5-byte body on two ports, as two backends.
+//! Proxies, each with 2 threads or workers: Envoy with the rendered config of one http rule
+//! (round robin, TCP health checks), HAProxy 2.6 (`nbthread 2`, `check`, `option forwardfor`,
+//! `http-reuse safe`), nginx (`worker_processes 2`, upstream keep-alive, X-Forwarded-For).
+//! Cases (`DATAPLANE_CASES`, comma-separated; default all):
+//!
+//! - `keepalive`: HTTP/1.1 keep-alive, `wrk -t1 -c32`;
+//! - `newconn`: a new connection per request (`Connection: close`), `wrk -t1 -c32`;
+//! - `h2`: HTTP/2 front (h2c), `h2load -c8 -m16` (1 thread).
+//!
+//! For each: requests/s, p50/p99, and **CPU per request of the proxy process** (its own and its
+//! workers' user + system time over the round, from /proc: the fair figure while the load
+//! generator shares the cores), then the medians over `DATAPLANE_ROUNDS` rounds (default 3) of
+//! `DATAPLANE_ROUND_S` seconds (default 8), and the ratios to HAProxy and nginx.
+//! `make bench-dataplane` (installs wrk, haproxy, nginx). Loopback only.
+
+#[path = "load/mod.rs"]
+mod load;
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use load::{cpu_seconds, median, Round};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::envoy::{free_port, test_settings, Envoy};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A process of this benchmark's (nginx, HAProxy), killed and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `port` accepts a TCP connection.
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx with `conf` (the `http { }` block's inside) in `dir`, in the foreground.
+fn nginx(dir: &Path, name: &str, workers: u32, http: &str) -> Proc {
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes {workers};\ndaemon off;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{http}\n}}\n",
+            pid = prefix.join("nginx.pid").display(),
+            tmp = prefix.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("nginx is required: WITH_NGINX=1 scripts/install-test-tools.sh");
+    Proc(child)
+}
+
+fn haproxy(dir: &Path, front: u16, h2_front: u16, backends: [u16; 2]) -> Proc {
+    let conf = dir.join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  option forwardfor\n  http-reuse safe\nfrontend web\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{} check\n  server b2 127.0.0.1:{} check\n",
+            backends[0], backends[1]
+        ),
+    )
+    .unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("haproxy is required: WITH_HAPROXY=1 scripts/install-test-tools.sh");
+    Proc(child)
+}
+
+/// `h2load` over h2c (prior knowledge): 8 connections, 16 streams each, 1 thread.
+fn h2load(url: &str, seconds: u64) -> Round {
+    let out = Command::new("h2load")
+        .args(["-t1", "-c8", "-m16", "-D"])
+        .arg(seconds.to_string())
+        .arg(url)
+        .output()
+        .expect("h2load is required (nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load failed: {text}");
+    let done = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line: {text}"));
+    assert!(
+        done.contains(" 0 failed, 0 errored"),
+        "h2load saw failures: {done}"
+    );
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no req/s in h2load's output: {text}"));
+    // "time for request:  min  max  mean  sd  +/- sd": h2load prints no percentiles; the mean
+    // stands in for p50 and mean + 2 sd for p99 (said so in the table).
+    let l = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("time for request:"))
+        .unwrap_or_else(|| panic!("no request times: {text}"));
+    let f: Vec<f64> = l
+        .split_whitespace()
+        .filter_map(load::parse_latency)
+        .collect();
+    let (mean, sd) = (
+        f.get(2).copied().unwrap_or(f64::NAN),
+        f.get(3).copied().unwrap_or(f64::NAN),
+    );
+    Round {
+        rps,
+        p50_ms: mean,
+        p99_ms: mean + 2.0 * sd,
+        cpu_us: 0.0,
+    }
+}
+
+fn main() {
+    let rounds = env_u64("DATAPLANE_ROUNDS", 3) as usize;
+    let round_s = env_u64("DATAPLANE_ROUND_S", 8);
+    let cases: Vec<String> = std::env::var("DATAPLANE_CASES")
+        .unwrap_or_else(|_| "keepalive,newconn,h2".into())
+        .split(',')
+        .map(|c| c.trim().to_owned())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Upstreams: one nginx worker, two ports, a 5-byte body.
+    let backends = [free_port(), free_port()];
+    let _upstream = nginx(
+        dir.path(),
+        "upstream",
+        1,
+        &format!(
+            "  server {{ listen 127.0.0.1:{}; listen 127.0.0.1:{}; keepalive_requests 1000000; location / {{ return 200 \"hello\"; }} }}",
+            backends[0], backends[1]
+        ),
+    );
+    wait_port(backends[0], "the upstream nginx");
+
+    // The proxies.
+    let envoy_port = free_port();
+    let spec = json!({"identifier": "lb-dataplane", "lbName": "dataplane", "rules": [{
+    "ruleId": "web", "scheme": "http", "frontPort": envoy_port, "backPort": 1,
+    "backends": [
+        {"identifier": "b1", "ip": "127.0.0.1", "port": backends[0]},
+        {"identifier": "b2", "ip": "127.0.0.1", "port": backends[1]}
+    ]}]});
+    let envoy_dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(envoy_dir.path());
+    settings.envoy.concurrency = Some(2);
+    let envoy = rt.block_on(Envoy::start_with(&spec, settings, envoy_dir));
+    rt.block_on(envoy.wait_healthy("web", 2));
+    let (ha_port, ha_h2) = (free_port(), free_port());
+    let ha = haproxy(dir.path(), ha_port, ha_h2, backends);
+    let (ng_port, ng_h2) = (free_port(), free_port());
+    let ng = nginx(
+        dir.path(),
+        "proxy",
+        2,
+        &format!(
+            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
+            backends[0], backends[1]
+        ),
+    );
+    for (p, what) in [(ha_port, "haproxy"), (ng_port, "nginx")] {
+        wait_port(p, what);
+    }
+    // (name, pid, HTTP/1 port, h2c port)
+    let proxies = [
+        ("envoy (rendered)", envoy.pid(), envoy_port, envoy_port),
+        ("haproxy", ha.0.id(), ha_port, ha_h2),
+        ("nginx", ng.0.id(), ng_port, ng_h2),
+    ];
+    println!(
+        "data plane: {} proxies x {} cases, {rounds} interleaved rounds of {round_s} s; load on the same 2 cores",
+        proxies.len(),
+        cases.len()
+    );
+    // Warm every path once.
+    for (_, _, port, _) in &proxies {
+        let _ = load::wrk(&format!("http://127.0.0.1:{port}/"), 8, 1, &[]);
+    }
+
+    let mut results: Vec<(String, &str, Vec<Round>)> = Vec::new();
+    for case in &cases {
+        let mut per: Vec<Vec<Round>> = vec![Vec::new(); proxies.len()];
+        for r in 0..rounds {
+            // Interleaved, the order turned each round.
+            for k in 0..proxies.len() {
+                let i = (k + r) % proxies.len();
+                let (_, pid, port, h2) = proxies[i];
+                let cpu = cpu_seconds(pid);
+                let mut x = match case.as_str() {
+                    "keepalive" => {
+                        load::wrk(&format!("http://127.0.0.1:{port}/"), 32, round_s, &[])
+                    }
+                    "newconn" => load::wrk(
+                        &format!("http://127.0.0.1:{port}/"),
+                        32,
+                        round_s,
+                        &["-H", "Connection: close"],
+                    ),
+                    "h2" => h2load(&format!("http://127.0.0.1:{h2}/"), round_s),
+                    other => panic!("no such case: {other}"),
+                };
+                x.cpu_us = (cpu_seconds(pid) - cpu) * 1e6 / (x.rps * round_s as f64);
+                per[i].push(x);
+            }
+        }
+        for (i, rs) in per.into_iter().enumerate() {
+            results.push((case.clone(), proxies[i].0, rs));
+        }
+    }
+
+    println!(
+        "\n| case | proxy | requests/s | p50 ms | p99 ms | CPU µs/request | × HAProxy | × nginx |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in &cases {
+        let of = |name: &str| {
+            results
+                .iter()
+                .find(|(c, p, _)| c == case && *p == name)
+                .map(|(_, _, rs)| median(rs.iter().map(|x| x.cpu_us).collect()))
+                .unwrap_or(f64::NAN)
+        };
+        let (ha, ng) = (of("haproxy"), of("nginx"));
+        for (c, p, rs) in results.iter().filter(|(c, _, _)| c == case) {
+            let m = |f: fn(&Round) -> f64| median(rs.iter().map(f).collect());
+            let cpu = m(|x| x.cpu_us);
+            println!(
+                "| {c} | {p} | {:.0} | {:.2} | {:.2} | {cpu:.1} | {:.2} | {:.2} |",
+                m(|x| x.rps),
+                m(|x| x.p50_ms),
+                m(|x| x.p99_ms),
+                cpu / ha,
+                cpu / ng
+            );
+        }
+    }
+    println!("\n(h2: h2load prints no percentiles: p50 is its mean, p99 its mean + 2 sd.)");
+    drop(envoy);
+}
