@@ -11,6 +11,13 @@
 //! - `newconn`: a new connection per request (`Connection: close`), `wrk -t1 -c32`;
 //! - `h2`: HTTP/2 front (h2c), `h2load -c8 -m16` (1 thread).
 //!
+//! `DATAPLANE_TUNE` adds Envoys running the rendered config with changes, each set of changes
+//! (`;`-separated sets of `,`-separated knobs) as a proxy of its own, so each change can be
+//! measured alone and together: `nolog` (no access log), `noreqid` (no request id generated),
+//! `nodynstats` (the router's dynamic stats off), `noenvoyheaders` (no `x-envoy-*` headers),
+//! `nohc` (no health checks), `noheadertimeout` (no request-header time limit), `nooverload`
+//! (no heap monitor, no overload actions).
+//!
 //! For each: requests/s, p50/p99, and **CPU per request of the proxy process** (its own and its
 //! workers' user + system time over the round, from /proc: the fair figure while the load
 //! generator shares the cores), then the medians over `DATAPLANE_ROUNDS` rounds (default 3) of
@@ -23,7 +30,7 @@ mod load;
 mod support;
 
 use load::{cpu_seconds, median, Round};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -147,6 +154,87 @@ fn h2load(url: &str, seconds: u64) -> Round {
     }
 }
 
+/// The rendered config with `knobs` applied, listening on `port`, its admin on `admin`.
+fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
+    fn walk(v: &mut Value, f: &mut dyn FnMut(&mut serde_json::Map<String, Value>)) {
+        match v {
+            Value::Object(o) => {
+                f(o);
+                for x in o.values_mut() {
+                    walk(x, f);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, f)),
+            _ => {}
+        }
+    }
+    let mut c = config.clone();
+    c["admin"]["address"]["pipe"]["path"] = json!(admin.to_string_lossy());
+    if let Some(ls) = c["static_resources"]["listeners"].as_array_mut() {
+        for l in ls.iter_mut().filter(|l| l["name"] == "web") {
+            l["address"]["socket_address"]["port_value"] = json!(port);
+        }
+    }
+    let has = |k: &str| knobs.contains(&k);
+    if has("nooverload") {
+        let om = &mut c["overload_manager"];
+        if let Some(o) = om.as_object_mut() {
+            o.remove("actions");
+            o.remove("loadshed_points");
+            o.remove("buffer_factory_config");
+        }
+        if let Some(ms) = om["resource_monitors"].as_array_mut() {
+            ms.retain(|m| m["name"] != "envoy.resource_monitors.fixed_heap");
+        }
+    }
+    walk(&mut c, &mut |o| {
+        let ty = o
+            .get("@type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if ty.ends_with("HttpConnectionManager") {
+            if has("nolog") {
+                o.remove("access_log");
+            }
+            if has("noreqid") {
+                o.insert("generate_request_id".into(), json!(false));
+            }
+        }
+        if ty.ends_with("router.v3.Router") {
+            if has("nodynstats") {
+                o.insert("dynamic_stats".into(), json!(false));
+            }
+            if has("noenvoyheaders") {
+                o.insert("suppress_envoy_headers".into(), json!(true));
+            }
+        }
+        if has("nohc") && o.contains_key("health_checks") {
+            o.remove("health_checks");
+        }
+        if has("noheadertimeout") {
+            o.remove("request_headers_timeout");
+        }
+    });
+    for k in knobs {
+        assert!(
+            [
+                "nolog",
+                "noreqid",
+                "nodynstats",
+                "noenvoyheaders",
+                "nohc",
+                "noheadertimeout",
+                "nooverload",
+                ""
+            ]
+            .contains(k),
+            "no such knob: {k}"
+        );
+    }
+    c
+}
+
 fn main() {
     let rounds = env_u64("DATAPLANE_ROUNDS", 3) as usize;
     let round_s = env_u64("DATAPLANE_ROUND_S", 8);
@@ -187,6 +275,54 @@ fn main() {
     settings.envoy.concurrency = Some(2);
     let envoy = rt.block_on(Envoy::start_with(&spec, settings, envoy_dir));
     rt.block_on(envoy.wait_healthy("web", 2));
+    // Envoys with the rendered config changed, one per set of knobs.
+    let rendered: Value = {
+        let p = vpsie_lb_agent::command::prepare(
+            spec.to_string().as_bytes(),
+            &envoy.settings,
+            support::now(),
+        )
+        .unwrap();
+        serde_json::from_str(&p.rendered.config).unwrap()
+    };
+    let tunes: Vec<String> = std::env::var("DATAPLANE_TUNE")
+        .map(|v| {
+            v.split(';')
+                .map(str::to_owned)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut variants: Vec<(String, Proc, u16)> = Vec::new();
+    for t in &tunes {
+        let knobs: Vec<&str> = t.split(',').map(str::trim).collect();
+        let port = free_port();
+        let sub = dir.path().join(format!("envoy-{}", variants.len()));
+        std::fs::create_dir_all(&sub).unwrap();
+        let conf = sub.join("envoy.json");
+        std::fs::write(
+            &conf,
+            tuned(&rendered, &knobs, port, &sub.join("admin.sock")).to_string(),
+        )
+        .unwrap();
+        let child = Command::new(&envoy.settings.envoy.binary)
+            .arg("--config-path")
+            .arg(&conf)
+            .args([
+                "--concurrency",
+                "2",
+                "--log-level",
+                "warn",
+                "--disable-hot-restart",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        variants.push((format!("envoy +{t}"), Proc(child), port));
+    }
+    for (name, _, port) in &variants {
+        wait_port(*port, name);
+    }
     let (ha_port, ha_h2) = (free_port(), free_port());
     let ha = haproxy(dir.path(), ha_port, ha_h2, backends);
     let (ng_port, ng_h2) = (free_port(), free_port());
@@ -203,11 +339,14 @@ fn main() {
         wait_port(p, what);
     }
     // (name, pid, HTTP/1 port, h2c port)
-    let proxies = [
+    let mut proxies: Vec<(&str, u32, u16, u16)> = vec![
         ("envoy (rendered)", envoy.pid(), envoy_port, envoy_port),
         ("haproxy", ha.0.id(), ha_port, ha_h2),
         ("nginx", ng.0.id(), ng_port, ng_h2),
     ];
+    for (name, p, port) in &variants {
+        proxies.push((name.as_str(), p.0.id(), *port, *port));
+    }
     println!(
         "data plane: {} proxies x {} cases, {rounds} interleaved rounds of {round_s} s; load on the same 2 cores",
         proxies.len(),
