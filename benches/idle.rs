@@ -44,16 +44,6 @@ fn rss(pid: u32) -> Option<[u64; 3]> {
     Some([field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?])
 }
 
-/// The agent process, killed and reaped when dropped (also when the benchmark fails).
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn mb(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -83,7 +73,7 @@ async fn measure(n: usize) -> Vec<Row> {
     let stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(n));
     let settings = agent_settings(&stand, &sim);
-    let agent = Running(agent_process(&stand, &settings)());
+    let agent = agent_process(&stand, &settings)();
     // Applied, then answered "not modified" (ETag): the agent is idle from here on.
     support::sim::wait_polls(&settings, "not_modified").await;
     let status = stand.status().await;

@@ -168,7 +168,7 @@ async fn state_disk_fault(fault: DiskFault) {
     let mut settings = agent_settings(&stand, &sim);
     settings.state_dir = disk.path().join("agent");
     let start_agent = agent_process(&stand, &settings);
-    let agent = Running(start_agent());
+    let agent = start_agent();
     let applied = |n: usize| {
         let sim = &sim;
         move || async move {
@@ -211,7 +211,7 @@ async fn state_disk_fault(fault: DiskFault) {
     )
     .unwrap();
     drop(agent);
-    let _agent = Running(start_agent());
+    let _agent = start_agent();
     until("the restarted agent's agent_started", || async {
         let events = sim.events().await;
         events
@@ -261,7 +261,7 @@ async fn config_disk_fault(fault: DiskFault, cause: &str) {
     let stand = Stand::start(|s| s.envoy.config_dir = config_dir.clone()).await;
     let sim = Sim::start(&spec(front, &u1));
     let settings = agent_settings(&stand, &sim);
-    let _agent = Running(agent_process(&stand, &settings)());
+    let _agent = agent_process(&stand, &settings)();
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
 
     let repair = disk.break_it(fault);
@@ -378,7 +378,7 @@ async fn a_missing_envoy_binary_keeps_the_last_good_config_and_recovers() {
     let stand = Stand::start(|s| s.envoy.binary = link.clone()).await;
     let sim = Sim::start(&spec(front, &u1));
     let settings = agent_settings(&stand, &sim);
-    let _agent = Running(agent_process(&stand, &settings)());
+    let _agent = agent_process(&stand, &settings)();
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
 
     std::fs::remove_file(&link).unwrap();
@@ -425,7 +425,7 @@ async fn an_envoy_binary_that_hangs_holds_nothing_up() {
     .unwrap();
     // The agent's own view of the binary; the supervisor runs the real one.
     settings.envoy.binary = hanging;
-    let _agent = Running(agent_process(&stand, &settings)());
+    let _agent = agent_process(&stand, &settings)();
     let deadline =
         Instant::now() + vpsie_lb_agent::envoy::process::QUERY_TIMEOUT + Duration::from_secs(20);
     while served_by(front).await != "u1" {
@@ -462,7 +462,7 @@ async fn slow_clients_cannot_hold_the_metrics_port() {
     let stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(front, &up));
     let settings = agent_settings(&stand, &sim);
-    let _agent = Running(agent_process(&stand, &settings)());
+    let _agent = agent_process(&stand, &settings)();
     let port = settings.metrics.port;
     let polls = || async move {
         agent_metric(port, "vpsie_lb_agent_polls_total{result=\"not_modified\"}")
@@ -540,7 +540,7 @@ async fn a_truncated_stored_config_is_recovered_by_itself() {
     let mut stand = Stand::start(|_| {}).await;
     let sim = Sim::start(&spec(front, &up));
     let settings = agent_settings(&stand, &sim);
-    let _agent = Running(agent_process(&stand, &settings)());
+    let _agent = agent_process(&stand, &settings)();
     until("u1 serves", || async { served_by(front).await == "u1" }).await;
     // Envoy serves a moment before the supervisor has confirmed the apply.
     until("the apply is confirmed", || async {

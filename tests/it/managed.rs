@@ -128,7 +128,7 @@ struct Bed {
     plain: Upstream,
     sim: Sim,
     settings: Settings,
-    start_agent: Box<dyn Fn() -> std::process::Child>,
+    start_agent: Box<dyn Fn() -> crate::support::sim::AgentProcess>,
     /// The root Pebble issues under.
     root: String,
     _pools: (Upstream, Upstream),

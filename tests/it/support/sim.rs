@@ -169,18 +169,45 @@ pub fn agent_settings(stand: &Stand, sim: &Sim) -> Settings {
     s
 }
 
+/// A running `vpsie-lb-agent run`, killed and reaped when dropped: a test that fails midway
+/// leaves no agent behind (a bare `Child` would keep running, and keep writing into the test's
+/// directory after it was removed).
+pub struct AgentProcess(pub Child);
+
+impl std::ops::Deref for AgentProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AgentProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Writes `settings` for the real `vpsie-lb-agent run` and returns what starts one.
-pub fn agent_process(stand: &Stand, settings: &Settings) -> impl Fn() -> Child {
+pub fn agent_process(stand: &Stand, settings: &Settings) -> impl Fn() -> AgentProcess {
     let conf = stand.dir.path().join("agent-run.yaml");
     std::fs::write(&conf, serde_yaml::to_string(settings).unwrap()).unwrap();
     move || {
-        Command::new(super::agent_bin())
-            .args(["run", "--config"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        AgentProcess(
+            Command::new(super::agent_bin())
+                .args(["run", "--config"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     }
 }
 
