@@ -44,6 +44,13 @@ fn client() -> reqwest::Client {
 /// Every line of the log files, oldest first, each parsed: a line that is not one whole JSON
 /// object (cut at a rotation, or two run together) fails the test.
 fn lines(path: &Path) -> Vec<Value> {
+    try_lines(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`lines`], but a file that ends in the middle of a line is an `Err`, not a failure: Envoy
+/// may be writing it at that moment (a flush is not atomic to a concurrent reader), so only one
+/// that stays cut is a fault.
+fn try_lines(path: &Path) -> Result<Vec<Value>, String> {
     let mut files: Vec<PathBuf> = (1..)
         .map(|n| rotated(path, n))
         .take_while(|p| p.exists())
@@ -53,11 +60,9 @@ fn lines(path: &Path) -> Vec<Value> {
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
-        assert!(
-            text.is_empty() || text.ends_with('\n'),
-            "{} ends in the middle of a line",
-            f.display()
-        );
+        if !(text.is_empty() || text.ends_with('\n')) {
+            return Err(format!("{} ends in the middle of a line", f.display()));
+        }
         for line in text.lines() {
             let v: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{}: not one JSON object: {e}: {line}", f.display()));
@@ -65,22 +70,29 @@ fn lines(path: &Path) -> Vec<Value> {
             out.push(v);
         }
     }
-    out
+    Ok(out)
 }
 
-/// Waits until `pred` holds of the log's lines (Envoy flushes every second).
 async fn wait_lines(path: &Path, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let l = lines(path);
-        if pred(&l) {
-            return l;
-        }
+        let (seen, last) = match try_lines(path) {
+            Ok(l) if pred(&l) => return l,
+            Ok(l) => (
+                format!(
+                    "{} lines: {:?}",
+                    l.len(),
+                    l.iter().rev().take(3).collect::<Vec<_>>()
+                ),
+                None,
+            ),
+            // Being written: read again; a line that stays cut fails at the deadline.
+            Err(e) => (String::new(), Some(e)),
+        };
         assert!(
             Instant::now() < deadline,
-            "{what}: not seen within 15 s; {} lines: {:?}",
-            l.len(),
-            l.iter().rev().take(3).collect::<Vec<_>>()
+            "{what}: not seen within 15 s; {seen}{}",
+            last.unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
