@@ -24,7 +24,7 @@ mod load;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
-use load::{cpu_seconds, median, Round};
+use load::{cpu_seconds, env_u64, median, Round};
 use serde_json::json;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,13 +35,6 @@ use support::supervisor::Stand;
 use support::upstream;
 use vpsie_lb_agent::settings::AccessLogMode;
 use vpsie_lb_agent::supervisor::protocol;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Lines of every log file left, and the first line that is not one whole JSON object.
 fn check_lines(path: &Path) -> (u64, Option<String>) {

@@ -29,19 +29,12 @@ mod load;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
 
-use load::{cpu_seconds, median, Round};
+use load::{cpu_seconds, env_u64, median, Round};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::envoy::{free_port, test_settings, Envoy};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A process of this benchmark's (nginx, HAProxy, Envoy), stopped and reaped when dropped:
 /// SIGTERM first, so that nginx's master takes its workers with it, then SIGKILL after 5 s.

@@ -89,6 +89,14 @@ pub fn wrk(url: &str, conns: u32, seconds: u64, extra: &[&str]) -> Round {
     }
 }
 
+/// A number from the environment (a benchmark's size or length), or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
