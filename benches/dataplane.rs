@@ -9,7 +9,10 @@
 //!
 //! - `keepalive`: HTTP/1.1 keep-alive, `wrk -t1 -c32`;
 //! - `newconn`: a new connection per request (`Connection: close`), `wrk -t1 -c32`;
-//! - `h2`: HTTP/2 front (h2c), `h2load -c8 -m16` (1 thread).
+//! - `h2`: HTTP/2 front (h2c), `h2load -c8 -m16` (1 thread);
+//! - `tcpbulk`: a tcp rule's throughput, 1 MiB answers through it (`wrk -c8`): requests/s are
+//!   MiB/s and CPU per request is per MiB (HAProxy `mode tcp`, nginx `stream`);
+//! - `tcpconn`: a tcp rule's connection rate, a new connection per small request.
 //!
 //! `DATAPLANE_TUNE` adds Envoys running the rendered config with changes, each set of changes
 //! (`;`-separated sets of `,`-separated knobs) as a proxy of its own, so each change can be
@@ -67,14 +70,19 @@ fn wait_port(port: u16, what: &str) {
 }
 
 /// nginx with `conf` (the `http { }` block's inside) in `dir`, in the foreground.
-fn nginx(dir: &Path, name: &str, workers: u32, http: &str) -> Proc {
+fn nginx(dir: &Path, name: &str, workers: u32, http: &str, stream: &str) -> Proc {
     let prefix = dir.join(name);
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let conf = prefix.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "worker_processes {workers};\ndaemon off;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{http}\n}}\n",
+            "{load}worker_processes {workers};\ndaemon off;\npid {pid};\nerror_log stderr error;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n  fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n{http}\n}}\n{stream}\n",
+            load = if stream.is_empty() {
+                ""
+            } else {
+                "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n"
+            },
             pid = prefix.join("nginx.pid").display(),
             tmp = prefix.display(),
         ),
@@ -91,13 +99,14 @@ fn nginx(dir: &Path, name: &str, workers: u32, http: &str) -> Proc {
     Proc(child)
 }
 
-fn haproxy(dir: &Path, front: u16, h2_front: u16, backends: [u16; 2]) -> Proc {
+fn haproxy(dir: &Path, front: u16, h2_front: u16, tcp: u16, backends: [u16; 2]) -> Proc {
     let conf = dir.join("haproxy.cfg");
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  option forwardfor\n  http-reuse safe\nfrontend web\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{} check\n  server b2 127.0.0.1:{} check\n",
-            backends[0], backends[1]
+            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\n",
+            b1 = backends[0],
+            b2 = backends[1]
         ),
     )
     .unwrap();
@@ -175,7 +184,9 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
     let mut c = config.clone();
     c["admin"]["address"]["pipe"]["path"] = json!(admin.to_string_lossy());
     if let Some(ls) = c["static_resources"]["listeners"].as_array_mut() {
-        for l in ls.iter_mut().filter(|l| l["name"] == "web") {
+        // Only the http rule, on a port of its own (the tcp rule's port is the rendered one's).
+        ls.retain(|l| l["name"] == "web");
+        for l in ls.iter_mut() {
             l["address"]["socket_address"]["port_value"] = json!(port);
         }
     }
@@ -239,11 +250,14 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
     c
 }
 
+/// The body the TCP cases fetch through the TCP proxies: 1 MiB.
+const BIG: usize = 1 << 20;
+
 fn main() {
     let rounds = env_u64("DATAPLANE_ROUNDS", 3) as usize;
     let round_s = env_u64("DATAPLANE_ROUND_S", 8);
     let cases: Vec<String> = std::env::var("DATAPLANE_CASES")
-        .unwrap_or_else(|_| "keepalive,newconn,h2".into())
+        .unwrap_or_else(|_| "keepalive,newconn,h2,tcpbulk,tcpconn".into())
         .split(',')
         .map(|c| c.trim().to_owned())
         .collect();
@@ -253,27 +267,34 @@ fn main() {
         .build()
         .unwrap();
 
-    // Upstreams: one nginx worker, two ports, a 5-byte body.
+    // Upstreams: one nginx worker, two ports, a 5-byte body (and 1 MiB at /big, for the TCP
+    // proxy's throughput).
     let backends = [free_port(), free_port()];
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("big"), vec![b'x'; BIG]).unwrap();
     let _upstream = nginx(
         dir.path(),
         "upstream",
         1,
         &format!(
-            "  server {{ listen 127.0.0.1:{}; listen 127.0.0.1:{}; keepalive_requests 1000000; location / {{ return 200 \"hello\"; }} }}",
-            backends[0], backends[1]
+            "  server {{ listen 127.0.0.1:{}; listen 127.0.0.1:{}; keepalive_requests 1000000; location / {{ return 200 \"hello\"; }} location /big {{ root {}; }} }}",
+            backends[0], backends[1], www.display()
         ),
+        "",
     );
     wait_port(backends[0], "the upstream nginx");
 
     // The proxies.
-    let envoy_port = free_port();
-    let spec = json!({"identifier": "lb-dataplane", "lbName": "dataplane", "rules": [{
-    "ruleId": "web", "scheme": "http", "frontPort": envoy_port, "backPort": 1,
-    "backends": [
+    let (envoy_port, envoy_tcp) = (free_port(), free_port());
+    let pool = json!([
         {"identifier": "b1", "ip": "127.0.0.1", "port": backends[0]},
         {"identifier": "b2", "ip": "127.0.0.1", "port": backends[1]}
-    ]}]});
+    ]);
+    let spec = json!({"identifier": "lb-dataplane", "lbName": "dataplane", "rules": [
+        {"ruleId": "web", "scheme": "http", "frontPort": envoy_port, "backPort": 1, "backends": pool},
+        {"ruleId": "tcp", "scheme": "tcp", "frontPort": envoy_tcp, "backPort": 1, "backends": pool}
+    ]});
     let envoy_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(envoy_dir.path());
     settings.envoy.concurrency = Some(2);
@@ -327,9 +348,9 @@ fn main() {
     for (name, _, port) in &variants {
         wait_port(*port, name);
     }
-    let (ha_port, ha_h2) = (free_port(), free_port());
-    let ha = haproxy(dir.path(), ha_port, ha_h2, backends);
-    let (ng_port, ng_h2) = (free_port(), free_port());
+    let (ha_port, ha_h2, ha_tcp) = (free_port(), free_port(), free_port());
+    let ha = haproxy(dir.path(), ha_port, ha_h2, ha_tcp, backends);
+    let (ng_port, ng_h2, ng_tcp) = (free_port(), free_port(), free_port());
     let ng = nginx(
         dir.path(),
         "proxy",
@@ -338,18 +359,28 @@ fn main() {
             "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
             backends[0], backends[1]
         ),
+        &format!(
+            "stream {{ upstream tpool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; }} server {{ listen 127.0.0.1:{ng_tcp}; proxy_pass tpool; }} }}",
+            backends[0], backends[1]
+        ),
     );
     for (p, what) in [(ha_port, "haproxy"), (ng_port, "nginx")] {
         wait_port(p, what);
     }
-    // (name, pid, HTTP/1 port, h2c port)
-    let mut proxies: Vec<(&str, u32, u16, u16)> = vec![
-        ("envoy (rendered)", envoy.pid(), envoy_port, envoy_port),
-        ("haproxy", ha.0.id(), ha_port, ha_h2),
-        ("nginx", ng.0.id(), ng_port, ng_h2),
+    // (name, pid, HTTP/1 port, h2c port, TCP proxy port; the variants have no TCP rule)
+    let mut proxies: Vec<(&str, u32, u16, u16, Option<u16>)> = vec![
+        (
+            "envoy (rendered)",
+            envoy.pid(),
+            envoy_port,
+            envoy_port,
+            Some(envoy_tcp),
+        ),
+        ("haproxy", ha.0.id(), ha_port, ha_h2, Some(ha_tcp)),
+        ("nginx", ng.0.id(), ng_port, ng_h2, Some(ng_tcp)),
     ];
     for (name, p, port) in &variants {
-        proxies.push((name.as_str(), p.0.id(), *port, *port));
+        proxies.push((name.as_str(), p.0.id(), *port, *port, None));
     }
     println!(
         "data plane: {} proxies x {} cases, {rounds} interleaved rounds of {round_s} s; load on the same 2 cores",
@@ -357,7 +388,7 @@ fn main() {
         cases.len()
     );
     // Warm every path once.
-    for (_, _, port, _) in &proxies {
+    for (_, _, port, _, _) in &proxies {
         let _ = load::wrk(&format!("http://127.0.0.1:{port}/"), 8, 1, &[]);
     }
 
@@ -368,7 +399,11 @@ fn main() {
             // Interleaved, the order turned each round.
             for k in 0..proxies.len() {
                 let i = (k + r) % proxies.len();
-                let (_, pid, port, h2) = proxies[i];
+                let (_, pid, port, h2, tcp) = proxies[i];
+                if case.starts_with("tcp") && tcp.is_none() {
+                    continue;
+                }
+                let tcp = tcp.unwrap_or(0);
                 let cpu = cpu_seconds(pid);
                 let mut x = match case.as_str() {
                     "keepalive" => {
@@ -381,6 +416,14 @@ fn main() {
                         &["-H", "Connection: close"],
                     ),
                     "h2" => h2load(&format!("http://127.0.0.1:{h2}/"), round_s),
+                    // Requests/s of 1 MiB each: MiB/s.
+                    "tcpbulk" => load::wrk(&format!("http://127.0.0.1:{tcp}/big"), 8, round_s, &[]),
+                    "tcpconn" => load::wrk(
+                        &format!("http://127.0.0.1:{tcp}/"),
+                        32,
+                        round_s,
+                        &["-H", "Connection: close"],
+                    ),
                     other => panic!("no such case: {other}"),
                 };
                 x.cpu_us = (cpu_seconds(pid) - cpu) * 1e6 / (x.rps * round_s as f64);
@@ -388,7 +431,9 @@ fn main() {
             }
         }
         for (i, rs) in per.into_iter().enumerate() {
-            results.push((case.clone(), proxies[i].0, rs));
+            if !rs.is_empty() {
+                results.push((case.clone(), proxies[i].0, rs));
+            }
         }
     }
 
@@ -418,6 +463,6 @@ fn main() {
             );
         }
     }
-    println!("\n(h2: h2load prints no percentiles: p50 is its mean, p99 its mean + 2 sd.)");
+    println!("\n(h2: h2load prints no percentiles: p50 is its mean, p99 its mean + 2 sd. tcpbulk: requests/s are MiB/s, CPU is per MiB.)");
     drop(envoy);
 }

@@ -9,7 +9,7 @@
 #   haproxy   (haproxy)         only with WITH_HAPROXY=1: the baseline of `make bench-live`
 #   wrk       (wrk)             only with WITH_WRK=1: the load of `make bench-access-log`
 #   slowhttptest (slowhttptest) only with WITH_SLOWHTTPTEST=1: the attacker of `make bench-attacks`
-#   nginx     (nginx)           only with WITH_NGINX=1: upstream and baseline of `make bench-dataplane`
+#   nginx     (nginx, libnginx-mod-stream) only with WITH_NGINX=1: upstream and baseline of `make bench-dataplane`
 set -euo pipefail
 need=()
 tools=(promtool h2load pebble pebble-challtestsrv keepalived ip faketime)
@@ -30,6 +30,8 @@ fi
 if [ "${WITH_NGINX:-}" = 1 ]; then
   tools+=(nginx)
   command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  # nginx as a TCP proxy (the stream module is a package of its own).
+  [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 fi
 if [ "${WITH_SLOWHTTPTEST:-}" = 1 ]; then
   tools+=(slowhttptest)
