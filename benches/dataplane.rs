@@ -12,7 +12,10 @@
 //! - `h2`: HTTP/2 front (h2c), `h2load -c8 -m16` (1 thread);
 //! - `tcpbulk`: a tcp rule's throughput, 1 MiB answers through it (`wrk -c8`): requests/s are
 //!   MiB/s and CPU per request is per MiB (HAProxy `mode tcp`, nginx `stream`);
-//! - `tcpconn`: a tcp rule's connection rate, a new connection per small request.
+//! - `tcpconn`: a tcp rule's connection rate, a new connection per small request;
+//! - `sources`: an http rule with 1,000 allowed source entries (the client's last), a new
+//!   connection per request (HAProxy `tcp-request connection reject unless { src -f }`, nginx
+//!   `geo`).
 //!
 //! `DATAPLANE_TUNE` adds Envoys running the rendered config with changes, each set of changes
 //! (`;`-separated sets of `,`-separated knobs) as a proxy of its own, so each change can be
@@ -99,14 +102,24 @@ fn nginx(dir: &Path, name: &str, workers: u32, http: &str, stream: &str) -> Proc
     Proc(child)
 }
 
-fn haproxy(dir: &Path, front: u16, h2_front: u16, tcp: u16, backends: [u16; 2]) -> Proc {
+fn haproxy(
+    dir: &Path,
+    front: u16,
+    h2_front: u16,
+    [tcp, src]: [u16; 2],
+    sources: &[String],
+    backends: [u16; 2],
+) -> Proc {
     let conf = dir.join("haproxy.cfg");
+    let list = dir.join("sources.lst");
+    std::fs::write(&list, sources.join("\n") + "\n").unwrap();
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\n",
+            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nfrontend src\n  bind 127.0.0.1:{src}\n  option forwardfor\n  tcp-request connection reject unless {{ src -f {list} }}\n  default_backend pool\n",
             b1 = backends[0],
-            b2 = backends[1]
+            b2 = backends[1],
+            list = list.display()
         ),
     )
     .unwrap();
@@ -250,6 +263,10 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
     c
 }
 
+/// A proxy under test: name, pid, HTTP/1 port, h2c port, and the tcp rule's and the
+/// 1,000-source rule's ports (the Envoy variants have neither).
+type Proxy<'a> = (&'a str, u32, u16, u16, Option<[u16; 2]>);
+
 /// The body the TCP cases fetch through the TCP proxies: 1 MiB.
 const BIG: usize = 1 << 20;
 
@@ -257,7 +274,7 @@ fn main() {
     let rounds = env_u64("DATAPLANE_ROUNDS", 3) as usize;
     let round_s = env_u64("DATAPLANE_ROUND_S", 8);
     let cases: Vec<String> = std::env::var("DATAPLANE_CASES")
-        .unwrap_or_else(|_| "keepalive,newconn,h2,tcpbulk,tcpconn".into())
+        .unwrap_or_else(|_| "keepalive,newconn,h2,tcpbulk,tcpconn,sources".into())
         .split(',')
         .map(|c| c.trim().to_owned())
         .collect();
@@ -286,14 +303,21 @@ fn main() {
     wait_port(backends[0], "the upstream nginx");
 
     // The proxies.
-    let (envoy_port, envoy_tcp) = (free_port(), free_port());
+    let (envoy_port, envoy_tcp, envoy_src) = (free_port(), free_port(), free_port());
+    // 1,000 allowed source entries, the client's (loopback) last.
+    let sources: Vec<String> = (0..999)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .chain(["127.0.0.0/8".to_owned()])
+        .collect();
     let pool = json!([
         {"identifier": "b1", "ip": "127.0.0.1", "port": backends[0]},
         {"identifier": "b2", "ip": "127.0.0.1", "port": backends[1]}
     ]);
     let spec = json!({"identifier": "lb-dataplane", "lbName": "dataplane", "rules": [
         {"ruleId": "web", "scheme": "http", "frontPort": envoy_port, "backPort": 1, "backends": pool},
-        {"ruleId": "tcp", "scheme": "tcp", "frontPort": envoy_tcp, "backPort": 1, "backends": pool}
+        {"ruleId": "tcp", "scheme": "tcp", "frontPort": envoy_tcp, "backPort": 1, "backends": pool},
+        {"ruleId": "src", "scheme": "http", "frontPort": envoy_src, "backPort": 1, "backends": pool,
+         "allowedSources": sources}
     ]});
     let envoy_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(envoy_dir.path());
@@ -348,15 +372,24 @@ fn main() {
     for (name, _, port) in &variants {
         wait_port(*port, name);
     }
-    let (ha_port, ha_h2, ha_tcp) = (free_port(), free_port(), free_port());
-    let ha = haproxy(dir.path(), ha_port, ha_h2, ha_tcp, backends);
-    let (ng_port, ng_h2, ng_tcp) = (free_port(), free_port(), free_port());
+    let (ha_port, ha_h2, ha_tcp, ha_src) = (free_port(), free_port(), free_port(), free_port());
+    let ha = haproxy(
+        dir.path(),
+        ha_port,
+        ha_h2,
+        [ha_tcp, ha_src],
+        &sources,
+        backends,
+    );
+    let (ng_port, ng_h2, ng_tcp, ng_src) = (free_port(), free_port(), free_port(), free_port());
+    // nginx's geo module (a radix tree) for the list, the fair match for Envoy's and HAProxy's.
+    let geo: String = sources.iter().map(|c| format!("    {c} 1;\n")).collect();
     let ng = nginx(
         dir.path(),
         "proxy",
         2,
         &format!(
-            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
+            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  geo $allowed {{\n    default 0;\n{geo}  }}\n  server {{ listen 127.0.0.1:{ng_src};\n    location / {{ if ($allowed = 0) {{ return 403; }} proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
             backends[0], backends[1]
         ),
         &format!(
@@ -368,16 +401,16 @@ fn main() {
         wait_port(p, what);
     }
     // (name, pid, HTTP/1 port, h2c port, TCP proxy port; the variants have no TCP rule)
-    let mut proxies: Vec<(&str, u32, u16, u16, Option<u16>)> = vec![
+    let mut proxies: Vec<Proxy> = vec![
         (
             "envoy (rendered)",
             envoy.pid(),
             envoy_port,
             envoy_port,
-            Some(envoy_tcp),
+            Some([envoy_tcp, envoy_src]),
         ),
-        ("haproxy", ha.0.id(), ha_port, ha_h2, Some(ha_tcp)),
-        ("nginx", ng.0.id(), ng_port, ng_h2, Some(ng_tcp)),
+        ("haproxy", ha.0.id(), ha_port, ha_h2, Some([ha_tcp, ha_src])),
+        ("nginx", ng.0.id(), ng_port, ng_h2, Some([ng_tcp, ng_src])),
     ];
     for (name, p, port) in &variants {
         proxies.push((name.as_str(), p.0.id(), *port, *port, None));
@@ -399,11 +432,11 @@ fn main() {
             // Interleaved, the order turned each round.
             for k in 0..proxies.len() {
                 let i = (k + r) % proxies.len();
-                let (_, pid, port, h2, tcp) = proxies[i];
-                if case.starts_with("tcp") && tcp.is_none() {
+                let (_, pid, port, h2, more) = proxies[i];
+                if (case.starts_with("tcp") || case == "sources") && more.is_none() {
                     continue;
                 }
-                let tcp = tcp.unwrap_or(0);
+                let [tcp, src] = more.unwrap_or([0, 0]);
                 let cpu = cpu_seconds(pid);
                 let mut x = match case.as_str() {
                     "keepalive" => {
@@ -418,6 +451,13 @@ fn main() {
                     "h2" => h2load(&format!("http://127.0.0.1:{h2}/"), round_s),
                     // Requests/s of 1 MiB each: MiB/s.
                     "tcpbulk" => load::wrk(&format!("http://127.0.0.1:{tcp}/big"), 8, round_s, &[]),
+                    // The list is judged per connection: a new one per request.
+                    "sources" => load::wrk(
+                        &format!("http://127.0.0.1:{src}/"),
+                        32,
+                        round_s,
+                        &["-H", "Connection: close"],
+                    ),
                     "tcpconn" => load::wrk(
                         &format!("http://127.0.0.1:{tcp}/"),
                         32,
