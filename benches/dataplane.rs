@@ -15,7 +15,11 @@
 //! - `tcpconn`: a tcp rule's connection rate, a new connection per small request;
 //! - `sources`: an http rule with 1,000 allowed source entries (the client's last), a new
 //!   connection per request (HAProxy `tcp-request connection reject unless { src -f }`, nginx
-//!   `geo`).
+//!   `geo`);
+//! - `tls-ecdsa`, `tls-rsa`: https rules with an ECDSA P-256 and an RSA 2048 certificate, a new
+//!   connection (a TLS handshake) per request. wrk resumes its sessions (Envoy's count of
+//!   resumed handshakes is printed: 99.7 % here), so these are resumed handshakes; full ones
+//!   need a client that never resumes (not yet).
 //!
 //! `DATAPLANE_TUNE` adds Envoys running the rendered config with changes, each set of changes
 //! (`;`-separated sets of `,`-separated knobs) as a proxy of its own, so each change can be
@@ -106,17 +110,24 @@ fn haproxy(
     dir: &Path,
     front: u16,
     h2_front: u16,
-    [tcp, src]: [u16; 2],
+    [tcp, src, tls_ec, tls_rsa]: [u16; 4],
     sources: &[String],
     backends: [u16; 2],
 ) -> Proc {
     let conf = dir.join("haproxy.cfg");
+    // HAProxy reads the certificate and its key from one file.
+    for kind in ["ec", "rsa"] {
+        let pem = std::fs::read_to_string(dir.join(format!("{kind}.crt"))).unwrap()
+            + &std::fs::read_to_string(dir.join(format!("{kind}.key"))).unwrap();
+        std::fs::write(dir.join(format!("{kind}.pem")), pem).unwrap();
+    }
     let list = dir.join("sources.lst");
     std::fs::write(&list, sources.join("\n") + "\n").unwrap();
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nfrontend src\n  bind 127.0.0.1:{src}\n  option forwardfor\n  tcp-request connection reject unless {{ src -f {list} }}\n  default_backend pool\n",
+            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nfrontend src\n  bind 127.0.0.1:{src}\n  option forwardfor\n  tcp-request connection reject unless {{ src -f {list} }}\n  default_backend pool\nfrontend tls_ec\n  bind 127.0.0.1:{tls_ec} ssl crt {d}/ec.pem\n  option forwardfor\n  default_backend pool\nfrontend tls_rsa\n  bind 127.0.0.1:{tls_rsa} ssl crt {d}/rsa.pem\n  option forwardfor\n  default_backend pool\n",
+            d = dir.display(),
             b1 = backends[0],
             b2 = backends[1],
             list = list.display()
@@ -263,9 +274,50 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
     c
 }
 
-/// A proxy under test: name, pid, HTTP/1 port, h2c port, and the tcp rule's and the
-/// 1,000-source rule's ports (the Envoy variants have neither).
-type Proxy<'a> = (&'a str, u32, u16, u16, Option<[u16; 2]>);
+/// A self-signed certificate for `lb.test` made by Debian's `openssl`: (cert PEM, key PEM).
+/// `kind`: `ec` (ECDSA P-256) or `rsa` (RSA 2048).
+fn certificate(dir: &Path, kind: &str) -> (String, String) {
+    let (c, k) = (
+        dir.join(format!("{kind}.crt")),
+        dir.join(format!("{kind}.key")),
+    );
+    let newkey: &[&str] = match kind {
+        "ec" => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+        _ => &["-newkey", "rsa:2048"],
+    };
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lb.test",
+        ])
+        .args(["-addext", "subjectAltName=DNS:lb.test"])
+        .args(newkey)
+        .arg("-keyout")
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .output()
+        .expect("openssl is required");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(c).unwrap(),
+        std::fs::read_to_string(k).unwrap(),
+    )
+}
+
+/// A proxy under test: name, pid, HTTP/1 port, h2c port, and the ports of the tcp rule, the
+/// 1,000-source rule and the https rules with an ECDSA and an RSA certificate (the Envoy
+/// variants have none of these).
+type Proxy<'a> = (&'a str, u32, u16, u16, Option<[u16; 4]>);
 
 /// The body the TCP cases fetch through the TCP proxies: 1 MiB.
 const BIG: usize = 1 << 20;
@@ -274,7 +326,7 @@ fn main() {
     let rounds = env_u64("DATAPLANE_ROUNDS", 3) as usize;
     let round_s = env_u64("DATAPLANE_ROUND_S", 8);
     let cases: Vec<String> = std::env::var("DATAPLANE_CASES")
-        .unwrap_or_else(|_| "keepalive,newconn,h2,tcpbulk,tcpconn,sources".into())
+        .unwrap_or_else(|_| "keepalive,newconn,h2,tcpbulk,tcpconn,sources,tls-ecdsa,tls-rsa".into())
         .split(',')
         .map(|c| c.trim().to_owned())
         .collect();
@@ -304,6 +356,11 @@ fn main() {
 
     // The proxies.
     let (envoy_port, envoy_tcp, envoy_src) = (free_port(), free_port(), free_port());
+    let (envoy_ec, envoy_rsa) = (free_port(), free_port());
+    let (ec, rsa) = (
+        certificate(dir.path(), "ec"),
+        certificate(dir.path(), "rsa"),
+    );
     // 1,000 allowed source entries, the client's (loopback) last.
     let sources: Vec<String> = (0..999)
         .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
@@ -317,7 +374,11 @@ fn main() {
         {"ruleId": "web", "scheme": "http", "frontPort": envoy_port, "backPort": 1, "backends": pool},
         {"ruleId": "tcp", "scheme": "tcp", "frontPort": envoy_tcp, "backPort": 1, "backends": pool},
         {"ruleId": "src", "scheme": "http", "frontPort": envoy_src, "backPort": 1, "backends": pool,
-         "allowedSources": sources}
+         "allowedSources": sources},
+        {"ruleId": "tls-ec", "scheme": "https", "frontPort": envoy_ec, "backPort": 1, "backends": pool,
+         "tls": {"certificateId": "ec", "certificatePem": ec.0, "privateKeyPem": ec.1}},
+        {"ruleId": "tls-rsa", "scheme": "https", "frontPort": envoy_rsa, "backPort": 1, "backends": pool,
+         "tls": {"certificateId": "rsa", "certificatePem": rsa.0, "privateKeyPem": rsa.1}}
     ]});
     let envoy_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(envoy_dir.path());
@@ -373,15 +434,10 @@ fn main() {
         wait_port(*port, name);
     }
     let (ha_port, ha_h2, ha_tcp, ha_src) = (free_port(), free_port(), free_port(), free_port());
-    let ha = haproxy(
-        dir.path(),
-        ha_port,
-        ha_h2,
-        [ha_tcp, ha_src],
-        &sources,
-        backends,
-    );
+    let ha_tls = [ha_tcp, ha_src, free_port(), free_port()];
+    let ha = haproxy(dir.path(), ha_port, ha_h2, ha_tls, &sources, backends);
     let (ng_port, ng_h2, ng_tcp, ng_src) = (free_port(), free_port(), free_port(), free_port());
+    let (ng_ec, ng_rsa) = (free_port(), free_port());
     // nginx's geo module (a radix tree) for the list, the fair match for Envoy's and HAProxy's.
     let geo: String = sources.iter().map(|c| format!("    {c} 1;\n")).collect();
     let ng = nginx(
@@ -389,8 +445,8 @@ fn main() {
         "proxy",
         2,
         &format!(
-            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  geo $allowed {{\n    default 0;\n{geo}  }}\n  server {{ listen 127.0.0.1:{ng_src};\n    location / {{ if ($allowed = 0) {{ return 403; }} proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
-            backends[0], backends[1]
+            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  geo $allowed {{\n    default 0;\n{geo}  }}\n  server {{ listen 127.0.0.1:{ng_src};\n    location / {{ if ($allowed = 0) {{ return 403; }} proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  server {{ listen 127.0.0.1:{ng_ec} ssl; ssl_certificate {d}/ec.crt; ssl_certificate_key {d}/ec.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  server {{ listen 127.0.0.1:{ng_rsa} ssl; ssl_certificate {d}/rsa.crt; ssl_certificate_key {d}/rsa.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
+            backends[0], backends[1], d = dir.path().display()
         ),
         &format!(
             "stream {{ upstream tpool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; }} server {{ listen 127.0.0.1:{ng_tcp}; proxy_pass tpool; }} }}",
@@ -407,10 +463,16 @@ fn main() {
             envoy.pid(),
             envoy_port,
             envoy_port,
-            Some([envoy_tcp, envoy_src]),
+            Some([envoy_tcp, envoy_src, envoy_ec, envoy_rsa]),
         ),
-        ("haproxy", ha.0.id(), ha_port, ha_h2, Some([ha_tcp, ha_src])),
-        ("nginx", ng.0.id(), ng_port, ng_h2, Some([ng_tcp, ng_src])),
+        ("haproxy", ha.0.id(), ha_port, ha_h2, Some(ha_tls)),
+        (
+            "nginx",
+            ng.0.id(),
+            ng_port,
+            ng_h2,
+            Some([ng_tcp, ng_src, ng_ec, ng_rsa]),
+        ),
     ];
     for (name, p, port) in &variants {
         proxies.push((name.as_str(), p.0.id(), *port, *port, None));
@@ -433,10 +495,10 @@ fn main() {
             for k in 0..proxies.len() {
                 let i = (k + r) % proxies.len();
                 let (_, pid, port, h2, more) = proxies[i];
-                if (case.starts_with("tcp") || case == "sources") && more.is_none() {
+                if !["keepalive", "newconn", "h2"].contains(&case.as_str()) && more.is_none() {
                     continue;
                 }
-                let [tcp, src] = more.unwrap_or([0, 0]);
+                let [tcp, src, tls_ec, tls_rsa] = more.unwrap_or([0; 4]);
                 let cpu = cpu_seconds(pid);
                 let mut x = match case.as_str() {
                     "keepalive" => {
@@ -454,6 +516,16 @@ fn main() {
                     // The list is judged per connection: a new one per request.
                     "sources" => load::wrk(
                         &format!("http://127.0.0.1:{src}/"),
+                        32,
+                        round_s,
+                        &["-H", "Connection: close"],
+                    ),
+                    // A TLS handshake per request (resumed by wrk: see the counts printed).
+                    "tls-ecdsa" | "tls-rsa" => load::wrk(
+                        &format!(
+                            "https://127.0.0.1:{}/",
+                            if case == "tls-ecdsa" { tls_ec } else { tls_rsa }
+                        ),
                         32,
                         round_s,
                         &["-H", "Connection: close"],
@@ -477,6 +549,21 @@ fn main() {
         }
     }
 
+    if cases.iter().any(|c| c.starts_with("tls")) {
+        // Whether each request was a full handshake: Envoy's own counts.
+        let s = rt.block_on(support::envoy::stats(
+            &envoy.settings,
+            "ssl\\.(handshake|session_reused)$",
+        ));
+        for (kind, port) in [("ecdsa", envoy_ec), ("rsa", envoy_rsa)] {
+            let l = format!("listener.127.0.0.1_{port}.ssl");
+            println!(
+                "envoy tls-{kind}: {} handshakes, {} of them resumed",
+                s(&format!("{l}.handshake")),
+                s(&format!("{l}.session_reused"))
+            );
+        }
+    }
     println!(
         "\n| case | proxy | requests/s | p50 ms | p99 ms | CPU µs/request | × HAProxy | × nginx |"
     );
