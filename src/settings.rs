@@ -497,9 +497,10 @@ pub struct EnvoySettings {
     pub max_requests_per_connection: u32,
 }
 
-/// Envoy's heap limit on a machine with `mem_total` bytes: all of it but 384 MiB (the agent,
-/// the supervisor, keepalived and the system: about 150 MB measured, the rest page cache for
-/// the logs), never less than half of it.
+/// Envoy's heap limit on a machine with `mem_total` bytes: all of it but 384 MiB, never less
+/// than half of it. The 384 MiB are for what is not Envoy's heap: Envoy's own binary and
+/// static memory (its RSS is ~60 MB above its heap at idle), the agent and the supervisor
+/// (~15-22 MB each, `make bench-idle`), keepalived, the system and the page cache the logs use.
 pub fn heap_limit_for(mem_total: u64) -> u64 {
     mem_total.saturating_sub(384 << 20).max(mem_total / 2)
 }
@@ -756,7 +757,7 @@ impl Settings {
             );
         }
         if e.max_heap_mb.is_some_and(|mb| mb < 64) {
-            bail!("envoy.max_heap_mb: must be at least 64 (Envoy alone uses about 40 MiB of heap)");
+            bail!("envoy.max_heap_mb: must be at least 64 (Envoy's own heap is about 7 MiB at idle; the rest is for connections)");
         }
         if !(1..=3600).contains(&e.request_headers_timeout_s) {
             bail!("envoy.request_headers_timeout_s: must be between 1 and 3600");
