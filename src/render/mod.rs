@@ -10,6 +10,7 @@
 //!
 //! The templates are compiled into the binary, so the agent is self-contained.
 
+mod edge;
 mod sources;
 pub mod splice;
 mod view;
@@ -778,14 +779,14 @@ mod tests {
         // Listener limits: one runtime key per listener (and the scrape port's), out of the
         // bootstrap and into the RTDS layer, where a rule added or removed changes them live.
         assert!(x.base.get("layered_runtime").is_none());
-        let share = view::listener_limit(spec.max_connections, x.listeners.len());
+        let share = edge::listener_limit(spec.max_connections, x.listeners.len());
         for name in x.listeners.keys() {
             let key = format!("envoy.resource_limits.listener.{name}.connection_limit");
             assert_eq!(x.runtime[&key], share, "{key}");
         }
         assert_eq!(
             x.runtime["overload.premature_reset_total_stream_count"],
-            view::PREMATURE_RESETS
+            edge::PREMATURE_RESETS
         );
         let rtds = xds::runtime_file(&settings.access_log, &x.runtime);
         let rtds: Value = serde_json::from_slice(&rtds.data).unwrap();
