@@ -350,6 +350,7 @@ pub struct SupervisorMetrics {
     pub access_log_disk_size: IntGauge,
     pub transitions: IntGaugeVec,
     pub transitions_ended: IntCounterVec,
+    pub ticket_rotations: IntCounterVec,
 }
 
 impl SupervisorMetrics {
@@ -478,8 +479,21 @@ impl SupervisorMetrics {
                     &["result"],
                 ),
             ),
+            ticket_rotations: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}session_ticket_rotations_total"),
+                        "Session-ticket key rotations, by result (failed: Envoy did not confirm the new keys; the last ones stay in force)",
+                    ),
+                    &["result"],
+                ),
+            ),
             registry: r,
         };
+        for v in ["ok", "failed"] {
+            m.ticket_rotations.with_label_values(&[v]);
+        }
         for v in ["checking", "stuck"] {
             m.transitions.with_label_values(&[v]);
         }

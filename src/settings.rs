@@ -32,6 +32,8 @@ pub struct Settings {
     #[serde(default)]
     pub access_log: AccessLogSettings,
     #[serde(default)]
+    pub session_tickets: SessionTicketSettings,
+    #[serde(default)]
     pub dev: DevSettings,
     /// High availability with keepalived (VRRP); absent: a single node.
     #[serde(default)]
@@ -407,6 +409,7 @@ impl Default for Settings {
             logging: LoggingSettings::default(),
             acme: AcmeSettings::default(),
             access_log: AccessLogSettings::default(),
+            session_tickets: SessionTicketSettings::default(),
             dev: DevSettings::default(),
             ha: None,
         }
@@ -633,6 +636,34 @@ impl AccessLogSettings {
     }
 }
 
+/// TLS session tickets: the keys Envoy encrypts them with, held by the supervisor so that a
+/// client resumes its session across a hot restart, a certificate rotation and an HA failover
+/// instead of paying for a full handshake.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionTicketSettings {
+    /// The secret every ticket key is derived from (HKDF-SHA256 with the time window): at least
+    /// 32 bytes, readable by its owner only. Created (32 random bytes, 0600) if missing. The
+    /// nodes of an HA pair must be given the same file, so that each resumes the other's
+    /// sessions. Default: `<state_dir>/session-tickets.key`.
+    pub secret_file: Option<PathBuf>,
+    /// How long one key encrypts new tickets; it decrypts them one window more (Envoy's advice:
+    /// rotate at least daily, preferably hourly). 1 to 86,400; seconds are for tests only.
+    pub rotate_s: u32,
+}
+
+impl Default for SessionTicketSettings {
+    fn default() -> Self {
+        SessionTicketSettings {
+            secret_file: None,
+            rotate_s: 3600,
+        }
+    }
+}
+
+/// The bounds of `session_tickets.rotate_s`.
+pub const TICKET_ROTATE_S: std::ops::RangeInclusive<u32> = 1..=86_400;
+
 #[derive(Debug, Clone, Deserialize, serde::Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevSettings {
@@ -775,6 +806,14 @@ impl Settings {
             ha.check()?;
         }
         self.access_log.check()?;
+        if !TICKET_ROTATE_S.contains(&self.session_tickets.rotate_s) {
+            bail!(
+                "session_tickets.rotate_s: {} must be between {} and {} (a day)",
+                self.session_tickets.rotate_s,
+                TICKET_ROTATE_S.start(),
+                TICKET_ROTATE_S.end()
+            );
+        }
         self.check_acme()
     }
 
@@ -826,6 +865,14 @@ impl Settings {
     /// The ACME account and the managed certificates (0700, files 0600).
     pub fn acme_dir(&self) -> PathBuf {
         self.state_dir.join("acme")
+    }
+
+    /// The secret the TLS session-ticket keys are derived from.
+    pub fn ticket_secret_path(&self) -> PathBuf {
+        self.session_tickets
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("session-tickets.key"))
     }
 
     pub fn event_queue_path(&self) -> PathBuf {

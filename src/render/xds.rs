@@ -12,6 +12,9 @@
 //!   one EDS file each, so an endpoint change never rebuilds a connection pool.
 //! - Certificates go to SDS, named by the certificate's id and holding the PEM inline: a
 //!   rotation changes the secret, not the listener, and drains nothing.
+//! - Every TLS listener takes its session-ticket keys from one more SDS secret
+//!   ([`TICKET_SECRET`]), which the supervisor writes and rotates ([`tickets_file`]): not part of
+//!   the config, so a rotation is never a new config.
 
 use crate::settings::{AccessLogMode, AccessLogSettings};
 use serde_json::{json, Map, Value};
@@ -49,6 +52,8 @@ pub struct Xds {
     /// By cluster name.
     pub endpoints: BTreeMap<String, Value>,
     pub secrets: BTreeMap<String, Value>,
+    /// Whether a listener terminates TLS (and so reads [`TICKETS_FILE`]).
+    pub tickets: bool,
     /// Runtime keys the config sets (each listener's connection limit): the rendered config's
     /// static runtime layer, moved into the RTDS layer so that they change live.
     pub runtime: BTreeMap<String, Value>,
@@ -93,6 +98,22 @@ pub const CDS_FILE: &str = "cds.json";
 /// filters read, so that `access_log.mode` and `sample_percent` change without a listener update.
 pub const RUNTIME_FILE: &str = "runtime.json";
 const RUNTIME_LAYER: &str = "vpsie_lb";
+/// The session-ticket keys every TLS listener encrypts and decrypts tickets with (SDS).
+pub const TICKETS_FILE: &str = "tickets.json";
+/// Their secret's name: a colon, which no certificate id holds, so it names no certificate.
+pub const TICKET_SECRET: &str = "vpsie-lb:session-ticket-keys";
+
+/// The tickets file for `keys`: the first encrypts new tickets, every one decrypts (Envoy's
+/// `TlsSessionTicketKeys`; 80 bytes each).
+pub fn tickets_file(keys: &[[u8; 80]]) -> File {
+    use base64::Engine;
+    let keys: Vec<Value> = keys
+        .iter()
+        .map(|k| json!({"inline_bytes": base64::engine::general_purpose::STANDARD.encode(k)}))
+        .collect();
+    let secret = json!({"name": TICKET_SECRET, "session_ticket_keys": {"keys": keys}});
+    discovery_file(TICKETS_FILE.into(), SECRET, &[&secret])
+}
 
 /// The runtime file for these access log settings and the config's own keys (`from_config`:
 /// [`Xds::runtime`]).
@@ -362,6 +383,7 @@ pub fn split(config: &str, files: &[(PathBuf, String)], dir: &Path) -> Result<Xd
         clusters: BTreeMap::new(),
         endpoints: BTreeMap::new(),
         secrets: BTreeMap::new(),
+        tickets: false,
         runtime,
     };
     let mut static_listeners = Vec::new();
@@ -453,11 +475,21 @@ fn move_out_routes_and_secrets(
         return Ok(());
     };
     for chain in chains {
-        if let Some(ctx) = chain
-            .pointer_mut("/transport_socket/typed_config/common_tls_context")
+        if let Some(tls) = chain
+            .pointer_mut("/transport_socket/typed_config")
             .and_then(Value::as_object_mut)
         {
-            if let Some(Value::Array(certs)) = ctx.remove("tls_certificates") {
+            // Tickets a client got before a hot restart, a certificate rotation or on the
+            // other HA node still decrypt: the keys are the supervisor's, not each context's.
+            tls.insert(
+                "session_ticket_keys_sds_secret_config".into(),
+                json!({"name": TICKET_SECRET, "sds_config": source(&xds.dir, TICKETS_FILE)}),
+            );
+            xds.tickets = true;
+            let ctx = tls
+                .get_mut("common_tls_context")
+                .and_then(Value::as_object_mut);
+            if let Some(Value::Array(certs)) = ctx.and_then(|c| c.remove("tls_certificates")) {
                 let mut refs = Vec::new();
                 for cert in certs {
                     let name = secret(&cert, files, xds)?;
@@ -466,10 +498,15 @@ fn move_out_routes_and_secrets(
                         "sds_config": source(&xds.dir, &file_name(Kind::Secret, &name)),
                     }));
                 }
-                ctx.insert(
-                    "tls_certificate_sds_secret_configs".into(),
-                    Value::Array(refs),
-                );
+                if let Some(ctx) = tls
+                    .get_mut("common_tls_context")
+                    .and_then(Value::as_object_mut)
+                {
+                    ctx.insert(
+                        "tls_certificate_sds_secret_configs".into(),
+                        Value::Array(refs),
+                    );
+                }
             }
         }
         let Some(filters) = chain.get_mut("filters").and_then(Value::as_array_mut) else {

@@ -237,6 +237,10 @@ impl Supervisor {
         let runtime = xds::runtime_file(&self.settings.access_log, &x.runtime);
         self.write_file(&x.dir, &runtime)?;
         written.insert(runtime.name, runtime.version);
+        // So are the session-ticket keys: those of this time, the same on every epoch and node.
+        let tickets = self.tickets.file_at(super::tickets::unix_now());
+        self.write_file(&x.dir, &tickets)?;
+        written.insert(tickets.name, tickets.version);
         self.write_file(
             &x.dir,
             &xds::File {
@@ -418,7 +422,8 @@ impl Supervisor {
         if let Some(f) = &mut self.files {
             let dir = f.xds.dir.clone();
             f.written.retain(|name, _| {
-                let keep_it = keep.contains(name) || name == xds::RUNTIME_FILE;
+                let keep_it =
+                    keep.contains(name) || name == xds::RUNTIME_FILE || name == xds::TICKETS_FILE;
                 if !keep_it {
                     let _ = std::fs::remove_file(dir.join(name));
                 }

@@ -35,6 +35,7 @@ mod epochs;
 mod live;
 pub mod protocol;
 mod server;
+mod tickets;
 mod transition;
 
 pub use server::bind;
@@ -94,6 +95,8 @@ enum Event {
     Reload(Box<anyhow::Result<Settings>>),
     /// Time to look at the pools in transition.
     Transitions,
+    /// A new window of session-ticket keys.
+    Tickets,
     Shutdown(StopKind),
 }
 
@@ -146,6 +149,9 @@ pub struct Supervisor {
     transitions: std::collections::BTreeMap<String, transition::Transition>,
     /// When the transitions are looked at next.
     next_transition_check: Option<Instant>,
+    /// The session-ticket keys, and when they next rotate.
+    tickets: tickets::Tickets,
+    next_tickets: Instant,
 }
 
 /// What identifies the Envoy binary on disk (device, inode, size, modification time).
@@ -214,6 +220,7 @@ pub async fn run(
     let stop = loop {
         let retry_at = sup.retry_at;
         let transitions_at = sup.next_transition_check;
+        let tickets_at = sup.next_tickets;
         let event = tokio::select! {
             kind = &mut shutdown => Event::Shutdown(kind),
             Some((req, reply)) = req_rx.recv() => Event::Request(req, reply),
@@ -223,6 +230,7 @@ pub async fn run(
             _ = socket_check.tick() => Event::SocketCheck,
             Some(new) = reloads.recv() => Event::Reload(Box::new(new)),
             _ = sleep_until(transitions_at), if transitions_at.is_some() => Event::Transitions,
+            _ = sleep_until(Some(tickets_at)) => Event::Tickets,
         };
         match event {
             Event::Shutdown(kind) => break kind,
@@ -238,6 +246,10 @@ pub async fn run(
             Event::Transitions => {
                 sup.next_transition_check = None;
                 sup.advance_transitions().await;
+            }
+            Event::Tickets => {
+                sup.rotate_tickets().await;
+                sup.next_tickets = sup.tickets.next_rotation();
             }
             Event::SocketCheck => {
                 // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
@@ -315,6 +327,7 @@ impl Supervisor {
             Err(_) => State::default(),
         };
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let tickets = tickets::Tickets::load(&settings)?;
         Ok(Supervisor {
             store: ConfigStore::new(&settings.envoy.config_dir),
             admin,
@@ -337,6 +350,8 @@ impl Supervisor {
             access_log_tx: watch::channel(settings.access_log.clone()).0,
             transitions: Default::default(),
             next_transition_check: None,
+            next_tickets: tickets.next_rotation(),
+            tickets,
             settings,
         })
     }

@@ -256,6 +256,7 @@ mod tests {
             clusters: [("web".to_owned(), json!({"name": "web"}))].into(),
             endpoints: [("web".to_owned(), la(ports))].into(),
             secrets: BTreeMap::new(),
+            tickets: false,
             runtime: BTreeMap::new(),
         }
     }

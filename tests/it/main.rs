@@ -27,5 +27,6 @@ mod real_shape;
 mod sources;
 mod splice;
 mod supervision;
+mod tickets;
 mod traffic;
 mod validation;
