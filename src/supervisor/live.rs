@@ -139,9 +139,9 @@ pub(super) fn epoch_dir(settings: &Settings, epoch: u32) -> PathBuf {
 }
 
 /// Inotify instances an epoch of this config holds: one per file subscription (LDS, CDS and the
-/// runtime layer, then one per named resource).
+/// runtime layer, the ticket keys where a listener terminates TLS, then one per named resource).
 pub(super) fn inotify_need(x: &Xds) -> u64 {
-    (3 + x.routes.len() + x.endpoints.len() + x.secrets.len()) as u64
+    (3 + usize::from(x.tickets) + x.routes.len() + x.endpoints.len() + x.secrets.len()) as u64
 }
 
 /// Whether `new` differs from `live` in endpoint lists only (the same bootstrap, listeners,
