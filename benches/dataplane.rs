@@ -17,9 +17,15 @@
 //!   connection per request (HAProxy `tcp-request connection reject unless { src -f }`, nginx
 //!   `geo`);
 //! - `tls-ecdsa`, `tls-rsa`: https rules with an ECDSA P-256 and an RSA 2048 certificate, a new
-//!   connection (a TLS handshake) per request. wrk resumes its sessions (Envoy's count of
-//!   resumed handshakes is printed: 99.7 % here), so these are resumed handshakes; full ones
-//!   need a client that never resumes (not yet).
+//!   connection (a TLS handshake) per request, by wrk, which resumes its sessions (Envoy's count
+//!   of resumed handshakes is printed): resumed handshakes;
+//! - `tls-full-ecdsa`, `tls-full-rsa`: the same rules, a full handshake per request (a rustls
+//!   client that never resumes, 32 connections at a time on one thread);
+//! - `tls-sni50`: an https rule with 50 certificates picked by SNI (ECDSA P-256; 49 domains beside
+//!   the rule's own), full handshakes, the n-th connection naming the (n mod 50)-th
+//!   (HAProxy `crt <dir>`, nginx 50 `server` blocks);
+//! - `tls-restart` (Envoy only, under the supervisor): a client that resumes, as browsers do,
+//!   through a hot restart; the share of handshakes resumed after it (target: 90 %).
 //!
 //! `DATAPLANE_TUNE` adds Envoys running the rendered config with changes, each set of changes
 //! (`;`-separated sets of `,`-separated knobs) as a proxy of its own, so each change can be
@@ -38,6 +44,8 @@
 mod load;
 #[path = "../tests/it/support/mod.rs"]
 mod support;
+#[path = "load/tls.rs"]
+mod tls_load;
 
 use load::{cpu_seconds, env_u64, median, Round};
 use serde_json::{json, Value};
@@ -110,7 +118,7 @@ fn haproxy(
     dir: &Path,
     front: u16,
     h2_front: u16,
-    [tcp, src, tls_ec, tls_rsa]: [u16; 4],
+    [tcp, src, tls_ec, tls_rsa, tls_sni]: [u16; 5],
     sources: &[String],
     backends: [u16; 2],
 ) -> Proc {
@@ -121,12 +129,18 @@ fn haproxy(
             + &std::fs::read_to_string(dir.join(format!("{kind}.key"))).unwrap();
         std::fs::write(dir.join(format!("{kind}.pem")), pem).unwrap();
     }
+    std::fs::create_dir_all(dir.join("sni-haproxy")).unwrap();
+    for i in 0..SNI {
+        let pem = std::fs::read_to_string(dir.join(format!("sni/s{i}.crt"))).unwrap()
+            + &std::fs::read_to_string(dir.join(format!("sni/s{i}.key"))).unwrap();
+        std::fs::write(dir.join(format!("sni-haproxy/s{i:02}.pem")), pem).unwrap();
+    }
     let list = dir.join("sources.lst");
     std::fs::write(&list, sources.join("\n") + "\n").unwrap();
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nfrontend src\n  bind 127.0.0.1:{src}\n  option forwardfor\n  tcp-request connection reject unless {{ src -f {list} }}\n  default_backend pool\nfrontend tls_ec\n  bind 127.0.0.1:{tls_ec} ssl crt {d}/ec.pem\n  option forwardfor\n  default_backend pool\nfrontend tls_rsa\n  bind 127.0.0.1:{tls_rsa} ssl crt {d}/rsa.pem\n  option forwardfor\n  default_backend pool\n",
+            "global\n  nbthread 2\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 60s\n  http-reuse safe\nfrontend web\n  option forwardfor\n  bind 127.0.0.1:{front}\n  bind 127.0.0.1:{h2_front} proto h2\n  default_backend pool\nbackend pool\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nlisten tcp\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  balance roundrobin\n  server b1 127.0.0.1:{b1} check\n  server b2 127.0.0.1:{b2} check\nfrontend src\n  bind 127.0.0.1:{src}\n  option forwardfor\n  tcp-request connection reject unless {{ src -f {list} }}\n  default_backend pool\nfrontend tls_ec\n  bind 127.0.0.1:{tls_ec} ssl crt {d}/ec.pem\n  option forwardfor\n  default_backend pool\nfrontend tls_rsa\n  bind 127.0.0.1:{tls_rsa} ssl crt {d}/rsa.pem\n  option forwardfor\n  default_backend pool\nfrontend tls_sni\n  bind 127.0.0.1:{tls_sni} ssl crt {d}/sni-haproxy\n  option forwardfor\n  default_backend pool\n",
             d = dir.display(),
             b1 = backends[0],
             b2 = backends[1],
@@ -274,12 +288,12 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
     c
 }
 
-/// A self-signed certificate for `lb.test` made by Debian's `openssl`: (cert PEM, key PEM).
-/// `kind`: `ec` (ECDSA P-256) or `rsa` (RSA 2048).
-fn certificate(dir: &Path, kind: &str) -> (String, String) {
+/// A self-signed certificate for `name` made by Debian's `openssl`, written as `<stem>.crt` and
+/// `<stem>.key` in `dir`: (cert PEM, key PEM). `kind`: `ec` (ECDSA P-256) or `rsa` (RSA 2048).
+fn certificate(dir: &Path, kind: &str, stem: &str, name: &str) -> (String, String) {
     let (c, k) = (
-        dir.join(format!("{kind}.crt")),
-        dir.join(format!("{kind}.key")),
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
     );
     let newkey: &[&str] = match kind {
         "ec" => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
@@ -293,9 +307,9 @@ fn certificate(dir: &Path, kind: &str) -> (String, String) {
             "-days",
             "2",
             "-subj",
-            "/CN=lb.test",
+            &format!("/CN={name}"),
         ])
-        .args(["-addext", "subjectAltName=DNS:lb.test"])
+        .args(["-addext", &format!("subjectAltName=DNS:{name}")])
         .args(newkey)
         .arg("-keyout")
         .arg(&k)
@@ -315,9 +329,12 @@ fn certificate(dir: &Path, kind: &str) -> (String, String) {
 }
 
 /// A proxy under test: name, pid, HTTP/1 port, h2c port, and the ports of the tcp rule, the
-/// 1,000-source rule and the https rules with an ECDSA and an RSA certificate (the Envoy
-/// variants have none of these).
-type Proxy<'a> = (&'a str, u32, u16, u16, Option<[u16; 4]>);
+/// 1,000-source rule, the https rules with an ECDSA and an RSA certificate and the one with 50
+/// (the Envoy variants have none of these).
+type Proxy<'a> = (&'a str, u32, u16, u16, Option<[u16; 5]>);
+
+/// Certificates of the SNI case.
+const SNI: usize = 50;
 
 /// The body the TCP cases fetch through the TCP proxies: 1 MiB.
 const BIG: usize = 1 << 20;
@@ -326,7 +343,10 @@ fn main() {
     let rounds = env_u64("DATAPLANE_ROUNDS", 3) as usize;
     let round_s = env_u64("DATAPLANE_ROUND_S", 8);
     let cases: Vec<String> = std::env::var("DATAPLANE_CASES")
-        .unwrap_or_else(|_| "keepalive,newconn,h2,tcpbulk,tcpconn,sources,tls-ecdsa,tls-rsa".into())
+        .unwrap_or_else(|_| {
+            "keepalive,newconn,h2,tcpbulk,tcpconn,sources,tls-ecdsa,tls-rsa,tls-full-ecdsa,tls-full-rsa,tls-sni50,tls-restart"
+                .into()
+        })
         .split(',')
         .map(|c| c.trim().to_owned())
         .collect();
@@ -355,21 +375,39 @@ fn main() {
     wait_port(backends[0], "the upstream nginx");
 
     // The proxies.
+    let pool = json!([
+        {"identifier": "b1", "ip": "127.0.0.1", "port": backends[0]},
+        {"identifier": "b2", "ip": "127.0.0.1", "port": backends[1]}
+    ]);
     let (envoy_port, envoy_tcp, envoy_src) = (free_port(), free_port(), free_port());
-    let (envoy_ec, envoy_rsa) = (free_port(), free_port());
+    let (envoy_ec, envoy_rsa, envoy_sni) = (free_port(), free_port(), free_port());
     let (ec, rsa) = (
-        certificate(dir.path(), "ec"),
-        certificate(dir.path(), "rsa"),
+        certificate(dir.path(), "ec", "ec", "lb.test"),
+        certificate(dir.path(), "rsa", "rsa", "lb.test"),
     );
+    let sni_dir = dir.path().join("sni");
+    std::fs::create_dir_all(&sni_dir).unwrap();
+    let sni: Vec<(String, (String, String))> = (0..SNI)
+        .map(|i| {
+            let name = format!("s{i}.lb.test");
+            let c = certificate(&sni_dir, "ec", &format!("s{i}"), &name);
+            (name, c)
+        })
+        .collect();
+    let tls_of = |id: &str, (cert, key): &(String, String)| json!({"certificateId": id, "certificatePem": cert, "privateKeyPem": key});
+    let sni_domains: Vec<Value> = sni[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, (name, c))| {
+            json!({"domainId": format!("s{}", i + 1), "domainName": name, "backends": pool,
+                   "tls": tls_of(&format!("s{}", i + 1), c)})
+        })
+        .collect();
     // 1,000 allowed source entries, the client's (loopback) last.
     let sources: Vec<String> = (0..999)
         .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
         .chain(["127.0.0.0/8".to_owned()])
         .collect();
-    let pool = json!([
-        {"identifier": "b1", "ip": "127.0.0.1", "port": backends[0]},
-        {"identifier": "b2", "ip": "127.0.0.1", "port": backends[1]}
-    ]);
     let spec = json!({"identifier": "lb-dataplane", "lbName": "dataplane", "rules": [
         {"ruleId": "web", "scheme": "http", "frontPort": envoy_port, "backPort": 1, "backends": pool},
         {"ruleId": "tcp", "scheme": "tcp", "frontPort": envoy_tcp, "backPort": 1, "backends": pool},
@@ -378,7 +416,9 @@ fn main() {
         {"ruleId": "tls-ec", "scheme": "https", "frontPort": envoy_ec, "backPort": 1, "backends": pool,
          "tls": {"certificateId": "ec", "certificatePem": ec.0, "privateKeyPem": ec.1}},
         {"ruleId": "tls-rsa", "scheme": "https", "frontPort": envoy_rsa, "backPort": 1, "backends": pool,
-         "tls": {"certificateId": "rsa", "certificatePem": rsa.0, "privateKeyPem": rsa.1}}
+         "tls": {"certificateId": "rsa", "certificatePem": rsa.0, "privateKeyPem": rsa.1}},
+        {"ruleId": "tls-sni", "scheme": "https", "frontPort": envoy_sni, "backPort": 1, "backends": pool,
+         "tls": tls_of("s0", &sni[0].1), "domains": sni_domains}
     ]});
     let envoy_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(envoy_dir.path());
@@ -434,10 +474,18 @@ fn main() {
         wait_port(*port, name);
     }
     let (ha_port, ha_h2, ha_tcp, ha_src) = (free_port(), free_port(), free_port(), free_port());
-    let ha_tls = [ha_tcp, ha_src, free_port(), free_port()];
+    let ha_tls = [ha_tcp, ha_src, free_port(), free_port(), free_port()];
     let ha = haproxy(dir.path(), ha_port, ha_h2, ha_tls, &sources, backends);
     let (ng_port, ng_h2, ng_tcp, ng_src) = (free_port(), free_port(), free_port(), free_port());
-    let (ng_ec, ng_rsa) = (free_port(), free_port());
+    let (ng_ec, ng_rsa, ng_sni) = (free_port(), free_port(), free_port());
+    let sni_servers: String = sni
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| format!(
+            "  server {{ listen 127.0.0.1:{ng_sni} ssl; server_name {name}; ssl_certificate {d}/s{i}.crt; ssl_certificate_key {d}/s{i}.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n",
+            d = sni_dir.display()
+        ))
+        .collect();
     // nginx's geo module (a radix tree) for the list, the fair match for Envoy's and HAProxy's.
     let geo: String = sources.iter().map(|c| format!("    {c} 1;\n")).collect();
     let ng = nginx(
@@ -445,7 +493,7 @@ fn main() {
         "proxy",
         2,
         &format!(
-            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  geo $allowed {{\n    default 0;\n{geo}  }}\n  server {{ listen 127.0.0.1:{ng_src};\n    location / {{ if ($allowed = 0) {{ return 403; }} proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  server {{ listen 127.0.0.1:{ng_ec} ssl; ssl_certificate {d}/ec.crt; ssl_certificate_key {d}/ec.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  server {{ listen 127.0.0.1:{ng_rsa} ssl; ssl_certificate {d}/rsa.crt; ssl_certificate_key {d}/rsa.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}",
+            "  upstream pool {{ server 127.0.0.1:{}; server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{ng_port}; listen 127.0.0.1:{ng_h2} http2; keepalive_requests 1000000;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  geo $allowed {{\n    default 0;\n{geo}  }}\n  server {{ listen 127.0.0.1:{ng_src};\n    location / {{ if ($allowed = 0) {{ return 403; }} proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  server {{ listen 127.0.0.1:{ng_ec} ssl; ssl_certificate {d}/ec.crt; ssl_certificate_key {d}/ec.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n  server {{ listen 127.0.0.1:{ng_rsa} ssl; ssl_certificate {d}/rsa.crt; ssl_certificate_key {d}/rsa.key;\n    location / {{ proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}\n{sni_servers}",
             backends[0], backends[1], d = dir.path().display()
         ),
         &format!(
@@ -463,7 +511,7 @@ fn main() {
             envoy.pid(),
             envoy_port,
             envoy_port,
-            Some([envoy_tcp, envoy_src, envoy_ec, envoy_rsa]),
+            Some([envoy_tcp, envoy_src, envoy_ec, envoy_rsa, envoy_sni]),
         ),
         ("haproxy", ha.0.id(), ha_port, ha_h2, Some(ha_tls)),
         (
@@ -471,7 +519,7 @@ fn main() {
             ng.0.id(),
             ng_port,
             ng_h2,
-            Some([ng_tcp, ng_src, ng_ec, ng_rsa]),
+            Some([ng_tcp, ng_src, ng_ec, ng_rsa, ng_sni]),
         ),
     ];
     for (name, p, port) in &variants {
@@ -488,7 +536,7 @@ fn main() {
     }
 
     let mut results: Vec<(String, &str, Vec<Round>)> = Vec::new();
-    for case in &cases {
+    for case in cases.iter().filter(|c| *c != "tls-restart") {
         let mut per: Vec<Vec<Round>> = vec![Vec::new(); proxies.len()];
         for r in 0..rounds {
             // Interleaved, the order turned each round.
@@ -498,7 +546,7 @@ fn main() {
                 if !["keepalive", "newconn", "h2"].contains(&case.as_str()) && more.is_none() {
                     continue;
                 }
-                let [tcp, src, tls_ec, tls_rsa] = more.unwrap_or([0; 4]);
+                let [tcp, src, tls_ec, tls_rsa, tls_sni] = more.unwrap_or([0; 5]);
                 let cpu = cpu_seconds(pid);
                 let mut x = match case.as_str() {
                     "keepalive" => {
@@ -530,6 +578,26 @@ fn main() {
                         round_s,
                         &["-H", "Connection: close"],
                     ),
+                    "tls-full-ecdsa" | "tls-full-rsa" | "tls-sni50" => {
+                        let (port, names) = match case.as_str() {
+                            "tls-full-ecdsa" => (tls_ec, vec!["lb.test".to_owned()]),
+                            "tls-full-rsa" => (tls_rsa, vec!["lb.test".to_owned()]),
+                            _ => (tls_sni, sni.iter().map(|(n, _)| n.clone()).collect()),
+                        };
+                        let seen = rt.block_on(tls_load::run(
+                            tls_load::client(false),
+                            port,
+                            names.into(),
+                            32,
+                            round_s as f64,
+                        ));
+                        assert!(
+                            seen.failed.is_empty(),
+                            "{case}: {:?}",
+                            &seen.failed[..seen.failed.len().min(5)]
+                        );
+                        seen.round(round_s as f64)
+                    }
                     "tcpconn" => load::wrk(
                         &format!("http://127.0.0.1:{tcp}/"),
                         32,
@@ -592,4 +660,62 @@ fn main() {
     }
     println!("\n(h2: h2load prints no percentiles: p50 is its mean, p99 its mean + 2 sd. tcpbulk: requests/s are MiB/s, CPU is per MiB.)");
     drop(envoy);
+    if cases.iter().any(|c| c == "tls-restart") {
+        let spec = json!({"identifier": "lb-restart", "lbName": "restart", "rules": [
+            {"ruleId": "tls-ec", "scheme": "https", "frontPort": free_port(), "backPort": 1,
+             "backends": pool, "tls": tls_of("ec", &ec)}]});
+        rt.block_on(resumption_through_a_hot_restart(spec, round_s as f64));
+    }
+}
+
+/// Envoy under the supervisor, a client that resumes (as browsers do) through a hot restart
+/// made a third into the run: the share of handshakes resumed from the moment the restart
+/// began, against the target of 90 %.
+async fn resumption_through_a_hot_restart(mut spec: Value, seconds: f64) {
+    let stand = support::supervisor::Stand::start(|s| s.envoy.concurrency = Some(2)).await;
+    stand.apply_ok(&spec).await;
+    let port = spec["rules"][0]["frontPort"].as_u64().unwrap() as u16;
+    let names = std::sync::Arc::new(vec!["lb.test".to_owned()]);
+    let load = tls_load::run(tls_load::client(true), port, names, 32, seconds);
+    let restart = async {
+        tokio::time::sleep(Duration::from_secs_f64(seconds / 3.0)).await;
+        let began = Instant::now();
+        spec["maxConnections"] = json!(40_000);
+        let out = stand.apply_ok(&spec).await;
+        assert_eq!(
+            out.method,
+            Some(vpsie_lb_agent::supervisor::protocol::ApplyMethod::HotRestart)
+        );
+        (began, Instant::now())
+    };
+    let (seen, (began, done)) = tokio::join!(load, restart);
+    assert!(
+        seen.failed.is_empty(),
+        "tls-restart: {:?}",
+        &seen.failed[..seen.failed.len().min(5)]
+    );
+    let (r_all, all) = seen.resumed_since(seen.connections.iter().map(|c| c.0).min().unwrap());
+    let (r_began, n_began) = seen.resumed_since(began);
+    let (r_done, n_done) = seen.resumed_since(done);
+    let share = |r: usize, n: usize| 100.0 * r as f64 / n.max(1) as f64;
+    println!("\ntls-restart: a client that resumes, 32 connections at a time, a hot restart {:.1} s into {seconds:.0} s (took {:.2} s)", seconds / 3.0, (done - began).as_secs_f64());
+    println!("| handshakes | all | resumed | share |\n|---|---|---|---|");
+    println!(
+        "| whole run | {all} | {r_all} | {:.1} % |",
+        share(r_all, all)
+    );
+    println!(
+        "| from the restart's start | {n_began} | {r_began} | {:.1} % |",
+        share(r_began, n_began)
+    );
+    println!(
+        "| after the new epoch took over | {n_done} | {r_done} | {:.1} % |",
+        share(r_done, n_done)
+    );
+    let verdict = if share(r_began, n_began) >= 90.0 {
+        "met"
+    } else {
+        "MISSED"
+    };
+    println!("verdict: resumed after a hot restart >= 90 %: {verdict}");
 }

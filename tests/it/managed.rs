@@ -224,6 +224,22 @@ async fn an_https_rule_without_tls_is_served_with_certificates_the_ca_issued() {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(sans, [format!("DNSName({name})")], "{name}");
+        // ECDSA P-256: the cheapest full handshake for Envoy (`make bench-dataplane`).
+        let spki = &cert.public_key().algorithm;
+        assert_eq!(
+            (
+                spki.algorithm.to_id_string(),
+                spki.parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok())
+                    .map(|o| o.to_id_string())
+            ),
+            (
+                "1.2.840.10045.2.1".to_owned(),
+                Some("1.2.840.10045.3.1.7".to_owned())
+            ),
+            "{name}: the key is ECDSA P-256"
+        );
         let (_, answer) = fetch_tls(https_port, name, &root).await.unwrap();
         assert_eq!(answer, body, "{name} reaches its own pool");
     }

@@ -1,0 +1,184 @@
+//! A TLS load of new connections, one request each, from rustls: unlike wrk (which resumes its
+//! sessions), it can be told never to resume, so that every connection is a full handshake, or
+//! to resume as browsers do; and it reports what each handshake was.
+
+use super::Round;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::HandshakeKind;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What one load run saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Each connection: when it started, how its handshake went, how long the request took.
+    pub connections: Vec<(Instant, HandshakeKind, Duration)>,
+    pub failed: Vec<String>,
+}
+
+impl Seen {
+    pub fn round(&self, seconds: f64) -> Round {
+        let mut ms: Vec<f64> = self
+            .connections
+            .iter()
+            .map(|(_, _, d)| d.as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)));
+        Round {
+            rps: self.connections.len() as f64 / seconds,
+            p50_ms: at(0.5).copied().unwrap_or(f64::NAN),
+            p99_ms: at(0.99).copied().unwrap_or(f64::NAN),
+            cpu_us: 0.0,
+        }
+    }
+
+    /// Of the connections started at or after `from`: (resumed, all).
+    pub fn resumed_since(&self, from: Instant) -> (usize, usize) {
+        let after: Vec<_> = self
+            .connections
+            .iter()
+            .filter(|(t, _, _)| *t >= from)
+            .collect();
+        let resumed = after
+            .iter()
+            .filter(|(_, k, _)| *k == HandshakeKind::Resumed)
+            .count();
+        (resumed, after.len())
+    }
+}
+
+/// A client that keeps sessions between connections only if `resume`. It checks the server's
+/// handshake signature as any client does, but not the certificate's chain (the benchmark's
+/// certificates are self-signed by `openssl req -x509`, and chain checks are client work).
+pub fn client(resume: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.resumption = if resume {
+        rustls::client::Resumption::in_memory_sessions(1024)
+    } else {
+        rustls::client::Resumption::disabled()
+    };
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `conns` connections at a time for `seconds`, each a new TLS connection asking `GET /` once
+/// (`Connection: close`), to `port` on loopback; the server name of the n-th connection is
+/// `names[n % names.len()]`. Run on the caller's runtime (one thread: like `wrk -t1`).
+pub async fn run(
+    config: Arc<rustls::ClientConfig>,
+    port: u16,
+    names: Arc<Vec<String>>,
+    conns: usize,
+    seconds: f64,
+) -> Seen {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (config, names) = (Arc::clone(&config), Arc::clone(&names));
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut n = c;
+            while Instant::now() < end {
+                let name = &names[n % names.len()];
+                n += conns;
+                let t = Instant::now();
+                match one(&config, port, name).await {
+                    Ok(kind) => seen.connections.push((t, kind, t.elapsed())),
+                    Err(e) => seen.failed.push(e),
+                }
+            }
+            seen
+        }));
+    }
+    let mut all = Seen::default();
+    for t in tasks {
+        let s = t.await.expect("a load task");
+        all.connections.extend(s.connections);
+        all.failed.extend(s.failed);
+    }
+    all
+}
+
+async fn one(
+    config: &Arc<rustls::ClientConfig>,
+    port: u16,
+    name: &str,
+) -> Result<HandshakeKind, String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let server = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let kind = tls.get_ref().1.handshake_kind().ok_or("no handshake")?;
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    // A server may close without close_notify after `Connection: close`: what was read counts.
+    let _ = tls.read_to_end(&mut answer).await;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        return Err(format!("answered: {}", String::from_utf8_lossy(&answer)));
+    }
+    Ok(kind)
+}
