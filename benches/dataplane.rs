@@ -36,8 +36,10 @@
 //!
 //! For each: requests/s, p50/p99, and **CPU per request of the proxy process** (its own and its
 //! workers' user + system time over the round, from /proc: the fair figure while the load
-//! generator shares the cores), then the medians over `DATAPLANE_ROUNDS` rounds (default 3) of
-//! `DATAPLANE_ROUND_S` seconds (default 8), and the ratios to HAProxy and nginx.
+//! generator shares the cores) and what one vCPU kept busy serves at that cost (1 s / CPU per
+//! request: the sizing table's figure), then the medians over `DATAPLANE_ROUNDS` rounds
+//! (default 3) of `DATAPLANE_ROUND_S` seconds (default 8), and the ratios to HAProxy, nginx and
+//! the cheapest Envoy of the case.
 //! `make bench-dataplane` (installs wrk, haproxy, nginx). Loopback only.
 
 #[path = "load/mod.rs"]
@@ -585,7 +587,7 @@ fn main() {
                             _ => (tls_sni, sni.iter().map(|(n, _)| n.clone()).collect()),
                         };
                         let seen = rt.block_on(tls_load::run(
-                            tls_load::client(false),
+                            false,
                             port,
                             names.into(),
                             32,
@@ -633,9 +635,9 @@ fn main() {
         }
     }
     println!(
-        "\n| case | proxy | requests/s | p50 ms | p99 ms | CPU µs/request | × HAProxy | × nginx |"
+        "\n| case | proxy | requests/s | p50 ms | p99 ms | CPU µs/request | per busy vCPU/s | × HAProxy | × nginx | × best Envoy |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for case in &cases {
         let of = |name: &str| {
             results
@@ -645,16 +647,24 @@ fn main() {
                 .unwrap_or(f64::NAN)
         };
         let (ha, ng) = (of("haproxy"), of("nginx"));
+        // The cheapest Envoy of this case: the rendered config or a variant (`DATAPLANE_TUNE`).
+        let best = results
+            .iter()
+            .filter(|(c, p, _)| c == case && p.starts_with("envoy"))
+            .map(|(_, p, _)| of(p))
+            .fold(f64::INFINITY, f64::min);
         for (c, p, rs) in results.iter().filter(|(c, _, _)| c == case) {
             let m = |f: fn(&Round) -> f64| median(rs.iter().map(f).collect());
             let cpu = m(|x| x.cpu_us);
             println!(
-                "| {c} | {p} | {:.0} | {:.2} | {:.2} | {cpu:.1} | {:.2} | {:.2} |",
+                "| {c} | {p} | {:.0} | {:.2} | {:.2} | {cpu:.1} | {:.0} | {:.2} | {:.2} | {:.2} |",
                 m(|x| x.rps),
                 m(|x| x.p50_ms),
                 m(|x| x.p99_ms),
+                1e6 / cpu,
                 cpu / ha,
-                cpu / ng
+                cpu / ng,
+                cpu / best
             );
         }
     }
@@ -676,7 +686,7 @@ async fn resumption_through_a_hot_restart(mut spec: Value, seconds: f64) {
     stand.apply_ok(&spec).await;
     let port = spec["rules"][0]["frontPort"].as_u64().unwrap() as u16;
     let names = std::sync::Arc::new(vec!["lb.test".to_owned()]);
-    let load = tls_load::run(tls_load::client(true), port, names, 32, seconds);
+    let load = tls_load::run(true, port, names, 32, seconds);
     let restart = async {
         tokio::time::sleep(Duration::from_secs_f64(seconds / 3.0)).await;
         let began = Instant::now();
@@ -696,13 +706,14 @@ async fn resumption_through_a_hot_restart(mut spec: Value, seconds: f64) {
     );
     let (r_all, all) = seen.resumed_since(seen.connections.iter().map(|c| c.0).min().unwrap());
     let (r_began, n_began) = seen.resumed_since(began);
+    let (r_before, n_before) = (r_all - r_began, all - n_began);
     let (r_done, n_done) = seen.resumed_since(done);
     let share = |r: usize, n: usize| 100.0 * r as f64 / n.max(1) as f64;
-    println!("\ntls-restart: a client that resumes, 32 connections at a time, a hot restart {:.1} s into {seconds:.0} s (took {:.2} s)", seconds / 3.0, (done - began).as_secs_f64());
-    println!("| handshakes | all | resumed | share |\n|---|---|---|---|");
+    println!("\ntls-restart: 32 clients that resume, each with its own sessions, a hot restart {:.1} s into {seconds:.0} s (took {:.2} s)", seconds / 3.0, (done - began).as_secs_f64());
+    println!("| resumption attempts (by a client holding a session) | attempts | resumed | share |\n|---|---|---|---|");
     println!(
-        "| whole run | {all} | {r_all} | {:.1} % |",
-        share(r_all, all)
+        "| before the restart | {n_before} | {r_before} | {:.1} % |",
+        share(r_before, n_before)
     );
     println!(
         "| from the restart's start | {n_began} | {r_began} | {:.1} % |",

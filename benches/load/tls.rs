@@ -12,8 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// What one load run saw.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// Each connection: when it started, how its handshake went, how long the request took.
-    pub connections: Vec<(Instant, HandshakeKind, Duration)>,
+    /// Each connection: when it started, how its handshake went, how long the request took,
+    /// and whether its client held a session to offer (every connection of a client but its
+    /// first, when clients resume).
+    pub connections: Vec<(Instant, HandshakeKind, Duration, bool)>,
     pub failed: Vec<String>,
 }
 
@@ -22,7 +24,7 @@ impl Seen {
         let mut ms: Vec<f64> = self
             .connections
             .iter()
-            .map(|(_, _, d)| d.as_secs_f64() * 1000.0)
+            .map(|(_, _, d, _)| d.as_secs_f64() * 1000.0)
             .collect();
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)));
@@ -34,16 +36,17 @@ impl Seen {
         }
     }
 
-    /// Of the connections started at or after `from`: (resumed, all).
+    /// Of the resumption attempts (connections whose client held a session) started at or
+    /// after `from`: (resumed, attempts).
     pub fn resumed_since(&self, from: Instant) -> (usize, usize) {
         let after: Vec<_> = self
             .connections
             .iter()
-            .filter(|(t, _, _)| *t >= from)
+            .filter(|(t, _, _, offered)| *t >= from && *offered)
             .collect();
         let resumed = after
             .iter()
-            .filter(|(_, k, _)| *k == HandshakeKind::Resumed)
+            .filter(|(_, k, _, _)| *k == HandshakeKind::Resumed)
             .count();
         (resumed, after.len())
     }
@@ -116,31 +119,43 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// `conns` connections at a time for `seconds`, each a new TLS connection asking `GET /` once
-/// (`Connection: close`), to `port` on loopback; the server name of the n-th connection is
-/// `names[n % names.len()]`. Run on the caller's runtime (one thread: like `wrk -t1`).
+/// `conns` clients for `seconds`, each making new TLS connections one after another, each
+/// asking `GET /` once (`Connection: close`), to `port` on loopback; the server name of the n-th
+/// connection is `names[n % names.len()]`. With `resume`, each client keeps its own sessions,
+/// as a browser does (one cache shared by all would hand one ticket to many at once). Run on
+/// the caller's runtime (one thread: like `wrk -t1`).
 pub async fn run(
-    config: Arc<rustls::ClientConfig>,
+    resume: bool,
     port: u16,
     names: Arc<Vec<String>>,
     conns: usize,
     seconds: f64,
 ) -> Seen {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let shared = client(resume);
     let mut tasks = Vec::new();
     for c in 0..conns {
-        let (config, names) = (Arc::clone(&config), Arc::clone(&names));
+        let names = Arc::clone(&names);
+        let config = if resume {
+            client(true)
+        } else {
+            Arc::clone(&shared)
+        };
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
             let mut n = c;
+            let mut first = true;
             while Instant::now() < end {
                 let name = &names[n % names.len()];
                 n += conns;
                 let t = Instant::now();
                 match one(&config, port, name).await {
-                    Ok(kind) => seen.connections.push((t, kind, t.elapsed())),
+                    Ok(kind) => seen
+                        .connections
+                        .push((t, kind, t.elapsed(), resume && !first)),
                     Err(e) => seen.failed.push(e),
                 }
+                first = false;
             }
             seen
         }));
