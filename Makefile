@@ -68,7 +68,8 @@ bench-access-log: envoy
 	$(CARGO) bench --locked --bench access_log
 
 ## The data path beside HAProxy and nginx on the same upstreams and cores: requests/s, p50/p99
-## and CPU per request of each proxy, HTTP and TCP (installs wrk, haproxy, nginx; ~5 min).
+## and CPU per request of each proxy, HTTP, TCP and TLS (full, resumed, 50 SNI certificates,
+## resumption through a hot restart) (installs wrk, haproxy, nginx; ~15 min).
 bench-dataplane: envoy
 	WITH_WRK=1 WITH_HAPROXY=1 WITH_NGINX=1 scripts/install-test-tools.sh
 	$(CARGO) bench --locked --bench dataplane

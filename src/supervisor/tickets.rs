@@ -51,6 +51,11 @@ impl Tickets {
                 secret.len()
             );
         }
+        // The HA examples' placeholder: a secret everyone can read in the repository would let
+        // anyone decrypt the tickets, and with them the sessions.
+        if secret.windows(7).any(|w| w == b"REPLACE") {
+            bail!("is still the example's placeholder; write `openssl rand -hex 32` into it");
+        }
         Ok(Tickets {
             secret,
             rotate_s: u64::from(rotate_s.max(1)),
@@ -303,5 +308,15 @@ mod tests {
         s.session_tickets.secret_file = Some(short);
         let e = format!("{:#}", Tickets::load(&s).unwrap_err());
         assert!(e.contains("short.key") && e.contains("at least 32"), "{e}");
+
+        let e = format!(
+            "{:#}",
+            Tickets::new(
+                b"REPLACE-WITH-openssl-rand-hex-32-THE-SAME-ON-EVERY-NODE".to_vec(),
+                60
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("placeholder"), "{e}");
     }
 }

@@ -253,10 +253,28 @@ fn the_ha_user_data_examples_are_the_shipped_settings_plus_a_valid_ha_section() 
             instances[0].owner,
             "{file}: the first node owns the first address"
         );
+        // The nodes share the secret of the TLS session-ticket keys, written beside the
+        // settings for the supervisor's user only.
+        let secret = s
+            .session_tickets
+            .secret_file
+            .take()
+            .expect("a shared ticket secret");
+        let written = files
+            .iter()
+            .find(|f| f["path"].as_str() == secret.to_str())
+            .unwrap_or_else(|| panic!("{file} does not write {}", secret.display()));
+        assert_eq!(
+            written["owner"].as_str(),
+            Some("vpsie-lb:vpsie-lb"),
+            "{file}"
+        );
+        assert_eq!(written["permissions"].as_str(), Some("0600"), "{file}");
+        s.session_tickets.secret_file = shipped.session_tickets.secret_file.clone();
         assert_eq!(
             serde_yaml::to_string(&s).unwrap(),
             serde_yaml::to_string(&shipped).unwrap(),
-            "{file}: everything but ha as shipped"
+            "{file}: everything but ha and the shared ticket secret as shipped"
         );
         for f in ["/etc/vpsie-lb/agent.env", "/etc/vpsie-lb/api-key"] {
             assert!(
