@@ -15,10 +15,16 @@ use std::path::{Path, PathBuf};
 
 /// Writes `contents` to `path` with mode 0600, replacing any file there in one step.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    write_private_via(dir, path, contents, Durability::Synced)
+    write_private_via(parent_dir(path)?, path, contents, Durability::Synced)
+}
+
+/// The directory `path` is in: `.` for a bare file name (whose parent is the empty path).
+fn parent_dir(path: &Path) -> anyhow::Result<&Path> {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Ok(Path::new(".")),
+        Some(p) => Ok(p),
+        None => anyhow::bail!("{} has no parent directory", path.display()),
+    }
 }
 
 /// Whether a write must survive a power loss once it returns.
@@ -41,9 +47,7 @@ pub fn write_private_via(
     durability: Durability,
 ) -> anyhow::Result<()> {
     let synced = durability == Durability::Synced;
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let dir = parent_dir(path)?;
     create_private_dir(dir)?;
     create_private_dir(tmp_dir)?;
     let name = path

@@ -161,6 +161,20 @@ fn cli_render_writes_private_files_and_other_failures_exit_1() {
             c.display()
         );
     }
+    // A bare file name for --out: written in the working directory.
+    let o = Command::new(env!("CARGO_BIN_EXE_vpsie-lb-agent"))
+        .args(["render", "--spec", spec.to_str().unwrap(), "--config"])
+        .arg(&conf)
+        .args(["--out", "bare.json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bare.json")).unwrap(),
+        config
+    );
+    assert_eq!(mode(&dir.path().join("bare.json")), 0o600);
 
     let o = cli(&["hash", "--spec", "/nonexistent/spec.json"]);
     assert_eq!(o.status.code(), Some(1));
