@@ -97,20 +97,6 @@ pub enum Outcome {
     Unreachable(String),
 }
 
-impl Outcome {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Outcome::Unchanged | Outcome::Applied { .. } => 0,
-            Outcome::Rejected {
-                by_envoy: false, ..
-            } => 2,
-            Outcome::Rejected { by_envoy: true, .. } => 3,
-            Outcome::RolledBack { .. } => 4,
-            Outcome::Failed { .. } | Outcome::Critical { .. } | Outcome::Unreachable(_) => 1,
-        }
-    }
-}
-
 pub struct Agent {
     settings: Settings,
     api: ApiClient,

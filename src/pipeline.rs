@@ -23,17 +23,6 @@ pub enum Failure {
     Other(#[from] anyhow::Error),
 }
 
-impl Failure {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Invalid(_) => 2,
-            Failure::Rejected(_) => 3,
-            Failure::RolledBack(_) => 4,
-            Failure::Other(_) => 1,
-        }
-    }
-}
-
 impl From<envoy::EnvoyError> for Failure {
     fn from(e: envoy::EnvoyError) -> Self {
         match e {

@@ -49,7 +49,10 @@ async fn envoy_rejection_is_passed_on_with_envoys_message() {
         msg.contains("NO_SUCH_POLICY"),
         "Envoy's own message is kept: {msg}"
     );
-    assert_eq!(Failure::from(err).exit_code(), 3);
+    assert_eq!(
+        vpsie_lb_agent::command::exit_code(&Err(Failure::from(err))),
+        3
+    );
 }
 
 #[tokio::test]
@@ -59,7 +62,10 @@ async fn a_missing_envoy_is_a_clear_error_not_a_rejection() {
         .unwrap_err();
     assert!(matches!(err, EnvoyError::Spawn { .. }));
     assert!(err.to_string().contains("make envoy"), "{err}");
-    assert_eq!(Failure::from(err).exit_code(), 1);
+    assert_eq!(
+        vpsie_lb_agent::command::exit_code(&Err(Failure::from(err))),
+        1
+    );
 }
 
 fn cli(args: &[&str]) -> Output {
