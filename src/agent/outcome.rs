@@ -1,0 +1,162 @@
+//! How one cycle ends: the supervisor's answer turned into state, events and an [`Outcome`].
+
+use super::{now_str, Agent};
+use crate::events::Event;
+use crate::spec::Finding;
+use crate::supervisor::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+/// How one cycle ended; `once` turns it into an exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Applied {
+        hash: String,
+        epoch: u32,
+    },
+    /// The spec is invalid (2) or Envoy refused the config (3).
+    Rejected {
+        hash: String,
+        by_envoy: bool,
+        errors: Vec<Finding>,
+    },
+    /// The new config failed at runtime; the previous one serves.
+    RolledBack {
+        hash: String,
+    },
+    /// The config could not be rendered, handed over or stored (a full or read-only disk, a
+    /// validation that could not run): nothing changed, the previous config serves, and every
+    /// poll tries again until the fault goes.
+    Failed {
+        hash: String,
+        error: String,
+    },
+    Critical {
+        hash: String,
+    },
+    /// The API or the supervisor could not be reached; nothing changed.
+    Unreachable(String),
+}
+
+impl Agent {
+    /// Turns the supervisor's answer into state and events.
+    pub(super) fn record(&mut self, out: ApplyOutcome) -> Outcome {
+        let hash = out.hash.clone();
+        let now = SystemTime::now();
+        let label = match out.result {
+            ApplyResult::Applied => Some("applied"),
+            ApplyResult::Unchanged => None,
+            ApplyResult::Rejected => Some("rejected"),
+            ApplyResult::RolledBack => Some("rolled_back"),
+            ApplyResult::Critical => Some("critical"),
+            ApplyResult::Error => Some("error"),
+        };
+        if let Some(l) = label {
+            self.metrics.applies.with_label_values(&[l]).inc();
+        }
+        match out.result {
+            ApplyResult::Applied | ApplyResult::Unchanged => {
+                let epoch = out.epoch.unwrap_or(0);
+                self.metrics.set_config(&hash, epoch);
+                self.health.applied.store(true, Ordering::Relaxed);
+                // Unchanged for the supervisor but not applied as far as this agent knows: an
+                // agent killed while handing it over. The supervisor says how it was applied,
+                // so the API still hears of it, once.
+                let missed = out.result == ApplyResult::Unchanged
+                    && out.method.is_some()
+                    && self.state.applied_hash.as_deref() != Some(hash.as_str());
+                if out.result == ApplyResult::Applied || missed {
+                    self.metrics
+                        .apply_duration
+                        .observe(out.apply_ms as f64 / 1000.0);
+                    self.metrics.last_apply.set(
+                        SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                    );
+                    self.report(
+                        Event::config_applied(
+                            &hash,
+                            out.previous_hash.as_deref(),
+                            epoch,
+                            out.apply_ms,
+                            out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
+                            out.error.as_deref(),
+                            now,
+                        )
+                        .with_id(out.apply_id.as_deref()),
+                    );
+                }
+                self.state.applied_hash = Some(hash.clone());
+                self.state.applied_at = Some(now_str());
+                self.state.epoch = Some(epoch);
+                self.state.rejected = None;
+                self.state.failed = None;
+                self.state.critical = None;
+                Outcome::Applied { hash, epoch }
+            }
+            ApplyResult::Rejected => {
+                let finding = Finding {
+                    path: String::new(),
+                    message: out.error.unwrap_or_default(),
+                };
+                if self.state.rejected.as_deref() != Some(hash.as_str()) {
+                    self.metrics.spec_rejections.inc();
+                    self.report(Event::config_rejected(
+                        &hash,
+                        std::slice::from_ref(&finding),
+                        now,
+                    ));
+                    self.state.rejected = Some(hash.clone());
+                }
+                Outcome::Rejected {
+                    hash,
+                    by_envoy: true,
+                    errors: vec![finding],
+                }
+            }
+            ApplyResult::RolledBack => {
+                let mut error = out.error.unwrap_or_default();
+                if !out.envoy_log.is_empty() {
+                    error.push_str("\nenvoy: ");
+                    error.push_str(&out.envoy_log.join("\nenvoy: "));
+                }
+                self.report(Event::reload_failed(&hash, out.epoch, &error, now));
+                Outcome::RolledBack { hash }
+            }
+            // Nothing reached Envoy: the running config serves.
+            ApplyResult::Error => self.failed(hash, out.error.unwrap_or_default()),
+            ApplyResult::Critical => {
+                // Once per config: a critical supervisor gets the spec again at every poll.
+                if self.state.critical.as_deref() != Some(hash.as_str()) {
+                    self.report(Event::critical_failure(
+                        &hash,
+                        out.epoch,
+                        out.error.as_deref().unwrap_or(""),
+                        out.restore_error.as_deref().unwrap_or(""),
+                        now,
+                    ));
+                    self.state.critical = Some(hash.clone());
+                }
+                Outcome::Critical { hash }
+            }
+        }
+    }
+
+    /// A config that could not be rendered, handed over or stored: `reload_failed` (the previous
+    /// config serves) once per config, however many polls it takes the fault to go.
+    pub(super) fn failed(&mut self, hash: String, error: String) -> Outcome {
+        tracing::error!(%hash, "the config could not be applied; the previous one serves: {error}");
+        if self.state.failed.as_deref() != Some(hash.as_str()) {
+            self.report(Event::reload_failed(
+                &hash,
+                self.state.epoch,
+                &error,
+                SystemTime::now(),
+            ));
+            self.state.failed = Some(hash.clone());
+        }
+        Outcome::Failed { hash, error }
+    }
+}
