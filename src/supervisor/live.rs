@@ -13,7 +13,7 @@
 //! - Each epoch reads its own directory (`<xds>/<epoch>`): while a hot restart drains the old
 //!   epoch, changes reach only the new one.
 
-use super::transition::{self, Transition, Verdict};
+use super::transition::{self, Transition};
 use super::*;
 use crate::envoy::admin::{self, XdsState, XdsStats};
 use crate::envoy::process::ExitWatch;
@@ -27,14 +27,6 @@ use std::sync::Arc;
 const CONFIRM_POLL: Duration = Duration::from_millis(5);
 const CONFIRM_POLL_FIRST: Duration = Duration::from_millis(1);
 const CONFIRM_FAST_FOR: Duration = Duration::from_millis(30);
-/// How often the pools in transition are looked at.
-pub(super) const TRANSITION_POLL: Duration = Duration::from_millis(10);
-/// How often one pool's per-host health may be read (`/clusters`: only when the counts cannot
-/// decide, e.g. an old host is down beside the new ones), and how long the counts must have
-/// stood still first.
-const HOSTS_READ_EVERY: Duration = Duration::from_secs(1);
-/// The same, once a transition has been reported as not finished.
-const HOSTS_READ_EVERY_STUCK: Duration = Duration::from_secs(30);
 /// Headroom left for everything else that uses inotify (systemd, other services).
 const INOTIFY_HEADROOM: u64 = 16;
 
@@ -189,7 +181,7 @@ pub(super) async fn pause(watch: &ExitWatch, d: Duration) -> Result<(), String> 
 
 /// Envoy's xDS stats, unless the watched Envoy exits first (an admin request to a busy Envoy can
 /// take seconds).
-async fn stats(
+pub(super) async fn stats(
     admin: &admin::Admin,
     watch: &ExitWatch,
 ) -> Result<anyhow::Result<XdsStats>, String> {
@@ -272,7 +264,7 @@ impl Supervisor {
     }
 
     /// Writes `f` unless the same version is already there.
-    fn put(&mut self, f: &xds::File) -> Result<bool, String> {
+    pub(super) fn put(&mut self, f: &xds::File) -> Result<bool, String> {
         let Some(files) = &self.files else {
             return Err("no live epoch to apply to".into());
         };
@@ -440,163 +432,6 @@ impl Supervisor {
                 .inc_by(plan.superseded as u64);
         }
         Ok(plan.transitions)
-    }
-
-    /// One look at the pools in transition (the supervisor's loop calls it every
-    /// [`TRANSITION_POLL`] while there are any): a pool whose new hosts all passed their first
-    /// check gets its own list (the old hosts go); one that took it is done; one past its
-    /// deadline is reported once, and keeps its old hosts.
-    pub(super) async fn advance_transitions(&mut self) {
-        if self.transitions.is_empty() {
-            return;
-        }
-        let Some(watch) = self.live.as_ref().map(|e| e.watch()) else {
-            self.end_transitions("dropped");
-            return;
-        };
-        hold("transition-check").await;
-        let s = match stats(&self.admin, &watch).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!("cannot read Envoy's stats for the pools in transition: {e:#}");
-                return;
-            }
-            // Envoy died: its exit is on its way to the loop, which starts a fresh one.
-            Err(_) => return,
-        };
-        let names: Vec<String> = self.transitions.keys().cloned().collect();
-        for name in names {
-            // Taken out while it is looked at (the admin API and the files are the
-            // supervisor's), put back unless it is over.
-            let Some(mut t) = self.transitions.remove(&name) else {
-                continue;
-            };
-            let now = Instant::now();
-            let healthy = s.cluster_number(&name, "membership_healthy");
-            let moving = healthy != t.healthy || now < t.healthy_since + HOSTS_READ_EVERY;
-            if healthy != t.healthy {
-                t.healthy = healthy;
-                t.healthy_since = now;
-            }
-            t.unhealthy = s
-                .cluster_number(&name, "membership_total")
-                .saturating_sub(healthy);
-            let overdue = now >= t.deadline && t.stuck.is_none() && t.finishing.is_none();
-            let mut verdict = transition::judge(&t, &s, None);
-            let mut health = None;
-            // Hosts are read one by one only when the counts have stopped moving (new hosts
-            // passing one after the other need no per-host look) or the deadline is here.
-            if (verdict == Verdict::ReadHosts && !moving && now >= t.next_hosts_read) || overdue {
-                health = tokio::select! {
-                    h = self.admin.host_health(&name) => h.ok(),
-                    _ = watch.exited() => {
-                        self.transitions.insert(name, t);
-                        return;
-                    }
-                };
-                // A read costs Envoy's main thread time in proportion to the pool (about a
-                // second at 10,000 hosts): the next one waits at least twenty times as long,
-                // and a transition already reported is looked at this way rarely.
-                let floor = if t.stuck.is_some() || overdue {
-                    HOSTS_READ_EVERY_STUCK
-                } else {
-                    HOSTS_READ_EVERY
-                };
-                t.next_hosts_read = Instant::now() + (now.elapsed() * 20).max(floor);
-                verdict = transition::judge(&t, &s, health.as_ref());
-            }
-            match verdict {
-                Verdict::Finish => {
-                    hold("transition-finish").await;
-                    match self.put(&t.target) {
-                        Ok(_) => t.finishing = Some(t.target.version.clone()),
-                        Err(e) => tracing::error!(
-                            pool = %name,
-                            "cannot write the pool's own endpoint list: {e}; trying again"
-                        ),
-                    }
-                }
-                Verdict::Done => {
-                    tracing::info!(
-                        pool = %name,
-                        new_hosts = t.added.len(),
-                        old_hosts_removed = t.removing,
-                        took_ms = t.started.elapsed().as_millis() as u64,
-                        "pool transition finished"
-                    );
-                    self.metrics
-                        .transitions_ended
-                        .with_label_values(&["finished"])
-                        .inc();
-                    continue;
-                }
-                Verdict::Wait | Verdict::ReadHosts if overdue => {
-                    let never = match &health {
-                        Some(h) => transition::not_passed(&t, h),
-                        None => t.added.iter().cloned().collect(),
-                    };
-                    tracing::error!(
-                        pool = %name,
-                        config = %t.hash,
-                        hosts = ?never,
-                        old_hosts_serving = t.removing,
-                        "pool transition not finished within {} s: new hosts have not passed their first health check",
-                        self.settings.supervisor.confirm_timeout_s
-                    );
-                    t.stuck = Some(never);
-                }
-                Verdict::Wait | Verdict::ReadHosts => {}
-            }
-            self.transitions.insert(name, t);
-        }
-        self.count_transitions();
-    }
-
-    /// Takes the transitions an apply left (the ones it replaced were counted by it).
-    pub(super) fn set_transitions(&mut self, t: BTreeMap<String, Transition>) {
-        self.transitions = t;
-        self.count_transitions();
-    }
-
-    /// Ends every transition (a new epoch starts from the configs' own lists).
-    pub(super) fn end_transitions(&mut self, why: &str) {
-        if !self.transitions.is_empty() {
-            self.metrics
-                .transitions_ended
-                .with_label_values(&[why])
-                .inc_by(self.transitions.len() as u64);
-            self.transitions.clear();
-        }
-        self.count_transitions();
-    }
-
-    fn count_transitions(&self) {
-        let stuck = self
-            .transitions
-            .values()
-            .filter(|t| t.stuck.is_some())
-            .count();
-        let m = &self.metrics.transitions;
-        m.with_label_values(&["stuck"]).set(stuck as i64);
-        m.with_label_values(&["checking"])
-            .set((self.transitions.len() - stuck) as i64);
-    }
-
-    /// What `status` shows of the transitions.
-    pub(super) fn transitions_status(&self) -> Vec<protocol::TransitionStatus> {
-        self.transitions
-            .values()
-            .map(|t| protocol::TransitionStatus {
-                id: t.id.clone(),
-                pool: t.pool.clone(),
-                config_hash: t.hash.clone(),
-                new_hosts: t.added.len(),
-                unhealthy: t.unhealthy,
-                old_hosts: t.removing,
-                age_ms: t.started.elapsed().as_millis() as u64,
-                stuck: t.stuck.clone(),
-            })
-            .collect()
     }
 
     /// Waits until Envoy reports `expect`, a rejection (counted from `baseline`), or the
