@@ -78,8 +78,8 @@ fn due_at(held: Option<&Stored>, attempt: Option<&Attempt>, fraction: f64) -> Op
 
 /// The wait after the `failures`-th failure in a row: doubling from `min` up to `max`.
 pub fn backoff(failures: u32, min_s: u32, max_s: u32) -> i64 {
-    let doubled = u64::from(min_s).saturating_mul(1u64 << failures.saturating_sub(1).min(30));
-    doubled.min(u64::from(max_s)) as i64
+    let s = |n: u32| std::time::Duration::from_secs(n.into());
+    crate::backoff::Backoff::after(s(min_s), s(max_s), failures).as_secs() as i64
 }
 
 /// The names a certificate file may be named after: the spec's DNS names (never a wildcard).

@@ -11,7 +11,6 @@
 use crate::settings::Settings;
 use anyhow::Context;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -260,23 +259,6 @@ pub struct ApiClient {
     etag: Option<String>,
 }
 
-/// A random u64 from the standard library's per-process keys: enough for jitter.
-pub fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
-    );
-    h.finish()
-}
-
-/// `base` with ±`fraction` jitter.
-pub fn jitter(base: Duration, fraction: f64) -> Duration {
-    let r = (random_u64() % 10_000) as f64 / 10_000.0; // [0, 1)
-    base.mul_f64(1.0 - fraction + 2.0 * fraction * r)
-}
-
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -396,7 +378,10 @@ impl ApiClient {
                             retry_after: Some(ra),
                             ..
                         } => (*ra).min(MAX_RETRY_AFTER),
-                        _ => jitter(Duration::from_millis(500) * 2u32.pow(attempt), 0.2),
+                        _ => crate::backoff::jitter(
+                            Duration::from_millis(500) * 2u32.pow(attempt),
+                            0.2,
+                        ),
                     };
                     tracing::warn!(attempt = attempt + 1, "{e}; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;

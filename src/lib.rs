@@ -3,6 +3,8 @@
 //! The modules follow the data's path, each importing only from those listed before it
 //! (`ARCHITECTURE.md`; `tests/it/layout.rs` checks there is no cycle):
 //! - [`settings`]: the agent's own settings (`agent.yaml`), checked at start-up.
+//! - [`backoff`]: doubling waits after failures, bounded.
+//! - [`systemd`]: what the daemons tell systemd (ready, stopping, status, watchdog).
 //! - [`spec`]: parses, normalises, validates and hashes the load-balancer specification.
 //! - [`render`]: turns a valid spec into an Envoy bootstrap (Tera templates, escaped, parsed back).
 //! - [`store`]: private files written atomically; configs kept by hash.
@@ -16,11 +18,12 @@
 //! - [`supervisor`]: the parent of every Envoy epoch, its protocol and its client.
 //! - [`ha`]: high availability with keepalived: its config, its health check, VRRP state.
 //! - [`agent`]: the reconcile loop: poll the API, hand over to the supervisor, report.
-//! - [`command`]: what each CLI command does.
+//! - [`command`]: the command line: flags, one function per command, the exit codes.
 
 pub mod acme;
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod command;
 pub mod envoy;
 pub mod events;
@@ -33,3 +36,4 @@ pub mod settings;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;

@@ -1,8 +1,7 @@
 //! The agent's loop: poll, resync, managed certificates, event delivery and the watchdog.
 
-use super::{now_str, serve_metrics, Agent, FLUSH_DEADLINE, MAX_EVENT_BACKOFF};
+use super::{now_str, serve_metrics, Agent, FLUSH_DEADLINE};
 use crate::acme;
-use crate::api;
 use crate::settings::Settings;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -41,7 +40,7 @@ fn notify_status(agent: &Agent) {
         (Some(h), Some(e)) => format!("epoch {e}, config {}", &h[..h.len().min(12)]),
         _ => "no config applied yet".to_owned(),
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+    crate::systemd::status(&status);
 }
 
 /// Runs the agent until `stop` resolves. `resync` yields on SIGHUP.
@@ -67,7 +66,7 @@ pub async fn run(
     tokio::pin!(stop);
     let interval = Duration::from_secs(agent.settings.vpsie.poll_interval_s.into());
     // The watchdog is pinged from the loop itself, so a stuck loop stops pinging.
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let watchdog = crate::systemd::watchdog_interval();
     let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let mut next_poll = Instant::now();
     let mut ready = false;
@@ -78,8 +77,8 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_poll.into()) => Wake::Poll,
             Some(()) = resync.recv() => Wake::Resync,
             _ = certs_changed.notified() => Wake::Certificates,
-            _ = sleep_until(events_at), if events_at.is_some() => Wake::Events,
-            _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Wake::Watchdog,
+            _ = tokio::time::sleep_until(events_at.unwrap_or_else(Instant::now).into()), if events_at.is_some() => Wake::Events,
+            _ = tokio::time::sleep_until(next_watchdog.unwrap_or_else(Instant::now).into()), if next_watchdog.is_some() => Wake::Watchdog,
         };
         match wake {
             Wake::Stop => break,
@@ -87,11 +86,11 @@ pub async fn run(
                 let force = matches!(wake, Wake::Resync);
                 let outcome = agent.cycle(force).await;
                 tracing::debug!(?outcome, "cycle done");
-                next_poll = Instant::now() + api::jitter(interval, 0.1);
+                next_poll = Instant::now() + crate::backoff::jitter(interval, 0.1);
                 agent.flush_events().await;
                 if !ready {
                     // READY once the first reconcile is done, whatever it found.
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    crate::systemd::ready();
                     ready = true;
                 }
                 notify_status(&agent);
@@ -108,11 +107,11 @@ pub async fn run(
             Wake::Watchdog => {}
         }
         if let Some(d) = watchdog {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            crate::systemd::watchdog();
             next_watchdog = Some(Instant::now() + d);
         }
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::systemd::stopping();
     // The current step has finished; deliver what is queued, within a deadline.
     let _ = tokio::time::timeout(FLUSH_DEADLINE, async {
         while !agent.queue.is_empty() {
@@ -127,13 +126,6 @@ pub async fn run(
     server.abort();
     tracing::info!(queued = agent.queue.len(), "agent stopped");
     Ok(())
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Agent {
@@ -158,17 +150,16 @@ impl Agent {
                     sent += 1;
                     self.state.last_event_sent =
                         Some(format!("{} at {}", event.kind.as_str(), now_str()));
-                    self.event_backoff = Duration::from_secs(1);
+                    self.event_backoff.reset();
                     self.next_event_attempt = None;
                 }
                 Err(e) => {
+                    let wait = self.event_backoff.fail();
                     tracing::warn!(
                         queued = self.queue.len(),
-                        "cannot deliver events yet ({e}); retrying in {:?}",
-                        self.event_backoff
+                        "cannot deliver events yet ({e}); retrying in {wait:?}"
                     );
-                    self.next_event_attempt = Some(Instant::now() + self.event_backoff);
-                    self.event_backoff = (self.event_backoff * 2).min(MAX_EVENT_BACKOFF);
+                    self.next_event_attempt = Some(Instant::now() + wait);
                     break;
                 }
             }

@@ -84,17 +84,6 @@ fn the_key_file_must_be_private() {
     assert_eq!(read_key_file(&p).unwrap(), "secret-token");
 }
 
-#[test]
-fn jitter_stays_in_its_band() {
-    for _ in 0..1000 {
-        let j = jitter(Duration::from_secs(10), 0.1);
-        assert!(
-            j >= Duration::from_secs(9) && j <= Duration::from_secs(11),
-            "{j:?}"
-        );
-    }
-}
-
 /// The supervisor reads the same file but never calls the API: a wrong API URL must stop
 /// the agent with a clear error and leave the supervisor (and so Envoy) able to start.
 #[test]

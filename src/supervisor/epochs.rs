@@ -153,7 +153,7 @@ impl Supervisor {
         }
         self.critical = None;
         self.retry_at = None;
-        self.backoff = Duration::from_secs(1);
+        self.backoff.reset();
         self.save();
         self.publish();
     }

@@ -133,7 +133,7 @@ pub struct Supervisor {
     /// Set while Envoy is down and could not be restored.
     critical: Option<String>,
     retry_at: Option<Instant>,
-    backoff: Duration,
+    backoff: crate::backoff::Backoff,
     /// What `status` answers, published after every change.
     snapshot: watch::Sender<Status>,
     /// The live epoch's exit, when it was seen while waiting for something else.
@@ -192,9 +192,9 @@ pub async fn run(
     sup.publish();
     // READY once Envoy is LIVE with the current config, or at once when there is none yet (the
     // agent, ordered after this unit, brings the first one).
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    crate::systemd::ready();
     sup.notify_status();
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let watchdog = crate::systemd::watchdog_interval();
     let mut next_watchdog = watchdog.map(|d| Instant::now() + d);
     let (req_tx, mut req_rx) = mpsc::channel(16);
     let spawn_accept = {
@@ -227,12 +227,12 @@ pub async fn run(
             kind = &mut shutdown => Event::Shutdown(kind),
             Some((req, reply)) = req_rx.recv() => Event::Request(req, reply),
             Some(exit) = sup.exits_rx.recv() => Event::Exit(exit),
-            _ = sleep_until(retry_at), if retry_at.is_some() => Event::Retry,
-            _ = sleep_until(next_watchdog), if next_watchdog.is_some() => Event::Watchdog,
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now).into()), if retry_at.is_some() => Event::Retry,
+            _ = tokio::time::sleep_until(next_watchdog.unwrap_or_else(Instant::now).into()), if next_watchdog.is_some() => Event::Watchdog,
             _ = socket_check.tick() => Event::SocketCheck,
             Some(new) = reloads.recv() => Event::Reload(Box::new(new)),
-            _ = sleep_until(transitions_at), if transitions_at.is_some() => Event::Transitions,
-            _ = sleep_until(Some(tickets_at)) => Event::Tickets,
+            _ = tokio::time::sleep_until(transitions_at.unwrap_or_else(Instant::now).into()), if transitions_at.is_some() => Event::Transitions,
+            _ = tokio::time::sleep_until(tickets_at.into()) => Event::Tickets,
         };
         match event {
             Event::Shutdown(kind) => break kind,
@@ -278,7 +278,7 @@ pub async fn run(
             }
         }
         if let Some(d) = watchdog {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            crate::systemd::watchdog();
             next_watchdog = Some(Instant::now() + d);
         }
         while let Some(exit) = sup.live_died.take() {
@@ -292,7 +292,7 @@ pub async fn run(
         sup.publish();
         sup.notify_status();
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    crate::systemd::stopping();
     // A stop (maintenance, an upgrade) gives the virtual IPs away first: new clients go to a
     // peer while this Envoy drains the connections it has.
     sup.write_track_file(false);
@@ -300,13 +300,6 @@ pub async fn run(
     sup.stop(stop).await;
     rotation.abort();
     Ok(())
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Supervisor {
@@ -342,7 +335,7 @@ impl Supervisor {
             binary_hot_restart_version,
             critical: None,
             retry_at: None,
-            backoff: Duration::from_secs(1),
+            backoff: crate::backoff::Backoff::new(Duration::from_secs(1), MAX_BACKOFF),
             snapshot: watch::channel(Status::default()).0,
             live_died: None,
             metrics: std::sync::Arc::new(crate::metrics::SupervisorMetrics::new()),
@@ -427,7 +420,7 @@ impl Supervisor {
             ),
             (None, None) => "waiting for the first config".to_owned(),
         };
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+        crate::systemd::status(&status);
     }
 
     /// With high availability: tells keepalived, through its track file, whether Envoy serves a

@@ -2,7 +2,7 @@
 //! fails too, and the critical state with its retries.
 
 use super::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
-use super::{StopKind, Supervisor, MAX_BACKOFF};
+use super::{StopKind, Supervisor};
 use crate::envoy::{process, process::describe, shm};
 use std::time::{Duration, Instant};
 
@@ -173,13 +173,12 @@ impl Supervisor {
     }
 
     pub(super) fn enter_critical(&mut self, error: String) {
+        let wait = self.backoff.fail();
         tracing::error!(
-            "CRITICAL: envoy is not serving and could not be restored: {error}; retrying in {:?}",
-            self.backoff
+            "CRITICAL: envoy is not serving and could not be restored: {error}; retrying in {wait:?}"
         );
         self.critical = Some(error);
-        self.retry_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + wait);
     }
 
     pub(super) async fn retry(&mut self) {

@@ -59,9 +59,24 @@ pub(super) async fn accept_loop(
     admin: Admin,
     metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
 ) {
+    // An accept that fails (out of file descriptors, most likely) fails again at once: wait,
+    // doubling, instead of spinning a core; the connections already open are served meanwhile.
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) => {
+                let wait = backoff.fail();
+                tracing::warn!("cannot accept on the supervisor's socket ({e}); again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
         };
         let requests = requests.clone();
         let (snapshot, admin, metrics) = (snapshot.clone(), admin.clone(), metrics.clone());

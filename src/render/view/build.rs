@@ -257,9 +257,9 @@ fn metrics_view(settings: &Settings) -> Option<Metrics> {
         .allowed_cidrs
         .iter()
         .filter_map(|c| crate::settings::parse_cidr(c).ok())
-        .map(|(ip, len)| Cidr {
-            address: ip.to_string(),
-            prefix_len: len,
+        .map(|net| Cidr {
+            address: net.addr().to_string(),
+            prefix_len: net.prefix_len(),
         })
         .collect();
     if cidrs.is_empty() {
