@@ -1,5 +1,6 @@
-//! The shape of `src/`: the library's top-level modules form no import cycle (ARCHITECTURE.md's
-//! map is a layering), and `settings` stands below everything, importing nothing of the crate.
+//! The shape of `src/`: the library's top-level modules form no import cycle, each imports only
+//! from the layers below it in ARCHITECTURE.md's order, and `settings` stands below everything,
+//! importing nothing of the crate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -126,6 +127,39 @@ fn the_modules_import_no_cycle() {
         None,
         "import cycle between top-level modules; graph: {g:#?}"
     );
+}
+
+/// The layers as ARCHITECTURE.md draws them (`settings ─ ... ─ command`), lowest first.
+fn documented_layers() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .unwrap();
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("settings ─"))
+        .expect("ARCHITECTURE.md draws the layers on a line starting `settings ─`");
+    line.split('─').map(|m| m.trim().to_owned()).collect()
+}
+
+/// Every module imports only from the layers below it, in the documented order, and the
+/// documented order names every module there is (and none that is not).
+#[test]
+fn the_modules_import_only_from_the_layers_below_them() {
+    let g = module_graph();
+    let layers = documented_layers();
+    let modules: BTreeSet<&String> = g.keys().collect();
+    let drawn: BTreeSet<&String> = layers.iter().collect();
+    assert_eq!(modules, drawn, "ARCHITECTURE.md's layers and src/ differ");
+    let at = |m: &str| layers.iter().position(|l| l == m).unwrap();
+    let upward: Vec<String> = g
+        .iter()
+        .flat_map(|(m, deps)| {
+            deps.iter()
+                .filter(|d| at(d) > at(m))
+                .map(move |d| format!("{m} imports {d}, a layer above it"))
+        })
+        .collect();
+    assert!(upward.is_empty(), "{upward:#?}");
 }
 
 #[test]
