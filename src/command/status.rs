@@ -71,84 +71,9 @@ pub async fn full_status(settings: &Settings) -> FullStatus {
 /// `status` for people: a few lines that say whether traffic is served, by what, and whether
 /// anything needs attention. `--json` prints the whole [`FullStatus`] instead.
 pub fn status_summary(s: &FullStatus) -> String {
-    let short = |h: &str| h.chars().take(12).collect::<String>();
-    // One line each, whatever a message holds (errors can quote Envoy or the API).
-    let line = |t: &str| -> String {
-        let mut l: String = t
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(200)
-            .collect();
-        if t.chars().count() > 200 {
-            l.push('…');
-        }
-        l
-    };
     let mut out = Vec::new();
     match (&s.supervisor, &s.supervisor_error) {
-        (Some(sup), _) => {
-            let mut envoy = format!("Envoy       {}", sup.envoy_state);
-            if let Some(e) = sup.epoch {
-                envoy.push_str(&format!(", epoch {e}"));
-            }
-            if let Some(pid) = sup.envoy_pid {
-                envoy.push_str(&format!(", pid {pid}"));
-            }
-            out.push(envoy);
-            let mut config = match &sup.hash {
-                Some(h) => format!("Config      {}", short(h)),
-                None => "Config      none applied yet".to_owned(),
-            };
-            if sup.hash.is_some() && sup.hash == s.agent.applied_hash {
-                if let Some(at) = &s.agent.applied_at {
-                    config.push_str(&format!(", applied {at}"));
-                }
-            }
-            config.push_str(&format!(" ({} known-good kept)", sup.good.len()));
-            out.push(config);
-            if let Some(r) = &sup.resources {
-                out.push(format!(
-                    "Resources   listeners {}, clusters {}, {} live applies into this epoch",
-                    r.lds_version, r.cds_version, r.live_applies
-                ));
-            }
-            for t in &sup.transitions {
-                let mut text = format!(
-                    "Moving      pool {}: {} new hosts, {} hosts not healthy, {} old kept, {:.1} s",
-                    t.pool,
-                    t.new_hosts,
-                    t.unhealthy,
-                    t.old_hosts,
-                    t.age_ms as f64 / 1000.0
-                );
-                if let Some(hosts) = &t.stuck {
-                    text.push_str(&format!("; STUCK: not passed: {}", line(&hosts.join(", "))));
-                }
-                out.push(text);
-            }
-            if let Some(last) = &sup.last_apply {
-                let result = serde_json::to_value(last.result)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let how = last
-                    .method
-                    .map(|m| format!(" {}", m.as_str().replace('_', " ")))
-                    .unwrap_or_default();
-                let mut text = format!(
-                    "Last apply  {result}{how} {} in {} ms",
-                    short(&last.hash),
-                    last.apply_ms
-                );
-                if let Some(e) = &last.error {
-                    text.push_str(&format!(": {}", line(e)));
-                }
-                out.push(text);
-            }
-            if let Some(c) = &sup.critical {
-                out.push(format!("CRITICAL    {}", line(c)));
-            }
-        }
+        (Some(sup), _) => supervisor_lines(sup, &s.agent, &mut out),
         (None, e) => out.push(format!(
             "Supervisor  UNREACHABLE: {}",
             line(e.as_deref().unwrap_or("no answer"))
@@ -160,50 +85,8 @@ pub fn status_summary(s: &FullStatus) -> String {
         (Some(at), None) => format!("Last poll   {at}"),
         _ => "Last poll   never (is `vpsie-lb-agent run` running?)".to_owned(),
     });
-    for c in &a.certificates {
-        let at = |t: i64| {
-            crate::events::rfc3339(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
-            )
-        };
-        let mut text = match c.not_after {
-            Some(t) => format!("Certificate {} (managed) valid until {}", c.name, at(t)),
-            None => format!("Certificate {} (managed) NOT YET OBTAINED", c.name),
-        };
-        if let Some(n) = c.next_renewal {
-            text.push_str(&format!(
-                ", {} {}",
-                if c.failures > 0 {
-                    "next attempt"
-                } else {
-                    "renews"
-                },
-                at(n)
-            ));
-        }
-        if let Some(e) = &c.last_error {
-            text.push_str(&format!("; {} failed: {}", c.failures, line(e)));
-        }
-        out.push(text);
-    }
-    for v in &s.vrrp {
-        let mut text = format!(
-            "Virtual IP  {} {}{}",
-            v.vip,
-            v.state.to_uppercase(),
-            if v.owner { " (owner)" } else { "" }
-        );
-        if let Some(t) = v.since {
-            text.push_str(&format!(
-                " since {}, {} changes",
-                crate::events::rfc3339(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64)
-                ),
-                v.transitions
-            ));
-        }
-        out.push(text);
-    }
+    out.extend(a.certificates.iter().map(certificate_line));
+    out.extend(s.vrrp.iter().map(vip_line));
     let mut events = format!("Events      {} queued", s.queued_events);
     if s.dropped_events > 0 {
         events.push_str(&format!(", {} DROPPED (queue was full)", s.dropped_events));
@@ -214,6 +97,127 @@ pub fn status_summary(s: &FullStatus) -> String {
     out.push(events);
     out.push(String::new());
     out.join("\n")
+}
+
+fn short(h: &str) -> String {
+    h.chars().take(12).collect()
+}
+
+/// One line, whatever a message holds (errors can quote Envoy or the API): control characters
+/// blanked, cut at 200 characters.
+fn line(t: &str) -> String {
+    let mut l: String = t
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    if t.chars().count() > 200 {
+        l.push('…');
+    }
+    l
+}
+
+/// Unix seconds as RFC 3339.
+fn at(t: i64) -> String {
+    crate::events::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
+}
+
+/// What the supervisor says: Envoy, the config, the live resources, moving pools, the last
+/// apply, anything critical.
+fn supervisor_lines(sup: &Status, agent: &crate::agent::AgentState, out: &mut Vec<String>) {
+    let mut envoy = format!("Envoy       {}", sup.envoy_state);
+    if let Some(e) = sup.epoch {
+        envoy.push_str(&format!(", epoch {e}"));
+    }
+    if let Some(pid) = sup.envoy_pid {
+        envoy.push_str(&format!(", pid {pid}"));
+    }
+    out.push(envoy);
+    let mut config = match &sup.hash {
+        Some(h) => format!("Config      {}", short(h)),
+        None => "Config      none applied yet".to_owned(),
+    };
+    if sup.hash.is_some() && sup.hash == agent.applied_hash {
+        if let Some(at) = &agent.applied_at {
+            config.push_str(&format!(", applied {at}"));
+        }
+    }
+    config.push_str(&format!(" ({} known-good kept)", sup.good.len()));
+    out.push(config);
+    if let Some(r) = &sup.resources {
+        out.push(format!(
+            "Resources   listeners {}, clusters {}, {} live applies into this epoch",
+            r.lds_version, r.cds_version, r.live_applies
+        ));
+    }
+    for t in &sup.transitions {
+        let mut text = format!(
+            "Moving      pool {}: {} new hosts, {} hosts not healthy, {} old kept, {:.1} s",
+            t.pool,
+            t.new_hosts,
+            t.unhealthy,
+            t.old_hosts,
+            t.age_ms as f64 / 1000.0
+        );
+        if let Some(hosts) = &t.stuck {
+            text.push_str(&format!("; STUCK: not passed: {}", line(&hosts.join(", "))));
+        }
+        out.push(text);
+    }
+    if let Some(last) = &sup.last_apply {
+        let result = serde_json::to_value(last.result)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let how = last
+            .method
+            .map(|m| format!(" {}", m.as_str().replace('_', " ")))
+            .unwrap_or_default();
+        let mut text = format!(
+            "Last apply  {result}{how} {} in {} ms",
+            short(&last.hash),
+            last.apply_ms
+        );
+        if let Some(e) = &last.error {
+            text.push_str(&format!(": {}", line(e)));
+        }
+        out.push(text);
+    }
+    if let Some(c) = &sup.critical {
+        out.push(format!("CRITICAL    {}", line(c)));
+    }
+}
+
+fn certificate_line(c: &crate::acme::CertStatus) -> String {
+    let mut text = match c.not_after {
+        Some(t) => format!("Certificate {} (managed) valid until {}", c.name, at(t)),
+        None => format!("Certificate {} (managed) NOT YET OBTAINED", c.name),
+    };
+    if let Some(n) = c.next_renewal {
+        let what = if c.failures > 0 {
+            "next attempt"
+        } else {
+            "renews"
+        };
+        text.push_str(&format!(", {what} {}", at(n)));
+    }
+    if let Some(e) = &c.last_error {
+        text.push_str(&format!("; {} failed: {}", c.failures, line(e)));
+    }
+    text
+}
+
+fn vip_line(v: &VipReport) -> String {
+    let mut text = format!(
+        "Virtual IP  {} {}{}",
+        v.vip,
+        v.state.to_uppercase(),
+        if v.owner { " (owner)" } else { "" }
+    );
+    if let Some(t) = v.since {
+        text.push_str(&format!(" since {}, {} changes", at(t), v.transitions));
+    }
+    text
 }
 
 #[cfg(test)]
