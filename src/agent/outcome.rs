@@ -42,7 +42,6 @@ pub enum Outcome {
 impl Agent {
     /// Turns the supervisor's answer into state and events.
     pub(super) fn record(&mut self, out: ApplyOutcome) -> Outcome {
-        let hash = out.hash.clone();
         let now = SystemTime::now();
         let label = match out.result {
             ApplyResult::Applied => Some("applied"),
@@ -55,47 +54,9 @@ impl Agent {
         if let Some(l) = label {
             self.metrics.applies.with_label_values(&[l]).inc();
         }
+        let hash = out.hash.clone();
         match out.result {
-            ApplyResult::Applied | ApplyResult::Unchanged => {
-                let epoch = out.epoch.unwrap_or(0);
-                self.metrics.set_config(&hash, epoch);
-                self.health.applied.store(true, Ordering::Relaxed);
-                // Unchanged for the supervisor but not applied as far as this agent knows: an
-                // agent killed while handing it over. The supervisor says how it was applied,
-                // so the API still hears of it, once.
-                let missed = out.result == ApplyResult::Unchanged
-                    && out.method.is_some()
-                    && self.state.applied_hash.as_deref() != Some(hash.as_str());
-                if out.result == ApplyResult::Applied || missed {
-                    self.metrics
-                        .apply_duration
-                        .observe(out.apply_ms as f64 / 1000.0);
-                    self.metrics.last_apply.set(
-                        SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0.0, |d| d.as_secs_f64()),
-                    );
-                    self.report(
-                        Event::config_applied(
-                            &hash,
-                            out.previous_hash.as_deref(),
-                            epoch,
-                            out.apply_ms,
-                            out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
-                            out.error.as_deref(),
-                            now,
-                        )
-                        .with_id(out.apply_id.as_deref()),
-                    );
-                }
-                self.state.applied_hash = Some(hash.clone());
-                self.state.applied_at = Some(now_str());
-                self.state.epoch = Some(epoch);
-                self.state.rejected = None;
-                self.state.failed = None;
-                self.state.critical = None;
-                Outcome::Applied { hash, epoch }
-            }
+            ApplyResult::Applied | ApplyResult::Unchanged => self.applied(out, now),
             ApplyResult::Rejected => {
                 let finding = Finding {
                     path: String::new(),
@@ -142,6 +103,50 @@ impl Agent {
                 Outcome::Critical { hash }
             }
         }
+    }
+
+    /// The supervisor applied `out` (or had it already): state, metrics, and `config_applied`
+    /// once per apply.
+    fn applied(&mut self, out: ApplyOutcome, now: SystemTime) -> Outcome {
+        let hash = out.hash.clone();
+        let epoch = out.epoch.unwrap_or(0);
+        self.metrics.set_config(&hash, epoch);
+        self.health.applied.store(true, Ordering::Relaxed);
+        // Unchanged for the supervisor but not applied as far as this agent knows: an
+        // agent killed while handing it over. The supervisor says how it was applied,
+        // so the API still hears of it, once.
+        let missed = out.result == ApplyResult::Unchanged
+            && out.method.is_some()
+            && self.state.applied_hash.as_deref() != Some(hash.as_str());
+        if out.result == ApplyResult::Applied || missed {
+            self.metrics
+                .apply_duration
+                .observe(out.apply_ms as f64 / 1000.0);
+            self.metrics.last_apply.set(
+                SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+            self.report(
+                Event::config_applied(
+                    &hash,
+                    out.previous_hash.as_deref(),
+                    epoch,
+                    out.apply_ms,
+                    out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
+                    out.error.as_deref(),
+                    now,
+                )
+                .with_id(out.apply_id.as_deref()),
+            );
+        }
+        self.state.applied_hash = Some(hash.clone());
+        self.state.applied_at = Some(now_str());
+        self.state.epoch = Some(epoch);
+        self.state.rejected = None;
+        self.state.failed = None;
+        self.state.critical = None;
+        Outcome::Applied { hash, epoch }
     }
 
     /// A config that could not be rendered, handed over or stored: `reload_failed` (the previous

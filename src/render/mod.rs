@@ -459,7 +459,6 @@ fn log_rule(l: &view::Listener) -> &str {
 }
 
 fn check(config: &str, view: &View) -> Result<(), RenderError> {
-    let fail = |what: String| Err(RenderError::Check(what));
     let doc: readback::Doc = match serde_json::from_str(config) {
         Ok(v) => v,
         Err(e) => return fail(format!("it does not read back: {e}")),
@@ -470,6 +469,17 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     if doc.admin.address.target() != Some(format!("unix:{}", view.admin_socket)) {
         return fail("admin address".into());
     }
+    check_runtime(&doc, view)?;
+    check_listeners(&doc, view)?;
+    check_clusters(&doc, view)
+}
+
+fn fail(what: String) -> Result<(), RenderError> {
+    Err(RenderError::Check(what))
+}
+
+/// The runtime layer holds exactly the view's keys (the listeners' limits).
+fn check_runtime(doc: &readback::Doc, view: &View) -> Result<(), RenderError> {
     let limits: Vec<(&str, u64)> = match doc.layered_runtime.layers.as_slice() {
         [layer] => layer
             .static_layer
@@ -487,6 +497,12 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
     if limits != want {
         return fail(format!("the runtime keys {limits:?}"));
     }
+    Ok(())
+}
+
+/// The listeners are the view's, in order, on their addresses, with their filter chains; the
+/// scrape port's comes last.
+fn check_listeners(doc: &readback::Doc, view: &View) -> Result<(), RenderError> {
     let listeners = match &view.metrics {
         Some(m) => {
             let n = doc.static_resources.listeners.len();
@@ -516,6 +532,11 @@ fn check(config: &str, view: &View) -> Result<(), RenderError> {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_ref()).collect();
         return fail(format!("listeners {names:?}"));
     }
+    Ok(())
+}
+
+/// The clusters are the view's, in order, with their endpoints; the scrape port's two come last.
+fn check_clusters(doc: &readback::Doc, view: &View) -> Result<(), RenderError> {
     let mut clusters = &doc.static_resources.clusters[..];
     if let Some(m) = &view.metrics {
         let n = clusters.len();

@@ -68,6 +68,12 @@ pub fn keepalived_safe(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_./:=@,+%-".contains(&b))
 }
 
+/// An address a node or a virtual IP may have: not unspecified, loopback, multicast or broadcast.
+fn unicast_host(ip: IpAddr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
+        && ip != IpAddr::from([255, 255, 255, 255])
+}
+
 impl HaSettings {
     /// Every node (this one and its peers) in address order: the order ownership and priority
     /// follow, the same on every node.
@@ -87,6 +93,23 @@ impl HaSettings {
     }
 
     pub(super) fn check(&self) -> anyhow::Result<()> {
+        self.check_nodes()?;
+        let vips = self.check_vips()?;
+        if self.router_id == 0 || usize::from(self.router_id) + vips - 1 > 255 {
+            bail!(
+                "ha.router_id: {} to {} must lie within 1-255",
+                self.router_id,
+                usize::from(self.router_id) + vips - 1
+            );
+        }
+        if !(100..=10_000).contains(&self.advert_interval_ms) || self.advert_interval_ms % 10 != 0 {
+            bail!("ha.advert_interval_ms: must be 100 to 10000, in steps of 10 (VRRP counts centiseconds)");
+        }
+        self.check_scripts()
+    }
+
+    /// The interface, this node and its peers.
+    fn check_nodes(&self) -> anyhow::Result<()> {
         let ifname_ok = !self.interface.is_empty()
             && self.interface.len() <= 15
             && self
@@ -102,10 +125,6 @@ impl HaSettings {
         if self.interface == "lo" {
             bail!("ha.interface: VRRP cannot run on the loopback interface");
         }
-        let unicast_host = |ip: IpAddr| {
-            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast())
-                && ip != IpAddr::from([255, 255, 255, 255])
-        };
         if !unicast_host(self.node_address) {
             bail!(
                 "ha.node_address: {} is not a unicast address of this node",
@@ -118,15 +137,20 @@ impl HaSettings {
         if self.peers.len() > 15 {
             bail!("ha.peers: at most 15 (16 nodes)");
         }
-        let nodes = self.nodes();
         for (i, p) in self.peers.iter().enumerate() {
             if !unicast_host(*p) || p.is_ipv4() != self.node_address.is_ipv4() {
                 bail!("ha.peers[{i}]: {p} must be a unicast address of the same family as ha.node_address");
             }
         }
-        if nodes.windows(2).any(|w| w[0] == w[1]) {
+        if self.nodes().windows(2).any(|w| w[0] == w[1]) {
             bail!("ha.peers: every node address must appear once, ha.node_address included");
         }
+        Ok(())
+    }
+
+    /// The virtual IPs, as many as the mode needs; returns how many.
+    fn check_vips(&self) -> anyhow::Result<usize> {
+        let nodes = self.nodes();
         let mut vips = Vec::new();
         for (i, v) in self.virtual_ips.iter().enumerate() {
             let net = parse_vip(v).map_err(|e| anyhow::anyhow!("ha.virtual_ips[{i}]: {e}"))?;
@@ -159,16 +183,12 @@ impl HaSettings {
                 vips.len()
             );
         }
-        if self.router_id == 0 || usize::from(self.router_id) + vips.len() - 1 > 255 {
-            bail!(
-                "ha.router_id: {} to {} must lie within 1-255",
-                self.router_id,
-                usize::from(self.router_id) + vips.len() - 1
-            );
-        }
-        if !(100..=10_000).contains(&self.advert_interval_ms) || self.advert_interval_ms % 10 != 0 {
-            bail!("ha.advert_interval_ms: must be 100 to 10000, in steps of 10 (VRRP counts centiseconds)");
-        }
+        Ok(vips.len())
+    }
+
+    /// What keepalived runs and writes: every value through the same character set as its
+    /// config (no space, quote or brace can add a directive).
+    fn check_scripts(&self) -> anyhow::Result<()> {
         for (i, a) in self.on_master.iter().enumerate() {
             if !keepalived_safe(a) || (i == 0 && !a.starts_with('/')) {
                 bail!(
