@@ -39,10 +39,15 @@ pub async fn serve_metrics(
     health: Arc<Health>,
     settings: Settings,
 ) -> anyhow::Result<()> {
+    serve(listener, router(metrics, health, &settings)).await
+}
+
+/// The three routes.
+fn router(metrics: Arc<AgentMetrics>, health: Arc<Health>, settings: &Settings) -> axum::Router {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let socket = settings.supervisor.socket.clone();
-    let stuck = stuck_after(&settings);
+    let stuck = stuck_after(settings);
     let ha = settings.ha.clone();
     let metrics_route = {
         let socket = socket.clone();
@@ -110,10 +115,14 @@ pub async fn serve_metrics(
             ),
         }
     };
-    let app = axum::Router::new()
+    axum::Router::new()
         .route("/metrics", get(metrics_route))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+}
+
+/// Serves `app` on `listener`, within the limits below.
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> anyhow::Result<()> {
     // Not axum::serve: it sets no time limits, so a client that opens connections and sends
     // nothing (or its request a byte at a time) would hold them, and their file descriptors, for
     // ever. Here each connection has METRICS_HEAD_TIMEOUT to send a request head and

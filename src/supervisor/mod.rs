@@ -236,23 +236,6 @@ pub async fn run(
         };
         match event {
             Event::Shutdown(kind) => break kind,
-            Event::Request(req, reply) => {
-                let resp = sup.handle(req).await;
-                // The client may be gone (killed mid-apply): the work is done all the same.
-                let _ = reply.send(resp);
-            }
-            Event::Exit(exit) => sup.on_exit(exit).await,
-            Event::Retry => sup.retry().await,
-            Event::Watchdog => {}
-            Event::Reload(new) => sup.reload(*new).await,
-            Event::Transitions => {
-                sup.next_transition_check = None;
-                sup.advance_transitions().await;
-            }
-            Event::Tickets => {
-                sup.rotate_tickets().await;
-                sup.next_tickets = sup.tickets.next_rotation();
-            }
             Event::SocketCheck => {
                 // Removed (a cleanup of /run, a mistaken rm) or replaced: nothing can reach the
                 // supervisor through it any more, so listen again on a new one. (The loop's
@@ -260,37 +243,20 @@ pub async fn run(
                 // file write that failed.)
                 let now = socket_inode(&socket);
                 if now.is_none() || now != socket_ino {
-                    match server::bind(&socket).await {
-                        Ok(listener) => {
-                            tracing::warn!(
-                                socket = %socket.display(),
-                                "the supervisor's socket was removed or replaced; listening on a new one"
-                            );
-                            accept.abort();
-                            accept = spawn_accept(listener);
-                            socket_ino = socket_inode(&socket);
-                        }
-                        Err(e) => {
-                            tracing::error!("cannot listen on the supervisor's socket again: {e:#}")
-                        }
+                    if let Some(listener) = listen_again(&socket).await {
+                        accept.abort();
+                        accept = spawn_accept(listener);
+                        socket_ino = socket_inode(&socket);
                     }
                 }
             }
+            other => sup.dispatch(other).await,
         }
         if let Some(d) = watchdog {
             crate::systemd::watchdog();
             next_watchdog = Some(Instant::now() + d);
         }
-        while let Some(exit) = sup.live_died.take() {
-            sup.on_exit(exit).await;
-        }
-        if sup.transitions.is_empty() {
-            sup.next_transition_check = None;
-        } else if sup.next_transition_check.is_none() {
-            sup.next_transition_check = Some(Instant::now() + moving::TRANSITION_POLL);
-        }
-        sup.publish();
-        sup.notify_status();
+        sup.after_event().await;
     };
     crate::systemd::stopping();
     // A stop (maintenance, an upgrade) gives the virtual IPs away first: new clients go to a
@@ -300,6 +266,23 @@ pub async fn run(
     sup.stop(stop).await;
     rotation.abort();
     Ok(())
+}
+
+/// A new socket where the old one was, or `None` (logged) when it cannot be bound.
+async fn listen_again(socket: &Path) -> Option<UnixListener> {
+    match server::bind(socket).await {
+        Ok(listener) => {
+            tracing::warn!(
+                socket = %socket.display(),
+                "the supervisor's socket was removed or replaced; listening on a new one"
+            );
+            Some(listener)
+        }
+        Err(e) => {
+            tracing::error!("cannot listen on the supervisor's socket again: {e:#}");
+            None
+        }
+    }
 }
 
 impl Supervisor {
@@ -349,6 +332,46 @@ impl Supervisor {
             tickets,
             settings,
         })
+    }
+
+    /// One event of the loop (all but a stop and the socket check, which the loop itself
+    /// handles).
+    async fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Request(req, reply) => {
+                let resp = self.handle(req).await;
+                // The client may be gone (killed mid-apply): the work is done all the same.
+                let _ = reply.send(resp);
+            }
+            Event::Exit(exit) => self.on_exit(exit).await,
+            Event::Retry => self.retry().await,
+            Event::Watchdog => {}
+            Event::Reload(new) => self.reload(*new).await,
+            Event::Transitions => {
+                self.next_transition_check = None;
+                self.advance_transitions().await;
+            }
+            Event::Tickets => {
+                self.rotate_tickets().await;
+                self.next_tickets = self.tickets.next_rotation();
+            }
+            Event::Shutdown(_) | Event::SocketCheck => {}
+        }
+    }
+
+    /// The loop's bookkeeping after every event: an epoch that died meanwhile recovered, the
+    /// next look at moving pools scheduled, the status published.
+    async fn after_event(&mut self) {
+        while let Some(exit) = self.live_died.take() {
+            self.on_exit(exit).await;
+        }
+        if self.transitions.is_empty() {
+            self.next_transition_check = None;
+        } else if self.next_transition_check.is_none() {
+            self.next_transition_check = Some(Instant::now() + moving::TRANSITION_POLL);
+        }
+        self.publish();
+        self.notify_status();
     }
 
     fn save(&self) {

@@ -80,51 +80,69 @@ impl Supervisor {
                 t.next_hosts_read = Instant::now() + (now.elapsed() * 20).max(floor);
                 verdict = transition::judge(&t, &s, health.as_ref());
             }
-            match verdict {
-                Verdict::Finish => {
-                    hold("transition-finish").await;
-                    match self.put(&t.target) {
-                        Ok(_) => t.finishing = Some(t.target.version.clone()),
-                        Err(e) => tracing::error!(
-                            pool = %name,
-                            "cannot write the pool's own endpoint list: {e}; trying again"
-                        ),
-                    }
-                }
-                Verdict::Done => {
-                    tracing::info!(
-                        pool = %name,
-                        new_hosts = t.added.len(),
-                        old_hosts_removed = t.removing,
-                        took_ms = t.started.elapsed().as_millis() as u64,
-                        "pool transition finished"
-                    );
-                    self.metrics
-                        .transitions_ended
-                        .with_label_values(&["finished"])
-                        .inc();
-                    continue;
-                }
-                Verdict::Wait | Verdict::ReadHosts if overdue => {
-                    let never = match &health {
-                        Some(h) => transition::not_passed(&t, h),
-                        None => t.added.iter().cloned().collect(),
-                    };
-                    tracing::error!(
-                        pool = %name,
-                        config = %t.hash,
-                        hosts = ?never,
-                        old_hosts_serving = t.removing,
-                        "pool transition not finished within {} s: new hosts have not passed their first health check",
-                        self.settings.supervisor.confirm_timeout_s
-                    );
-                    t.stuck = Some(never);
-                }
-                Verdict::Wait | Verdict::ReadHosts => {}
+            if self
+                .act_on(&name, &mut t, verdict, overdue, health.as_ref())
+                .await
+            {
+                self.transitions.insert(name, t);
             }
-            self.transitions.insert(name, t);
         }
         self.count_transitions();
+    }
+
+    /// What one look decided, done: the pool's own list written, the end counted, or the
+    /// transition reported as stuck. Returns whether the transition goes on.
+    async fn act_on(
+        &mut self,
+        name: &str,
+        t: &mut Transition,
+        verdict: Verdict,
+        overdue: bool,
+        health: Option<&BTreeMap<String, bool>>,
+    ) -> bool {
+        match verdict {
+            Verdict::Finish => {
+                hold("transition-finish").await;
+                match self.put(&t.target) {
+                    Ok(_) => t.finishing = Some(t.target.version.clone()),
+                    Err(e) => tracing::error!(
+                        pool = %name,
+                        "cannot write the pool's own endpoint list: {e}; trying again"
+                    ),
+                }
+            }
+            Verdict::Done => {
+                tracing::info!(
+                    pool = %name,
+                    new_hosts = t.added.len(),
+                    old_hosts_removed = t.removing,
+                    took_ms = t.started.elapsed().as_millis() as u64,
+                    "pool transition finished"
+                );
+                self.metrics
+                    .transitions_ended
+                    .with_label_values(&["finished"])
+                    .inc();
+                return false;
+            }
+            Verdict::Wait | Verdict::ReadHosts if overdue => {
+                let never = match health {
+                    Some(h) => transition::not_passed(t, h),
+                    None => t.added.iter().cloned().collect(),
+                };
+                tracing::error!(
+                    pool = %name,
+                    config = %t.hash,
+                    hosts = ?never,
+                    old_hosts_serving = t.removing,
+                    "pool transition not finished within {} s: new hosts have not passed their first health check",
+                    self.settings.supervisor.confirm_timeout_s
+                );
+                t.stuck = Some(never);
+            }
+            Verdict::Wait | Verdict::ReadHosts => {}
+        }
+        true
     }
 
     /// Takes the transitions an apply left (the ones it replaced were counted by it).
