@@ -64,32 +64,28 @@ fn tls_version(v: TlsVersion) -> &'static str {
     }
 }
 
-/// Builds the view and the certificate files it refers to.
-/// `resolved` holds the addresses each backend host name may use (the agent resolved and
-/// judged them): a name becomes one endpoint per address, and none when it has none. Envoy
-/// itself never resolves a name.
-pub fn build(
-    spec: &Spec,
-    settings: &Settings,
-    resolved: &Resolved,
-    challenges: &Challenges,
-) -> (View, Vec<CertFile>) {
-    let cert_dir = settings.cert_dir();
-    let mut files = Vec::new();
-    let mut tls_files = |tls: &Tls| -> TlsFiles {
-        // Named by content, so a renewed certificate never overwrites the one a running epoch uses.
+/// The certificate and key files the view names, each written once.
+struct CertFiles {
+    dir: std::path::PathBuf,
+    files: Vec<CertFile>,
+}
+
+impl CertFiles {
+    /// The files of `tls`, named by content, so a renewed certificate never overwrites the one
+    /// a running epoch uses.
+    fn add(&mut self, tls: &Tls) -> TlsFiles {
         let mut h = Sha256::new();
         h.update(tls.certificate_pem.as_bytes());
         h.update(tls.private_key_pem.as_bytes());
         let tag = &hex::encode(h.finalize())[..16];
-        let cert_path = cert_dir.join(format!("{}-{tag}.crt", tls.id));
-        let key_path = cert_dir.join(format!("{}-{tag}.key", tls.id));
+        let cert_path = self.dir.join(format!("{}-{tag}.crt", tls.id));
+        let key_path = self.dir.join(format!("{}-{tag}.key", tls.id));
         for (path, contents) in [
             (&cert_path, &tls.certificate_pem),
             (&key_path, &tls.private_key_pem),
         ] {
-            if !files.iter().any(|f: &CertFile| &f.path == path) {
-                files.push(CertFile {
+            if !self.files.iter().any(|f: &CertFile| &f.path == path) {
+                self.files.push(CertFile {
                     path: path.clone(),
                     contents: contents.clone(),
                 });
@@ -102,65 +98,18 @@ pub fn build(
             max_version: tls_version(tls.max_version),
             alpn: tls.alpn.iter().map(|a| a.as_str()).collect(),
         }
-    };
-
-    let mut listeners = Vec::new();
-    let mut clusters = Vec::new();
-    let mut redirect_vhosts = Vec::new();
-    for rule in &spec.rules {
-        push_clusters(rule, &mut clusters, resolved);
-        let listener = match rule.scheme {
-            Scheme::Tcp => Listener {
-                name: rule.id.clone(),
-                port: rule.front_port,
-                tls_inspector: false,
-                chains: chains(rule, vec![(vec![], None)]),
-                http: None,
-                tcp: Some(Tcp {
-                    stat_prefix: rule.id.clone(),
-                    cluster: cluster_name(&rule.id, None),
-                    idle_timeout: secs(rule.timeouts.idle_s),
-                    hash_source_ip: hashes_source(rule.pool.algorithm),
-                }),
-            },
-            Scheme::Http | Scheme::Https | Scheme::Http2 => {
-                let mut groups = Vec::new();
-                // https rules, and http2 rules with a certificate, have a TLS front, where SNI
-                // picks the chain.
-                let tls_front = rule.scheme == Scheme::Https || rule.tls.is_some();
-                if tls_front {
-                    for d in &rule.domains {
-                        if let Some(tls) = &d.tls {
-                            groups.push((vec![d.host.to_string()], Some(tls_files(tls))));
-                        }
-                    }
-                    if let Some(tls) = &rule.tls {
-                        groups.push((vec![], Some(tls_files(tls))));
-                    }
-                    if groups.is_empty() {
-                        // Every name waits for its managed certificate: the rule goes live
-                        // when one exists (its redirects too), and the rest of the spec serves
-                        // meanwhile.
-                        continue;
-                    }
-                } else {
-                    groups.push((vec![], None));
-                }
-                if rule.scheme == Scheme::Https {
-                    redirect_vhosts.extend(redirects(rule));
-                }
-                Listener {
-                    name: rule.id.clone(),
-                    port: rule.front_port,
-                    tls_inspector: tls_front,
-                    chains: chains(rule, groups),
-                    http: Some(http(rule)),
-                    tcp: None,
-                }
-            }
-        };
-        listeners.push(listener);
     }
+}
+
+/// The plain-HTTP listener on `envoy.redirect_port`: https rules' redirects, and the ACME
+/// CA's HTTP-01 challenges (on whichever listener holds the port).
+fn redirect_port(
+    spec: &Spec,
+    settings: &Settings,
+    challenges: &Challenges,
+    listeners: &mut Vec<Listener>,
+    mut redirect_vhosts: Vec<Vhost>,
+) {
     let acme = spec
         .rules
         .iter()
@@ -216,6 +165,81 @@ pub fn build(
                 .collect();
         }
     }
+}
+
+/// Builds the view and the certificate files it refers to.
+/// `resolved` holds the addresses each backend host name may use (the agent resolved and
+/// judged them): a name becomes one endpoint per address, and none when it has none. Envoy
+/// itself never resolves a name.
+pub fn build(
+    spec: &Spec,
+    settings: &Settings,
+    resolved: &Resolved,
+    challenges: &Challenges,
+) -> (View, Vec<CertFile>) {
+    let mut certs = CertFiles {
+        dir: settings.cert_dir(),
+        files: Vec::new(),
+    };
+
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+    let mut redirect_vhosts = Vec::new();
+    for rule in &spec.rules {
+        push_clusters(rule, &mut clusters, resolved);
+        let listener = match rule.scheme {
+            Scheme::Tcp => Listener {
+                name: rule.id.clone(),
+                port: rule.front_port,
+                tls_inspector: false,
+                chains: chains(rule, vec![(vec![], None)]),
+                http: None,
+                tcp: Some(Tcp {
+                    stat_prefix: rule.id.clone(),
+                    cluster: cluster_name(&rule.id, None),
+                    idle_timeout: secs(rule.timeouts.idle_s),
+                    hash_source_ip: hashes_source(rule.pool.algorithm),
+                }),
+            },
+            Scheme::Http | Scheme::Https | Scheme::Http2 => {
+                let mut groups = Vec::new();
+                // https rules, and http2 rules with a certificate, have a TLS front, where SNI
+                // picks the chain.
+                let tls_front = rule.scheme == Scheme::Https || rule.tls.is_some();
+                if tls_front {
+                    for d in &rule.domains {
+                        if let Some(tls) = &d.tls {
+                            groups.push((vec![d.host.to_string()], Some(certs.add(tls))));
+                        }
+                    }
+                    if let Some(tls) = &rule.tls {
+                        groups.push((vec![], Some(certs.add(tls))));
+                    }
+                    if groups.is_empty() {
+                        // Every name waits for its managed certificate: the rule goes live
+                        // when one exists (its redirects too), and the rest of the spec serves
+                        // meanwhile.
+                        continue;
+                    }
+                } else {
+                    groups.push((vec![], None));
+                }
+                if rule.scheme == Scheme::Https {
+                    redirect_vhosts.extend(redirects(rule));
+                }
+                Listener {
+                    name: rule.id.clone(),
+                    port: rule.front_port,
+                    tls_inspector: tls_front,
+                    chains: chains(rule, groups),
+                    http: Some(http(rule)),
+                    tcp: None,
+                }
+            }
+        };
+        listeners.push(listener);
+    }
+    redirect_port(spec, settings, challenges, &mut listeners, redirect_vhosts);
     let share = listener_limit(spec.max_connections, listeners.len());
     let mut runtime: Vec<RuntimeKey> = listeners
         .iter()
@@ -242,7 +266,7 @@ pub fn build(
         clusters,
         metrics,
     };
-    (view, files)
+    (view, certs.files)
 }
 
 /// The scrape port's own limit: it is outside the global cap (`ignore_global_conn_limit`), so a

@@ -71,33 +71,7 @@ impl Walker<'_> {
         let scheme_s = scheme.unwrap_or(Scheme::Http);
         let timeouts = self.timeouts(obj, p, scheme_s);
 
-        if scheme_s == Scheme::Tcp {
-            let why = "applies to http, https and http2 rules only";
-            self.not_for_scheme(obj, p, "cookieCheck", why);
-            self.not_for_scheme(
-                obj,
-                p,
-                "domains",
-                "applies to http, https and http2 rules only (host routing needs HTTP)",
-            );
-            if fields.backend_scheme == Some(BackendScheme::Https) {
-                self.f.error(
-                    p.field("backendScheme"),
-                    "https applies to http, https and http2 rules only",
-                );
-            }
-        }
-        if scheme.is_some() && scheme_s != Scheme::Https {
-            self.no_effect(
-                obj,
-                p,
-                "redirectHTTP",
-                "redirectHTTP applies to https rules only",
-            );
-        }
-        if scheme.is_some() && !matches!(scheme_s, Scheme::Https | Scheme::Http2) {
-            self.not_for_scheme(obj, p, "tls", "applies to https and http2 rules only");
-        }
+        self.scheme_limits(obj, p, scheme.is_some(), scheme_s, fields.backend_scheme);
         let tls = match (scheme, get(obj, "tls")) {
             (Some(Scheme::Https | Scheme::Http2), Some(v)) => self.tls(v, &p.field("tls")),
             _ => None,
@@ -112,35 +86,11 @@ impl Walker<'_> {
         }
         let fields = fields.over(&inherited);
 
-        let mut domains = Vec::new();
-        if scheme_s.is_http() {
-            if let Some(list) = self.array(obj, p, "domains") {
-                let dp = p.field("domains");
-                let mut seen: HashMap<Host, usize> = HashMap::new();
-                for (i, item) in list.iter().enumerate() {
-                    let ip = dp.index(i);
-                    let Some(o) = self.object(item, &ip) else {
-                        continue;
-                    };
-                    let Some(d) = self.domain(o, &ip, &fields, scheme_s, tls.is_some()) else {
-                        continue;
-                    };
-                    if let Some(prev) = seen.insert(d.host.clone(), i) {
-                        self.f.error(
-                            ip.field("domainName"),
-                            format!("host {} is already routed by domains[{prev}]; each host may appear once in a rule", d.host),
-                        );
-                    }
-                    if domains.iter().any(|o: &Domain| o.id == d.id) {
-                        self.f.error(
-                            ip.field("domainId"),
-                            format!("{} is used by another domain of this rule; domain ids must be unique in a rule", shown(&d.id)),
-                        );
-                    }
-                    domains.push(d);
-                }
-            }
-        }
+        let domains = if scheme_s.is_http() {
+            self.rule_domains(obj, p, &fields, scheme_s, tls.is_some())
+        } else {
+            Vec::new()
+        };
         let backends = match self.array(obj, p, "backends") {
             Some(list) => self.backends(list, &p.field("backends"), fields.back_port),
             None => Vec::new(),
@@ -173,6 +123,101 @@ impl Walker<'_> {
         }
         let redirect_http = scheme_s == Scheme::Https && fields.redirect == Some(true);
         let pool = self.pool(&fields, scheme_s, backends);
+        let sources = self.rule_sources(obj, p);
+        Some(Rule {
+            id: id?,
+            scheme: scheme?,
+            front_port: front_port?,
+            proxy_protocol,
+            timeouts,
+            tls,
+            redirect_http,
+            pool,
+            domains,
+            sources,
+        })
+    }
+
+    /// What a rule's scheme rules out: HTTP-only fields on a tcp rule, `redirectHTTP` outside
+    /// https, `tls` outside https and http2.
+    fn scheme_limits(
+        &mut self,
+        obj: &Map<'_>,
+        p: &Path,
+        scheme_given: bool,
+        scheme_s: Scheme,
+        backend_scheme: Option<BackendScheme>,
+    ) {
+        if scheme_s == Scheme::Tcp {
+            let why = "applies to http, https and http2 rules only";
+            self.not_for_scheme(obj, p, "cookieCheck", why);
+            self.not_for_scheme(
+                obj,
+                p,
+                "domains",
+                "applies to http, https and http2 rules only (host routing needs HTTP)",
+            );
+            if backend_scheme == Some(BackendScheme::Https) {
+                self.f.error(
+                    p.field("backendScheme"),
+                    "https applies to http, https and http2 rules only",
+                );
+            }
+        }
+        if scheme_given && scheme_s != Scheme::Https {
+            self.no_effect(
+                obj,
+                p,
+                "redirectHTTP",
+                "redirectHTTP applies to https rules only",
+            );
+        }
+        if scheme_given && !matches!(scheme_s, Scheme::Https | Scheme::Http2) {
+            self.not_for_scheme(obj, p, "tls", "applies to https and http2 rules only");
+        }
+    }
+
+    /// An HTTP rule's domains: each host once, each domain id once.
+    fn rule_domains(
+        &mut self,
+        obj: &Map<'_>,
+        p: &Path,
+        fields: &PoolFields,
+        scheme_s: Scheme,
+        rule_tls: bool,
+    ) -> Vec<Domain> {
+        let mut domains = Vec::new();
+        if let Some(list) = self.array(obj, p, "domains") {
+            let dp = p.field("domains");
+            let mut seen: HashMap<Host, usize> = HashMap::new();
+            for (i, item) in list.iter().enumerate() {
+                let ip = dp.index(i);
+                let Some(o) = self.object(item, &ip) else {
+                    continue;
+                };
+                let Some(d) = self.domain(o, &ip, fields, scheme_s, rule_tls) else {
+                    continue;
+                };
+                if let Some(prev) = seen.insert(d.host.clone(), i) {
+                    self.f.error(
+                        ip.field("domainName"),
+                        format!("host {} is already routed by domains[{prev}]; each host may appear once in a rule", d.host),
+                    );
+                }
+                if domains.iter().any(|o: &Domain| o.id == d.id) {
+                    self.f.error(
+                        ip.field("domainId"),
+                        format!("{} is used by another domain of this rule; domain ids must be unique in a rule", shown(&d.id)),
+                    );
+                }
+                domains.push(d);
+            }
+        }
+        domains
+    }
+
+    /// A rule's source lists, with a warning when the allowed ones are all denied.
+    fn rule_sources(&mut self, obj: &Map<'_>, p: &Path) -> Sources {
         let sources = Sources {
             allowed: self.cidrs(obj, p, "allowedSources"),
             denied: self.cidrs(obj, p, "deniedSources"),
@@ -188,18 +233,7 @@ impl Walker<'_> {
                 "every entry lies inside deniedSources: this rule refuses every client",
             );
         }
-        Some(Rule {
-            id: id?,
-            scheme: scheme?,
-            front_port: front_port?,
-            proxy_protocol,
-            timeouts,
-            tls,
-            redirect_http,
-            pool,
-            domains,
-            sources,
-        })
+        sources
     }
 
     /// Checks that need every rule: unique ids and ports, limits, and the redirect listener.
