@@ -25,34 +25,10 @@ impl Supervisor {
             apply_id: Some(uuid::Uuid::new_v4().to_string()),
         };
         if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
-            out.result = ApplyResult::Unchanged;
-            // How it got there, when this supervisor applied it last: a client killed while
-            // handing it over learns it now, and can still report it.
-            if let Some(last) = self
-                .state
-                .last_apply
-                .as_ref()
-                .filter(|l| l.hash == req.hash && l.result == ApplyResult::Applied)
-            {
-                out.method = last.method;
-                out.previous_hash = last.previous_hash.clone();
-                out.apply_ms = last.apply_ms;
-                out.error = last.error.clone();
-                out.apply_id = last.apply_id.clone();
-            }
+            self.unchanged(&mut out);
             return out;
         }
-        let rendered = Rendered {
-            config: req.config,
-            files: req
-                .files
-                .into_iter()
-                .map(|f| CertFile {
-                    path: f.path,
-                    contents: f.contents,
-                })
-                .collect(),
-        };
+        let rendered = rendered_of(req.config, req.files);
         let path = match self.store.write(&req.hash, &rendered) {
             Ok(p) => p,
             Err(e) => {
@@ -80,32 +56,18 @@ impl Supervisor {
         let compared = started.elapsed();
         if endpoint_only {
             tracing::info!("only endpoint lists changed: validation skipped");
-        } else {
-            if let Err(e) = envoy::validate(&self.settings.envoy.binary, &path).await {
-                out.result = match e {
-                    envoy::EnvoyError::Rejected(_) => ApplyResult::Rejected,
-                    _ => ApplyResult::Error,
-                };
-                out.error = Some(e.to_string());
-                self.prune();
-                return out;
-            }
-            if self.settings.supervisor.preflight_ports {
-                if let Err(e) = self.preflight(&rendered.config) {
-                    out.result = ApplyResult::RolledBack;
-                    out.error = Some(e);
-                    self.prune();
-                    return out;
-                }
-            }
+        } else if let Err((result, error)) = self.check_new(&path, &rendered.config).await {
+            out.result = result;
+            out.error = Some(error);
+            self.prune();
+            return out;
         }
         // Live when the running epoch can take it: same bootstrap, same binary.
         let live_epoch = self.live.as_ref().map(|e| e.epoch);
-        let split = match live_split {
-            Some(x) => x,
-            None => self.split_stored(&req.hash, live_epoch.unwrap_or(0)),
-        };
-        let split = match split.and_then(|x| live::check_inotify(&x).map(|()| x)) {
+        let split = live_split
+            .unwrap_or_else(|| self.split_stored(&req.hash, live_epoch.unwrap_or(0)))
+            .and_then(|x| live::check_inotify(&x).map(|()| x));
+        let split = match split {
             Ok(x) => std::sync::Arc::new(x),
             Err(e) => {
                 out.result = ApplyResult::RolledBack;
@@ -121,51 +83,93 @@ impl Supervisor {
                 .as_ref()
                 .is_some_and(|f| f.xds.bootstrap_key == split.bootstrap_key);
         if can_go_live {
-            if req.force {
-                // A forced resync writes every file again, whatever is believed to be there.
-                if let Some(f) = &mut self.files {
-                    f.written.clear();
-                }
+            // A forced resync writes every file again, whatever is believed to be there.
+            if let (true, Some(f)) = (req.force, &mut self.files) {
+                f.written.clear();
             }
             self.apply_live_or_roll_back(&req.hash, &split, &mut out)
                 .await;
         } else {
-            let started = Instant::now();
-            let launched = self.launch(&req.hash).await;
-            out.envoy_us = Some(started.elapsed().as_micros() as u64);
-            match launched {
-                Ok(()) => {
-                    out.result = ApplyResult::Applied;
-                    out.method = Some(ApplyMethod::HotRestart);
-                }
-                Err(f) if self.live_exited() => {
-                    // The running Envoy died under the hot restart: its child cannot take over
-                    // from a parent that is gone, so nothing is restored from it either.
-                    out.envoy_log = f.log;
-                    self.recover_from_exit(Some(&req.hash), f.error, &mut out)
-                        .await;
-                }
-                Err(f) => {
-                    tracing::error!("the new config failed to start: {}", f.error);
-                    out.error = Some(f.error);
-                    out.envoy_log = f.log;
-                    self.restore_into(&mut out).await;
-                }
-            }
+            self.hot_restart_into(&req.hash, &mut out).await;
         }
         let applied = started.elapsed();
         self.prune();
         out.epoch = self.live.as_ref().map(|e| e.epoch);
         out.apply_ms = started.elapsed().as_millis() as u64;
         // Where the supervisor's part of an apply goes (Envoy's is `envoy_us`).
+        let us = |d: std::time::Duration| d.as_micros() as u64;
         tracing::debug!(
-            stored_us = stored.as_micros() as u64,
-            split_us = compared.saturating_sub(stored).as_micros() as u64,
-            applied_us = applied.as_micros() as u64,
-            pruned_us = started.elapsed().as_micros() as u64,
+            stored_us = us(stored),
+            split_us = us(compared.saturating_sub(stored)),
+            applied_us = us(applied),
+            pruned_us = us(started.elapsed()),
             "apply steps"
         );
         out
+    }
+
+    /// The config asked for already runs: say how it got there, when this supervisor applied it
+    /// last (a client killed while handing it over learns it now, and can still report it).
+    fn unchanged(&self, out: &mut ApplyOutcome) {
+        out.result = ApplyResult::Unchanged;
+        if let Some(last) = self
+            .state
+            .last_apply
+            .as_ref()
+            .filter(|l| l.hash == out.hash && l.result == ApplyResult::Applied)
+        {
+            out.method = last.method;
+            out.previous_hash = last.previous_hash.clone();
+            out.apply_ms = last.apply_ms;
+            out.error = last.error.clone();
+            out.apply_id = last.apply_id.clone();
+        }
+    }
+
+    /// `envoy --mode validate` on the stored config, then the port check: how it failed, if it
+    /// did.
+    async fn check_new(
+        &self,
+        path: &std::path::Path,
+        config: &str,
+    ) -> Result<(), (ApplyResult, String)> {
+        if let Err(e) = envoy::validate(&self.settings.envoy.binary, path).await {
+            let result = match e {
+                envoy::EnvoyError::Rejected(_) => ApplyResult::Rejected,
+                _ => ApplyResult::Error,
+            };
+            return Err((result, e.to_string()));
+        }
+        if self.settings.supervisor.preflight_ports {
+            self.preflight(config)
+                .map_err(|e| (ApplyResult::RolledBack, e))?;
+        }
+        Ok(())
+    }
+
+    /// A new epoch for `hash` by hot restart; on failure the last good config is put back.
+    async fn hot_restart_into(&mut self, hash: &str, out: &mut ApplyOutcome) {
+        let started = Instant::now();
+        let launched = self.launch(hash).await;
+        out.envoy_us = Some(started.elapsed().as_micros() as u64);
+        match launched {
+            Ok(()) => {
+                out.result = ApplyResult::Applied;
+                out.method = Some(ApplyMethod::HotRestart);
+            }
+            Err(f) if self.live_exited() => {
+                // The running Envoy died under the hot restart: its child cannot take over
+                // from a parent that is gone, so nothing is restored from it either.
+                out.envoy_log = f.log;
+                self.recover_from_exit(Some(hash), f.error, out).await;
+            }
+            Err(f) => {
+                tracing::error!("the new config failed to start: {}", f.error);
+                out.error = Some(f.error);
+                out.envoy_log = f.log;
+                self.restore_into(out).await;
+            }
+        }
     }
 
     /// Ports the new config listens on that the live one does not must be free: a held port
@@ -267,6 +271,20 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+/// The rendered config as the protocol carries it, as the store keeps it.
+fn rendered_of(config: String, files: Vec<super::protocol::FileData>) -> Rendered {
+    Rendered {
+        config,
+        files: files
+            .into_iter()
+            .map(|f| CertFile {
+                path: f.path,
+                contents: f.contents,
+            })
+            .collect(),
     }
 }
 

@@ -302,26 +302,11 @@ impl Supervisor {
         let on_disk = files.clusters.clone();
         let routed = files.routed.clone();
         hold("live-baseline").await;
-        // Rejections are counted from here: Envoy may refuse a file before it is first asked.
-        // A busy Envoy may not answer at once; a dead one ends the apply.
-        let baseline = loop {
-            match stats(&self.admin, &watch).await? {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("cannot read Envoy's xDS state: {e:#}"))
-                }
-                Err(_) => pause(&watch, CONFIRM_POLL).await?,
-            }
-        };
+        let baseline = self.baseline(&watch, deadline).await?;
 
         // 1. Certificates, endpoints, then clusters: the new ones and every one on disk now,
         //    since listeners on disk may still route to them.
-        let mut secrets = BTreeMap::new();
-        for (name, f) in new.named_files(Kind::Secret) {
-            if self.put(&f)? {
-                secrets.insert(name, f.version);
-            }
-        }
+        let secrets = self.put_secrets(new)?;
         // A pool that gains hosts while it serves keeps the ones that served (see `transition`).
         let plan = transition::plan(
             &before,
@@ -365,28 +350,9 @@ impl Supervisor {
         let clusters = t0.elapsed();
 
         // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
-        let routes = new.named_files(Kind::Route);
-        for f in routes.values() {
-            self.put(f)?;
-        }
-        let lds = new.lds();
-        self.put(&lds)?;
-        if let Some(f) = &mut self.files {
-            f.routed = new.clusters.keys().cloned().collect();
-            // Until confirmed, the old listeners may still be in use too.
-            f.routed.extend(extra.keys().cloned());
-        }
-        let expect = Expect {
-            lds: Some(lds.version.clone()),
-            routes: routes
-                .iter()
-                .map(|(n, f)| (n.clone(), f.version.clone()))
-                .collect(),
-            secrets,
-            ..Expect::default()
-        };
-        hold("live-listeners").await;
-        self.confirm(&expect, &baseline, deadline, &watch).await?;
+        let lds = self
+            .put_listeners(new, &extra, secrets, (&baseline, deadline, &watch))
+            .await?;
 
         // Where an apply's time goes (Envoy's own work is between "written" and "clusters").
         tracing::debug!(
@@ -410,6 +376,78 @@ impl Supervisor {
             hold("live-prune").await;
             self.confirm(&expect, &baseline, deadline, &watch).await?;
         }
+        self.settle_files(new, lds.version, final_cds.version);
+        if plan.superseded > 0 {
+            self.metrics
+                .transitions_ended
+                .with_label_values(&["superseded"])
+                .inc_by(plan.superseded as u64);
+        }
+        Ok(plan.transitions)
+    }
+
+    /// Step 1's certificates: the secrets written anew, by name and version.
+    fn put_secrets(&mut self, new: &Xds) -> Result<BTreeMap<String, String>, String> {
+        let mut secrets = BTreeMap::new();
+        for (name, f) in new.named_files(Kind::Secret) {
+            if self.put(&f)? {
+                secrets.insert(name, f.version);
+            }
+        }
+        Ok(secrets)
+    }
+
+    /// Step 2: routes, then listeners, confirmed with the certificates they use. `extra`: the
+    /// old clusters the old listeners may still route to until then. Returns the LDS file.
+    async fn put_listeners(
+        &mut self,
+        new: &Xds,
+        extra: &BTreeMap<String, Value>,
+        secrets: BTreeMap<String, String>,
+        (baseline, deadline, watch): (&XdsStats, Instant, &ExitWatch),
+    ) -> Result<xds::File, String> {
+        let routes = new.named_files(Kind::Route);
+        for f in routes.values() {
+            self.put(f)?;
+        }
+        let lds = new.lds();
+        self.put(&lds)?;
+        if let Some(f) = &mut self.files {
+            f.routed = new.clusters.keys().cloned().collect();
+            // Until confirmed, the old listeners may still be in use too.
+            f.routed.extend(extra.keys().cloned());
+        }
+        let expect = Expect {
+            lds: Some(lds.version.clone()),
+            routes: routes
+                .iter()
+                .map(|(n, f)| (n.clone(), f.version.clone()))
+                .collect(),
+            secrets,
+            ..Expect::default()
+        };
+        hold("live-listeners").await;
+        self.confirm(&expect, baseline, deadline, watch).await?;
+        Ok(lds)
+    }
+
+    /// Envoy's xDS stats before an apply: rejections are counted from here (Envoy may refuse a
+    /// file before it is first asked). A busy Envoy may not answer at once; a dead one ends it.
+    async fn baseline(&self, watch: &ExitWatch, deadline: Instant) -> Result<XdsStats, String> {
+        loop {
+            match stats(&self.admin, watch).await? {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("cannot read Envoy's xDS state: {e:#}"))
+                }
+                Err(_) => pause(watch, CONFIRM_POLL).await?,
+            }
+        }
+    }
+
+    /// After a live apply: the files `new` does not name are deleted (the supervisor's own
+    /// runtime and ticket files stay), and `new` is what the epoch runs.
+    fn settle_files(&mut self, new: &Arc<Xds>, lds_version: String, cds_version: String) {
         let keep = new.file_names();
         if let Some(f) = &mut self.files {
             let dir = f.xds.dir.clone();
@@ -422,16 +460,9 @@ impl Supervisor {
                 keep_it
             });
             f.xds = Arc::clone(new);
-            f.status.lds_version = lds.version;
-            f.status.cds_version = final_cds.version;
+            f.status.lds_version = lds_version;
+            f.status.cds_version = cds_version;
         }
-        if plan.superseded > 0 {
-            self.metrics
-                .transitions_ended
-                .with_label_values(&["superseded"])
-                .inc_by(plan.superseded as u64);
-        }
-        Ok(plan.transitions)
     }
 
     /// Waits until Envoy reports `expect`, a rejection (counted from `baseline`), or the
