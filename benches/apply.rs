@@ -49,7 +49,8 @@ async fn wait_live(admin: &Admin, epoch: u32) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(i) = admin.server_info().await {
-            if i.state == "LIVE" && i.restart_epoch == epoch {
+            if i.state == vpsie_lb_agent::envoy::admin::EnvoyState::Live && i.restart_epoch == epoch
+            {
                 return;
             }
         }

@@ -265,7 +265,7 @@ fn watch_supervisor(
             let seen = match client::status(&settings).await {
                 Ok(s) => Seen {
                     pid: s.envoy_pid,
-                    state: s.envoy_state,
+                    state: s.envoy_state.to_string(),
                     hash: s.hash,
                 },
                 Err(e) => Seen {

@@ -1,6 +1,7 @@
 //! The agent's own HTTP server: `/metrics` (the agent's and the supervisor's), `/healthz` and
 //! `/readyz`, on a loopback address, with limits a slow client cannot outlast.
 
+use crate::envoy::admin::EnvoyState;
 use crate::metrics::AgentMetrics;
 use crate::settings::Settings;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,7 +103,9 @@ fn router(metrics: Arc<AgentMetrics>, health: Arc<Health>, settings: &Settings) 
         )
         .await
         {
-            Ok(crate::supervisor::protocol::Response::Status(s)) if s.envoy_state == "LIVE" => {
+            Ok(crate::supervisor::protocol::Response::Status(s))
+                if s.envoy_state == EnvoyState::Live =>
+            {
                 (StatusCode::OK, "ready\n".to_owned())
             }
             Ok(crate::supervisor::protocol::Response::Status(s)) => (

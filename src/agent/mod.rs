@@ -14,6 +14,7 @@
 
 use crate::acme;
 use crate::api::{ApiClient, Fetched};
+use crate::envoy::admin::EnvoyState;
 use crate::events::{Event, EventQueue};
 use crate::metrics::AgentMetrics;
 use crate::pipeline;
@@ -283,7 +284,7 @@ impl Agent {
             self.report_stuck_transitions(&s);
             self.metrics
                 .envoy_up
-                .set(i64::from(s.envoy_state == "LIVE"));
+                .set(i64::from(s.envoy_state == EnvoyState::Live));
             if let Some(e) = s.epoch {
                 self.metrics.envoy_epoch.set(e.into());
             }

@@ -264,7 +264,7 @@ mod tests {
         let mut f = full(Some(Status {
             epoch: Some(4),
             hash: Some(hash.clone()),
-            envoy_state: "LIVE".into(),
+            envoy_state: crate::envoy::admin::EnvoyState::Live,
             envoy_pid: Some(42),
             good: vec![hash.clone(), "b".repeat(64)],
             critical: Some("envoy exited\nagain".into()),

@@ -15,9 +15,65 @@ pub struct Admin {
 /// What `/server_info` says about the Envoy that holds the admin port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
-    /// `LIVE`, `DRAINING`, `PRE_INITIALIZING` or `INITIALIZING`.
-    pub state: String,
+    pub state: EnvoyState,
     pub restart_epoch: u32,
+}
+
+/// Envoy's state: what its admin API says (`LIVE`, `DRAINING`, `PRE_INITIALIZING`,
+/// `INITIALIZING`), or why there is no answer (`NOT_RUNNING`, `UNREACHABLE`). On the wire (the
+/// supervisor's status, `status --json`) it is that word.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum EnvoyState {
+    Live,
+    Draining,
+    PreInitializing,
+    Initializing,
+    #[default]
+    NotRunning,
+    Unreachable,
+    /// A state this version does not know (a later Envoy's), kept as Envoy said it.
+    Other(String),
+}
+
+impl EnvoyState {
+    pub fn as_str(&self) -> &str {
+        match self {
+            EnvoyState::Live => "LIVE",
+            EnvoyState::Draining => "DRAINING",
+            EnvoyState::PreInitializing => "PRE_INITIALIZING",
+            EnvoyState::Initializing => "INITIALIZING",
+            EnvoyState::NotRunning => "NOT_RUNNING",
+            EnvoyState::Unreachable => "UNREACHABLE",
+            EnvoyState::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for EnvoyState {
+    fn from(s: String) -> EnvoyState {
+        match s.as_str() {
+            "LIVE" => EnvoyState::Live,
+            "DRAINING" => EnvoyState::Draining,
+            "PRE_INITIALIZING" => EnvoyState::PreInitializing,
+            "INITIALIZING" => EnvoyState::Initializing,
+            "NOT_RUNNING" => EnvoyState::NotRunning,
+            "UNREACHABLE" => EnvoyState::Unreachable,
+            _ => EnvoyState::Other(s),
+        }
+    }
+}
+
+impl From<EnvoyState> for String {
+    fn from(s: EnvoyState) -> String {
+        s.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Display for EnvoyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Deserialize)]
@@ -65,7 +121,7 @@ impl Admin {
         let text = self.get_text("/server_info").await?;
         let raw: RawInfo = serde_json::from_str(&text).context("envoy admin /server_info")?;
         Ok(ServerInfo {
-            state: raw.state,
+            state: raw.state.into(),
             restart_epoch: raw.command_line_options.restart_epoch,
         })
     }
@@ -340,6 +396,31 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envoy_states_travel_as_envoys_words_and_unknown_ones_are_kept() {
+        for word in [
+            "LIVE",
+            "DRAINING",
+            "PRE_INITIALIZING",
+            "INITIALIZING",
+            "NOT_RUNNING",
+            "UNREACHABLE",
+            "SOMETHING_NEW",
+        ] {
+            let state: EnvoyState = serde_json::from_str(&format!("\"{word}\"")).unwrap();
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{word}\"")
+            );
+            assert_eq!(state.to_string(), word);
+        }
+        assert_eq!(EnvoyState::from("LIVE".to_owned()), EnvoyState::Live);
+        assert_eq!(
+            EnvoyState::from("SOMETHING_NEW".to_owned()),
+            EnvoyState::Other("SOMETHING_NEW".into())
+        );
+    }
 
     #[test]
     fn the_config_dump_gives_reasons_warming_and_certificates() {

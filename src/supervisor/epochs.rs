@@ -2,6 +2,7 @@
 //! ones to exit, draining and stopping them. The loop in `mod.rs` decides when; this does it.
 
 use super::*;
+use crate::envoy::admin::EnvoyState;
 
 impl Supervisor {
     /// Starts the config as the next epoch: a hot restart when Envoy runs, else a fresh start.
@@ -180,7 +181,7 @@ impl Supervisor {
         };
         loop {
             if let Ok(info) = self.admin.server_info().await {
-                if info.restart_epoch == e.epoch && info.state == "LIVE" {
+                if info.restart_epoch == e.epoch && info.state == EnvoyState::Live {
                     return Ok(());
                 }
             }

@@ -482,7 +482,7 @@ impl Supervisor {
         self.snapshot.send_replace(Status {
             epoch: self.live.as_ref().map(|e| e.epoch),
             hash: self.live.as_ref().map(|e| e.hash.clone()),
-            envoy_state: String::new(),
+            envoy_state: Default::default(),
             envoy_pid: self.live.as_ref().map(|e| e.pid),
             hot_restart_version: Some(self.binary_hot_restart_version.clone()),
             good: self.state.good.clone(),

@@ -115,8 +115,7 @@ pub struct ApplyOutcome {
 pub struct Status {
     pub epoch: Option<u32>,
     pub hash: Option<String>,
-    /// `LIVE`, `DRAINING`..., as the admin API says, or `NOT_RUNNING` / `UNREACHABLE`.
-    pub envoy_state: String,
+    pub envoy_state: crate::envoy::admin::EnvoyState,
     pub envoy_pid: Option<u32>,
     pub hot_restart_version: Option<String>,
     /// Known-good hashes kept on disk, newest first.

@@ -2,6 +2,7 @@
 //! here without waiting for the loop (it may be busy with an apply); everything else goes to it.
 
 use super::*;
+use crate::envoy::admin::EnvoyState;
 
 /// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -31,9 +32,9 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 pub(super) async fn answer_status(snapshot: &watch::Receiver<Status>, admin: &Admin) -> Response {
     let mut s = snapshot.borrow().clone();
     s.envoy_state = match (s.envoy_pid, admin.server_info().await) {
-        (None, _) => "NOT_RUNNING".to_owned(),
+        (None, _) => EnvoyState::NotRunning,
         (Some(_), Ok(info)) => info.state,
-        (Some(_), Err(_)) => "UNREACHABLE".to_owned(),
+        (Some(_), Err(_)) => EnvoyState::Unreachable,
     };
     Response::Status(Box::new(s))
 }

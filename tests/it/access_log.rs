@@ -452,7 +452,10 @@ async fn a_full_disk_never_stops_traffic_and_shows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(&c, &format!("http://127.0.0.1:{front}/")).await, 200);
-    assert_eq!(stand.status().await.envoy_state, "LIVE");
+    assert_eq!(
+        stand.status().await.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

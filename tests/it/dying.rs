@@ -241,7 +241,10 @@ async fn envoy_killed_at(
         &old.hash
     };
     assert_eq!(status.hash.as_ref(), Some(serving), "{step}: {status:?}");
-    assert_eq!(status.envoy_state, "LIVE");
+    assert_eq!(
+        status.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     assert!(status.critical.is_none());
     let body = get(front, None).await;
     assert!(
@@ -375,7 +378,10 @@ async fn either_side_of_a_hot_restart_dying_leaves_a_serving_envoy() {
     );
     let s = stand.status().await;
     assert_eq!(s.hash.as_ref(), Some(&good.hash));
-    assert_eq!(s.envoy_state, "LIVE");
+    assert_eq!(
+        s.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     assert_eq!(get(front, None).await.unwrap(), "u1");
 
     // The parent dies once the child is LIVE: nothing to recover.
@@ -395,7 +401,10 @@ async fn either_side_of_a_hot_restart_dying_leaves_a_serving_envoy() {
     );
     assert_eq!(get(front, None).await.unwrap(), "u2");
     let s = stand.status().await;
-    assert_eq!(s.envoy_state, "LIVE");
+    assert_eq!(
+        s.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     assert_ne!(s.envoy_pid, Some(parent));
 }
 
@@ -493,7 +502,9 @@ async fn envoy_killed_during_a_first_check_wait_is_recovered_at_once() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let s = loop {
         let s = stand.status().await;
-        if s.envoy_pid.is_some_and(|p| p != pid) && s.envoy_state == "LIVE" {
+        if s.envoy_pid.is_some_and(|p| p != pid)
+            && s.envoy_state == vpsie_lb_agent::envoy::admin::EnvoyState::Live
+        {
             break s;
         }
         assert!(Instant::now() < deadline, "no new Envoy: {s:?}");

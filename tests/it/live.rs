@@ -226,7 +226,10 @@ async fn long_lived_connections_survive_fifty_live_changes() {
     assert_eq!(grpc::next(&mut stream).await, ServingStatus::NotServing);
     let s = stand.status().await;
     assert_eq!(s.epoch, Some(0), "no new epoch: {s:?}");
-    assert_eq!(s.envoy_state, "LIVE");
+    assert_eq!(
+        s.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
 }
 
 /// The backends an answer may come from, sampled until every one of `want` has answered.

@@ -67,7 +67,10 @@ async fn applies_under_load_drop_nothing() {
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
     assert!(counts.ok > 100, "the load ran: {counts:?}");
     let status = stand.status().await;
-    assert_eq!(status.envoy_state, "LIVE");
+    assert_eq!(
+        status.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     assert_eq!(status.epoch, Some(0));
     // The resources' version moves with every apply, the epoch does not.
     let r = status
@@ -119,7 +122,11 @@ async fn held_port_case(preflight: bool) {
         Some(good.hash.clone()),
         "the old config serves"
     );
-    assert_eq!(status.envoy_state, "LIVE", "admin answers again");
+    assert_eq!(
+        status.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live,
+        "admin answers again"
+    );
     let last = status.last_apply.unwrap();
     assert_eq!(last.result, ApplyResult::RolledBack);
     if !preflight {
@@ -230,7 +237,10 @@ async fn a_killed_envoy_serves_again_within_a_second() {
         "the last good config serves"
     );
     assert_eq!(after.epoch, Some(0), "a fresh start is epoch 0");
-    assert_eq!(after.envoy_state, "LIVE");
+    assert_eq!(
+        after.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     assert!(thp_enabled(after.envoy_pid.unwrap()));
     // And the next apply goes into that epoch live again.
     let next = stand.apply_ok(&a).await;
@@ -375,7 +385,10 @@ async fn a_restarted_supervisor_brings_back_the_last_good_config() {
         "the last good config serves: {status:?}"
     );
     assert_eq!(status.epoch, Some(0));
-    assert_eq!(status.envoy_state, "LIVE");
+    assert_eq!(
+        status.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     assert!(
         back < Duration::from_secs(5),
         "serving again after {back:?}"
@@ -465,7 +478,10 @@ async fn live_applies_never_queue_behind_a_drain_and_hot_restarts_do() {
         "the hot restart waits for the drain"
     );
     assert_eq!(s.epoch, Some(1));
-    assert_eq!(s.envoy_state, "LIVE");
+    assert_eq!(
+        s.envoy_state,
+        vpsie_lb_agent::envoy::admin::EnvoyState::Live
+    );
     let out = third.await.unwrap().unwrap();
     assert_eq!(out.method, Some(ApplyMethod::HotRestart));
     assert_eq!(out.epoch, Some(2));
@@ -508,7 +524,10 @@ async fn a_restart_that_cannot_serve_is_critical_and_retried() {
     let critical = loop {
         let s = stand.status().await;
         if let Some(c) = s.critical {
-            assert_eq!(s.envoy_state, "NOT_RUNNING");
+            assert_eq!(
+                s.envoy_state,
+                vpsie_lb_agent::envoy::admin::EnvoyState::NotRunning
+            );
             break c;
         }
         assert!(
@@ -540,7 +559,10 @@ async fn a_restart_that_cannot_serve_is_critical_and_retried() {
     loop {
         let s = stand.status().await;
         if s.critical.is_none() {
-            assert_eq!(s.envoy_state, "LIVE");
+            assert_eq!(
+                s.envoy_state,
+                vpsie_lb_agent::envoy::admin::EnvoyState::Live
+            );
             break;
         }
         assert!(Instant::now() < deadline, "still critical: {s:?}");
