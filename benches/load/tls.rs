@@ -7,7 +7,6 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::HandshakeKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What one load run saw.
 #[derive(Debug, Default)]
@@ -149,7 +148,7 @@ pub async fn run(
                 let name = &names[n % names.len()];
                 n += conns;
                 let t = Instant::now();
-                match one(&config, port, name).await {
+                match crate::support::tls::get_once(&config, port, name).await {
                     Ok(kind) => seen
                         .connections
                         .push((t, kind, t.elapsed(), resume && !first)),
@@ -167,33 +166,4 @@ pub async fn run(
         all.failed.extend(s.failed);
     }
     all
-}
-
-async fn one(
-    config: &Arc<rustls::ClientConfig>,
-    port: u16,
-    name: &str,
-) -> Result<HandshakeKind, String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let server = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
-        .connect(server, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let kind = tls.get_ref().1.handshake_kind().ok_or("no handshake")?;
-    tls.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| format!("write: {e}"))?;
-    let mut answer = Vec::new();
-    // A server may close without close_notify after `Connection: close`: what was read counts.
-    let _ = tls.read_to_end(&mut answer).await;
-    if !answer.starts_with(b"HTTP/1.1 200") {
-        return Err(format!("answered: {}", String::from_utf8_lossy(&answer)));
-    }
-    Ok(kind)
 }

@@ -74,9 +74,6 @@ pub(super) fn notify(
     state: &str,
 ) -> Result<(), Failure> {
     let s = Settings::load(config)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    crate::ha::record(&s, kind, name, state, now)?;
+    crate::ha::record(&s, kind, name, state, crate::pipeline::now_unix())?;
     Ok(())
 }

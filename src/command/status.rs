@@ -117,10 +117,7 @@ fn line(t: &str) -> String {
     l
 }
 
-/// Unix seconds as RFC 3339.
-fn at(t: i64) -> String {
-    crate::events::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64))
-}
+use crate::events::rfc3339_unix as at;
 
 /// What the supervisor says: Envoy, the config, the live resources, moving pools, the last
 /// apply, anything critical.

@@ -263,7 +263,7 @@ impl Event {
         renewed: bool,
         now: SystemTime,
     ) -> Event {
-        let expires = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(not_after.max(0) as u64));
+        let expires = rfc3339_unix(not_after);
         Event::new(
             if renewed {
                 EventKind::CertificateRenewed
@@ -287,7 +287,7 @@ impl Event {
         next_attempt: i64,
         now: SystemTime,
     ) -> Event {
-        let next = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(next_attempt.max(0) as u64));
+        let next = rfc3339_unix(next_attempt);
         Event::new(
             EventKind::CertificateFailed,
             format!("managed certificate for {name} not obtained: {error}; next attempt at {next}"),
@@ -316,6 +316,11 @@ impl Event {
 /// The first 12 characters of a hash: enough to tell configs apart in a message.
 fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
+}
+
+/// [`rfc3339`] of Unix seconds (before 1970: the epoch).
+pub fn rfc3339_unix(secs: i64) -> String {
+    rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
 /// Formats an instant as RFC 3339 in UTC, to the second (`1970-01-01T00:00:00Z`). Sub-second

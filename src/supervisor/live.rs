@@ -230,7 +230,7 @@ impl Supervisor {
         self.write_file(&x.dir, &runtime)?;
         written.insert(runtime.name, runtime.version);
         // So are the session-ticket keys: those of this time, the same on every epoch and node.
-        let tickets = self.tickets.file_at(super::tickets::unix_now());
+        let tickets = self.tickets.current_file();
         self.write_file(&x.dir, &tickets)?;
         written.insert(tickets.name, tickets.version);
         self.write_file(

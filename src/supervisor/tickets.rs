@@ -109,6 +109,11 @@ impl Tickets {
         xds::tickets_file(&self.keys_at(unix_s))
     }
 
+    /// The SDS file for now, by the wall clock (the one HA nodes share).
+    pub fn current_file(&self) -> xds::File {
+        self.file_at(crate::pipeline::now_unix().max(0) as u64)
+    }
+
     /// How long from `unix_ms` (milliseconds) until the next window starts.
     pub fn until_next(&self, unix_ms: u64) -> Duration {
         let period = self.rotate_s * 1000;
@@ -116,11 +121,7 @@ impl Tickets {
     }
 }
 
-/// Seconds since the epoch, by the wall clock (the one HA nodes share).
-pub fn unix_now() -> u64 {
-    unix_now_ms() / 1000
-}
-
+/// Milliseconds since the epoch, by the wall clock (the one HA nodes share).
 fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -149,21 +150,24 @@ impl Supervisor {
     /// tickets of the window before), so it is logged and counted, and the next rotation tries
     /// again.
     pub(super) async fn rotate_tickets(&mut self) {
-        let file = self.tickets.file_at(unix_now());
-        let result = self.put_tickets(&file).await;
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(_) => "failed",
+        let file = self.tickets.current_file();
+        // Counted only where keys were written: with no epoch running there is nothing to
+        // rotate (the next one starts with the keys of its time).
+        let label = match self.put_tickets(&file).await {
+            Ok(true) => {
+                tracing::info!(version = file.version, "session-ticket keys rotated");
+                "ok"
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!("session-ticket keys not rotated: {e}");
+                "failed"
+            }
         };
         self.metrics
             .ticket_rotations
             .with_label_values(&[label])
             .inc();
-        match result {
-            Ok(true) => tracing::info!(version = file.version, "session-ticket keys rotated"),
-            Ok(false) => {}
-            Err(e) => tracing::error!("session-ticket keys not rotated: {e}"),
-        }
     }
 
     /// Writes `file` into the live epoch's directory; true once Envoy holds it (or no listener

@@ -6,13 +6,12 @@ use crate::support::certs::{self, TestCert};
 use crate::support::envoy::free_port;
 use crate::support::supervisor::Stand;
 use crate::support::upstream::{self, Upstream};
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use rustls::HandshakeKind;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vpsie_lb_agent::supervisor::protocol::ApplyMethod;
 
 const NAME: &str = "secure.test";
@@ -49,30 +48,9 @@ fn client(
     Arc::new(config)
 }
 
-/// One request on a new connection: how its handshake went. The whole answer is read, so the
-/// tickets the server sends after the handshake (TLS 1.3) are in the client's store after it.
+/// One request on a new connection: how its handshake went.
 async fn handshake(config: &Arc<rustls::ClientConfig>, port: u16) -> Result<HandshakeKind, String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
-        .connect(ServerName::try_from(NAME).unwrap(), tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let kind = tls.get_ref().1.handshake_kind().ok_or("no handshake")?;
-    tls.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| format!("write: {e}"))?;
-    let mut answer = String::new();
-    tls.read_to_string(&mut answer)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    if !answer.starts_with("HTTP/1.1 200") {
-        return Err(format!("answered: {answer}"));
-    }
-    Ok(kind)
+    crate::support::tls::get_once(config, port, NAME).await
 }
 
 fn shared_secret(dir: &Path) -> std::path::PathBuf {

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod pebble;
 pub mod sim;
 pub mod supervisor;
+pub mod tls;
 pub mod upstream;
 
 use serde_json::{json, Value};
