@@ -46,6 +46,7 @@ use support::upstream::{self, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vpsie_lb_agent::settings::{LogFormat, Settings};
+use vpsie_lb_agent::spec::ConfigHash;
 use vpsie_lb_agent::supervisor::client;
 
 /// When things happen, scaled to the run's length.
@@ -251,7 +252,7 @@ async fn echo(s: &mut TcpStream, msg: &str) -> Result<(), String> {
 struct Seen {
     pid: Option<u32>,
     state: String,
-    hash: Option<String>,
+    hash: Option<ConfigHash>,
 }
 
 /// Polls the supervisor's status every 100 ms, keeping each change with its time.
@@ -489,7 +490,7 @@ async fn soak() {
         .hash
     };
     // Every spec written, in order, with its hash (the changes cycle: a hash comes back).
-    let mut written: Vec<(Instant, String)> = vec![(Instant::now(), hash_of(&lb.spec(0)))];
+    let mut written: Vec<(Instant, ConfigHash)> = vec![(Instant::now(), hash_of(&lb.spec(0)))];
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_supervisor(stand.settings.clone(), stop.clone());
@@ -675,7 +676,7 @@ async fn soak() {
             .await
             .ok()
             .and_then(|s| s.hash);
-        if served.as_deref() == Some(last_hash.as_str())
+        if served.as_ref() == Some(&last_hash)
             && queued.keys().all(|id| {
                 recorded.contains_key(id) || events.iter().any(|e| e["id"] == id.as_str())
             })
@@ -795,7 +796,10 @@ async fn soak() {
         .filter(|e| e["type"] == "config_applied")
         .filter_map(|e| e["metadata"]["config_hash"].as_str())
         .collect();
-    let served: BTreeSet<&str> = seen.iter().filter_map(|(_, s)| s.hash.as_deref()).collect();
+    let served: BTreeSet<&str> = seen
+        .iter()
+        .filter_map(|(_, s)| s.hash.as_ref().map(ConfigHash::as_str))
+        .collect();
     let unreported: Vec<&&str> = served.iter().filter(|h| !reported.contains(**h)).collect();
     println!(
         "configs: {} served, {} reported applied, {} served but never reported: target 0",
@@ -820,7 +824,7 @@ async fn soak() {
             .collect();
         let served = seen[from..]
             .iter()
-            .filter_map(|(t, s)| Some((t, s.hash.as_deref()?)))
+            .filter_map(|(t, s)| Some((t, s.hash.as_ref()?.as_str())))
             .find(|(_, h)| *h == hash.as_str() || (later.contains(h) && *h != hash.as_str()));
         match served {
             Some((t, h)) if h == hash.as_str() => e2e.push((*t - *at).as_secs_f64() * 1000.0),

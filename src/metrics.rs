@@ -6,6 +6,7 @@
 //! series stays bounded. Every labelled series of a closed set exists from the start (at 0), so
 //! dashboards and alerts never see a missing series.
 
+use crate::spec::ConfigHash;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -287,9 +288,9 @@ impl AgentMetrics {
     }
 
     /// Marks `hash` as the applied config (one series at a time).
-    pub fn set_config(&self, hash: &str, epoch: u32) {
+    pub fn set_config(&self, hash: &ConfigHash, epoch: u32) {
         self.config_info.reset();
-        self.config_info.with_label_values(&[hash]).set(1);
+        self.config_info.with_label_values(&[hash.as_str()]).set(1);
         self.envoy_epoch.set(epoch.into());
     }
 
@@ -517,9 +518,11 @@ impl SupervisorMetrics {
     }
 
     /// The config the live resources come from: one series at a time.
-    pub fn set_resources(&self, hash: &str) {
+    pub fn set_resources(&self, hash: &ConfigHash) {
         self.resources_info.reset();
-        self.resources_info.with_label_values(&[hash]).set(1);
+        self.resources_info
+            .with_label_values(&[hash.as_str()])
+            .set(1);
     }
 }
 
@@ -551,11 +554,17 @@ mod tests {
     #[test]
     fn one_config_hash_at_a_time() {
         let m = AgentMetrics::new();
-        m.set_config("aaa", 1);
-        m.set_config("bbb", 2);
+        let (a, b): (ConfigHash, ConfigHash) = (
+            "a".repeat(64).parse().unwrap(),
+            "b".repeat(64).parse().unwrap(),
+        );
+        m.set_config(&a, 1);
+        m.set_config(&b, 2);
         let t = m.render();
-        assert!(t.contains("vpsie_lb_agent_config_info{config_hash=\"bbb\"} 1"));
-        assert!(!t.contains("aaa"));
+        assert!(t.contains(&format!(
+            "vpsie_lb_agent_config_info{{config_hash=\"{b}\"}} 1"
+        )));
+        assert!(!t.contains(a.as_str()));
         assert!(t.contains("vpsie_lb_agent_envoy_epoch 2"));
     }
 }

@@ -6,6 +6,7 @@ use crate::envoy;
 use crate::render::{self, Rendered};
 use crate::resolve::{self, Problem, Resolved, Resolver};
 use crate::settings::Settings;
+use crate::spec::ConfigHash;
 use crate::spec::{self, Finding, Loaded, SpecErrors};
 use crate::store::ConfigStore;
 use sha2::{Digest, Sha256};
@@ -36,7 +37,7 @@ impl From<envoy::EnvoyError> for Failure {
 #[derive(Debug)]
 pub struct Prepared {
     pub loaded: Loaded,
-    pub hash: String,
+    pub hash: ConfigHash,
     pub rendered: Rendered,
 }
 
@@ -59,13 +60,13 @@ pub fn load(input: &[u8], settings: &Settings, now: i64) -> Result<Loaded, SpecE
 
 /// The config hash: the spec's, and, when it names backend hosts, what they resolved to (a
 /// changed answer is a changed config). A spec of IP literals only keeps its spec hash.
-pub fn hash(loaded: &Loaded, resolved: &Resolved, settings: &Settings) -> String {
+pub fn hash(loaded: &Loaded, resolved: &Resolved, settings: &Settings) -> ConfigHash {
     let spec_hash = spec::config_hash(&loaded.spec, &render::output_version(settings));
     if resolved.is_empty() {
         return spec_hash;
     }
     let mut h = Sha256::new();
-    h.update(spec_hash.as_bytes());
+    h.update(spec_hash.as_str());
     h.update(b"\nresolved ");
     for (name, addrs) in resolved {
         h.update(name.as_bytes());
@@ -75,7 +76,7 @@ pub fn hash(loaded: &Loaded, resolved: &Resolved, settings: &Settings) -> String
         }
         h.update(b"\n");
     }
-    hex::encode(h.finalize())
+    ConfigHash::of(h)
 }
 
 /// Completes a loaded spec with what the agent manages, and hashes the result: the managed
@@ -86,21 +87,21 @@ pub fn complete(
     resolved: &Resolved,
     managed: &Managed,
     settings: &Settings,
-) -> String {
+) -> ConfigHash {
     spec::fill_managed(&mut loaded.spec, &managed.certificates);
     let base = hash(loaded, resolved, settings);
     if managed.challenges.is_empty() {
         return base;
     }
     let mut h = Sha256::new();
-    h.update(base.as_bytes());
+    h.update(base.as_str());
     for (token, key_auth) in &managed.challenges {
         h.update(b"\nchallenge ");
         h.update(token.as_bytes());
         h.update(b" ");
         h.update(key_auth.as_bytes());
     }
-    hex::encode(h.finalize())
+    ConfigHash::of(h)
 }
 
 /// What the agent adds to a spec for its managed certificates: the certificates it holds, by

@@ -7,6 +7,7 @@
 //! rename, and prunes all but the known-good ones the supervisor names.
 
 use crate::render::Rendered;
+use crate::spec::ConfigHash;
 use anyhow::Context;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -117,14 +118,6 @@ pub struct ConfigStore {
     root: PathBuf,
 }
 
-/// A config hash is 64 lower-case hex digits; anything else could name a path outside the store.
-pub fn valid_hash(hash: &str) -> bool {
-    hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl ConfigStore {
     pub fn new(config_dir: &Path) -> ConfigStore {
         ConfigStore {
@@ -132,22 +125,22 @@ impl ConfigStore {
         }
     }
 
-    pub fn dir(&self, hash: &str) -> PathBuf {
-        self.root.join("configs").join(hash)
+    pub fn dir(&self, hash: &ConfigHash) -> PathBuf {
+        self.root.join("configs").join(hash.as_str())
     }
 
-    pub fn config_path(&self, hash: &str) -> PathBuf {
+    pub fn config_path(&self, hash: &ConfigHash) -> PathBuf {
         self.dir(hash).join("envoy.json")
     }
 
     /// Where a config's certificates go: render with this as `envoy.cert_dir`.
-    pub fn cert_dir(&self, hash: &str) -> PathBuf {
+    pub fn cert_dir(&self, hash: &ConfigHash) -> PathBuf {
         self.dir(hash).join("certs")
     }
 
     /// Writes a rendered config under its hash. Every file it names must sit in the hash's
     /// certificate directory. Returns the config's path.
-    pub fn write(&self, hash: &str, rendered: &Rendered) -> anyhow::Result<PathBuf> {
+    pub fn write(&self, hash: &ConfigHash, rendered: &Rendered) -> anyhow::Result<PathBuf> {
         self.check(hash, rendered)?;
         let path = self.config_path(hash);
         write_rendered(rendered, &path)?;
@@ -156,8 +149,7 @@ impl ConfigStore {
 
     /// What [`ConfigStore::write`] checks before it writes anything: the hash names a directory
     /// of the store and every file sits in that directory's certificate directory.
-    pub fn check(&self, hash: &str, rendered: &Rendered) -> anyhow::Result<()> {
-        anyhow::ensure!(valid_hash(hash), "{hash:?} is not a config hash");
+    pub fn check(&self, hash: &ConfigHash, rendered: &Rendered) -> anyhow::Result<()> {
         let certs = self.cert_dir(hash);
         for f in &rendered.files {
             let inside = f.path.parent() == Some(certs.as_path())
@@ -175,21 +167,19 @@ impl ConfigStore {
     }
 
     /// The hash `current` points at.
-    pub fn current(&self) -> Option<String> {
+    pub fn current(&self) -> Option<ConfigHash> {
         let target = fs::read_link(self.root.join("current")).ok()?;
-        let name = target.file_name()?.to_str()?.to_owned();
-        valid_hash(&name).then_some(name)
+        target.file_name()?.to_str()?.parse().ok()
     }
 
     /// Points `current` at a stored config, in one rename.
-    pub fn set_current(&self, hash: &str) -> anyhow::Result<()> {
-        anyhow::ensure!(valid_hash(hash), "{hash:?} is not a config hash");
+    pub fn set_current(&self, hash: &ConfigHash) -> anyhow::Result<()> {
         let link = self.root.join("current");
         let tmp = self
             .root
             .join(format!(".current.tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(Path::new("configs").join(hash), &tmp)
+        std::os::unix::fs::symlink(Path::new("configs").join(hash.as_str()), &tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         fs::rename(&tmp, &link).with_context(|| format!("cannot switch {}", link.display()))?;
         File::open(&self.root)
@@ -198,14 +188,14 @@ impl ConfigStore {
     }
 
     /// Removes every stored config whose hash is not in `keep`.
-    pub fn prune(&self, keep: &[String]) -> anyhow::Result<()> {
+    pub fn prune(&self, keep: &[ConfigHash]) -> anyhow::Result<()> {
         let configs = self.root.join("configs");
         let Ok(entries) = fs::read_dir(&configs) else {
             return Ok(());
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if valid_hash(&name) && !keep.contains(&name) {
+            let name = e.file_name().to_string_lossy().parse::<ConfigHash>();
+            if name.is_ok_and(|h| !keep.contains(&h)) {
                 fs::remove_dir_all(e.path())
                     .with_context(|| format!("cannot remove old config {}", e.path().display()))?;
             }
@@ -246,7 +236,10 @@ mod tests {
     fn store_switches_current_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
         let store = ConfigStore::new(dir.path());
-        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let (a, b): (ConfigHash, ConfigHash) = (
+            "a".repeat(64).parse().unwrap(),
+            "b".repeat(64).parse().unwrap(),
+        );
         for h in [&a, &b] {
             let rendered = Rendered {
                 config: format!("{{\"h\": \"{h}\"}}"),
@@ -274,6 +267,7 @@ mod tests {
             }],
         };
         assert!(store.write(&a, &outside).is_err());
-        assert!(store.write("../x", &outside).is_err());
+        // A hash that would name a path outside the store cannot even be made.
+        assert!("../x".parse::<ConfigHash>().is_err());
     }
 }

@@ -421,7 +421,7 @@ impl Agent {
             Err(errors) => {
                 self.spec_refused = true;
                 let body_hash = rejected_hash(body);
-                if self.state.rejected.as_deref() != Some(body_hash.as_str()) {
+                if self.state.rejected.as_ref() != Some(&body_hash) {
                     tracing::warn!("{errors}");
                     self.metrics.spec_rejections.inc();
                     self.report(Event::config_rejected(
@@ -450,7 +450,7 @@ impl Agent {
         self.certs.want(loaded.spec.managed_names());
         let managed = self.certs.managed();
         let hash = pipeline::complete(&mut loaded, &resolved, &managed, &self.settings);
-        if !force && self.state.applied_hash.as_deref() == Some(hash.as_str()) {
+        if !force && self.state.applied_hash.as_ref() == Some(&hash) {
             self.certs.applied(managed.challenges.keys().cloned());
             // What serves is this spec: a restarted agent reports its certificates' expiry
             // without waiting for a change.

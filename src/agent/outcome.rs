@@ -2,6 +2,7 @@
 
 use super::{now_str, Agent};
 use crate::events::Event;
+use crate::spec::ConfigHash;
 use crate::spec::Finding;
 use crate::supervisor::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
 use std::sync::atomic::Ordering;
@@ -12,28 +13,28 @@ use std::time::SystemTime;
 pub enum Outcome {
     Unchanged,
     Applied {
-        hash: String,
+        hash: ConfigHash,
         epoch: u32,
     },
     /// The spec is invalid (2) or Envoy refused the config (3).
     Rejected {
-        hash: String,
+        hash: ConfigHash,
         by_envoy: bool,
         errors: Vec<Finding>,
     },
     /// The new config failed at runtime; the previous one serves.
     RolledBack {
-        hash: String,
+        hash: ConfigHash,
     },
     /// The config could not be rendered, handed over or stored (a full or read-only disk, a
     /// validation that could not run): nothing changed, the previous config serves, and every
     /// poll tries again until the fault goes.
     Failed {
-        hash: String,
+        hash: ConfigHash,
         error: String,
     },
     Critical {
-        hash: String,
+        hash: ConfigHash,
     },
     /// The API or the supervisor could not be reached; nothing changed.
     Unreachable(String),
@@ -62,7 +63,7 @@ impl Agent {
                     path: String::new(),
                     message: out.error.unwrap_or_default(),
                 };
-                if self.state.rejected.as_deref() != Some(hash.as_str()) {
+                if self.state.rejected.as_ref() != Some(&hash) {
                     self.metrics.spec_rejections.inc();
                     self.report(Event::config_rejected(
                         &hash,
@@ -90,7 +91,7 @@ impl Agent {
             ApplyResult::Error => self.failed(hash, out.error.unwrap_or_default()),
             ApplyResult::Critical => {
                 // Once per config: a critical supervisor gets the spec again at every poll.
-                if self.state.critical.as_deref() != Some(hash.as_str()) {
+                if self.state.critical.as_ref() != Some(&hash) {
                     self.report(Event::critical_failure(
                         &hash,
                         out.epoch,
@@ -117,7 +118,7 @@ impl Agent {
         // so the API still hears of it, once.
         let missed = out.result == ApplyResult::Unchanged
             && out.method.is_some()
-            && self.state.applied_hash.as_deref() != Some(hash.as_str());
+            && self.state.applied_hash.as_ref() != Some(&hash);
         if out.result == ApplyResult::Applied || missed {
             self.metrics
                 .apply_duration
@@ -130,7 +131,7 @@ impl Agent {
             self.report(
                 Event::config_applied(
                     &hash,
-                    out.previous_hash.as_deref(),
+                    out.previous_hash.as_ref(),
                     epoch,
                     out.apply_ms,
                     out.method.unwrap_or(ApplyMethod::HotRestart).as_str(),
@@ -151,9 +152,9 @@ impl Agent {
 
     /// A config that could not be rendered, handed over or stored: `reload_failed` (the previous
     /// config serves) once per config, however many polls it takes the fault to go.
-    pub(super) fn failed(&mut self, hash: String, error: String) -> Outcome {
+    pub(super) fn failed(&mut self, hash: ConfigHash, error: String) -> Outcome {
         tracing::error!(%hash, "the config could not be applied; the previous one serves: {error}");
-        if self.state.failed.as_deref() != Some(hash.as_str()) {
+        if self.state.failed.as_ref() != Some(&hash) {
             self.report(Event::reload_failed(
                 &hash,
                 self.state.epoch,

@@ -37,7 +37,7 @@ enum Wake {
 /// Tells systemd how the agent is doing (a no-op outside systemd).
 fn notify_status(agent: &Agent) {
     let status = match (&agent.state.applied_hash, agent.state.epoch) {
-        (Some(h), Some(e)) => format!("epoch {e}, config {}", &h[..h.len().min(12)]),
+        (Some(h), Some(e)) => format!("epoch {e}, config {}", h.short()),
         _ => "no config applied yet".to_owned(),
     };
     crate::systemd::status(&status);

@@ -1,27 +1,27 @@
 //! What the agent remembers across restarts, and how a refused spec is known again.
 
 use crate::acme;
+use crate::spec::ConfigHash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// What the agent remembers across restarts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentState {
-    pub applied_hash: Option<String>,
+    pub applied_hash: Option<ConfigHash>,
     /// When the agent saw `applied_hash` go live (RFC 3339).
     pub applied_at: Option<String>,
     pub epoch: Option<u32>,
     /// The last spec refused, by the hash of its body, so that it is reported once.
-    pub rejected: Option<String>,
+    pub rejected: Option<ConfigHash>,
     /// The last config that could not be handed over or stored (a full disk...), so that the
     /// failure is reported once while every poll tries again.
     #[serde(default)]
-    pub failed: Option<String>,
+    pub failed: Option<ConfigHash>,
     /// The last config that left the supervisor critical, likewise reported once. Kept apart
     /// from `failed`: a config that failed to store first and then left Envoy down must still
     /// report the critical failure.
     #[serde(default)]
-    pub critical: Option<String>,
+    pub critical: Option<ConfigHash>,
     pub last_poll: Option<String>,
     pub last_poll_result: Option<String>,
     pub last_event_sent: Option<String>,
@@ -50,7 +50,7 @@ const INFORMATIONAL: &[&str] = &[
 /// Identifies a refused spec so that it is reported once: SHA-256 of its JSON without the
 /// informational fields, keys sorted. (A hash of the raw body would change with every
 /// `traffic` update and report the same mistake at every poll.)
-pub fn rejected_hash(body: &[u8]) -> String {
+pub fn rejected_hash(body: &[u8]) -> ConfigHash {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(m) => {
@@ -65,9 +65,9 @@ pub fn rejected_hash(body: &[u8]) -> String {
         Ok(mut v) => {
             strip(&mut v);
             // serde_json's map is ordered by key, so this serialisation is canonical.
-            hex::encode(Sha256::digest(v.to_string().as_bytes()))
+            ConfigHash::of_bytes(v.to_string().as_bytes())
         }
-        Err(_) => hex::encode(Sha256::digest(body)),
+        Err(_) => ConfigHash::of_bytes(body),
     }
 }
 
@@ -82,6 +82,9 @@ mod tests {
         let c = br#"{"error":false,"data":{"identifier":"y","traffic":1,"rules":[]}}"#;
         assert_eq!(rejected_hash(a), rejected_hash(b));
         assert_ne!(rejected_hash(a), rejected_hash(c));
-        assert_eq!(rejected_hash(b"not json").len(), 64);
+        assert_eq!(
+            rejected_hash(b"not json"),
+            ConfigHash::of_bytes(b"not json")
+        );
     }
 }

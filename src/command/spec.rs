@@ -114,7 +114,10 @@ pub async fn diff(spec_path: &Path, settings: &Settings) -> Result<String, Failu
     if old == new {
         return Ok(String::new());
     }
-    let old_name = format!("running {}", running_hash.as_deref().unwrap_or("(none)"));
+    let old_name = format!(
+        "running {}",
+        running_hash.as_ref().map_or("(none)", |h| h.as_str())
+    );
     let new_name = format!("{} {}", spec_path.display(), p.hash);
     Ok(similar::TextDiff::from_lines(&old, &new)
         .unified_diff()

@@ -99,10 +99,6 @@ pub fn status_summary(s: &FullStatus) -> String {
     out.join("\n")
 }
 
-fn short(h: &str) -> String {
-    h.chars().take(12).collect()
-}
-
 /// One line, whatever a message holds (errors can quote Envoy or the API): control characters
 /// blanked, cut at 200 characters.
 fn line(t: &str) -> String {
@@ -131,7 +127,7 @@ fn supervisor_lines(sup: &Status, agent: &crate::agent::AgentState, out: &mut Ve
     }
     out.push(envoy);
     let mut config = match &sup.hash {
-        Some(h) => format!("Config      {}", short(h)),
+        Some(h) => format!("Config      {}", h.short()),
         None => "Config      none applied yet".to_owned(),
     };
     if sup.hash.is_some() && sup.hash == agent.applied_hash {
@@ -172,7 +168,7 @@ fn supervisor_lines(sup: &Status, agent: &crate::agent::AgentState, out: &mut Ve
             .unwrap_or_default();
         let mut text = format!(
             "Last apply  {result}{how} {} in {} ms",
-            short(&last.hash),
+            last.hash.short(),
             last.apply_ms
         );
         if let Some(e) = &last.error {
@@ -257,13 +253,13 @@ mod tests {
         assert!(s.contains("Last poll   never"), "{s}");
         assert!(s.contains("3 queued, 2 DROPPED"), "{s}");
 
-        let hash = "a".repeat(64);
+        let hash: crate::spec::ConfigHash = "a".repeat(64).parse().unwrap();
         let mut f = full(Some(Status {
             epoch: Some(4),
             hash: Some(hash.clone()),
             envoy_state: crate::envoy::admin::EnvoyState::Live,
             envoy_pid: Some(42),
-            good: vec![hash.clone(), "b".repeat(64)],
+            good: vec![hash.clone(), "b".repeat(64).parse().unwrap()],
             critical: Some("envoy exited\nagain".into()),
             resources: Some(crate::supervisor::protocol::ResourcesStatus {
                 hash: hash.clone(),
@@ -274,7 +270,7 @@ mod tests {
             last_apply: Some(ApplyOutcome {
                 result: ApplyResult::RolledBack,
                 method: None,
-                hash: "c".repeat(64),
+                hash: "c".repeat(64).parse().unwrap(),
                 previous_hash: None,
                 epoch: Some(4),
                 apply_ms: 17,

@@ -6,6 +6,7 @@
 //! wrote there, found by its pid. Stdout (access logs) is the supervisor's stdout, untouched.
 
 use crate::settings::Settings;
+use crate::spec::ConfigHash;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -22,7 +23,7 @@ const LOG_WINDOW: u64 = 256 * 1024;
 #[derive(Debug)]
 pub struct Epoch {
     pub epoch: u32,
-    pub hash: String,
+    pub hash: ConfigHash,
     pub pid: u32,
     log_file: PathBuf,
     exited: ExitWatch,
@@ -146,7 +147,7 @@ pub fn spawn(
     settings: &Settings,
     config: &Path,
     epoch: u32,
-    hash: &str,
+    hash: &ConfigHash,
     exits: mpsc::UnboundedSender<Exit>,
 ) -> anyhow::Result<Epoch> {
     if let Some(dir) = settings.envoy.log_file.parent() {

@@ -11,6 +11,7 @@
 //! 200/201, back off otherwise. Delivery is therefore at least once: a crash between the POST and
 //! the pop sends that event again.
 
+use crate::spec::ConfigHash;
 use crate::spec::Finding;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -88,8 +89,8 @@ impl Event {
     /// A new config is live. `previous_hash` is `None` for the first config ever applied; it is
     /// sent as `null` rather than left out, so that every event of a type has the same keys.
     pub fn config_applied(
-        config_hash: &str,
-        previous_hash: Option<&str>,
+        config_hash: &ConfigHash,
+        previous_hash: Option<&ConfigHash>,
         epoch: u32,
         apply_ms: u64,
         method: &str,
@@ -98,7 +99,7 @@ impl Event {
     ) -> Event {
         let mut message = format!(
             "config {} applied in {apply_ms} ms by {} (Envoy epoch {epoch})",
-            short(config_hash),
+            config_hash.short(),
             method.replace('_', " ")
         );
         let mut metadata = json!({
@@ -128,11 +129,11 @@ impl Event {
     }
 
     /// The spec failed validation; nothing changed.
-    pub fn config_rejected(config_hash: &str, errors: &[Finding], now: SystemTime) -> Event {
+    pub fn config_rejected(config_hash: &ConfigHash, errors: &[Finding], now: SystemTime) -> Event {
         let noun = if errors.len() == 1 { "error" } else { "errors" };
         let mut message = format!(
             "config {} rejected, nothing changed: {} {noun}",
-            short(config_hash),
+            config_hash.short(),
             errors.len()
         );
         // The first finding makes the message useful on its own; the full list is in metadata.
@@ -154,7 +155,7 @@ impl Event {
     /// A new config failed to go live; the previous one still serves. `epoch` is the epoch that
     /// failed, `None` when it failed before an Envoy was started (`null` on the wire).
     pub fn reload_failed(
-        config_hash: &str,
+        config_hash: &ConfigHash,
         epoch: Option<u32>,
         error: &str,
         now: SystemTime,
@@ -163,7 +164,7 @@ impl Event {
             EventKind::ReloadFailed,
             format!(
                 "config {} failed to load, the previous config still serves: {error}",
-                short(config_hash)
+                config_hash.short()
             ),
             now,
             json!({ "config_hash": config_hash, "epoch": epoch, "error": error }),
@@ -175,7 +176,7 @@ impl Event {
     /// them (nothing is rolled back); with none held, the new hosts just get no traffic. A
     /// `reload_failed` with the pool's facts added.
     pub fn transition_stuck(
-        config_hash: &str,
+        config_hash: &ConfigHash,
         epoch: Option<u32>,
         pool: &str,
         hosts: &[String],
@@ -193,7 +194,7 @@ impl Event {
         );
         Event::new(
             EventKind::ReloadFailed,
-            format!("config {}: {error}", short(config_hash)),
+            format!("config {}: {error}", config_hash.short()),
             now,
             json!({
                 "config_hash": config_hash,
@@ -208,7 +209,7 @@ impl Event {
 
     /// Envoy is not serving and could not be restored.
     pub fn critical_failure(
-        config_hash: &str,
+        config_hash: &ConfigHash,
         epoch: Option<u32>,
         error: &str,
         restore_error: &str,
@@ -313,11 +314,6 @@ impl Event {
     }
 }
 
-/// The first 12 characters of a hash: enough to tell configs apart in a message.
-fn short(hash: &str) -> String {
-    hash.chars().take(12).collect()
-}
-
 /// [`rfc3339`] of Unix seconds (before 1970: the epoch).
 pub fn rfc3339_unix(secs: i64) -> String {
     rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
@@ -362,6 +358,14 @@ mod tests {
         "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const PREV: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
+    pub(super) fn hash() -> ConfigHash {
+        HASH.parse().unwrap()
+    }
+
+    fn prev() -> ConfigHash {
+        PREV.parse().unwrap()
+    }
+
     pub(super) fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
@@ -381,7 +385,7 @@ mod tests {
 
     /// Event number `i`, with a fixed id so that two calls make equal events.
     pub(super) fn numbered(i: u32) -> Event {
-        let mut e = Event::reload_failed(HASH, Some(i), &format!("failure {i}"), now());
+        let mut e = Event::reload_failed(&hash(), Some(i), &format!("failure {i}"), now());
         e.id = format!("00000000-0000-4000-8000-{i:012}");
         e
     }
@@ -402,7 +406,7 @@ mod tests {
 
     #[test]
     fn config_applied_body() {
-        let e = Event::config_applied(HASH, Some(PREV), 3, 1250, "hot_restart", None, now());
+        let e = Event::config_applied(&hash(), Some(&prev()), 3, 1250, "hot_restart", None, now());
         assert_eq!(
             body(&e),
             json!({
@@ -410,15 +414,15 @@ mod tests {
                 "message": "config 0123456789ab applied in 1250 ms by hot restart (Envoy epoch 3)",
                 "timestamp": "2026-11-24T05:00:00Z",
                 "metadata": {
-                    "config_hash": HASH,
-                    "previous_hash": PREV,
+                    "config_hash": &hash(),
+                    "previous_hash": &prev(),
                     "epoch": 3,
                     "apply_ms": 1250,
                     "method": "hot_restart",
                 },
             })
         );
-        let first = Event::config_applied(HASH, None, 0, 7, "hot_restart", None, now());
+        let first = Event::config_applied(&hash(), None, 0, 7, "hot_restart", None, now());
         assert_eq!(body(&first)["metadata"]["previous_hash"], Value::Null);
         assert_eq!(
             first.metadata.len(),
@@ -426,8 +430,15 @@ mod tests {
             "every key is present, even when null"
         );
         let crash = "envoy epoch 0 (pid 9) exited (signal: 9 (SIGKILL)) during the apply";
-        let restarted =
-            Event::config_applied(HASH, Some(PREV), 0, 180, "restart", Some(crash), now());
+        let restarted = Event::config_applied(
+            &hash(),
+            Some(&prev()),
+            0,
+            180,
+            "restart",
+            Some(crash),
+            now(),
+        );
         assert_eq!(
             body(&restarted)["message"],
             format!("config 0123456789ab applied in 180 ms by restart (Envoy epoch 0): {crash}")
@@ -448,7 +459,7 @@ mod tests {
                 message: "must not be empty".into(),
             },
         ];
-        let e = Event::config_rejected(HASH, &errors, now());
+        let e = Event::config_rejected(&hash(), &errors, now());
         assert_eq!(
             body(&e),
             json!({
@@ -457,7 +468,7 @@ mod tests {
                             first: rules[0].port: must be between 1 and 65535",
                 "timestamp": "2026-11-24T05:00:00Z",
                 "metadata": {
-                    "config_hash": HASH,
+                    "config_hash": &hash(),
                     "errors": [
                         { "path": "rules[0].port", "message": "must be between 1 and 65535" },
                         { "path": "backends", "message": "must not be empty" },
@@ -469,7 +480,7 @@ mod tests {
 
     #[test]
     fn reload_failed_body() {
-        let e = Event::reload_failed(HASH, Some(4), "listener 443: address in use", now());
+        let e = Event::reload_failed(&hash(), Some(4), "listener 443: address in use", now());
         assert_eq!(
             body(&e),
             json!({
@@ -478,20 +489,20 @@ mod tests {
                             serves: listener 443: address in use",
                 "timestamp": "2026-11-24T05:00:00Z",
                 "metadata": {
-                    "config_hash": HASH,
+                    "config_hash": &hash(),
                     "epoch": 4,
                     "error": "listener 443: address in use",
                 },
             })
         );
-        let before_start = Event::reload_failed(HASH, None, "invalid config", now());
+        let before_start = Event::reload_failed(&hash(), None, "invalid config", now());
         assert_eq!(body(&before_start)["metadata"]["epoch"], Value::Null);
     }
 
     #[test]
     fn critical_failure_body() {
         let e = Event::critical_failure(
-            HASH,
+            &hash(),
             Some(2),
             "envoy exited with status 1",
             "epoch 0 did not become live",
@@ -505,7 +516,7 @@ mod tests {
                             failed: epoch 0 did not become live",
                 "timestamp": "2026-11-24T05:00:00Z",
                 "metadata": {
-                    "config_hash": HASH,
+                    "config_hash": &hash(),
                     "epoch": 2,
                     "error": "envoy exited with status 1",
                     "restore_error": "epoch 0 did not become live",
@@ -530,7 +541,7 @@ mod tests {
     #[test]
     fn events_round_trip_through_json() {
         let e = Event::config_rejected(
-            HASH,
+            &hash(),
             &[Finding {
                 path: "".into(),
                 message: "x".into(),
@@ -569,7 +580,7 @@ mod tests {
     #[test]
     fn an_apply_id_becomes_the_event_id_when_it_is_a_uuid() {
         let now = SystemTime::UNIX_EPOCH;
-        let e = || Event::config_applied("h", None, 0, 1, "live", None, now);
+        let e = || Event::config_applied(&hash(), None, 0, 1, "live", None, now);
         let id = uuid::Uuid::new_v4().to_string();
         assert_eq!(e().with_id(Some(&id)).id, id);
         let random = e().with_id(Some("not-a-uuid")).id;

@@ -6,6 +6,7 @@
 
 mod address;
 mod error;
+mod hash;
 mod model;
 mod parse;
 mod path;
@@ -13,6 +14,7 @@ mod tls;
 
 pub use address::{backend_address, dns_name_error, forbidden_ip, source_cidr};
 pub use error::{shown, Finding, SpecErrors};
+pub use hash::{ConfigHash, NotAHash};
 pub use model::*;
 pub use parse::{
     Options, DEFAULT_COOKIE_NAME, DEFAULT_MAX_CONNECTIONS, MAX_BACKENDS, MAX_BODY_BYTES,
@@ -90,7 +92,7 @@ pub fn fill_managed(spec: &mut Spec, certificates: &std::collections::BTreeMap<S
 
 /// SHA-256 (hex) over the canonical spec, the template set's version and the agent's version,
 /// so that only a change that alters the config (or how it is rendered) gives a new hash.
-pub fn config_hash(spec: &Spec, template_version: &str) -> String {
+pub fn config_hash(spec: &Spec, template_version: &str) -> ConfigHash {
     let mut h = Sha256::new();
     h.update(b"vpsie-lb-agent ");
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
@@ -105,7 +107,7 @@ pub fn config_hash(spec: &Spec, template_version: &str) -> String {
     let _ = serde_json::to_writer(&mut w, spec);
     let _ = std::io::Write::flush(&mut w);
     drop(w);
-    hex::encode(h.finalize())
+    ConfigHash::of(h)
 }
 
 #[cfg(test)]
@@ -131,7 +133,7 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         ));
         h.update(&canonical);
-        assert_eq!(config_hash(&spec, "t1"), hex::encode(h.finalize()));
+        assert_eq!(config_hash(&spec, "t1"), ConfigHash::of(h));
         assert_ne!(config_hash(&spec, "t1"), config_hash(&spec, "t2"));
     }
 }

@@ -4,6 +4,7 @@ use super::protocol::{ApplyMethod, ApplyOutcome, ApplyRequest, ApplyResult};
 use super::{binary_id, hold, live, Supervisor};
 use crate::envoy;
 use crate::render::{self, CertFile, Rendered};
+use crate::spec::ConfigHash;
 use serde::Deserialize;
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ impl Supervisor {
             envoy_us: None,
             apply_id: Some(uuid::Uuid::new_v4().to_string()),
         };
-        if !req.force && previous.as_deref() == Some(req.hash.as_str()) {
+        if !req.force && previous.as_ref() == Some(&req.hash) {
             self.unchanged(&mut out);
             return out;
         }
@@ -148,7 +149,7 @@ impl Supervisor {
     }
 
     /// A new epoch for `hash` by hot restart; on failure the last good config is put back.
-    async fn hot_restart_into(&mut self, hash: &str, out: &mut ApplyOutcome) {
+    async fn hot_restart_into(&mut self, hash: &ConfigHash, out: &mut ApplyOutcome) {
         let started = Instant::now();
         let launched = self.launch(hash).await;
         out.envoy_us = Some(started.elapsed().as_micros() as u64);
@@ -197,7 +198,7 @@ impl Supervisor {
     /// and when even that is not confirmed, hot restarts into the last good config.
     pub(super) async fn apply_live_or_roll_back(
         &mut self,
-        hash: &str,
+        hash: &ConfigHash,
         x: &std::sync::Arc<render::xds::Xds>,
         out: &mut ApplyOutcome,
     ) {
@@ -239,14 +240,10 @@ impl Supervisor {
                     .with_label_values(&["rolled_back"])
                     .inc();
                 hold("put-back").await;
-                let previous = self
-                    .live
-                    .as_ref()
-                    .map(|e| e.hash.clone())
-                    .unwrap_or_default();
-                let back = match &before {
-                    Some(b) => self.apply_live(b, &previous).await,
-                    None => Err("nothing to go back to".into()),
+                let previous = self.live.as_ref().map(|e| e.hash.clone());
+                let back = match (&before, previous) {
+                    (Some(b), Some(previous)) => self.apply_live(b, &previous).await,
+                    _ => Err("nothing to go back to".into()),
                 };
                 match back {
                     Ok(transitions) => {

@@ -75,7 +75,7 @@ pub async fn hand_over(
         ApplyResult::Rejected => Err(Failure::Rejected(detail(&out))),
         ApplyResult::RolledBack => Err(Failure::RolledBack(format!(
             "the new config failed at runtime; the previous config ({}) serves again: {}",
-            out.previous_hash.as_deref().unwrap_or("none"),
+            out.previous_hash.as_ref().map_or("none", |h| h.as_str()),
             detail(&out)
         ))),
         ApplyResult::Critical => {

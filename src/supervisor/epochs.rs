@@ -3,10 +3,11 @@
 
 use super::*;
 use crate::envoy::admin::EnvoyState;
+use crate::spec::ConfigHash;
 
 impl Supervisor {
     /// Starts the config as the next epoch: a hot restart when Envoy runs, else a fresh start.
-    pub(super) async fn launch(&mut self, hash: &str) -> Result<(), StartFailure> {
+    pub(super) async fn launch(&mut self, hash: &ConfigHash) -> Result<(), StartFailure> {
         let Some(live_epoch) = self.live.as_ref().map(|e| e.epoch) else {
             return self
                 .full_restart(hash, StopKind::Fast)
@@ -62,7 +63,7 @@ impl Supervisor {
     /// the child is LIVE, the child can never take over, and the start fails at once.
     pub(super) async fn start(
         &mut self,
-        hash: &str,
+        hash: &ConfigHash,
         epoch: u32,
         parent: Option<process::ExitWatch>,
     ) -> Result<(process::Epoch, live::LiveFiles), StartFailure> {
@@ -71,7 +72,7 @@ impl Supervisor {
             log: Vec::new(),
         };
         let x = std::sync::Arc::new(self.split_stored(hash, epoch).map_err(fail)?);
-        let files = self.write_epoch_files(&x).map_err(fail)?;
+        let files = self.write_epoch_files(&x, hash).map_err(fail)?;
         let path = x.dir.join("bootstrap.json");
         let binary = binary_id(&self.settings.envoy.binary);
         if let Some(p) = &parent {
@@ -118,7 +119,12 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn set_live(&mut self, e: process::Epoch, files: live::LiveFiles, hash: &str) {
+    pub(super) fn set_live(
+        &mut self,
+        e: process::Epoch,
+        files: live::LiveFiles,
+        hash: &ConfigHash,
+    ) {
         tracing::info!(epoch = e.epoch, pid = e.pid, %hash, "envoy epoch is LIVE");
         let kind = if e.epoch == 0 { "full" } else { "hot" };
         self.metrics.envoy_restarts.with_label_values(&[kind]).inc();
@@ -137,7 +143,7 @@ impl Supervisor {
     }
 
     /// `hash` serves now (a new epoch or a live update): it becomes the newest good config.
-    pub(super) fn record_good(&mut self, hash: &str) {
+    pub(super) fn record_good(&mut self, hash: &ConfigHash) {
         if let Some(live) = &mut self.live {
             live.hash = hash.to_owned();
         }

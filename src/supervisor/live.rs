@@ -18,6 +18,7 @@ use super::*;
 use crate::envoy::admin::{self, XdsState, XdsStats};
 use crate::envoy::process::ExitWatch;
 use crate::render::xds::{self, Kind, Xds};
+use crate::spec::ConfigHash;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -193,7 +194,7 @@ pub(super) async fn stats(
 
 impl Supervisor {
     /// Splits a stored config for the directory of `epoch`.
-    pub(super) fn split_stored(&self, hash: &str, epoch: u32) -> Result<Xds, String> {
+    pub(super) fn split_stored(&self, hash: &ConfigHash, epoch: u32) -> Result<Xds, String> {
         let path = self.store.config_path(hash);
         let config = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read the stored config {}: {e}", path.display()))?;
@@ -217,7 +218,11 @@ impl Supervisor {
     }
 
     /// Writes every file of `x` into its (fresh) directory, bootstrap last.
-    pub(super) fn write_epoch_files(&self, x: &Arc<Xds>) -> Result<LiveFiles, String> {
+    pub(super) fn write_epoch_files(
+        &self,
+        x: &Arc<Xds>,
+        hash: &ConfigHash,
+    ) -> Result<LiveFiles, String> {
         let _ = std::fs::remove_dir_all(&x.dir);
         let mut written = BTreeMap::new();
         for f in x.all_files() {
@@ -247,7 +252,7 @@ impl Supervisor {
             clusters: x.clusters.clone(),
             routed: x.clusters.keys().cloned().collect(),
             status: protocol::ResourcesStatus {
-                hash: String::new(),
+                hash: hash.clone(),
                 lds_version: x.lds().version,
                 cds_version: x.cds(&BTreeMap::new()).version,
                 live_applies: 0,
@@ -289,7 +294,7 @@ impl Supervisor {
     pub(super) async fn apply_live(
         &mut self,
         new: &Arc<Xds>,
-        hash: &str,
+        hash: &ConfigHash,
     ) -> Result<BTreeMap<String, Transition>, String> {
         let timeout = Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
         let deadline = Instant::now() + timeout;

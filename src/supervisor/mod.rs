@@ -41,6 +41,7 @@ mod server;
 mod tickets;
 mod transition;
 
+use crate::spec::ConfigHash;
 pub use server::bind;
 use server::{accept_loop, answer_serving, answer_status};
 
@@ -71,10 +72,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
     epoch: Option<u32>,
-    hash: Option<String>,
+    hash: Option<ConfigHash>,
     pid: Option<u32>,
     /// Known-good hashes, newest first.
-    good: Vec<String>,
+    good: Vec<ConfigHash>,
     last_apply: Option<ApplyOutcome>,
 }
 
@@ -436,11 +437,7 @@ impl Supervisor {
     fn notify_status(&self) {
         let status = match (&self.live, &self.critical) {
             (_, Some(c)) => format!("CRITICAL: envoy is not serving: {c}"),
-            (Some(e), None) => format!(
-                "epoch {}, config {}",
-                e.epoch,
-                &e.hash[..e.hash.len().min(12)]
-            ),
+            (Some(e), None) => format!("epoch {}, config {}", e.epoch, e.hash.short()),
             (None, None) => "waiting for the first config".to_owned(),
         };
         crate::systemd::status(&status);

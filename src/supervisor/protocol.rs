@@ -1,6 +1,7 @@
 //! What the agent and the CLI say to the supervisor: one JSON object per line over a Unix socket,
 //! one request and one response per line.
 
+use crate::spec::ConfigHash;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ pub enum Request {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {
-    pub hash: String,
+    pub hash: ConfigHash,
     pub config: String,
     pub files: Vec<FileData>,
     /// Restart even when this hash is already live (a forced resync).
@@ -88,9 +89,9 @@ pub struct ApplyOutcome {
     /// How an applied config reached Envoy (set with `Applied`).
     #[serde(default)]
     pub method: Option<ApplyMethod>,
-    pub hash: String,
+    pub hash: ConfigHash,
     /// The hash that was live before.
-    pub previous_hash: Option<String>,
+    pub previous_hash: Option<ConfigHash>,
     /// The epoch serving now.
     pub epoch: Option<u32>,
     pub apply_ms: u64,
@@ -114,12 +115,12 @@ pub struct ApplyOutcome {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub epoch: Option<u32>,
-    pub hash: Option<String>,
+    pub hash: Option<ConfigHash>,
     pub envoy_state: crate::envoy::admin::EnvoyState,
     pub envoy_pid: Option<u32>,
     pub hot_restart_version: Option<String>,
     /// Known-good hashes kept on disk, newest first.
-    pub good: Vec<String>,
+    pub good: Vec<ConfigHash>,
     pub last_apply: Option<ApplyOutcome>,
     /// Set while Envoy is down and could not be restored.
     pub critical: Option<String>,
@@ -134,12 +135,12 @@ pub struct Status {
 }
 
 /// One pool on its way to the hosts its config names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransitionStatus {
     /// A UUID; a stuck transition's report carries it as its event id.
     pub id: String,
     pub pool: String,
-    pub config_hash: String,
+    pub config_hash: ConfigHash,
     /// Hosts new to the pool (checked or not).
     pub new_hosts: usize,
     /// Hosts of the pool (old ones included) not healthy, as last read: a new host is not
@@ -154,10 +155,10 @@ pub struct TransitionStatus {
     pub stuck: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourcesStatus {
     /// The config they come from.
-    pub hash: String,
+    pub hash: ConfigHash,
     /// The versions Envoy confirmed for its listeners and its clusters (digests of them).
     pub lds_version: String,
     pub cds_version: String,

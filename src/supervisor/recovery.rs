@@ -4,6 +4,7 @@
 use super::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
 use super::{StopKind, Supervisor};
 use crate::envoy::{process, process::describe, shm};
+use crate::spec::ConfigHash;
 use std::time::{Duration, Instant};
 
 impl Supervisor {
@@ -20,7 +21,7 @@ impl Supervisor {
     /// given, else the last good one. `out` says what happened.
     pub(super) async fn recover_from_exit(
         &mut self,
-        new: Option<&str>,
+        new: Option<&ConfigHash>,
         why: String,
         out: &mut ApplyOutcome,
     ) {
@@ -60,7 +61,7 @@ impl Supervisor {
             .state
             .good
             .iter()
-            .find(|h| Some(h.as_str()) != new)
+            .find(|h| Some(*h) != new)
             .cloned()
             .or_else(|| dead.as_ref().map(|d| d.hash.clone()));
         let Some(good) = good else {
@@ -138,7 +139,11 @@ impl Supervisor {
     }
 
     /// Stops every epoch and starts `hash` as epoch 0 on clean shared memory.
-    pub(super) async fn full_restart(&mut self, hash: &str, how: StopKind) -> Result<(), String> {
+    pub(super) async fn full_restart(
+        &mut self,
+        hash: &ConfigHash,
+        how: StopKind,
+    ) -> Result<(), String> {
         self.stop_all(how).await;
         if let Err(e) = shm::remove_stale(self.settings.envoy.base_id) {
             tracing::warn!("{e:#}");

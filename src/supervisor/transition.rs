@@ -29,6 +29,7 @@
 
 use crate::envoy::admin::XdsStats;
 use crate::render::xds::{self, Xds};
+use crate::spec::ConfigHash;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ pub(super) struct Transition {
     pub id: String,
     pub pool: String,
     /// The config whose list this is.
-    pub hash: String,
+    pub hash: ConfigHash,
     /// The endpoint list known to serve, kept beside the new one until the new hosts passed
     /// their first check. `None`: the pool only gains hosts, nothing is held.
     pub settled: Option<Value>,
@@ -99,7 +100,7 @@ pub(super) fn plan(
     live: &Xds,
     current: &BTreeMap<String, Transition>,
     new: &Xds,
-    hash: &str,
+    hash: &ConfigHash,
     serving: impl Fn(&str) -> bool,
     timeout: Duration,
     now: Instant,
@@ -272,7 +273,7 @@ mod tests {
             &config(live),
             cur,
             &config(new),
-            "h",
+            &"0".repeat(64).parse().unwrap(),
             |_| serving,
             t,
             Instant::now(),

@@ -385,7 +385,9 @@ async fn an_event_resent_after_a_kill_is_recorded_once() {
     let applied = |events: &[Value], n: usize| -> Vec<Value> {
         events
             .iter()
-            .filter(|e| e["type"] == "config_applied" && e["metadata"]["config_hash"] == hashes[n])
+            .filter(|e| {
+                e["type"] == "config_applied" && e["metadata"]["config_hash"] == hashes[n].as_str()
+            })
             .cloned()
             .collect()
     };

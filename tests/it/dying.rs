@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vpsie_lb_agent::spec::ConfigHash;
 use vpsie_lb_agent::supervisor::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
 
 /// How soon a killed Envoy must serve again (ARCHITECTURE: a crash alone costs 0.1–0.3 s).
@@ -586,11 +587,11 @@ async fn a_supervisor_killed_mid_apply_comes_back_with_the_last_good_config() {
 }
 
 /// The `config_applied` events the stand-in API recorded for `hash`.
-async fn applied_events(sim: &crate::support::sim::Sim, hash: &str) -> Vec<Value> {
+async fn applied_events(sim: &crate::support::sim::Sim, hash: &ConfigHash) -> Vec<Value> {
     sim.events()
         .await
         .into_iter()
-        .filter(|e| e["type"] == "config_applied" && e["metadata"]["config_hash"] == hash)
+        .filter(|e| e["type"] == "config_applied" && e["metadata"]["config_hash"] == hash.as_str())
         .collect()
 }
 
@@ -637,10 +638,11 @@ async fn the_api_hears_once_of_an_apply_whose_agent_or_envoy_died_midway() {
         .into_iter()
         .find(|e| e["type"] == "config_applied")
         .unwrap();
-    let a_hash = first["metadata"]["config_hash"]
+    let a_hash: ConfigHash = first["metadata"]["config_hash"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .parse()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let b_hash = loop {
         if let Some(h) = stand.status().await.hash.filter(|h| *h != a_hash) {
@@ -742,7 +744,11 @@ async fn an_apply_reported_twice_is_one_event_at_the_api() {
             .into_iter()
             .find(|e| e["type"] == "config_applied")
         {
-            break e["metadata"]["config_hash"].as_str().unwrap().to_owned();
+            break e["metadata"]["config_hash"]
+                .as_str()
+                .unwrap()
+                .parse::<ConfigHash>()
+                .unwrap();
         }
         assert!(Instant::now() < deadline, "a was never reported");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -27,7 +27,7 @@ async fn both_examples_pass_the_real_envoy() {
         let p = command::validate(&example_path(name), &settings())
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(p.hash.len(), 64);
+        assert_eq!(p.hash.as_str().len(), 64);
         assert!(p.warnings().is_empty(), "{name}: {:?}", p.warnings());
     }
 }

@@ -342,7 +342,7 @@ fn own_scrapes() -> (String, String) {
         .build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION"), "1.40.0"])
         .set(1);
-    agent.set_config("0123abcd", 1);
+    agent.set_config(&"0123abcd".repeat(8).parse().unwrap(), 1);
     agent.set_certificates(&crate::support::load_ok(&crate::support::https_spec()).spec);
     agent.set_vrrp(&[vpsie_lb_agent::metrics::VrrpReading {
         vip: "198.18.0.100",

@@ -272,7 +272,7 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
     let want = stand.hash_of(&b);
     let arrived = |log: String| {
         log.lines()
-            .any(|l| l.contains("apply requested") && l.contains(&want))
+            .any(|l| l.contains("apply requested") && l.contains(want.as_str()))
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !arrived(stand.log()) {
@@ -290,7 +290,7 @@ async fn killing_clients_mid_apply_never_interrupts_traffic() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = stand.status().await;
-        if s.hash.as_deref() == Some(want.as_str()) {
+        if s.hash.as_ref() == Some(&want) {
             assert_eq!(s.epoch, Some(0), "applied live");
             break;
         }
@@ -457,7 +457,7 @@ async fn live_applies_never_queue_behind_a_drain_and_hot_restarts_do() {
     while !stand
         .log()
         .lines()
-        .any(|l| l.contains("apply requested") && l.contains(&want))
+        .any(|l| l.contains("apply requested") && l.contains(want.as_str()))
     {
         assert!(Instant::now() < deadline, "the third apply never arrived");
         tokio::time::sleep(Duration::from_millis(5)).await;

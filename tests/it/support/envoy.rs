@@ -113,7 +113,7 @@ impl Envoy {
             child,
             settings,
             log,
-            hash: prepared.hash,
+            hash: prepared.hash.to_string(),
             _dir: dir,
         };
         envoy.wait_live().await;

@@ -112,7 +112,7 @@ impl Stand {
     }
 
     /// The config hash `spec` gets with this stand's settings.
-    pub fn hash_of(&self, spec: &Value) -> String {
+    pub fn hash_of(&self, spec: &Value) -> vpsie_lb_agent::spec::ConfigHash {
         command::prepare_for_store(spec.to_string().as_bytes(), &self.settings, super::now())
             .unwrap()
             .hash
