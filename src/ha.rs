@@ -238,8 +238,6 @@ pub struct VipState {
     pub transitions: u64,
 }
 
-pub const STATES: &[&str] = &["master", "backup", "fault", "stop"];
-
 /// Records a state change keepalived announced (`ha-notify`): `kind` is `INSTANCE`, `name`
 /// the instance, `state` MASTER, BACKUP, FAULT or STOP.
 pub fn record(
@@ -256,7 +254,7 @@ pub fn record(
         bail!("only VRRP instances are recorded, not {kind:?}");
     }
     let state = state.to_ascii_lowercase();
-    if !STATES.contains(&state.as_str()) {
+    if crate::metrics::Vrrp::parse(&state) == crate::metrics::Vrrp::Unknown {
         bail!("unknown VRRP state {state:?}");
     }
     let Some(inst) = instances(ha).into_iter().find(|i| i.name == name) else {
@@ -299,7 +297,9 @@ pub fn export(ha: &HaSettings, metrics: &crate::metrics::AgentMetrics) {
         .iter()
         .map(|(i, rec)| crate::metrics::VrrpReading {
             vip: i.vip.split('/').next().unwrap_or(&i.vip),
-            state: rec.as_ref().map_or("unknown", |r| r.state.as_str()),
+            state: rec.as_ref().map_or(crate::metrics::Vrrp::Unknown, |r| {
+                crate::metrics::Vrrp::parse(&r.state)
+            }),
             transitions: rec.as_ref().map_or(0, |r| r.transitions),
         })
         .collect();

@@ -16,7 +16,7 @@ use crate::acme;
 use crate::api::{ApiClient, Fetched};
 use crate::envoy::admin::EnvoyState;
 use crate::events::{Event, EventQueue};
-use crate::metrics::AgentMetrics;
+use crate::metrics::{self, AgentMetrics, Poll};
 use crate::pipeline;
 use crate::render;
 use crate::resolve::{self, Resolved, Resolver};
@@ -42,7 +42,7 @@ pub use http::{
 pub use outcome::Outcome;
 use run::envoy_version;
 pub use run::{parse_envoy_version, run};
-pub use state::{rejected_hash, AgentState};
+pub use state::{rejected_hash, AgentState, PollRecord};
 
 /// Events kept while the API is away; the oldest go first.
 pub const QUEUE_CAPACITY: usize = 1000;
@@ -167,13 +167,10 @@ impl Agent {
             if self.reported.insert(key.clone()) {
                 tracing::warn!("{key}");
                 let kind = match p {
-                    resolve::Problem::Refused { .. } => "refused",
-                    resolve::Problem::Unresolved { .. } => "unresolved",
+                    resolve::Problem::Refused { .. } => metrics::BackendProblem::Refused,
+                    resolve::Problem::Unresolved { .. } => metrics::BackendProblem::Unresolved,
                 };
-                self.metrics
-                    .backend_problems
-                    .with_label_values(&[kind])
-                    .inc();
+                self.metrics.backend_problems.inc(kind);
                 self.report(Event::backend_host_problem(&p, SystemTime::now()));
             }
         }
@@ -265,21 +262,17 @@ impl Agent {
         }
         self.queue_certificate_events();
         let outcome = self.cycle_inner(force).await;
-        let result = match &outcome {
-            Outcome::Unchanged
-                if self.state.last_poll_result.as_deref() == Some("not modified") =>
-            {
-                "not_modified"
-            }
-            Outcome::Unchanged => "unchanged",
-            Outcome::Applied { .. } => "applied",
-            Outcome::Rejected { .. } => "rejected",
-            Outcome::RolledBack { .. } => "rolled_back",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Critical { .. } => "critical",
-            Outcome::Unreachable(_) => "unreachable",
+        // What the poll kept says it best: an unchanged outcome after a 304 is "not modified".
+        let not_modified = self
+            .state
+            .last_poll_result
+            .as_ref()
+            .is_some_and(|r| r.result == Poll::NotModified);
+        let result = match outcome.poll_record().result {
+            Poll::Unchanged if not_modified => Poll::NotModified,
+            r => r,
         };
-        self.metrics.polls.with_label_values(&[result]).inc();
+        self.metrics.polls.inc(result);
         if let Ok(s) = client::status(&self.settings).await {
             self.report_stuck_transitions(&s);
             self.metrics
@@ -306,7 +299,7 @@ impl Agent {
         let outcome = self.reconcile(&body, false).await;
         self.last_body = Some(body);
         if outcome != Outcome::Unchanged {
-            self.state.last_poll_result = Some(format!("{outcome:?}"));
+            self.state.last_poll_result = Some(outcome.poll_record());
         }
         self.save();
         self.beat();
@@ -336,14 +329,11 @@ impl Agent {
 
     fn queue_certificate_events(&mut self) {
         for e in self.certs.take_events() {
-            self.metrics
-                .acme_attempts
-                .with_label_values(&[match e.kind {
-                    crate::events::EventKind::CertificateIssued => "issued",
-                    crate::events::EventKind::CertificateRenewed => "renewed",
-                    _ => "failed",
-                }])
-                .inc();
+            self.metrics.acme_attempts.inc(match e.kind {
+                crate::events::EventKind::CertificateIssued => metrics::Acme::Issued,
+                crate::events::EventKind::CertificateRenewed => metrics::Acme::Renewed,
+                _ => metrics::Acme::Failed,
+            });
             self.report(e);
         }
     }
@@ -370,18 +360,18 @@ impl Agent {
         let fetched = self.api.fetch().await;
         self.metrics
             .api_request_duration
-            .with_label_values(&["fetch"])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(metrics::ApiOp::Fetch, started.elapsed().as_secs_f64());
         self.state.last_poll = Some(now_str());
         let body = match fetched {
             Err(e) => {
                 tracing::warn!("poll failed, the running config keeps serving: {e}");
-                self.state.last_poll_result = Some(format!("error: {e}"));
+                self.state.last_poll_result =
+                    Some(PollRecord::new(Poll::Unreachable, Some(e.to_string())));
                 self.save();
                 return Outcome::Unreachable(e.to_string());
             }
             Ok(Fetched::NotModified) => {
-                self.state.last_poll_result = Some("not modified".into());
+                self.state.last_poll_result = Some(PollRecord::new(Poll::NotModified, None));
                 // The spec is the same, but a host name's answer may have expired: look again,
                 // and apply if what the names resolve to changed.
                 // A spec refused by validation is judged again at every poll: a certificate's
@@ -397,7 +387,7 @@ impl Agent {
                         outcome = self.reconcile(&body, false).await;
                         self.last_body = Some(body);
                         if outcome != Outcome::Unchanged {
-                            self.state.last_poll_result = Some(format!("{outcome:?}"));
+                            self.state.last_poll_result = Some(outcome.poll_record());
                         }
                     }
                 }
@@ -408,7 +398,7 @@ impl Agent {
         };
         let outcome = self.reconcile(&body, force).await;
         self.last_body = Some(body);
-        self.state.last_poll_result = Some(format!("{outcome:?}"));
+        self.state.last_poll_result = Some(outcome.poll_record());
         self.save();
         outcome
     }
@@ -466,13 +456,13 @@ impl Agent {
         ) {
             Ok((p, how)) => {
                 let label = match how {
-                    render::splice::How::Full => "full",
+                    render::splice::How::Full => metrics::Render::Full,
                     render::splice::How::Spliced { changed } => {
                         tracing::debug!(changed, "endpoint-only change: endpoint lists rewritten");
-                        "spliced"
+                        metrics::Render::Spliced
                     }
                 };
-                self.metrics.renders.with_label_values(&[label]).inc();
+                self.metrics.renders.inc(label);
                 p
             }
             Err(e) => return self.failed(hash, e.to_string()),

@@ -1,7 +1,8 @@
 //! How one cycle ends: the supervisor's answer turned into state, events and an [`Outcome`].
 
-use super::{now_str, Agent};
+use super::{now_str, Agent, PollRecord};
 use crate::events::Event;
+use crate::metrics::Poll;
 use crate::spec::ConfigHash;
 use crate::spec::Finding;
 use crate::supervisor::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
@@ -40,20 +41,49 @@ pub enum Outcome {
     Unreachable(String),
 }
 
+impl Outcome {
+    /// How a poll that ended so is counted and kept (`status` shows it).
+    pub fn poll_record(&self) -> PollRecord {
+        let (result, detail) = match self {
+            Outcome::Unchanged => (Poll::Unchanged, None),
+            Outcome::Applied { hash, epoch } => (
+                Poll::Applied,
+                Some(format!("config {} in epoch {epoch}", hash.short())),
+            ),
+            Outcome::Rejected {
+                hash,
+                by_envoy,
+                errors,
+            } => {
+                let by = if *by_envoy { "Envoy" } else { "validation" };
+                let first = errors.first().map(|e| format!(": {e}")).unwrap_or_default();
+                let detail = format!("config {} refused by {by}{first}", hash.short());
+                (Poll::Rejected, Some(detail))
+            }
+            Outcome::RolledBack { hash } => (
+                Poll::RolledBack,
+                Some(format!("config {}; the previous one serves", hash.short())),
+            ),
+            Outcome::Failed { hash, error } => (
+                Poll::Failed,
+                Some(format!("config {}: {error}", hash.short())),
+            ),
+            Outcome::Critical { hash } => (
+                Poll::Critical,
+                Some(format!("config {}; Envoy is not serving", hash.short())),
+            ),
+            Outcome::Unreachable(e) => (Poll::Unreachable, Some(e.clone())),
+        };
+        PollRecord::new(result, detail)
+    }
+}
+
 impl Agent {
     /// Turns the supervisor's answer into state and events.
     pub(super) fn record(&mut self, out: ApplyOutcome) -> Outcome {
         let now = SystemTime::now();
-        let label = match out.result {
-            ApplyResult::Applied => Some("applied"),
-            ApplyResult::Unchanged => None,
-            ApplyResult::Rejected => Some("rejected"),
-            ApplyResult::RolledBack => Some("rolled_back"),
-            ApplyResult::Critical => Some("critical"),
-            ApplyResult::Error => Some("error"),
-        };
-        if let Some(l) = label {
-            self.metrics.applies.with_label_values(&[l]).inc();
+        if let Some(l) = out.result.counted() {
+            self.metrics.applies.inc(l);
         }
         let hash = out.hash.clone();
         match out.result {

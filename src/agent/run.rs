@@ -136,10 +136,10 @@ impl Agent {
         while let Some(event) = self.queue.peek().cloned() {
             let started = Instant::now();
             let sent_result = self.api.post_event(&event).await;
-            self.metrics
-                .api_request_duration
-                .with_label_values(&["event"])
-                .observe(started.elapsed().as_secs_f64());
+            self.metrics.api_request_duration.observe(
+                crate::metrics::ApiOp::Event,
+                started.elapsed().as_secs_f64(),
+            );
             match sent_result {
                 Ok(()) => {
                     self.metrics.events_sent.inc();

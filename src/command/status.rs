@@ -81,7 +81,7 @@ pub fn status_summary(s: &FullStatus) -> String {
     }
     let a = &s.agent;
     out.push(match (&a.last_poll, &a.last_poll_result) {
-        (Some(at), Some(r)) => format!("Last poll   {at}: {}", line(r)),
+        (Some(at), Some(r)) => format!("Last poll   {at}: {}", line(&String::from(r.clone()))),
         (Some(at), None) => format!("Last poll   {at}"),
         _ => "Last poll   never (is `vpsie-lb-agent run` running?)".to_owned(),
     });
@@ -285,7 +285,10 @@ mod tests {
         f.agent.applied_hash = Some(hash);
         f.agent.applied_at = Some("2026-11-30T10:00:00Z".into());
         f.agent.last_poll = Some("2026-11-30T10:01:00Z".into());
-        f.agent.last_poll_result = Some("Unchanged".into());
+        f.agent.last_poll_result = Some(crate::agent::PollRecord::new(
+            crate::metrics::Poll::Unchanged,
+            None,
+        ));
         let cert =
             |name: &str, not_after, next, failures, error: Option<&str>| crate::acme::CertStatus {
                 name: name.into(),
@@ -318,7 +321,7 @@ mod tests {
             "Resources   listeners 1a2b, clusters 3c4d, 9 live applies into this epoch",
             "Last apply  rolled_back cccccccccccc in 17 ms: port 80 is held",
             "CRITICAL    envoy exited again",
-            "Last poll   2026-11-30T10:01:00Z: Unchanged",
+            "Last poll   2026-11-30T10:01:00Z: unchanged",
             "Certificate shop.example.com (managed) valid until 2027-01-15T08:00:00Z, renews 2026-09-21T14:13:20Z",
             "Certificate api.example.com (managed) NOT YET OBTAINED, next attempt 2026-05-28T20:26:40Z; 2 failed: policy forbids it",
         ];

@@ -74,8 +74,9 @@ pub enum RenderError {
     Check(String),
 }
 
-/// What rendering produced: the config text and the files it names.
-#[derive(Debug, Clone)]
+/// What rendering produced: the config text and the files it names. The supervisor's protocol
+/// carries it as it is (`config`, `files`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Rendered {
     /// The Envoy bootstrap, as JSON (which Envoy reads as YAML too).
     pub config: String,

@@ -271,7 +271,7 @@ impl Serialize for Endpoint {
 }
 
 /// A file the config refers to by path: written mode 0600 next to the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CertFile {
     pub path: PathBuf,
     pub contents: String,

@@ -188,6 +188,17 @@ pub fn endpoints_file(name: &str, la: &Value) -> File {
 }
 
 impl Xds {
+    /// The ports every listener of the config listens on, the static ones (metrics) included.
+    pub fn listener_ports(&self) -> Vec<u16> {
+        let statics = self.base["static_resources"]["listeners"].as_array();
+        self.listeners
+            .values()
+            .chain(statics.into_iter().flatten())
+            .filter_map(|l| l["address"]["socket_address"]["port_value"].as_u64())
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect()
+    }
+
     /// The bootstrap an epoch starts from: the static part plus LDS and CDS from `dir`.
     pub fn bootstrap(&self) -> String {
         let mut b = self.base.clone();

@@ -3,9 +3,9 @@
 use super::protocol::{ApplyMethod, ApplyOutcome, ApplyRequest, ApplyResult};
 use super::{binary_id, hold, live, Supervisor};
 use crate::envoy;
-use crate::render::{self, CertFile, Rendered};
+use crate::metrics::LiveApply;
+use crate::render::xds;
 use crate::spec::ConfigHash;
-use serde::Deserialize;
 use std::time::Instant;
 
 impl Supervisor {
@@ -29,7 +29,7 @@ impl Supervisor {
             self.unchanged(&mut out);
             return out;
         }
-        let rendered = rendered_of(req.config, req.files);
+        let rendered = req.rendered;
         let path = match self.store.write(&req.hash, &rendered) {
             Ok(p) => p,
             Err(e) => {
@@ -45,29 +45,25 @@ impl Supervisor {
         // config was validated whole: it goes to Envoy without `envoy --mode validate` (most of
         // a small live apply's time) and without the port check (no listener changed). Envoy
         // still confirms or refuses it, and a refusal is rolled back as always.
-        // (Split once: at 10,000 backends reading the stored config back is milliseconds.)
-        let live_split = match &self.live {
-            Some(e) if same_binary && !req.force => Some(self.split_stored(&req.hash, e.epoch)),
-            _ => None,
-        };
-        let endpoint_only = match (&live_split, &self.files) {
-            (Some(Ok(x)), Some(f)) => live::only_endpoints_differ(&f.xds, x),
+        // The config is parsed once, here, from what was handed over (at 10,000 backends a
+        // parse is milliseconds): the comparison, the port check and the live apply use it.
+        let live_epoch = self.live.as_ref().map(|e| e.epoch);
+        let split = self.split(&rendered, live_epoch.unwrap_or(0));
+        let endpoint_only = match (&split, &self.files) {
+            (Ok(x), Some(f)) if same_binary && !req.force => live::only_endpoints_differ(&f.xds, x),
             _ => false,
         };
         let compared = started.elapsed();
         if endpoint_only {
             tracing::info!("only endpoint lists changed: validation skipped");
-        } else if let Err((result, error)) = self.check_new(&path, &rendered.config).await {
+        } else if let Err((result, error)) = self.check_new(&path, split.as_ref().ok()).await {
             out.result = result;
             out.error = Some(error);
             self.prune();
             return out;
         }
         // Live when the running epoch can take it: same bootstrap, same binary.
-        let live_epoch = self.live.as_ref().map(|e| e.epoch);
-        let split = live_split
-            .unwrap_or_else(|| self.split_stored(&req.hash, live_epoch.unwrap_or(0)))
-            .and_then(|x| live::check_inotify(&x).map(|()| x));
+        let split = split.and_then(|x| live::check_inotify(&x).map(|()| x));
         let split = match split {
             Ok(x) => std::sync::Arc::new(x),
             Err(e) => {
@@ -132,7 +128,7 @@ impl Supervisor {
     async fn check_new(
         &self,
         path: &std::path::Path,
-        config: &str,
+        new: Option<&xds::Xds>,
     ) -> Result<(), (ApplyResult, String)> {
         if let Err(e) = envoy::validate(&self.settings.envoy.binary, path).await {
             let result = match e {
@@ -141,8 +137,8 @@ impl Supervisor {
             };
             return Err((result, e.to_string()));
         }
-        if self.settings.supervisor.preflight_ports {
-            self.preflight(config)
+        if let (true, Some(new)) = (self.settings.supervisor.preflight_ports, new) {
+            self.preflight(new)
                 .map_err(|e| (ApplyResult::RolledBack, e))?;
         }
         Ok(())
@@ -175,13 +171,12 @@ impl Supervisor {
 
     /// Ports the new config listens on that the live one does not must be free: a held port
     /// would make the new epoch fail after it has already taken admin from the old one.
-    pub(super) fn preflight(&self, config: &str) -> Result<(), String> {
-        let new_ports = listener_ports(config);
+    pub(super) fn preflight(&self, new: &xds::Xds) -> Result<(), String> {
+        let new_ports = new.listener_ports();
         let live_ports = self
-            .live
+            .files
             .as_ref()
-            .and_then(|e| std::fs::read_to_string(self.store.config_path(&e.hash)).ok())
-            .map(|c| listener_ports(&c))
+            .map(|f| f.xds.listener_ports())
             .unwrap_or_default();
         let addr = self.settings.envoy.listen_address;
         for port in new_ports.iter().filter(|p| !live_ports.contains(p)) {
@@ -199,7 +194,7 @@ impl Supervisor {
     pub(super) async fn apply_live_or_roll_back(
         &mut self,
         hash: &ConfigHash,
-        x: &std::sync::Arc<render::xds::Xds>,
+        x: &std::sync::Arc<xds::Xds>,
         out: &mut ApplyOutcome,
     ) {
         let before = self.files.as_ref().map(|f| std::sync::Arc::clone(&f.xds));
@@ -215,10 +210,7 @@ impl Supervisor {
                 }
                 out.result = ApplyResult::Applied;
                 out.method = Some(ApplyMethod::Live);
-                self.metrics
-                    .live_applies
-                    .with_label_values(&["applied"])
-                    .inc();
+                self.metrics.live_applies.inc(LiveApply::Applied);
                 self.record_good(hash);
             }
             Err(e) if self.live_exited() => {
@@ -235,10 +227,7 @@ impl Supervisor {
                 if let Some(live) = &self.live {
                     out.envoy_log = live.log_tail();
                 }
-                self.metrics
-                    .live_applies
-                    .with_label_values(&["rolled_back"])
-                    .inc();
+                self.metrics.live_applies.inc(LiveApply::RolledBack);
                 hold("put-back").await;
                 let previous = self.live.as_ref().map(|e| e.hash.clone());
                 let back = match (&before, previous) {
@@ -269,51 +258,4 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// The rendered config as the protocol carries it, as the store keeps it.
-fn rendered_of(config: String, files: Vec<super::protocol::FileData>) -> Rendered {
-    Rendered {
-        config,
-        files: files
-            .into_iter()
-            .map(|f| CertFile {
-                path: f.path,
-                contents: f.contents,
-            })
-            .collect(),
-    }
-}
-
-/// The ports of a rendered config's listeners.
-fn listener_ports(config: &str) -> Vec<u16> {
-    #[derive(Deserialize)]
-    struct Doc {
-        static_resources: Res,
-    }
-    #[derive(Deserialize)]
-    struct Res {
-        listeners: Vec<L>,
-    }
-    #[derive(Deserialize)]
-    struct L {
-        address: A,
-    }
-    #[derive(Deserialize)]
-    struct A {
-        socket_address: S,
-    }
-    #[derive(Deserialize)]
-    struct S {
-        port_value: u16,
-    }
-    serde_json::from_str::<Doc>(config)
-        .map(|d| {
-            d.static_resources
-                .listeners
-                .into_iter()
-                .map(|l| l.address.socket_address.port_value)
-                .collect()
-        })
-        .unwrap_or_default()
 }

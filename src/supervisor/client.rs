@@ -1,9 +1,7 @@
 //! The supervisor's client side: hand a prepared config over and ask for its status, over the
 //! Unix socket and the JSON-lines protocol of [`super::protocol`].
 
-use super::protocol::{
-    self, ApplyOutcome, ApplyRequest, ApplyResult, FileData, Request, Response, Status,
-};
+use super::protocol::{self, ApplyOutcome, ApplyRequest, ApplyResult, Request, Response, Status};
 use crate::envoy;
 use crate::pipeline::{Failure, Prepared};
 use crate::settings::Settings;
@@ -29,16 +27,7 @@ pub async fn hand_over_raw(
 ) -> anyhow::Result<ApplyOutcome> {
     let req = Request::Apply(ApplyRequest {
         hash: p.hash.clone(),
-        config: p.rendered.config.clone(),
-        files: p
-            .rendered
-            .files
-            .iter()
-            .map(|f| FileData {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-            })
-            .collect(),
+        rendered: p.rendered.clone(),
         force,
     });
     match protocol::call(&settings.supervisor.socket, &req, apply_timeout(settings)).await? {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::envoy::admin::EnvoyState;
+use crate::metrics;
 use crate::spec::ConfigHash;
 
 impl Supervisor {
@@ -126,8 +127,12 @@ impl Supervisor {
         hash: &ConfigHash,
     ) {
         tracing::info!(epoch = e.epoch, pid = e.pid, %hash, "envoy epoch is LIVE");
-        let kind = if e.epoch == 0 { "full" } else { "hot" };
-        self.metrics.envoy_restarts.with_label_values(&[kind]).inc();
+        let kind = if e.epoch == 0 {
+            metrics::Restart::Full
+        } else {
+            metrics::Restart::Hot
+        };
+        self.metrics.envoy_restarts.inc(kind);
         self.metrics.envoy_up.set(1);
         self.metrics.envoy_epoch.set(e.epoch.into());
         if let Some(prev) = self.live.replace(e) {
@@ -135,7 +140,7 @@ impl Supervisor {
         }
         self.files = Some(files);
         // A new epoch starts from the configs' own lists: nothing is held any more.
-        self.end_transitions("dropped");
+        self.end_transitions(metrics::TransitionEnd::Dropped);
         let live = self.live.as_ref();
         self.state.epoch = live.map(|e| e.epoch);
         self.state.pid = live.map(|e| e.pid);

@@ -18,9 +18,11 @@ use super::*;
 use crate::envoy::admin::{self, XdsState, XdsStats};
 use crate::envoy::process::ExitWatch;
 use crate::render::xds::{self, Kind, Xds};
+use crate::render::Rendered;
 use crate::spec::ConfigHash;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How often Envoy's stats are read while waiting for a step: often at first (a small update
@@ -193,6 +195,17 @@ pub(super) async fn stats(
 }
 
 impl Supervisor {
+    /// Splits a config handed over for the directory of `epoch`.
+    pub(super) fn split(&self, rendered: &Rendered, epoch: u32) -> Result<Xds, String> {
+        let files: Vec<(PathBuf, String)> = rendered
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.contents.clone()))
+            .collect();
+        xds::split(&rendered.config, &files, &epoch_dir(&self.settings, epoch))
+            .map_err(|e| format!("the config does not split into xDS resources: {e}"))
+    }
+
     /// Splits a stored config for the directory of `epoch`.
     pub(super) fn split_stored(&self, hash: &ConfigHash, epoch: u32) -> Result<Xds, String> {
         let path = self.store.config_path(hash);
@@ -383,10 +396,10 @@ impl Supervisor {
         }
         self.settle_files(new, lds.version, final_cds.version);
         if plan.superseded > 0 {
-            self.metrics
-                .transitions_ended
-                .with_label_values(&["superseded"])
-                .inc_by(plan.superseded as u64);
+            self.metrics.transitions_ended.inc_by(
+                crate::metrics::TransitionEnd::Superseded,
+                plan.superseded as u64,
+            );
         }
         Ok(plan.transitions)
     }

@@ -50,7 +50,7 @@ use crate::settings::Settings;
 use crate::store::{self, ConfigStore};
 use anyhow::Context;
 use nix::sys::signal::Signal;
-use protocol::{ApplyOutcome, ApplyResult, Request, Response, Status};
+use protocol::{ApplyOutcome, Request, Response, Status};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -412,16 +412,8 @@ impl Supervisor {
                 let span =
                     tracing::info_span!("apply", hash = %a.hash, epoch = tracing::field::Empty);
                 let out = self.apply(a).instrument(span).await;
-                let result = match out.result {
-                    ApplyResult::Applied => "applied",
-                    ApplyResult::Rejected => "rejected",
-                    ApplyResult::RolledBack => "rolled_back",
-                    ApplyResult::Critical => "critical",
-                    ApplyResult::Error => "error",
-                    ApplyResult::Unchanged => "",
-                };
-                if !result.is_empty() {
-                    self.metrics.applies.with_label_values(&[result]).inc();
+                if let Some(result) = out.result.counted() {
+                    self.metrics.applies.inc(result);
                     self.metrics
                         .apply_duration
                         .observe(out.apply_ms as f64 / 1000.0);

@@ -5,6 +5,7 @@
 use super::live::stats;
 use super::transition::{self, Transition, Verdict};
 use super::{hold, protocol, Supervisor};
+use crate::metrics;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ impl Supervisor {
             return;
         }
         let Some(watch) = self.live.as_ref().map(|e| e.watch()) else {
-            self.end_transitions("dropped");
+            self.end_transitions(metrics::TransitionEnd::Dropped);
             return;
         };
         hold("transition-check").await;
@@ -121,8 +122,7 @@ impl Supervisor {
                 );
                 self.metrics
                     .transitions_ended
-                    .with_label_values(&["finished"])
-                    .inc();
+                    .inc(metrics::TransitionEnd::Finished);
                 return false;
             }
             Verdict::Wait | Verdict::ReadHosts if overdue => {
@@ -152,12 +152,11 @@ impl Supervisor {
     }
 
     /// Ends every transition (a new epoch starts from the configs' own lists).
-    pub(super) fn end_transitions(&mut self, why: &str) {
+    pub(super) fn end_transitions(&mut self, why: metrics::TransitionEnd) {
         if !self.transitions.is_empty() {
             self.metrics
                 .transitions_ended
-                .with_label_values(&[why])
-                .inc_by(self.transitions.len() as u64);
+                .inc_by(why, self.transitions.len() as u64);
             self.transitions.clear();
         }
         self.count_transitions();
@@ -170,9 +169,11 @@ impl Supervisor {
             .filter(|t| t.stuck.is_some())
             .count();
         let m = &self.metrics.transitions;
-        m.with_label_values(&["stuck"]).set(stuck as i64);
-        m.with_label_values(&["checking"])
-            .set((self.transitions.len() - stuck) as i64);
+        m.set(metrics::Transition::Stuck, stuck as i64);
+        m.set(
+            metrics::Transition::Checking,
+            (self.transitions.len() - stuck) as i64,
+        );
     }
 
     /// What `status` shows of the transitions.

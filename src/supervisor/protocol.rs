@@ -1,10 +1,11 @@
 //! What the agent and the CLI say to the supervisor: one JSON object per line over a Unix socket,
 //! one request and one response per line.
 
+use crate::render::Rendered;
 use crate::spec::ConfigHash;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -29,17 +30,12 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyRequest {
     pub hash: ConfigHash,
-    pub config: String,
-    pub files: Vec<FileData>,
+    /// On the wire as `config` and `files`.
+    #[serde(flatten)]
+    pub rendered: Rendered,
     /// Restart even when this hash is already live (a forced resync).
     #[serde(default)]
     pub force: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileData {
-    pub path: PathBuf,
-    pub contents: String,
 }
 
 /// How a config was put into Envoy, as `config_applied` reports it.
@@ -81,6 +77,21 @@ pub enum ApplyResult {
     Critical,
     /// The supervisor could not even try (bad request, disk error...).
     Error,
+}
+
+impl ApplyResult {
+    /// The label an apply is counted under; `Unchanged` is not an apply and is not counted.
+    pub fn counted(self) -> Option<crate::metrics::Apply> {
+        use crate::metrics::Apply;
+        match self {
+            ApplyResult::Applied => Some(Apply::Applied),
+            ApplyResult::Unchanged => None,
+            ApplyResult::Rejected => Some(Apply::Rejected),
+            ApplyResult::RolledBack => Some(Apply::RolledBack),
+            ApplyResult::Critical => Some(Apply::Critical),
+            ApplyResult::Error => Some(Apply::Error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

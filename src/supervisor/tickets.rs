@@ -14,6 +14,7 @@
 //!   connections only, so no handshake in flight fails.
 
 use super::Supervisor;
+use crate::metrics;
 use crate::render::xds;
 use crate::settings::Settings;
 use crate::store;
@@ -156,18 +157,15 @@ impl Supervisor {
         let label = match self.put_tickets(&file).await {
             Ok(true) => {
                 tracing::info!(version = file.version, "session-ticket keys rotated");
-                "ok"
+                metrics::Rotation::Ok
             }
             Ok(false) => return,
             Err(e) => {
                 tracing::error!("session-ticket keys not rotated: {e}");
-                "failed"
+                metrics::Rotation::Failed
             }
         };
-        self.metrics
-            .ticket_rotations
-            .with_label_values(&[label])
-            .inc();
+        self.metrics.ticket_rotations.inc(label);
     }
 
     /// Writes `file` into the live epoch's directory; true once Envoy holds it (or no listener

@@ -108,18 +108,8 @@ pub fn protocol_target(data: &[u8]) {
     };
     let root = Path::new("/var/lib/vpsie-lb/envoy");
     let store = ConfigStore::new(root);
-    let rendered = Rendered {
-        config: req.config.clone(),
-        files: req
-            .files
-            .iter()
-            .map(|f| render::CertFile {
-                path: f.path.clone(),
-                contents: f.contents.clone(),
-            })
-            .collect(),
-    };
-    if store.check(&req.hash, &rendered).is_ok() {
+    let rendered = &req.rendered;
+    if store.check(&req.hash, rendered).is_ok() {
         let certs = store.cert_dir(&req.hash);
         assert!(certs.starts_with(root) && store.config_path(&req.hash).starts_with(root));
         for f in &rendered.files {
@@ -137,10 +127,10 @@ pub fn protocol_target(data: &[u8]) {
             );
         }
     }
-    let files: Vec<(PathBuf, String)> = req
+    let files: Vec<(PathBuf, String)> = rendered
         .files
         .iter()
         .map(|f| (f.path.clone(), f.contents.clone()))
         .collect();
-    let _ = xds::split(&req.config, &files, Path::new("/run/fuzz/xds/0"));
+    let _ = xds::split(&rendered.config, &files, Path::new("/run/fuzz/xds/0"));
 }

@@ -761,7 +761,7 @@ def reboot_without_api(qga, http_port):
     # against the API that is back (its state says so), not after a guessed wait.
     def polled_again():
         poll = (agent_status(qga).get("agent") or {}).get("last_poll_result") or ""
-        return poll in ("Unchanged", "not modified"), f"last poll: {poll}"
+        return poll.split(":")[0] in ("unchanged", "not_modified"), f"last poll: {poll}"
     wait_for("a finished poll of the agent after the API came back", polled_again, 120,
              interval=0.5)
     sup = supervisor_status(qga)

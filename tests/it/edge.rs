@@ -417,13 +417,20 @@ async fn a_heap_over_its_limit_sheds_load_and_says_so() {
     // At 98 % new connections are not even accepted (closed at once, no answer).
     let ok = b"GET /shed HTTP/1.1\r\nHost: lb\r\n\r\n".to_vec();
     assert_eq!(status_of(front, &ok).await, None);
-    let shed = envoy.admin_text("/stats?filter=overload").await;
-    assert!(
-        shed.contains(&format!(
-            "listener.127.0.0.1_{front}.downstream_cx_overload_reject: 1"
-        )),
-        "the refused connection is counted:\n{shed}"
-    );
+    // The worker counts the refusal after it closed the socket: wait for the count.
+    let counted = format!("listener.127.0.0.1_{front}.downstream_cx_overload_reject: 1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let shed = envoy.admin_text("/stats?filter=overload").await;
+        if shed.contains(&counted) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused connection is counted:\n{shed}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!up.paths_seen.lock().unwrap().iter().any(|p| p == "/shed"));
     // What the scrape carries (the metrics route forwards this page).
     let prom = envoy.admin_text("/stats/prometheus").await;

@@ -346,7 +346,7 @@ fn own_scrapes() -> (String, String) {
     agent.set_certificates(&crate::support::load_ok(&crate::support::https_spec()).spec);
     agent.set_vrrp(&[vpsie_lb_agent::metrics::VrrpReading {
         vip: "198.18.0.100",
-        state: "master",
+        state: vpsie_lb_agent::metrics::Vrrp::Master,
         transitions: 2,
     }]);
     (agent.render(), SupervisorMetrics::new().render())

@@ -7,28 +7,16 @@
 //! dashboards and alerts never see a missing series.
 
 use crate::spec::ConfigHash;
+mod labels;
+
+pub use labels::{
+    Acme, ApiOp, Apply, BackendProblem, Counters, Gauges, Histograms, Label, LiveApply, Poll,
+    Render, Restart, Rotation, Transition, TransitionEnd, Vrrp,
+};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-/// Results of one poll.
-pub const POLL_RESULTS: &[&str] = &[
-    "applied",
-    "unchanged",
-    "not_modified",
-    "rejected",
-    "rolled_back",
-    "failed",
-    "critical",
-    "unreachable",
-];
-/// Results of one apply (agent and supervisor alike).
-pub const APPLY_RESULTS: &[&str] = &["applied", "rejected", "rolled_back", "critical", "error"];
-pub const API_OPS: &[&str] = &["fetch", "event"];
-pub const RESTART_KINDS: &[&str] = &["hot", "full"];
-/// Results of one attempt to obtain a managed certificate.
-pub const ACME_RESULTS: &[&str] = &["issued", "renewed", "failed"];
 
 const DURATION_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -46,19 +34,19 @@ fn reg<M: prometheus::core::Collector + Clone + 'static>(
 
 pub struct AgentMetrics {
     pub registry: Registry,
-    pub polls: IntCounterVec,
-    pub api_request_duration: HistogramVec,
-    pub applies: IntCounterVec,
+    pub polls: Counters<Poll>,
+    pub api_request_duration: Histograms<ApiOp>,
+    pub applies: Counters<Apply>,
     pub apply_duration: Histogram,
     /// Configs rendered, by how: from the templates, or the last config with only its endpoint
     /// lists rewritten.
-    pub renders: IntCounterVec,
+    pub renders: Counters<Render>,
     pub envoy_epoch: IntGauge,
     pub config_info: IntGaugeVec,
     pub last_apply: Gauge,
     pub spec_rejections: IntCounter,
     /// Backend host names reported for an answer that could not be used as it came.
-    pub backend_problems: IntCounterVec,
+    pub backend_problems: Counters<BackendProblem>,
     pub events_queued: IntGauge,
     pub events_sent: IntCounter,
     pub events_dropped: IntCounter,
@@ -67,7 +55,7 @@ pub struct AgentMetrics {
     pub envoy_up: IntGauge,
     pub certificate_expiry: GaugeVec,
     /// Attempts to obtain or renew a managed certificate, by result.
-    pub acme_attempts: IntCounterVec,
+    pub acme_attempts: Counters<Acme>,
     /// High availability: 1 for each virtual IP's current VRRP state, as keepalived reported it.
     pub vrrp_state: IntGaugeVec,
     /// VRRP state changes of each virtual IP on this node.
@@ -81,11 +69,9 @@ pub struct AgentMetrics {
 /// `backup`, `fault`, `stop` or `unknown`, and the running count of changes.
 pub struct VrrpReading<'a> {
     pub vip: &'a str,
-    pub state: &'a str,
+    pub state: Vrrp,
     pub transitions: u64,
 }
-
-pub const VRRP_STATES: &[&str] = &["master", "backup", "fault", "stop", "unknown"];
 
 impl AgentMetrics {
     #[allow(clippy::new_without_default)]
@@ -96,7 +82,7 @@ impl AgentMetrics {
             HistogramOpts::new(format!("{p}{name}"), help).buckets(DURATION_BUCKETS.to_vec())
         };
         let m = AgentMetrics {
-            polls: reg(
+            polls: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -105,8 +91,8 @@ impl AgentMetrics {
                     ),
                     &["result"],
                 ),
-            ),
-            api_request_duration: reg(
+            )),
+            api_request_duration: Histograms::new(reg(
                 &r,
                 HistogramVec::new(
                     hist(
@@ -115,8 +101,8 @@ impl AgentMetrics {
                     ),
                     &["op"],
                 ),
-            ),
-            applies: reg(
+            )),
+            applies: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -125,7 +111,7 @@ impl AgentMetrics {
                     ),
                     &["result"],
                 ),
-            ),
+            )),
             apply_duration: reg(
                 &r,
                 Histogram::with_opts(hist(
@@ -133,7 +119,7 @@ impl AgentMetrics {
                     "From render to the new epoch LIVE",
                 )),
             ),
-            renders: reg(
+            renders: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -142,7 +128,7 @@ impl AgentMetrics {
                     ),
                     &["how"],
                 ),
-            ),
+            )),
             envoy_epoch: reg(
                 &r,
                 IntGauge::new(
@@ -174,7 +160,7 @@ impl AgentMetrics {
                     "Specs refused by validation or by Envoy",
                 ),
             ),
-            backend_problems: reg(
+            backend_problems: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -183,7 +169,7 @@ impl AgentMetrics {
                     ),
                     &["kind"],
                 ),
-            ),
+            )),
             events_queued: reg(
                 &r,
                 IntGauge::new(format!("{p}events_queued"), "Events waiting for the API"),
@@ -223,7 +209,7 @@ impl AgentMetrics {
                     &["certificate_id"],
                 ),
             ),
-            acme_attempts: reg(
+            acme_attempts: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -232,7 +218,7 @@ impl AgentMetrics {
                     ),
                     &["result"],
                 ),
-            ),
+            )),
             vrrp_state: reg(
                 &r,
                 IntGaugeVec::new(
@@ -266,24 +252,6 @@ impl AgentMetrics {
             ),
             registry: r,
         };
-        for v in POLL_RESULTS {
-            m.polls.with_label_values(&[v]);
-        }
-        for v in APPLY_RESULTS {
-            m.applies.with_label_values(&[v]);
-        }
-        for v in ["full", "spliced"] {
-            m.renders.with_label_values(&[v]);
-        }
-        for v in ACME_RESULTS {
-            m.acme_attempts.with_label_values(&[v]);
-        }
-        for v in API_OPS {
-            m.api_request_duration.with_label_values(&[v]);
-        }
-        for v in ["refused", "unresolved"] {
-            m.backend_problems.with_label_values(&[v]);
-        }
         m
     }
 
@@ -312,9 +280,9 @@ impl AgentMetrics {
             return;
         };
         for r in readings {
-            for s in VRRP_STATES {
+            for s in Vrrp::ALL {
                 self.vrrp_state
-                    .with_label_values(&[r.vip, s])
+                    .with_label_values(&[r.vip, s.as_label()])
                     .set(i64::from(*s == r.state));
             }
             let before = seen.insert(r.vip.to_owned(), r.transitions);
@@ -338,10 +306,10 @@ pub struct SupervisorMetrics {
     pub registry: Registry,
     pub envoy_up: IntGauge,
     pub envoy_epoch: IntGauge,
-    pub envoy_restarts: IntCounterVec,
-    pub applies: IntCounterVec,
+    pub envoy_restarts: Counters<Restart>,
+    pub applies: Counters<Apply>,
     pub apply_duration: Histogram,
-    pub live_applies: IntCounterVec,
+    pub live_applies: Counters<LiveApply>,
     pub resources_info: IntGaugeVec,
     pub access_log_bytes: IntGauge,
     pub access_log_files: IntGauge,
@@ -349,9 +317,9 @@ pub struct SupervisorMetrics {
     pub access_log_reopen_failures: IntCounter,
     pub access_log_disk_free: IntGauge,
     pub access_log_disk_size: IntGauge,
-    pub transitions: IntGaugeVec,
-    pub transitions_ended: IntCounterVec,
-    pub ticket_rotations: IntCounterVec,
+    pub transitions: Gauges<Transition>,
+    pub transitions_ended: Counters<TransitionEnd>,
+    pub ticket_rotations: Counters<Rotation>,
 }
 
 impl SupervisorMetrics {
@@ -371,7 +339,7 @@ impl SupervisorMetrics {
                     "Hot-restart epoch of the live Envoy",
                 ),
             ),
-            envoy_restarts: reg(
+            envoy_restarts: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -380,14 +348,14 @@ impl SupervisorMetrics {
                     ),
                     &["kind"],
                 ),
-            ),
-            applies: reg(
+            )),
+            applies: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(format!("{p}applies_total"), "Applies handled, by result"),
                     &["result"],
                 ),
-            ),
+            )),
             apply_duration: reg(
                 &r,
                 Histogram::with_opts(
@@ -398,7 +366,7 @@ impl SupervisorMetrics {
                     .buckets(DURATION_BUCKETS.to_vec()),
                 ),
             ),
-            live_applies: reg(
+            live_applies: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -407,7 +375,7 @@ impl SupervisorMetrics {
                     ),
                     &["result"],
                 ),
-            ),
+            )),
             resources_info: reg(
                 &r,
                 IntGaugeVec::new(
@@ -460,7 +428,7 @@ impl SupervisorMetrics {
                     "Size of the access log's file system",
                 ),
             ),
-            transitions: reg(
+            transitions: Gauges::new(reg(
                 &r,
                 IntGaugeVec::new(
                     Opts::new(
@@ -469,8 +437,8 @@ impl SupervisorMetrics {
                     ),
                     &["state"],
                 ),
-            ),
-            transitions_ended: reg(
+            )),
+            transitions_ended: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -479,8 +447,8 @@ impl SupervisorMetrics {
                     ),
                     &["result"],
                 ),
-            ),
-            ticket_rotations: reg(
+            )),
+            ticket_rotations: Counters::new(reg(
                 &r,
                 IntCounterVec::new(
                     Opts::new(
@@ -489,27 +457,9 @@ impl SupervisorMetrics {
                     ),
                     &["result"],
                 ),
-            ),
+            )),
             registry: r,
         };
-        for v in ["ok", "failed"] {
-            m.ticket_rotations.with_label_values(&[v]);
-        }
-        for v in ["checking", "stuck"] {
-            m.transitions.with_label_values(&[v]);
-        }
-        for v in ["finished", "superseded", "dropped"] {
-            m.transitions_ended.with_label_values(&[v]);
-        }
-        for v in ["applied", "rolled_back"] {
-            m.live_applies.with_label_values(&[v]);
-        }
-        for v in RESTART_KINDS {
-            m.envoy_restarts.with_label_values(&[v]);
-        }
-        for v in APPLY_RESULTS {
-            m.applies.with_label_values(&[v]);
-        }
         m
     }
 
@@ -540,7 +490,7 @@ mod tests {
     #[test]
     fn every_series_of_a_closed_set_exists_from_the_start() {
         let a = AgentMetrics::new().render();
-        for r in POLL_RESULTS {
+        for r in Poll::ALL.iter().map(|p| p.as_label()) {
             assert!(
                 a.contains(&format!("vpsie_lb_agent_polls_total{{result=\"{r}\"}} 0")),
                 "{r}"
