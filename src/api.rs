@@ -11,7 +11,7 @@
 use crate::settings::Settings;
 use anyhow::Context;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,70 +58,6 @@ pub enum Fetched {
     NotModified,
     /// The whole enveloped body (`error` is false), and its ETag.
     Spec { body: Vec<u8>, etag: Option<String> },
-}
-
-/// Why the API must not be reached at this address, or `None` when it may. Loopback is allowed
-/// only in development (`allow_loopback`), for the local stand-in.
-pub fn forbidden_api_ip(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4, allow_loopback),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4, allow_loopback)
-                    .map(|_| "is an IPv4-mapped form of a forbidden address");
-            }
-            let s = v6.segments();
-            if v6.is_loopback() {
-                return (!allow_loopback).then_some("is loopback");
-            }
-            if v6.is_unspecified() {
-                return Some("is unspecified");
-            }
-            if v6.is_multicast() {
-                return Some("is multicast");
-            }
-            if s[0] & 0xffc0 == 0xfe80 {
-                return Some("is link-local");
-            }
-            if s[0] & 0xfe00 == 0xfc00 {
-                return Some("is a unique local (private) address, fc00::/7");
-            }
-            if s[0] == 0x64 && s[1] == 0xff9b {
-                return forbidden_v4(
-                    Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32),
-                    allow_loopback,
-                )
-                .map(|_| "is a NAT64 form of a forbidden address");
-            }
-            if s[..6] == [0, 0, 0, 0, 0, 0] {
-                return Some("is an IPv4-compatible address (deprecated)");
-            }
-            None
-        }
-    }
-}
-
-fn forbidden_v4(ip: Ipv4Addr, allow_loopback: bool) -> Option<&'static str> {
-    let o = ip.octets();
-    if ip.is_loopback() {
-        return (!allow_loopback).then_some("is loopback");
-    }
-    if ip.is_unspecified() || o[0] == 0 {
-        return Some("is unspecified (0.0.0.0/8)");
-    }
-    if ip.is_private() {
-        return Some("is private (10/8, 172.16/12, 192.168/16)");
-    }
-    if ip.is_link_local() {
-        return Some("is link-local (169.254.0.0/16 holds the metadata service)");
-    }
-    if o[0] == 100 && (64..128).contains(&o[1]) {
-        return Some("is carrier-grade NAT space (100.64.0.0/10)");
-    }
-    if ip.is_multicast() || ip.is_broadcast() || o[0] >= 240 {
-        return Some("is multicast, broadcast or reserved");
-    }
-    None
 }
 
 /// What following the API needs beyond `Settings::load`'s checks: a load balancer id and an
@@ -172,7 +108,7 @@ pub fn check_api_url(
         ));
     }
     if let Some(ip) = ip {
-        if let Some(why) = forbidden_api_ip(ip, allow_insecure_http) {
+        if let Some(why) = crate::net::api_refusal(ip, allow_insecure_http) {
             return Err(format!("{ip} {why}"));
         }
     }
@@ -213,7 +149,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 return Err(Box::new(GuardError(format!("{host} resolves to no address"))) as _);
             }
             for ip in &addrs {
-                if let Some(why) = forbidden_api_ip(*ip, this.allow_loopback) {
+                if let Some(why) = crate::net::api_refusal(*ip, this.allow_loopback) {
                     return Err(Box::new(GuardError(format!(
                         "refused by the SSRF guard: {host} resolves to {ip}, which {why}"
                     ))) as _);

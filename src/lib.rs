@@ -5,6 +5,7 @@
 //! - [`settings`]: the agent's own settings (`agent.yaml`), checked at start-up.
 //! - [`backoff`]: doubling waits after failures, bounded.
 //! - [`systemd`]: what the daemons tell systemd (ready, stopping, status, watchdog).
+//! - [`net`]: what kind of place an IP address is, and where backends and the API may be.
 //! - [`spec`]: parses, normalises, validates and hashes the load-balancer specification.
 //! - [`render`]: turns a valid spec into an Envoy bootstrap (Tera templates, escaped, parsed back).
 //! - [`store`]: private files written atomically; configs kept by hash.
@@ -29,6 +30,7 @@ pub mod envoy;
 pub mod events;
 pub mod ha;
 pub mod metrics;
+pub mod net;
 pub mod pipeline;
 pub mod render;
 pub mod resolve;

@@ -1,5 +1,5 @@
 //! Backend host names, resolved by the agent rather than by Envoy, so that every address of
-//! every answer is judged by the same guard as an IP literal in the spec (`spec::forbidden_ip`)
+//! every answer is judged by the same guard as an IP literal in the spec (`net::backend_refusal`)
 //! before it can become an endpoint. A name whose answer holds a forbidden address (loopback,
 //! link-local such as the metadata service 169.254.169.254, ...) carries no traffic there.
 //!
@@ -8,7 +8,8 @@
 //! and keeps a name's last good addresses when it stops resolving. Does not: render, apply or
 //! report; the caller turns [`Problem`]s into events and metrics.
 
-use crate::spec::{forbidden_ip, BackendAddress, Spec};
+use crate::net::{backend_refusal, Refusal};
+use crate::spec::{BackendAddress, Spec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -81,7 +82,7 @@ impl Resolver {
 pub struct Judged {
     /// Sorted, without duplicates.
     pub allowed: Vec<IpAddr>,
-    pub refused: Vec<(IpAddr, &'static str)>,
+    pub refused: Vec<(IpAddr, Refusal)>,
 }
 
 /// Judges every address of an answer by the rule for IP literals in the spec.
@@ -89,7 +90,7 @@ pub fn judge(addrs: &[IpAddr], allow_loopback: bool) -> Judged {
     let mut allowed = BTreeSet::new();
     let mut refused = BTreeMap::new();
     for &ip in addrs {
-        match forbidden_ip(ip, allow_loopback) {
+        match backend_refusal(ip, allow_loopback) {
             None => {
                 allowed.insert(ip);
             }
@@ -110,7 +111,7 @@ pub enum Problem {
     /// The answer held addresses the guard refuses; they carry no traffic.
     Refused {
         name: String,
-        refused: Vec<(IpAddr, &'static str)>,
+        refused: Vec<(IpAddr, Refusal)>,
     },
     /// The name did not resolve; `kept` are the last good addresses still in use.
     Unresolved {
@@ -280,7 +281,10 @@ mod tests {
                 "::ffff:169.254.169.254"
             ])
         );
-        assert!(j.refused.iter().any(|(_, why)| why.contains("metadata")));
+        assert!(j
+            .refused
+            .iter()
+            .any(|(_, why)| why.to_string().contains("metadata")));
         // Development mode opens loopback, and only loopback.
         let dev = judge(&ips(&["127.0.0.2", "169.254.169.254"]), true);
         assert_eq!(dev.allowed, ips(&["127.0.0.2"]));

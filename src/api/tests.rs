@@ -30,7 +30,10 @@ fn the_guard_refuses_every_internal_range() {
         "::127.0.0.1",
     ] {
         let ip: IpAddr = s.parse().unwrap();
-        assert!(forbidden_api_ip(ip, false).is_some(), "{s} must be refused");
+        assert!(
+            crate::net::api_refusal(ip, false).is_some(),
+            "{s} must be refused"
+        );
     }
     for s in [
         "203.0.113.5",
@@ -41,11 +44,14 @@ fn the_guard_refuses_every_internal_range() {
         "2606:4700::1",
     ] {
         let ip: IpAddr = s.parse().unwrap();
-        assert_eq!(forbidden_api_ip(ip, false), None, "{s} is public");
+        assert_eq!(crate::net::api_refusal(ip, false), None, "{s} is public");
     }
     // Development opens loopback only.
-    assert_eq!(forbidden_api_ip("127.0.0.1".parse().unwrap(), true), None);
-    assert!(forbidden_api_ip("10.0.0.1".parse().unwrap(), true).is_some());
+    assert_eq!(
+        crate::net::api_refusal("127.0.0.1".parse().unwrap(), true),
+        None
+    );
+    assert!(crate::net::api_refusal("10.0.0.1".parse().unwrap(), true).is_some());
 }
 
 #[test]

@@ -238,7 +238,7 @@ impl Event {
                 "problem": "refused",
                 "refused": refused
                     .iter()
-                    .map(|(ip, why)| json!({"address": ip.to_string(), "reason": why}))
+                    .map(|(ip, why)| json!({"address": ip.to_string(), "reason": why.to_string()}))
                     .collect::<Vec<_>>(),
             }),
             Problem::Unresolved { name, error, kept } => json!({

@@ -6,84 +6,7 @@
 use super::error::shown;
 use super::model::BackendAddress;
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-/// Why a backend IP is refused, or `None` when it is a normal backend address.
-/// Private ranges are normal here: backends live on the customer's private network.
-pub fn forbidden_ip(ip: IpAddr, allow_loopback: bool) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4, allow_loopback),
-        IpAddr::V6(v6) => {
-            // An IPv4 address written in IPv6 form reaches the same place: judge the IPv4 one.
-            if let Some(v4) = embedded_v4(v6) {
-                return forbidden_v4(v4, allow_loopback).map(|why| match why {
-                    "is a loopback address" => "is an IPv4-mapped loopback address",
-                    "is unspecified" => "is an IPv4-mapped unspecified address",
-                    "is link-local (169.254.0.0/16 holds the metadata service)" => {
-                        "is an IPv4-mapped link-local address (169.254.0.0/16 holds the metadata service)"
-                    }
-                    other => other,
-                });
-            }
-            forbidden_v6(v6, allow_loopback)
-        }
-    }
-}
-
-fn forbidden_v4(ip: Ipv4Addr, allow_loopback: bool) -> Option<&'static str> {
-    if ip.is_loopback() {
-        return (!allow_loopback).then_some("is a loopback address");
-    }
-    if ip.is_unspecified() {
-        return Some("is unspecified");
-    }
-    if ip.octets()[0] == 0 {
-        return Some("is in 0.0.0.0/8 (this network), which is not a destination");
-    }
-    if ip.is_link_local() {
-        return Some("is link-local (169.254.0.0/16 holds the metadata service)");
-    }
-    if ip.is_multicast() {
-        return Some("is a multicast address");
-    }
-    if ip.is_broadcast() {
-        return Some("is the broadcast address");
-    }
-    if ip.octets()[0] >= 240 {
-        return Some("is in the reserved range 240.0.0.0/4");
-    }
-    None
-}
-
-fn forbidden_v6(ip: Ipv6Addr, allow_loopback: bool) -> Option<&'static str> {
-    if ip.is_loopback() {
-        return (!allow_loopback).then_some("is a loopback address");
-    }
-    if ip.is_unspecified() {
-        return Some("is unspecified");
-    }
-    if ip.is_unicast_link_local() {
-        return Some("is link-local (fe80::/10)");
-    }
-    if ip.is_multicast() {
-        return Some("is a multicast address");
-    }
-    None
-}
-
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`) or
-/// NAT64 (`64:ff9b::a.b.c.d`) IPv6 address.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
-        // `::` and `::1` are IPv6's own unspecified and loopback addresses, judged as IPv6.
-        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 || lo > 1 => Some(tail),
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
-        _ => None,
-    }
-}
+use std::net::IpAddr;
 
 /// Checks an RFC 1123 DNS name: labels of 1-63 letters, digits and hyphens, no hyphen at either
 /// end of a label, 253 characters at most. Lower-case only: callers lower-case first.
@@ -124,7 +47,7 @@ pub fn dns_name_error(name: &str) -> Option<String> {
 /// contract. Returns the address or the reason it is refused.
 pub fn backend_address(text: &str, allow_loopback: bool) -> Result<BackendAddress, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return match forbidden_ip(ip, allow_loopback) {
+        return match crate::net::backend_refusal(ip, allow_loopback) {
             Some(why) => Err(format!(
                 "{ip} {why}; backends must be reachable unicast addresses"
             )),

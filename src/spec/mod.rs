@@ -12,7 +12,7 @@ mod parse;
 mod path;
 mod tls;
 
-pub use address::{backend_address, dns_name_error, forbidden_ip, source_cidr};
+pub use address::{backend_address, dns_name_error, source_cidr};
 pub use error::{shown, Finding, SpecErrors};
 pub use hash::{ConfigHash, NotAHash};
 pub use model::*;
