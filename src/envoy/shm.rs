@@ -1,6 +1,6 @@
 //! Envoy's hot-restart shared memory (`/dev/shm/envoy_shared_memory_<base_id * 10>`).
 //!
-//! What we found with Envoy 1.40 (see ARCHITECTURE.md, "Hot restart, as measured"): a child
+//! What we found with Envoy 1.40 (see docs/internals.md, "Hot restart, as measured"): a child
 //! epoch sets an INITIALIZING flag here when it starts and clears it once it is up. A child that
 //! dies first leaves the flag set, and every later hot restart then refuses with "previous envoy
 //! process is still initializing". The supervisor is that child's parent: once it has reaped the

@@ -106,16 +106,11 @@ impl Supervisor {
     /// Rewrites the live epoch's runtime layer from the settings and waits until Envoy says it
     /// holds it (`runtime.version_text`). `None` when no epoch runs (the next one starts with it).
     async fn put_runtime(&mut self) -> Result<Option<String>, String> {
-        let (Some(files), Some(epoch)) = (&self.files, &self.live) else {
+        let (Some(files), Some(epoch)) = (&mut self.files, &self.live) else {
             return Ok(None);
         };
         let file = xds::runtime_file(&self.settings.access_log, &files.xds.runtime);
-        self.write_file(&files.xds.dir, &file)?;
-        if let Some(files) = &mut self.files {
-            files
-                .written
-                .insert(file.name.clone(), file.version.clone());
-        }
+        files.put_always(&file)?;
         let watch = epoch.watch();
         let deadline =
             Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());

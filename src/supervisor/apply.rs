@@ -82,7 +82,7 @@ impl Supervisor {
         if can_go_live {
             // A forced resync writes every file again, whatever is believed to be there.
             if let (true, Some(f)) = (req.force, &mut self.files) {
-                f.written.clear();
+                f.forget_written();
             }
             self.apply_live_or_roll_back(&req.hash, &split, &mut out)
                 .await;

@@ -1,10 +1,16 @@
 //! Envoy epochs: starting one (hot restart or fresh), waiting until it is LIVE, waiting for old
 //! ones to exit, draining and stopping them. The loop in `mod.rs` decides when; this does it.
 
-use super::*;
+use super::{
+    binary_id, hold, live, StartFailure, StopKind, Supervisor, KEEP_GOOD, KILL_DEADLINE, LIVE_POLL,
+};
 use crate::envoy::admin::EnvoyState;
+use crate::envoy::process::{self, describe};
 use crate::metrics;
+use crate::render::xds;
 use crate::spec::ConfigHash;
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
 
 impl Supervisor {
     /// Starts the config as the next epoch: a hot restart when Envoy runs, else a fresh start.
@@ -73,7 +79,13 @@ impl Supervisor {
             log: Vec::new(),
         };
         let x = std::sync::Arc::new(self.split_stored(hash, epoch).map_err(fail)?);
-        let files = self.write_epoch_files(&x, hash).map_err(fail)?;
+        // The runtime layer follows the supervisor's settings and the config's own keys, and the
+        // session-ticket keys are those of this time: neither is one of the config's files.
+        let own = [
+            xds::runtime_file(&self.settings.access_log, &x.runtime),
+            self.tickets.current_file(),
+        ];
+        let files = live::LiveFiles::create(&x, hash, &self.settings, own).map_err(fail)?;
         let path = x.dir.join("bootstrap.json");
         let binary = binary_id(&self.settings.envoy.binary);
         if let Some(p) = &parent {

@@ -14,16 +14,20 @@
 //!   epoch, changes reach only the new one.
 
 use super::transition::{self, Transition};
-use super::*;
+use super::{hold, protocol, Supervisor};
+use crate::envoy::admin::Admin;
 use crate::envoy::admin::{self, XdsState, XdsStats};
 use crate::envoy::process::ExitWatch;
 use crate::render::xds::{self, Kind, Xds};
 use crate::render::Rendered;
+use crate::settings::Settings;
 use crate::spec::ConfigHash;
+use crate::store;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How often Envoy's stats are read while waiting for a step: often at first (a small update
 /// is taken within milliseconds), then less, since each read is work for Envoy's main thread.
@@ -33,20 +37,105 @@ const CONFIRM_FAST_FOR: Duration = Duration::from_millis(30);
 /// Headroom left for everything else that uses inotify (systemd, other services).
 const INOTIFY_HEADROOM: u64 = 16;
 
-/// What the live epoch's directory holds.
+/// The live epoch's directory: what it holds, and the only writer of it.
 #[derive(Debug, Clone)]
 pub(super) struct LiveFiles {
     /// The config Envoy confirmed last (shared: at 10,000 backends a copy costs milliseconds).
     pub xds: Arc<Xds>,
-    /// File name → version of what is on disk now (may be ahead of `xds` mid-apply).
-    pub written: BTreeMap<String, String>,
-    /// The clusters in `cds.json` now (during an apply: the old ones and the new).
-    pub clusters: BTreeMap<String, Value>,
-    /// The clusters the listeners and routes on disk were written for: only these must stay
-    /// until new listeners and routes are confirmed.
-    pub routed: BTreeSet<String>,
     /// What `status` shows of them.
     pub status: protocol::ResourcesStatus,
+    /// File name → version of what is on disk now (may be ahead of `xds` mid-apply).
+    written: BTreeMap<String, String>,
+    /// The clusters in `cds.json` now (during an apply: the old ones and the new).
+    clusters: BTreeMap<String, Value>,
+    /// The clusters the listeners and routes on disk were written for: only these must stay
+    /// until new listeners and routes are confirmed.
+    routed: BTreeSet<String>,
+    /// Where files are written before they are renamed into the directory.
+    tmp: PathBuf,
+}
+
+impl LiveFiles {
+    /// Writes every file of `x` into its (fresh) directory, then `own` (the supervisor's files
+    /// that are not the config's: the runtime layer, the session-ticket keys), bootstrap last.
+    pub(super) fn create(
+        x: &Arc<Xds>,
+        hash: &ConfigHash,
+        settings: &Settings,
+        own: [xds::File; 2],
+    ) -> Result<LiveFiles, String> {
+        let _ = std::fs::remove_dir_all(&x.dir);
+        let mut files = LiveFiles {
+            xds: Arc::clone(x),
+            status: protocol::ResourcesStatus {
+                hash: hash.clone(),
+                lds_version: x.lds().version,
+                cds_version: x.cds(&BTreeMap::new()).version,
+                live_applies: 0,
+            },
+            written: BTreeMap::new(),
+            clusters: x.clusters.clone(),
+            routed: x.clusters.keys().cloned().collect(),
+            tmp: xds_root(settings).join(".tmp"),
+        };
+        for f in x.all_files().iter().chain(&own) {
+            files.put_always(f)?;
+        }
+        files.write(&xds::File {
+            name: "bootstrap.json".into(),
+            version: String::new(),
+            data: x.bootstrap().into_bytes(),
+        })?;
+        Ok(files)
+    }
+
+    /// One file, renamed into place from outside the watched directory. Not fsynced: an epoch
+    /// always starts from a directory written afresh from the stored (synced) config.
+    fn write(&self, f: &xds::File) -> Result<(), String> {
+        let to = self.xds.dir.join(&f.name);
+        store::write_private_via(&self.tmp, &to, &f.data, store::Durability::Atomic)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// Writes `f` unless the same version is already there; true when it wrote.
+    pub(super) fn put(&mut self, f: &xds::File) -> Result<bool, String> {
+        if self.written.get(&f.name) == Some(&f.version) {
+            return Ok(false);
+        }
+        self.put_always(f)?;
+        Ok(true)
+    }
+
+    /// Writes `f` whatever is believed to be there.
+    pub(super) fn put_always(&mut self, f: &xds::File) -> Result<(), String> {
+        self.write(f)?;
+        self.written.insert(f.name.clone(), f.version.clone());
+        Ok(())
+    }
+
+    /// Forgets what is on disk, so that the next apply writes every file again (a forced
+    /// resync: whatever is believed to be there).
+    pub(super) fn forget_written(&mut self) {
+        self.written.clear();
+    }
+
+    /// After a live apply: the files `new` does not name are deleted (the supervisor's own
+    /// runtime and ticket files stay), and `new` is what the epoch runs.
+    fn settle(&mut self, new: &Arc<Xds>, lds_version: String, cds_version: String) {
+        let keep = new.file_names();
+        let dir = self.xds.dir.clone();
+        self.written.retain(|name, _| {
+            let keep_it =
+                keep.contains(name) || name == xds::RUNTIME_FILE || name == xds::TICKETS_FILE;
+            if !keep_it {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            keep_it
+        });
+        self.xds = Arc::clone(new);
+        self.status.lds_version = lds_version;
+        self.status.cds_version = cds_version;
+    }
 }
 
 /// What must hold in Envoy for a step to count as done: the version each subscription accepted
@@ -230,73 +319,6 @@ impl Supervisor {
         })
     }
 
-    /// Writes every file of `x` into its (fresh) directory, bootstrap last.
-    pub(super) fn write_epoch_files(
-        &self,
-        x: &Arc<Xds>,
-        hash: &ConfigHash,
-    ) -> Result<LiveFiles, String> {
-        let _ = std::fs::remove_dir_all(&x.dir);
-        let mut written = BTreeMap::new();
-        for f in x.all_files() {
-            self.write_file(&x.dir, &f)?;
-            written.insert(f.name, f.version);
-        }
-        // The runtime layer follows the supervisor's settings and the config's own keys: it is
-        // not one of the config's files (a live apply never removes it).
-        let runtime = xds::runtime_file(&self.settings.access_log, &x.runtime);
-        self.write_file(&x.dir, &runtime)?;
-        written.insert(runtime.name, runtime.version);
-        // So are the session-ticket keys: those of this time, the same on every epoch and node.
-        let tickets = self.tickets.current_file();
-        self.write_file(&x.dir, &tickets)?;
-        written.insert(tickets.name, tickets.version);
-        self.write_file(
-            &x.dir,
-            &xds::File {
-                name: "bootstrap.json".into(),
-                version: String::new(),
-                data: x.bootstrap().into_bytes(),
-            },
-        )?;
-        Ok(LiveFiles {
-            xds: Arc::clone(x),
-            written,
-            clusters: x.clusters.clone(),
-            routed: x.clusters.keys().cloned().collect(),
-            status: protocol::ResourcesStatus {
-                hash: hash.clone(),
-                lds_version: x.lds().version,
-                cds_version: x.cds(&BTreeMap::new()).version,
-                live_applies: 0,
-            },
-        })
-    }
-
-    /// One file, renamed into place from outside the watched directory. Not fsynced: an epoch
-    /// always starts from a directory written afresh from the stored (synced) config.
-    pub(super) fn write_file(&self, dir: &Path, f: &xds::File) -> Result<(), String> {
-        let tmp = xds_root(&self.settings).join(".tmp");
-        store::write_private_via(&tmp, &dir.join(&f.name), &f.data, store::Durability::Atomic)
-            .map_err(|e| format!("{e:#}"))
-    }
-
-    /// Writes `f` unless the same version is already there.
-    pub(super) fn put(&mut self, f: &xds::File) -> Result<bool, String> {
-        let Some(files) = &self.files else {
-            return Err("no live epoch to apply to".into());
-        };
-        if files.written.get(&f.name) == Some(&f.version) {
-            return Ok(false);
-        }
-        let dir = files.xds.dir.clone();
-        self.write_file(&dir, f)?;
-        if let Some(files) = &mut self.files {
-            files.written.insert(f.name.clone(), f.version.clone());
-        }
-        Ok(true)
-    }
-
     /// Puts `new` into the running Envoy, make before break: certificates and endpoints, then
     /// clusters (old ones kept), wait warm; then routes and listeners, wait active; then the
     /// clusters nothing uses any more are removed and their files deleted. Each step is
@@ -311,20 +333,26 @@ impl Supervisor {
     ) -> Result<BTreeMap<String, Transition>, String> {
         let timeout = Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
         let deadline = Instant::now() + timeout;
-        let (Some(files), Some(watch)) = (&self.files, self.live.as_ref().map(|e| e.watch()))
+        let (Some(files), Some(watch)) = (&mut self.files, self.live.as_ref().map(|e| e.watch()))
         else {
             return Err("no live epoch to apply to".into());
+        };
+        let confirm = Confirm {
+            admin: &self.admin,
+            watch: &watch,
+            deadline,
+            timeout,
         };
         let t0 = Instant::now();
         let before = Arc::clone(&files.xds);
         let on_disk = files.clusters.clone();
         let routed = files.routed.clone();
         hold("live-baseline").await;
-        let baseline = self.baseline(&watch, deadline).await?;
+        let baseline = confirm.baseline().await?;
 
         // 1. Certificates, endpoints, then clusters: the new ones and every one on disk now,
         //    since listeners on disk may still route to them.
-        let secrets = self.put_secrets(new)?;
+        let secrets = put_secrets(files, new)?;
         // A pool that gains hosts while it serves keeps the ones that served (see `transition`).
         let plan = transition::plan(
             &before,
@@ -337,21 +365,19 @@ impl Supervisor {
         );
         hold("live-bridge").await;
         for f in plan.files.values() {
-            self.put(f)?;
+            files.put(f)?;
         }
         let extra: BTreeMap<String, Value> = on_disk
             .into_iter()
             .filter(|(k, _)| !new.clusters.contains_key(k) && routed.contains(k))
             .collect();
         let cds = new.cds(&extra);
-        self.put(&cds)?;
+        files.put(&cds)?;
         // Listener limits before the listeners: a new listener is never without one.
         let runtime = xds::runtime_file(&self.settings.access_log, &new.runtime);
-        let runtime = self.put(&runtime)?.then_some(runtime.version);
-        if let Some(f) = &mut self.files {
-            f.clusters = new.clusters.clone();
-            f.clusters.extend(extra.clone());
-        }
+        let runtime = files.put(&runtime)?.then_some(runtime.version);
+        files.clusters = new.clusters.clone();
+        files.clusters.extend(extra.clone());
         let expect = Expect {
             cds: Some(cds.version.clone()),
             runtime,
@@ -364,13 +390,11 @@ impl Supervisor {
         };
         let written = t0.elapsed();
         hold("live-clusters").await;
-        self.confirm(&expect, &baseline, deadline, &watch).await?;
+        confirm.until(&expect, &baseline).await?;
         let clusters = t0.elapsed();
 
         // 2. Routes, then listeners (certificates are confirmed once a listener uses them).
-        let lds = self
-            .put_listeners(new, &extra, secrets, (&baseline, deadline, &watch))
-            .await?;
+        let lds = put_listeners(files, new, &extra, secrets, (&confirm, &baseline)).await?;
 
         // Where an apply's time goes (Envoy's own work is between "written" and "clusters").
         tracing::debug!(
@@ -382,19 +406,17 @@ impl Supervisor {
         // 3. Remove what nothing uses any more.
         let final_cds = new.cds(&BTreeMap::new());
         if !extra.is_empty() {
-            self.put(&final_cds)?;
-            if let Some(f) = &mut self.files {
-                f.clusters = new.clusters.clone();
-                f.routed = new.clusters.keys().cloned().collect();
-            }
+            files.put(&final_cds)?;
+            files.clusters = new.clusters.clone();
+            files.routed = new.clusters.keys().cloned().collect();
             let expect = Expect {
                 cds: Some(final_cds.version.clone()),
                 ..Expect::default()
             };
             hold("live-prune").await;
-            self.confirm(&expect, &baseline, deadline, &watch).await?;
+            confirm.until(&expect, &baseline).await?;
         }
-        self.settle_files(new, lds.version, final_cds.version);
+        files.settle(new, lds.version, final_cds.version);
         if plan.superseded > 0 {
             self.metrics.transitions_ended.inc_by(
                 crate::metrics::TransitionEnd::Superseded,
@@ -404,97 +426,108 @@ impl Supervisor {
         Ok(plan.transitions)
     }
 
-    /// Step 1's certificates: the secrets written anew, by name and version.
-    fn put_secrets(&mut self, new: &Xds) -> Result<BTreeMap<String, String>, String> {
-        let mut secrets = BTreeMap::new();
-        for (name, f) in new.named_files(Kind::Secret) {
-            if self.put(&f)? {
-                secrets.insert(name, f.version);
-            }
-        }
-        Ok(secrets)
-    }
-
-    /// Step 2: routes, then listeners, confirmed with the certificates they use. `extra`: the
-    /// old clusters the old listeners may still route to until then. Returns the LDS file.
-    async fn put_listeners(
-        &mut self,
-        new: &Xds,
-        extra: &BTreeMap<String, Value>,
-        secrets: BTreeMap<String, String>,
-        (baseline, deadline, watch): (&XdsStats, Instant, &ExitWatch),
-    ) -> Result<xds::File, String> {
-        let routes = new.named_files(Kind::Route);
-        for f in routes.values() {
-            self.put(f)?;
-        }
-        let lds = new.lds();
-        self.put(&lds)?;
-        if let Some(f) = &mut self.files {
-            f.routed = new.clusters.keys().cloned().collect();
-            // Until confirmed, the old listeners may still be in use too.
-            f.routed.extend(extra.keys().cloned());
-        }
-        let expect = Expect {
-            lds: Some(lds.version.clone()),
-            routes: routes
-                .iter()
-                .map(|(n, f)| (n.clone(), f.version.clone()))
-                .collect(),
-            secrets,
-            ..Expect::default()
+    /// After an epoch is LIVE: every resource it was started with is active, none rejected.
+    pub(super) async fn confirm_started(&self, x: &Xds, watch: &ExitWatch) -> Result<(), String> {
+        let timeout = Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
+        let versions = |kind| -> BTreeMap<String, String> {
+            x.named_files(kind)
+                .into_iter()
+                .map(|(n, f)| (n, f.version))
+                .collect()
         };
-        hold("live-listeners").await;
-        self.confirm(&expect, baseline, deadline, watch).await?;
-        Ok(lds)
+        let expect = Expect {
+            cds: Some(x.cds(&BTreeMap::new()).version),
+            lds: Some(x.lds().version),
+            runtime: Some(xds::runtime_file(&self.settings.access_log, &x.runtime).version),
+            endpoints: versions(Kind::Endpoints),
+            routes: versions(Kind::Route),
+            secrets: versions(Kind::Secret),
+        };
+        let confirm = Confirm {
+            admin: &self.admin,
+            watch,
+            deadline: Instant::now() + timeout,
+            timeout,
+        };
+        // A new process: every rejection it counted is this config's.
+        confirm.until(&expect, &XdsStats::default()).await
     }
+}
 
+/// Step 1's certificates: the secrets written anew, by name and version.
+fn put_secrets(files: &mut LiveFiles, new: &Xds) -> Result<BTreeMap<String, String>, String> {
+    let mut secrets = BTreeMap::new();
+    for (name, f) in new.named_files(Kind::Secret) {
+        if files.put(&f)? {
+            secrets.insert(name, f.version);
+        }
+    }
+    Ok(secrets)
+}
+
+/// Step 2: routes, then listeners, confirmed with the certificates they use. `extra`: the
+/// old clusters the old listeners may still route to until then. Returns the LDS file.
+async fn put_listeners(
+    files: &mut LiveFiles,
+    new: &Xds,
+    extra: &BTreeMap<String, Value>,
+    secrets: BTreeMap<String, String>,
+    (confirm, baseline): (&Confirm<'_>, &XdsStats),
+) -> Result<xds::File, String> {
+    let routes = new.named_files(Kind::Route);
+    for f in routes.values() {
+        files.put(f)?;
+    }
+    let lds = new.lds();
+    files.put(&lds)?;
+    files.routed = new.clusters.keys().cloned().collect();
+    // Until confirmed, the old listeners may still be in use too.
+    files.routed.extend(extra.keys().cloned());
+    let expect = Expect {
+        lds: Some(lds.version.clone()),
+        routes: routes
+            .iter()
+            .map(|(n, f)| (n.clone(), f.version.clone()))
+            .collect(),
+        secrets,
+        ..Expect::default()
+    };
+    hold("live-listeners").await;
+    confirm.until(&expect, baseline).await?;
+    Ok(lds)
+}
+
+/// Asks Envoy whether it took what was written: one epoch's admin API, until a deadline, and
+/// never past that epoch's death.
+struct Confirm<'a> {
+    admin: &'a Admin,
+    watch: &'a ExitWatch,
+    deadline: Instant,
+    /// For the message: how long it was given.
+    timeout: Duration,
+}
+
+impl Confirm<'_> {
     /// Envoy's xDS stats before an apply: rejections are counted from here (Envoy may refuse a
     /// file before it is first asked). A busy Envoy may not answer at once; a dead one ends it.
-    async fn baseline(&self, watch: &ExitWatch, deadline: Instant) -> Result<XdsStats, String> {
+    async fn baseline(&self) -> Result<XdsStats, String> {
         loop {
-            match stats(&self.admin, watch).await? {
+            match stats(self.admin, self.watch).await? {
                 Ok(s) => return Ok(s),
-                Err(e) if Instant::now() >= deadline => {
+                Err(e) if Instant::now() >= self.deadline => {
                     return Err(format!("cannot read Envoy's xDS state: {e:#}"))
                 }
-                Err(_) => pause(watch, CONFIRM_POLL).await?,
+                Err(_) => pause(self.watch, CONFIRM_POLL).await?,
             }
-        }
-    }
-
-    /// After a live apply: the files `new` does not name are deleted (the supervisor's own
-    /// runtime and ticket files stay), and `new` is what the epoch runs.
-    fn settle_files(&mut self, new: &Arc<Xds>, lds_version: String, cds_version: String) {
-        let keep = new.file_names();
-        if let Some(f) = &mut self.files {
-            let dir = f.xds.dir.clone();
-            f.written.retain(|name, _| {
-                let keep_it =
-                    keep.contains(name) || name == xds::RUNTIME_FILE || name == xds::TICKETS_FILE;
-                if !keep_it {
-                    let _ = std::fs::remove_file(dir.join(name));
-                }
-                keep_it
-            });
-            f.xds = Arc::clone(new);
-            f.status.lds_version = lds_version;
-            f.status.cds_version = cds_version;
         }
     }
 
     /// Waits until Envoy reports `expect`, a rejection (counted from `baseline`), or the
     /// deadline. Envoy's own reason comes with a rejection.
-    async fn confirm(
-        &self,
-        expect: &Expect,
-        baseline: &XdsStats,
-        deadline: Instant,
-        watch: &ExitWatch,
-    ) -> Result<(), String> {
+    async fn until(&self, expect: &Expect, baseline: &XdsStats) -> Result<(), String> {
         let started = Instant::now();
         loop {
-            let mut missing = match stats(&self.admin, watch).await? {
+            let mut missing = match stats(self.admin, self.watch).await? {
                 Ok(s) => {
                     let rejected = s.rejected_since(baseline);
                     if !rejected.is_empty() {
@@ -520,56 +553,38 @@ impl Supervisor {
             if missing.is_empty() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                // Name what is still warming: the counts alone do not say which.
-                if let Ok(d) = self.admin.xds_state().await {
-                    missing.extend(
-                        d.warming_clusters
-                            .iter()
-                            .map(|c| format!("cluster {c} warm")),
-                    );
-                    missing.extend(
-                        d.listeners
-                            .iter()
-                            .filter(|(_, l)| l.warming)
-                            .map(|(n, _)| format!("listener {n} warm")),
-                    );
-                }
-                return Err(format!(
-                    "envoy did not confirm the update within {} s; still waiting for: {}",
-                    self.settings.supervisor.confirm_timeout_s,
-                    missing.join(", ")
-                ));
+            if Instant::now() >= self.deadline {
+                return Err(self.overdue(missing).await);
             }
             let poll = if started.elapsed() < CONFIRM_FAST_FOR {
                 CONFIRM_POLL_FIRST
             } else {
                 CONFIRM_POLL
             };
-            pause(watch, poll).await?;
+            pause(self.watch, poll).await?;
         }
     }
 
-    /// After an epoch is LIVE: every resource it was started with is active, none rejected.
-    pub(super) async fn confirm_started(&self, x: &Xds, watch: &ExitWatch) -> Result<(), String> {
-        let deadline =
-            Instant::now() + Duration::from_secs(self.settings.supervisor.confirm_timeout_s.into());
-        let versions = |kind| -> BTreeMap<String, String> {
-            x.named_files(kind)
-                .into_iter()
-                .map(|(n, f)| (n, f.version))
-                .collect()
-        };
-        let expect = Expect {
-            cds: Some(x.cds(&BTreeMap::new()).version),
-            lds: Some(x.lds().version),
-            runtime: Some(xds::runtime_file(&self.settings.access_log, &x.runtime).version),
-            endpoints: versions(Kind::Endpoints),
-            routes: versions(Kind::Route),
-            secrets: versions(Kind::Secret),
-        };
-        // A new process: every rejection it counted is this config's.
-        self.confirm(&expect, &XdsStats::default(), deadline, watch)
-            .await
+    /// What is still missing at the deadline, with what is still warming (the counts alone do
+    /// not say which).
+    async fn overdue(&self, mut missing: Vec<String>) -> String {
+        if let Ok(d) = self.admin.xds_state().await {
+            missing.extend(
+                d.warming_clusters
+                    .iter()
+                    .map(|c| format!("cluster {c} warm")),
+            );
+            missing.extend(
+                d.listeners
+                    .iter()
+                    .filter(|(_, l)| l.warming)
+                    .map(|(n, _)| format!("listener {n} warm")),
+            );
+        }
+        format!(
+            "envoy did not confirm the update within {} s; still waiting for: {}",
+            self.timeout.as_secs(),
+            missing.join(", ")
+        )
     }
 }

@@ -5,7 +5,7 @@
 //! Does not: render or fetch anything. The agent and the CLI hand it rendered configs over a Unix
 //! socket ([`protocol`]); killing or restarting them never touches Envoy.
 //!
-//! What it does, and why (every "why" was measured with Envoy 1.40, see ARCHITECTURE.md):
+//! What it does, and why (every "why" was measured with Envoy 1.40, see docs/internals.md):
 //! - **apply**: store the config under its hash, `envoy --mode validate` it (unless only its
 //!   endpoint lists differ from the running config's), check that the ports it adds can be bound
 //!   and that its xDS subscriptions fit the inotify limit. Then, when the
@@ -48,14 +48,11 @@ use server::{accept_loop, answer_serving, answer_status};
 use crate::envoy::{admin::Admin, process};
 use crate::settings::Settings;
 use crate::store::{self, ConfigStore};
-use anyhow::Context;
-use nix::sys::signal::Signal;
 use protocol::{ApplyOutcome, Request, Response, Status};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
@@ -510,8 +507,6 @@ impl Supervisor {
         self.stop_all(how).await;
     }
 }
-
-use process::describe;
 
 /// Debug builds only (the tests' binary): holds the supervisor at a named step while the file
 /// `$VPSIE_LB_TEST_HOLD_DIR/<step>` exists, after writing `<step>.reached` beside it, so that a

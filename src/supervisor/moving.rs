@@ -104,7 +104,11 @@ impl Supervisor {
         match verdict {
             Verdict::Finish => {
                 hold("transition-finish").await;
-                match self.put(&t.target) {
+                let put = match &mut self.files {
+                    Some(files) => files.put(&t.target),
+                    None => Err("no live epoch to apply to".into()),
+                };
+                match put {
                     Ok(_) => t.finishing = Some(t.target.version.clone()),
                     Err(e) => tracing::error!(
                         pool = %name,

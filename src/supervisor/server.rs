@@ -1,8 +1,15 @@
 //! The supervisor's Unix socket: who may connect, one JSON line in, one out. Status is answered
 //! here without waiting for the loop (it may be busy with an apply); everything else goes to it.
 
-use super::*;
+use super::protocol::{self, Request, Response, Status};
+use crate::envoy::admin::Admin;
 use crate::envoy::admin::EnvoyState;
+use crate::store;
+use anyhow::Context;
+use std::path::Path;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Binds the supervisor's socket (mode 0600), refusing to run beside another supervisor.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -53,6 +60,36 @@ pub(super) fn answer_serving(s: &Status) -> Response {
     }
 }
 
+/// The waits after failed accepts: from 10 ms, doubling, up to 1 s.
+fn accept_backoff() -> crate::backoff::Backoff {
+    crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    )
+}
+
+/// The next accepted connection. An accept that fails (out of file descriptors, most likely)
+/// fails again at once: wait, doubling, instead of spinning a core; the connections already
+/// open are served meanwhile.
+async fn next_accepted<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    mut accept: impl FnMut() -> F,
+    backoff: &mut crate::backoff::Backoff,
+) -> T {
+    loop {
+        match accept().await {
+            Ok(t) => {
+                backoff.reset();
+                return t;
+            }
+            Err(e) => {
+                let wait = backoff.fail();
+                tracing::warn!("cannot accept on the supervisor's socket ({e}); again in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 pub(super) async fn accept_loop(
     listener: UnixListener,
     requests: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
@@ -60,25 +97,9 @@ pub(super) async fn accept_loop(
     admin: Admin,
     metrics: std::sync::Arc<crate::metrics::SupervisorMetrics>,
 ) {
-    // An accept that fails (out of file descriptors, most likely) fails again at once: wait,
-    // doubling, instead of spinning a core; the connections already open are served meanwhile.
-    let mut backoff = crate::backoff::Backoff::new(
-        std::time::Duration::from_millis(10),
-        std::time::Duration::from_secs(1),
-    );
+    let mut backoff = accept_backoff();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff.reset();
-                stream
-            }
-            Err(e) => {
-                let wait = backoff.fail();
-                tracing::warn!("cannot accept on the supervisor's socket ({e}); again in {wait:?}");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
+        let (stream, _) = next_accepted(|| listener.accept(), &mut backoff).await;
         let requests = requests.clone();
         let (snapshot, admin, metrics) = (snapshot.clone(), admin.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -114,5 +135,45 @@ pub(super) async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// Failed accepts wait 10, 20, 40 ms (Tokio's clock, paused: no real time passes), and a
+    /// success starts the waits over.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_accept_waits_doubling_instead_of_spinning() {
+        let mut backoff = accept_backoff();
+        let calls = std::cell::RefCell::new(Vec::new());
+        let fail_until = std::cell::Cell::new(4);
+        let accept = || {
+            calls.borrow_mut().push(Instant::now());
+            let n = calls.borrow().len();
+            let fail = n < fail_until.get();
+            async move {
+                if fail {
+                    Err("Too many open files")
+                } else {
+                    Ok(n)
+                }
+            }
+        };
+        let start = Instant::now();
+        assert_eq!(next_accepted(accept, &mut backoff).await, 4);
+        let gaps: Vec<Duration> = calls.borrow().windows(2).map(|w| w[1] - w[0]).collect();
+        let ms = Duration::from_millis;
+        assert_eq!(gaps, [ms(10), ms(20), ms(40)]);
+        assert_eq!(calls.borrow()[0], start);
+        // After a success, the next failure waits the first wait again.
+        fail_until.set(2);
+        calls.borrow_mut().clear();
+        assert_eq!(next_accepted(accept, &mut backoff).await, 2);
+        let c = calls.borrow();
+        assert_eq!(c[1] - c[0], ms(10));
     }
 }

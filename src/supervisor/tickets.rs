@@ -171,17 +171,12 @@ impl Supervisor {
     /// Writes `file` into the live epoch's directory; true once Envoy holds it (or no listener
     /// reads it), false when no epoch runs (the next one starts with the keys of its time).
     async fn put_tickets(&mut self, file: &xds::File) -> Result<bool, String> {
-        let (Some(files), Some(epoch)) = (&self.files, &self.live) else {
+        let (Some(files), Some(epoch)) = (&mut self.files, &self.live) else {
             return Ok(false);
         };
-        let (dir, used) = (files.xds.dir.clone(), files.xds.tickets);
+        let used = files.xds.tickets;
         let watch = epoch.watch();
-        self.write_file(&dir, file)?;
-        if let Some(files) = &mut self.files {
-            files
-                .written
-                .insert(file.name.clone(), file.version.clone());
-        }
+        files.put_always(file)?;
         if !used {
             return Ok(true);
         }

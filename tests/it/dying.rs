@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use vpsie_lb_agent::spec::ConfigHash;
 use vpsie_lb_agent::supervisor::protocol::{ApplyMethod, ApplyOutcome, ApplyResult};
 
-/// How soon a killed Envoy must serve again (ARCHITECTURE: a crash alone costs 0.1–0.3 s).
+/// How soon a killed Envoy must serve again (docs/internals.md: a crash alone costs 0.1–0.3 s).
 const BACK_WITHIN: Duration = Duration::from_secs(1);
 
 fn backend(up: &Upstream) -> Value {
