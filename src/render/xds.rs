@@ -292,86 +292,6 @@ impl Xds {
     }
 }
 
-/// The endpoints of a `ClusterLoadAssignment` as (address, port, weight).
-pub fn endpoint_list(la: &Value) -> Vec<(&str, u32, u32)> {
-    la.get("endpoints")
-        .and_then(Value::as_array)
-        .map(|v| v.as_slice())
-        .unwrap_or(&[])
-        .iter()
-        .flat_map(|l| {
-            l.get("lb_endpoints")
-                .and_then(Value::as_array)
-                .map(|v| v.as_slice())
-                .unwrap_or(&[])
-        })
-        .filter_map(|le| {
-            let sa = le.pointer("/endpoint/address/socket_address")?;
-            let w = le
-                .get("load_balancing_weight")
-                .and_then(Value::as_u64)
-                .unwrap_or(1);
-            Some((
-                sa.get("address")?.as_str()?,
-                u32::try_from(sa.get("port_value")?.as_u64()?).ok()?,
-                u32::try_from(w).ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// Whether going from `old` to `new` endpoints gains hosts, and whether it loses any
-/// (a host is its address and port; a weight change is neither).
-pub fn host_changes(old: &Value, new: &Value) -> (bool, bool) {
-    use std::collections::HashSet;
-    let hosts = |la| -> HashSet<(&str, u32)> {
-        endpoint_list(la).into_iter().map(|e| (e.0, e.1)).collect()
-    };
-    let (old, new) = (hosts(old), hosts(new));
-    (
-        new.iter().any(|h| !old.contains(h)),
-        old.iter().any(|h| !new.contains(h)),
-    )
-}
-
-/// `new` with the endpoints of `old` it does not have added, as they were.
-pub fn union_endpoints(new: &Value, old: &Value) -> Value {
-    let mut out = new.clone();
-    let have: std::collections::HashSet<(String, u32)> = endpoint_list(new)
-        .into_iter()
-        .map(|(a, p, _)| (a.to_owned(), p))
-        .collect();
-    let extra: Vec<Value> = old
-        .get("endpoints")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.get("lb_endpoints").and_then(Value::as_array))
-        .flatten()
-        .filter(|le| {
-            let sa = le.pointer("/endpoint/address/socket_address");
-            let key = sa.and_then(|sa| {
-                Some((
-                    sa.get("address")?.as_str()?.to_owned(),
-                    u32::try_from(sa.get("port_value")?.as_u64()?).ok()?,
-                ))
-            });
-            key.is_some_and(|k| !have.contains(&k))
-        })
-        .cloned()
-        .collect();
-    if let Some(Value::Array(localities)) = out.get_mut("endpoints") {
-        match localities
-            .first_mut()
-            .and_then(|l| l.get_mut("lb_endpoints"))
-        {
-            Some(Value::Array(eps)) => eps.extend(extra),
-            _ => localities.push(json!({ "lb_endpoints": extra })),
-        }
-    }
-    out
-}
-
 /// Splits a rendered config (the templates' static bootstrap) for live apply from `dir`.
 /// `files` are the certificate files it names (path, contents): their PEM goes into the secrets.
 pub fn split(config: &str, files: &[(PathBuf, String)], dir: &Path) -> Result<Xds, String> {
@@ -600,5 +520,8 @@ fn secret(cert: &Value, files: &[(PathBuf, String)], xds: &mut Xds) -> Result<St
     Ok(name)
 }
 
+mod endpoints;
 #[cfg(test)]
 mod tests;
+
+pub use endpoints::{endpoint_list, host_changes, union_endpoints};
