@@ -17,7 +17,8 @@ envoy:
 	@if [ "$(ENVOY_BIN)" = "$(CURDIR)/.tools/envoy/bin/envoy" ]; then scripts/install-envoy.sh .tools/envoy; \
 	 else test -x "$(ENVOY_BIN)" || { echo "ENVOY_BIN=$(ENVOY_BIN) is not executable" >&2; exit 1; }; fi
 
-## promtool and h2load, from Debian's packages, when missing (the tests call them).
+## The Debian packages the tests call, when missing: prometheus (promtool), nghttp2-client
+## (h2load), keepalived, iproute2, pebble, faketime (scripts/install-test-tools.sh).
 tools:
 	scripts/install-test-tools.sh
 
@@ -30,7 +31,8 @@ clippy:
 unit: envoy tools
 	$(CARGO) test --locked
 
-## fmt check, clippy and every test (the tests use the real Envoy, promtool and h2load).
+## fmt check, clippy and every test (real Envoy and the tools above; needs root: the tests mount
+## tmpfs and make network namespaces).
 test: fmt clippy unit
 
 lint: fmt clippy
@@ -44,7 +46,6 @@ run: envoy
 bench:
 	$(CARGO) bench --locked --bench pipeline
 
-## The property test at nightly size (the default run in `make test` is smaller).
 ## Apply latency through the supervisor vs. raw Envoy hot restart, under load (~5 min).
 bench-apply: envoy
 	$(CARGO) bench --locked --bench apply
@@ -96,10 +97,11 @@ FUZZ_SECONDS ?= 1200
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
+## The property test at nightly size (the default run in `make test` is smaller).
 proptest-nightly: envoy
 	PROPTEST_CASES=500 $(CARGO) test --locked --test it -- proptest --nocapture
 
-## --- VM images (README "Building images") ---
+## --- VM images (docs/images.md) ---
 ## output/stage-ARCH/: what provisioning installs (agent for ARCH, pinned Envoy wheel, units, settings).
 stage-amd64:
 	scripts/stage-image.sh amd64

@@ -1,5 +1,5 @@
 //! The edge under attack: what an attacker gets, what a legitimate client sees beside it, and
-//! Envoy's peak memory, for each attack the edge limits are meant to stop (README "Edge
+//! Envoy's peak memory, for each attack the edge limits are meant to stop (docs/mapping.md, "Edge
 //! limits"; the quick versions are `tests/it/edge.rs`).
 //!
 //! One supervisor and its Envoy (2 workers) serving one http rule to a loopback upstream in this

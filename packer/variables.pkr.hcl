@@ -12,7 +12,7 @@ variable "output_dir" {
 
 # Debian 12 (bookworm) genericcloud images, pinned by SHA-512 to one dated release. Debian
 # removes dated releases after some months: to move on, take the new date's SHA512SUMS from the
-# same directory and update url and checksum together (README "Building images").
+# same directory and update url and checksum together (docs/images.md).
 variable "base_image_amd64" {
   type = object({ url = string, checksum = string })
   default = {

@@ -1,6 +1,6 @@
 # The VPSie load balancer image: Debian 12 cloud image + packer/scripts/provision.sh, for amd64
 # and arm64. Run through scripts/build-image.sh (`make build-images`), which stages the agent
-# and Envoy for each architecture first; README "Building images" says what the host needs.
+# and Envoy for each architecture first; docs/images.md says what the host needs.
 
 locals {
   # A build-only login: created by the seed below, removed by the shutdown command, so no image
@@ -97,7 +97,7 @@ build {
     ] : ["echo 'apt_upgrade=false: keeping the base image packages'"]
   }
 
-  # keepalived, for high availability (README, "High availability"): Debian's package, by name.
+  # keepalived, for high availability (docs/operating.md, "High availability"): Debian's package, by name.
   provisioner "shell" {
     execute_command  = "sudo -E sh -c '{{ .Vars }} {{ .Path }}'"
     environment_vars = ["DEBIAN_FRONTEND=noninteractive"]

@@ -46,5 +46,6 @@ install -m 0644 systemd/vpsie-lb-envoy.service systemd/vpsie-lb-agent.service \
   systemd/vpsie-lb-keepalived.service systemd/vpsie-lb-keepalived-reload.path \
   systemd/vpsie-lb-keepalived-reload.service "$stage/systemd/"
 install -m 0644 packer/files/* "$stage/files/"
-install -m 0644 README.md "$stage/"
+install -d -m 0755 "$stage/doc"
+install -m 0644 README.md docs/operating.md docs/contract.md "$stage/doc/"
 echo "stage-image: $stage ready ($(du -sh "$stage" | cut -f1))"

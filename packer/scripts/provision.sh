@@ -86,9 +86,9 @@ install -d -m 0755 /etc/systemd/journald.conf.d
 install -m 0644 "$stage/files/journald.conf" /etc/systemd/journald.conf.d/60-vpsie-lb.conf
 install -m 0644 "$stage/files/logrotate.conf" /etc/logrotate.d/vpsie-lb
 
-# 7. The documentation the units point at.
-if [ -f "$stage/README.md" ]; then
+# 7. The documentation the units point at: the operator's page, the contract, the README.
+if [ -d "$stage/doc" ]; then
   install -d -m 0755 /usr/share/doc/vpsie-lb-agent
-  install -m 0644 "$stage/README.md" /usr/share/doc/vpsie-lb-agent/README.md
+  install -m 0644 "$stage"/doc/*.md /usr/share/doc/vpsie-lb-agent/
 fi
 log "done: $(/usr/local/bin/vpsie-lb-agent --version), envoy 1.40.0, $(/usr/sbin/keepalived --version 2>&1 | head -n1), units enabled"

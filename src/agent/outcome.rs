@@ -109,11 +109,7 @@ impl Agent {
                 }
             }
             ApplyResult::RolledBack => {
-                let mut error = out.error.unwrap_or_default();
-                if !out.envoy_log.is_empty() {
-                    error.push_str("\nenvoy: ");
-                    error.push_str(&out.envoy_log.join("\nenvoy: "));
-                }
+                let error = with_envoy_lines(out.error.as_deref(), &out.envoy_log);
                 self.report(Event::reload_failed(&hash, out.epoch, &error, now));
                 Outcome::RolledBack { hash }
             }
@@ -125,7 +121,7 @@ impl Agent {
                     self.report(Event::critical_failure(
                         &hash,
                         out.epoch,
-                        out.error.as_deref().unwrap_or(""),
+                        &with_envoy_lines(out.error.as_deref(), &out.envoy_log),
                         out.restore_error.as_deref().unwrap_or(""),
                         now,
                     ));
@@ -195,4 +191,15 @@ impl Agent {
         }
         Outcome::Failed { hash, error }
     }
+}
+
+/// An error with the last lines Envoy said about it, one `envoy:` line each: an event's reader
+/// sees Envoy's own words (a port in use, a base id another Envoy holds) without the machine.
+fn with_envoy_lines(error: Option<&str>, envoy_log: &[String]) -> String {
+    let mut error = error.unwrap_or_default().to_owned();
+    for line in envoy_log {
+        error.push_str("\nenvoy: ");
+        error.push_str(line);
+    }
+    error
 }

@@ -8,6 +8,7 @@
 use crate::settings::Settings;
 use crate::spec::ConfigHash;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub struct Epoch {
     pub hash: ConfigHash,
     pub pid: u32,
     log_file: PathBuf,
+    /// What Envoy writes to stderr: the errors of its first moments, before its log file is
+    /// open (a base id another Envoy holds, a flag it refuses).
+    stderr_file: PathBuf,
     exited: ExitWatch,
 }
 
@@ -85,9 +89,12 @@ pub struct Exit {
 }
 
 impl Epoch {
-    /// The last lines this epoch wrote to the log file (its main thread tags them with its pid).
+    /// The last lines this epoch wrote to the log file (its main thread tags them with its pid),
+    /// then the last of what it wrote to stderr.
     pub fn log_tail(&self) -> Vec<String> {
-        log_tail(&self.log_file, self.pid)
+        let mut lines = log_tail(&self.log_file, self.pid);
+        lines.extend(stderr_tail(&self.stderr_file));
+        lines
     }
 
     /// Signals the process, unless it has already exited and been reaped (its pid may then
@@ -146,18 +153,30 @@ pub fn args(settings: &Settings, config: &Path, epoch: u32) -> Vec<String> {
 pub fn spawn(
     settings: &Settings,
     config: &Path,
-    epoch: u32,
-    hash: &ConfigHash,
+    (epoch, hash): (u32, &ConfigHash),
+    stderr_file: &Path,
     exits: mpsc::UnboundedSender<Exit>,
 ) -> anyhow::Result<Epoch> {
     if let Some(dir) = settings.envoy.log_file.parent() {
         crate::store::create_private_dir(dir)?;
     }
+    // A file, never a pipe: a pipe the supervisor holds could block Envoy, or kill it with the
+    // supervisor.
+    if let Some(dir) = stderr_file.parent() {
+        crate::store::create_private_dir(dir)?;
+    }
+    let stderr = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(stderr_file)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", stderr_file.display()))?;
     let mut cmd = tokio::process::Command::new(&settings.envoy.binary);
     cmd.args(args(settings, config, epoch))
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::from(stderr))
         // systemd's notifications are the supervisor's to send, not Envoy's.
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
@@ -193,6 +212,7 @@ pub fn spawn(
         hash: hash.to_owned(),
         pid,
         log_file: settings.envoy.log_file.clone(),
+        stderr_file: stderr_file.to_path_buf(),
         exited: ExitWatch {
             epoch,
             pid,
@@ -240,6 +260,37 @@ pub fn log_tail(file: &Path, pid: u32) -> Vec<String> {
         .iter()
         .map(|l| l.to_string())
         .collect()
+}
+
+/// The last lines of an epoch's stderr that say something: Envoy's own words when it could not
+/// even open its log (its debug and info lines left out).
+fn stderr_tail(file: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(file) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&text[text.len().saturating_sub(64 * 1024)..]).into_owned();
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("][debug][") && !l.contains("][info]["))
+        .collect();
+    said[said.len().saturating_sub(5)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// What a start failure means, when Envoy's words say it plainly: another Envoy on this
+/// machine holds the same `--base-id` (its hot-restart sockets are taken).
+pub fn diagnose(lines: &[String], base_id: u32) -> Option<String> {
+    lines
+        .iter()
+        .any(|l| l.contains("unable to bind domain socket with base_id"))
+        .then(|| {
+            format!(
+                "another Envoy on this machine holds base-id {base_id}; set envoy.base_id to a free one"
+            )
+        })
 }
 
 /// How long `envoy --version` or `--hot-restart-version` may take: they print and exit, and a

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// The limits every customer listener gets, from Envoy's "Configuring Envoy as an edge proxy"
 /// (best practices) and, where a value is a product choice, from what HAProxy and nginx do.
-/// README "Edge limits" lists them with their reasons.
+/// docs/mapping.md, "Edge limits" lists them with their reasons.
 #[derive(Debug, Serialize)]
 pub struct Edge {
     /// Per connection, on listeners and clusters (the guide: 32 KiB; Envoy's default 1 MiB lets

@@ -86,7 +86,7 @@ impl Default for VpsieSettings {
     }
 }
 
-/// The agent's own metrics and health endpoints (served from issue 5 on).
+/// The agent's own metrics and health endpoints.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
@@ -179,7 +179,12 @@ impl Settings {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read the settings file {}", p.display()))?;
-                Self::parse(&text)
+                // Relative paths in the file are the file's: the same whoever reads it, from
+                // whatever directory (the agent, `status` from another shell, the supervisor).
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                let base = std::fs::canonicalize(dir.unwrap_or(Path::new(".")))
+                    .with_context(|| format!("cannot resolve the directory of {}", p.display()))?;
+                Self::parse_in(&text, &|name| std::env::var(name).ok(), Some(&base))
                     .with_context(|| format!("in the settings file {}", p.display()))?
             }
         };
@@ -195,15 +200,58 @@ impl Settings {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Settings> {
+        Self::parse_in(text, env, None)
+    }
+
+    /// Parses a file whose relative paths are read from `base` (its directory, canonical), or
+    /// left as they are without one.
+    fn parse_in(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        base: Option<&Path>,
+    ) -> anyhow::Result<Settings> {
         let mut doc: serde_yaml::Value = serde_yaml::from_str(text)?;
         if doc.is_null() {
             doc = serde_yaml::Value::Mapping(Default::default());
         }
         interpolate(&mut doc, "", env)?;
         env_defaults(&mut doc, env)?;
-        let s: Settings = serde_yaml::from_value(doc)?;
+        let mut s: Settings = serde_yaml::from_value(doc)?;
+        if let Some(base) = base {
+            s.resolve_paths(base);
+        }
         s.check()?;
         Ok(s)
+    }
+
+    /// Every relative path made absolute against `base`. A bare program name (`envoy.binary:
+    /// envoy`) stays as it is: it is looked up on the PATH.
+    fn resolve_paths(&mut self, base: &Path) {
+        let mut paths: Vec<&mut PathBuf> = vec![
+            &mut self.vpsie.api_key_file,
+            &mut self.envoy.config_dir,
+            &mut self.envoy.admin_socket,
+            &mut self.envoy.log_file,
+            &mut self.access_log.path,
+            &mut self.supervisor.socket,
+            &mut self.state_dir,
+        ];
+        paths.extend(self.envoy.cert_dir.as_mut());
+        paths.extend(self.acme.ca_file.as_mut());
+        paths.extend(self.session_tickets.secret_file.as_mut());
+        if let Some(ha) = &mut self.ha {
+            paths.extend([
+                &mut ha.keepalived_config,
+                &mut ha.track_file,
+                &mut ha.state_dir,
+            ]);
+        }
+        if self.envoy.binary.components().count() > 1 {
+            paths.push(&mut self.envoy.binary);
+        }
+        for p in paths {
+            *p = under(base, p);
+        }
     }
 
     /// Applies command-line flags on top of the file, and checks the result again.
@@ -346,6 +394,22 @@ impl Settings {
 }
 
 /// Parses `address/prefix` (IPv4 or IPv6), with an error that says what was expected.
+/// `path` read from `base` (canonical): its leading `..` taken off `base`, so that what
+/// `status` and the logs show is a plain absolute path.
+fn under(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let mut dir = base.to_path_buf();
+    let mut rest = path.components().peekable();
+    while let Some(std::path::Component::ParentDir | std::path::Component::CurDir) = rest.peek() {
+        if rest.next() == Some(std::path::Component::ParentDir) {
+            dir.pop();
+        }
+    }
+    dir.join(rest.collect::<PathBuf>())
+}
+
 pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse()
         .map_err(|_| format!("{s:?} is not address/prefix (e.g. 10.0.0.0/8 or 2001:db8::/32)"))
@@ -363,6 +427,33 @@ mod tests {
         assert_eq!(s.envoy.redirect_port, 8080);
         assert_eq!(s.cert_dir(), PathBuf::from("/var/lib/vpsie-lb/envoy/certs"));
         assert!(!s.dev.allow_loopback_backends);
+    }
+
+    #[test]
+    fn relative_paths_are_read_from_the_files_own_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let conf_dir = root.path().join("etc/lb");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let file = conf_dir.join("agent.yaml");
+        std::fs::write(
+            &file,
+            "vpsie:\n  api_key_file: key\nenvoy:\n  binary: envoy\n  config_dir: ../../var/envoy\n  log_file: ./logs/envoy.log\n  admin_socket: /run/a.sock\nstate_dir: ../state\naccess_log:\n  path: sub/../access.log\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        let root = std::fs::canonicalize(root.path()).unwrap();
+        let dir = root.join("etc/lb");
+        assert_eq!(s.vpsie.api_key_file, dir.join("key"));
+        assert_eq!(s.envoy.config_dir, root.join("var/envoy"));
+        assert_eq!(s.envoy.log_file, dir.join("logs/envoy.log"));
+        assert_eq!(s.state_dir, root.join("etc/state"));
+        assert_eq!(s.access_log.path, dir.join("sub/../access.log"));
+        // Absolute paths stay; a bare program name is looked up on the PATH.
+        assert_eq!(s.envoy.admin_socket, PathBuf::from("/run/a.sock"));
+        assert_eq!(s.envoy.binary, PathBuf::from("envoy"));
+        // Parsed text (no file) keeps its paths as written.
+        let t = Settings::parse("state_dir: rel\n").unwrap();
+        assert_eq!(t.state_dir, PathBuf::from("rel"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The load-balancer specification: parse the API's JSON, normalise it, validate it, hash it.
 //!
-//! Owns: the contract's rules (the team's `shared/api/README.md`, outside this repository) and the
+//! Owns: the contract's rules (`docs/contract.md`) and the
 //! canonical form the hash is taken over. Does not: fetch anything, know Envoy's format, or touch
 //! the disk. The only clock it reads is the `now` its caller passes, for certificate validity.
 

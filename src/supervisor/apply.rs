@@ -179,10 +179,15 @@ impl Supervisor {
             .map(|f| f.xds.listener_ports())
             .unwrap_or_default();
         let addr = self.settings.envoy.listen_address;
+        let meanwhile = if self.live.is_some() {
+            "The running config keeps serving"
+        } else {
+            "Nothing serves until it is free"
+        };
         for port in new_ports.iter().filter(|p| !live_ports.contains(p)) {
             if let Err(e) = std::net::TcpListener::bind((addr, *port)) {
                 return Err(format!(
-                    "listener port {port} on {addr} cannot be bound ({e}); another process holds it. The running config keeps serving"
+                    "listener port {port} on {addr} cannot be bound ({e}); another process holds it. {meanwhile}"
                 ));
             }
         }

@@ -98,8 +98,14 @@ impl Supervisor {
                 )));
             }
         }
-        let e = process::spawn(&self.settings, &path, epoch, hash, self.exits_tx.clone())
-            .map_err(|err| fail(format!("{err:#}")))?;
+        let e = process::spawn(
+            &self.settings,
+            &path,
+            (epoch, hash),
+            &live::stderr_path(&self.settings, epoch),
+            self.exits_tx.clone(),
+        )
+        .map_err(|err| fail(format!("{err:#}")))?;
         tracing::Span::current().record("epoch", epoch);
         tracing::info!(epoch, pid = e.pid, "started envoy epoch");
         let timeout = Duration::from_secs(self.settings.supervisor.live_timeout_s.into());
@@ -124,10 +130,12 @@ impl Supervisor {
                     e.signal(Signal::SIGKILL);
                     self.wait_exit(e.pid, KILL_DEADLINE).await;
                 }
-                Err(StartFailure {
-                    error,
-                    log: e.log_tail(),
-                })
+                let log = e.log_tail();
+                let error = match process::diagnose(&log, self.settings.envoy.base_id) {
+                    Some(why) => format!("{error}: {why}"),
+                    None => error,
+                };
+                Err(StartFailure { error, log })
             }
         }
     }

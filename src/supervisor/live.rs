@@ -25,7 +25,7 @@ use crate::spec::ConfigHash;
 use crate::store;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -218,6 +218,21 @@ pub(super) fn xds_root(settings: &Settings) -> PathBuf {
 }
 
 /// The directory epoch `epoch` reads.
+/// Where an epoch's stderr goes: the runtime directory of Envoy's admin socket (`/run/vpsie-lb`
+/// in the image), not the config disk, which must stay free of files held open for writing (a
+/// disk that turns read-only is remounted, a full one recovers, without Envoy in the way).
+pub(super) fn stderr_path(settings: &Settings, epoch: u32) -> PathBuf {
+    stderr_dir(settings).join(format!("envoy-{epoch}.stderr"))
+}
+
+pub(super) fn stderr_dir(settings: &Settings) -> PathBuf {
+    settings
+        .envoy
+        .admin_socket
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
 pub(super) fn epoch_dir(settings: &Settings, epoch: u32) -> PathBuf {
     xds_root(settings).join(epoch.to_string())
 }

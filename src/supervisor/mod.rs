@@ -485,18 +485,33 @@ impl Supervisor {
         if let Err(e) = self.store.prune(&keep) {
             tracing::warn!("{e:#}");
         }
-        // xDS directories of epochs that no longer run.
+        // xDS directories and stderr files of epochs that no longer run.
         let running: Vec<String> = self
             .live
             .iter()
             .chain(&self.old)
             .map(|e| e.epoch.to_string())
             .collect();
+        let gone = |epoch: &str| {
+            !epoch.is_empty()
+                && epoch.bytes().all(|b| b.is_ascii_digit())
+                && !running.iter().any(|r| r == epoch)
+        };
         if let Ok(entries) = std::fs::read_dir(live::xds_root(&self.settings)) {
             for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.bytes().all(|b| b.is_ascii_digit()) && !running.contains(&name) {
+                if gone(&e.file_name().to_string_lossy()) {
                     let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(live::stderr_dir(&self.settings)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let epoch = name
+                    .strip_prefix("envoy-")
+                    .and_then(|n| n.strip_suffix(".stderr"));
+                if epoch.is_some_and(gone) {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }

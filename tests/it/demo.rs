@@ -1,5 +1,6 @@
-//! `make run`'s demo (scripts/demo.sh) as a newcomer meets it: it starts, and every command it
-//! prints works when pasted into a new shell that has nothing of the demo's environment.
+//! `make run`'s demo (scripts/demo.sh) as a newcomer meets it: it starts even when another Envoy
+//! holds the example's base id, and every command it prints works when pasted into a new shell
+//! that has nothing of the demo's environment, in another directory.
 //! (It uses the demo's fixed ports 18080-18103 and 19100-19101 and its folder run/demo.)
 
 use crate::support::envoy_bin;
@@ -14,11 +15,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `line` in a fresh bash from the repository root, with only PATH and HOME set.
+/// Runs `line` in a fresh bash in another directory than the repository, with only PATH and
+/// HOME set.
 fn paste(line: &str) -> (bool, String) {
     let out = Command::new("bash")
         .args(["-c", line])
-        .current_dir(repo())
+        .current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", std::env::var("HOME").unwrap_or_default())
@@ -32,6 +34,56 @@ fn paste(line: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// An Envoy holding a base id, stopped on drop.
+struct Squatter {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Squatter {
+    fn start(base_id: u32) -> Squatter {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "admin: {{address: {{pipe: {{path: {}}}}}}}\nstatic_resources: {{}}\n",
+                dir.path().join("admin.sock").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(["--base-id", &base_id.to_string(), "--log-path"])
+            .arg(dir.path().join("envoy.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = format!("@envoy_domain_socket_parent_{}", base_id * 10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string("/proc/net/unix")
+            .unwrap()
+            .contains(&socket)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the squatter never bound {socket}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Squatter { child, _dir: dir }
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn every_command_the_demo_prints_works_when_pasted() {
     // The binaries `cargo test` built (the demo defaults to the release build `make run` makes).
@@ -42,6 +94,32 @@ fn every_command_the_demo_prints_works_when_pasted() {
         .strip_prefix(repo())
         .unwrap()
         .to_owned();
+    // A demo that cannot serve (its front port held) says so, and prints no banner.
+    let held = std::net::TcpListener::bind(("127.0.0.1", 18080)).unwrap();
+    let failed = Command::new("bash")
+        .arg("scripts/demo.sh")
+        .current_dir(repo())
+        .env("BIN", &bin_dir)
+        .env("ENVOY_BIN", envoy_bin())
+        .env("DEMO_WAIT_S", "3")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    drop(held);
+    let (out, err) = (
+        String::from_utf8_lossy(&failed.stdout),
+        String::from_utf8_lossy(&failed.stderr),
+    );
+    assert!(!failed.status.success(), "{out}\n{err}");
+    assert!(!out.contains("demo is running"), "no banner: {out}");
+    assert!(
+        err.contains("does not serve on http://127.0.0.1:18080/")
+            && err.contains("listener port 18080 on 127.0.0.1 cannot be bound"),
+        "it says what failed: {err}"
+    );
+
+    // Another Envoy holds the example's base id (7), as an installed load balancer would.
+    let squatter = Squatter::start(7);
     let mut demo = Command::new("bash")
         .arg("scripts/demo.sh")
         .current_dir(repo())
@@ -84,7 +162,10 @@ fn every_command_the_demo_prints_works_when_pasted() {
     let commands: Vec<String> = banner
         .iter()
         .map(|l| l.trim())
-        .filter(|l| l.starts_with("curl ") || l.starts_with(&format!("{}/", bin_dir.display())))
+        .filter(|l| {
+            l.starts_with("curl ")
+                || l.starts_with(&format!("{}/", repo().join(&bin_dir).display()))
+        })
         .map(str::to_owned)
         .collect();
     let mut failures = Vec::new();
@@ -113,6 +194,7 @@ fn every_command_the_demo_prints_works_when_pasted() {
     nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
     let stopped = demo.wait().unwrap();
     let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    drop(squatter);
 
     assert!(
         failures.is_empty(),
@@ -122,6 +204,10 @@ fn every_command_the_demo_prints_works_when_pasted() {
     assert!(
         commands.len() >= 4,
         "the demo prints its commands: {banner:#?}"
+    );
+    assert!(
+        banner.iter().any(|l| l.contains("Envoy base id 8")),
+        "the demo took the next free base id: {banner:#?}"
     );
     assert!(summary.contains("Envoy       LIVE, epoch 0"), "{summary}");
     assert!(summary.contains("Last poll   "), "{summary}");

@@ -1,4 +1,4 @@
-//! The edge limits (Envoy's "Configuring Envoy as an edge proxy", README "Edge limits"), each
+//! The edge limits (Envoy's "Configuring Envoy as an edge proxy", docs/mapping.md, "Edge limits"), each
 //! proven with a real Envoy on loopback by the attack it stops, with a legitimate client beside
 //! the attacker where the attack could hurt others. The heavy versions (thousands of slow
 //! connections) are in `benches/attacks.rs`.

@@ -8,6 +8,7 @@ mod admin_socket;
 mod agent;
 mod api_sim;
 mod demo;
+mod docs;
 mod dying;
 mod edge;
 mod envoy_validate;

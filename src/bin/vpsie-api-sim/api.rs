@@ -1,5 +1,4 @@
-//! The HTTP side: the two API routes of the contract (the team's `shared/api/README.md`, outside
-//! this repository) and the `/sim/*` control routes for tests and demos. Answers are envelopes (but
+//! The HTTP side: the two API routes of the contract (`docs/contract.md`) and the `/sim/*` control routes for tests and demos. Answers are envelopes (but
 //! a 304, and what a fault breaks on purpose); every route needs the token.
 //!
 //! Faults apply to the API routes only, and answer before the token or the id is looked at (the

@@ -12,7 +12,7 @@ const ABOUT: &str = "DEVELOPMENT TOOL, not the real API: a local stand-in for th
 load-balancer API, for tests and demos of vpsie-lb-agent. Listens on loopback only.";
 
 const LONG_ABOUT: &str = "DEVELOPMENT TOOL, not the real API: a local stand-in for the VPSie \
-load-balancer API (contract: shared/api/README.md, outside this repository), for tests and demos of vpsie-lb-agent. \
+load-balancer API (contract: docs/contract.md), for tests and demos of vpsie-lb-agent. \
 It listens on loopback only and prints one line to stdout once it is listening.
 
 API (every request needs the header `Vpsie-Auth: <token>`):

@@ -1,5 +1,5 @@
-//! `vpsie-api-sim`: a DEVELOPMENT TOOL, the local stand-in for the VPSie load-balancer API (the
-//! team's `shared/api/README.md`, outside this repository), for tests and demos. Never shipped,
+//! `vpsie-api-sim`: a DEVELOPMENT TOOL, the local stand-in for the VPSie load-balancer API
+//! (`docs/contract.md`), for tests and demos. Never shipped,
 //! never on anything but loopback.
 //!
 //! This file parses flags, sets up logging, maps signals to a [`server::Stop`] and calls

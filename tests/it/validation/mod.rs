@@ -1,5 +1,4 @@
-//! Every validation rule of the API contract (the team's `shared/api/README.md`, outside this
-//! repository), table-driven.
+//! Every validation rule of the API contract (`docs/contract.md`), table-driven.
 //!
 //! Each rule has accepted and refused cases. A refused case names the exact path of the error,
 //! a fragment of the message that says which rule was broken, and (unless the case says
