@@ -5,7 +5,7 @@ export ENVOY_BIN
 CARGO ?= cargo
 
 .PHONY: all build envoy tools test lint fmt clippy unit run bench bench-apply bench-live bench-idle bench-access-log bench-attacks bench-dataplane soak fuzz proptest-nightly clean \
-	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test packer-validate
+	stage-amd64 stage-arm64 build-images build-amd64 build-arm64 image-test image-test-arm64 packer-validate
 
 all: build
 
@@ -124,6 +124,13 @@ packer-validate:
 image-test:
 	scripts/stage-image.sh amd64 --with-sim
 	python3 tests/image/image_test.py
+
+## The same test for the arm64 image, booted under qemu-system-aarch64 (software emulation, as
+## root): a release's target, not CI's (docs/images.md says how long it takes).
+image-test-arm64:
+	WITH_ARM64_IMAGE=1 scripts/install-test-tools.sh
+	scripts/stage-image.sh arm64 --with-sim
+	IMAGE_TEST_ARCH=arm64 python3 tests/image/image_test.py
 
 clean:
 	$(CARGO) clean

@@ -33,20 +33,49 @@ import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-STAGE = os.path.join(ROOT, "output", "stage-amd64")
-WORK = os.path.join(ROOT, "output", "image-test")
+# What differs between the architectures, and nothing else: the same test, the same checks.
+ARCHES = {
+    "amd64": {
+        "kernel": "linux-image-cloud-amd64",
+        "qemu": "qemu-system-x86_64",
+        "machine": [],
+        "console": "ttyS0",
+        "cpu": "max",
+        "host_packages": "qemu-system-x86",
+        # How much slower the guest runs than an amd64 guest under TCG: every wait is scaled
+        # by it, so that it stays a bound (a guest slower than that fails).
+        "slow": 1,
+    },
+    "arm64": {
+        "kernel": "linux-image-cloud-arm64",
+        "qemu": "qemu-system-aarch64",
+        "machine": ["-M", "virt"],
+        "console": "ttyAMA0",
+        # Pointer authentication with QEMU's own cheap algorithm: the architected one costs
+        # TCG several times the time of every function return.
+        "cpu": "max,pauth-impdef=on",
+        "host_packages": "qemu-system-arm qemu-user-static binfmt-support",
+        "slow": 4,
+    },
+}
+ARCH = os.environ.get("IMAGE_TEST_ARCH", "amd64")
+if ARCH not in ARCHES:
+    sys.exit(f"IMAGE_TEST_ARCH={ARCH}: amd64 or arm64")
+A = ARCHES[ARCH]
+STAGE = os.path.join(ROOT, "output", f"stage-{ARCH}")
+WORK = os.path.join(ROOT, "output", f"image-test-{ARCH}" if ARCH != "amd64" else "image-test")
 LB_ID = "image-test-lb"
 API_PORT = 18090
 # Debian's packages that the Debian 12 cloud image already has (and Packer's build relies on),
 # plus the guest agent the test talks to. Nothing is installed from anywhere else.
 PACKAGES = [
-    "systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64", "initramfs-tools",
+    "systemd", "systemd-sysv", "udev", "dbus", A["kernel"], "initramfs-tools",
     "python3", "cloud-init", "ifupdown", "isc-dhcp-client", "logrotate", "procps", "iproute2",
     "curl", "locales", "openssh-server", "qemu-guest-agent",
     # What Packer's build adds by name from Debian (packer/vpsie-lb.pkr.hcl).
     "keepalived",
 ]
-REQUIRED_TOOLS = ["mmdebstrap", "qemu-system-x86_64", "qemu-img", "mkfs.ext4", "cloud-localds"]
+REQUIRED_TOOLS = ["mmdebstrap", A["qemu"], "qemu-img", "mkfs.ext4", "cloud-localds"]
 
 T0 = time.monotonic()
 
@@ -91,12 +120,36 @@ def preflight():
         fail("run as root: mmdebstrap (root mode), chroot and mkfs need it")
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
-        fail(f"missing {' '.join(missing)}: apt-get install mmdebstrap qemu-system-x86 "
+        fail(f"missing {' '.join(missing)}: apt-get install mmdebstrap {A['host_packages']} "
              "qemu-utils e2fsprogs cloud-image-utils")
     for f in ["vpsie-lb-agent", "vpsie-api-sim", "provision.sh", "cleanup.sh"]:
         if not os.path.exists(os.path.join(STAGE, f)):
-            fail(f"{STAGE}/{f} is missing: run `scripts/stage-image.sh amd64 --with-sim` "
-                 "(make image-test does)")
+            fail(f"{STAGE}/{f} is missing: run `scripts/stage-image.sh {ARCH} --with-sim` "
+                 f"(make {'image-test' if ARCH == 'amd64' else 'image-test-' + ARCH} does)")
+    if foreign():
+        binfmt_ready()
+
+
+def foreign():
+    """Whether the guest's architecture is not this machine's (its chroot then runs under
+    qemu-user, through binfmt_misc)."""
+    host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
+    return host.stdout.strip() != ARCH
+
+
+def binfmt_ready():
+    """qemu-user registered for the guest's binaries, so that mmdebstrap's chroot and the
+    provisioning scripts run as they would on the architecture itself."""
+    qemu_arch = {"arm64": "aarch64", "amd64": "x86_64"}[ARCH]
+    entry = f"/proc/sys/fs/binfmt_misc/qemu-{qemu_arch}"
+    if not os.path.exists("/proc/sys/fs/binfmt_misc/register"):
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"],
+                       check=False)
+    if not os.path.exists(entry) and shutil.which("update-binfmts"):
+        subprocess.run(["update-binfmts", "--enable", f"qemu-{qemu_arch}"], check=False)
+    if not os.path.exists(entry):
+        fail(f"{entry} is not registered: apt-get install qemu-user-static binfmt-support, "
+             "and mount binfmt_misc on /proc/sys/fs/binfmt_misc")
 
 
 def build_rootfs(rootfs):
@@ -116,7 +169,8 @@ def build_rootfs(rootfs):
         f'install -m 0755 {STAGE}/vpsie-api-sim "$1/usr/local/bin/vpsie-api-sim"',
         f'chroot "$1" {stage_in}/cleanup.sh {stage_in}',
     ]
-    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--include=" + ",".join(PACKAGES)]
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--architectures={ARCH}",
+           "--include=" + ",".join(PACKAGES)]
     for h in hooks:
         cmd += ["--customize-hook", h]
     cmd += ["bookworm", rootfs, debian_sources()]
@@ -285,6 +339,7 @@ class GuestAgent:
         if stdin is not None:
             args["input-data"] = base64.b64encode(stdin.encode()).decode()
         pid = self.call("guest-exec", args)["pid"]
+        timeout *= A["slow"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.call("guest-exec-status", {"pid": pid})
@@ -308,6 +363,7 @@ def http_get(url, timeout=10):
 
 
 def wait_for(what, probe, timeout, interval=2):
+    timeout *= A["slow"]
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -325,14 +381,14 @@ def boot(work, qcow, seed, ports):
     # Software emulation by default: it works everywhere. Nested KVM on this kind of machine
     # has /dev/kvm but aborts on MSR 0x10a (or hangs); IMAGE_TEST_ACCEL=kvm where KVM works.
     kvm = os.environ.get("IMAGE_TEST_ACCEL", "tcg") == "kvm"
-    accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", "max"]
+    accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg", "-cpu", A["cpu"]]
     log(f"booting under {'KVM' if kvm else 'software emulation (TCG)'}")
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in ports)
-    cmd = ["qemu-system-x86_64", *accel, "-m", "1536", "-smp", "2", "-nodefaults",
+    cmd = [A["qemu"], *A["machine"], *accel, "-m", "1536", "-smp", "2", "-nodefaults",
            "-display", "none",
            "-serial", f"file:{os.path.join(work, 'console.log')}",
            "-kernel", os.path.join(work, "vmlinuz"), "-initrd", os.path.join(work, "initrd.img"),
-           "-append", "root=LABEL=vpsie-root rw console=ttyS0 panic=-1",
+           "-append", f"root=LABEL=vpsie-root rw console={A['console']} panic=-1",
            "-drive", f"file={qcow},if=virtio,format=qcow2",
            "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
            "-netdev", f"user,id=net0,restrict=on,{fwd}",
@@ -383,7 +439,7 @@ def main():
 
 
 def checks(qga, http_port, scrape_port, t_boot):
-    qga.connect(time.monotonic() + 600)
+    qga.connect(time.monotonic() + 600 * A["slow"])
 
     def journal():
         code, out = qga.sh("systemctl --no-pager status vpsie-lb-envoy vpsie-lb-agent "
@@ -729,7 +785,7 @@ def reboot_without_api(qga, http_port):
     qga.sock.close()
     # The old guest agent may still answer for a moment: wait for a new boot id.
     def rebooted():
-        qga.connect(time.monotonic() + 600)
+        qga.connect(time.monotonic() + 600 * A["slow"])
         code, out = qga.sh("cat /proc/sys/kernel/random/boot_id")
         return code == 0 and out.strip() != boot_id, out.strip()
     wait_for("the VM to reboot", rebooted, 600, interval=3)
