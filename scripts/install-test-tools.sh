@@ -11,8 +11,9 @@
 #   slowhttptest (slowhttptest) only with WITH_SLOWHTTPTEST=1: the attacker of `make bench-attacks`
 #   nginx     (nginx, libnginx-mod-stream) only with WITH_NGINX=1: upstream and baseline of `make bench-dataplane`
 #   qemu-system-aarch64, qemu-aarch64-static, update-binfmts, aarch64-linux-gnu-gcc, mmdebstrap,
-#             cloud-localds (qemu-system-arm, qemu-user-static, binfmt-support, gcc-aarch64-linux-gnu,
-#             libc6-dev-arm64-cross, mmdebstrap, qemu-utils, cloud-image-utils) only with
+#             arch-test, cloud-localds (qemu-system-arm, qemu-user-static, binfmt-support,
+#             gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, mmdebstrap, arch-test, qemu-utils,
+#             cloud-image-utils) only with
 #             WITH_ARM64_IMAGE=1: building and booting the arm64 image, `make image-test-arm64`
 set -euo pipefail
 need=()
@@ -43,12 +44,14 @@ if [ "${WITH_SLOWHTTPTEST:-}" = 1 ]; then
 fi
 if [ "${WITH_ARM64_IMAGE:-}" = 1 ]; then
   tools+=(qemu-system-aarch64 qemu-aarch64-static update-binfmts aarch64-linux-gnu-gcc mmdebstrap
-    cloud-localds qemu-img)
+    arch-test cloud-localds qemu-img)
   command -v qemu-system-aarch64 >/dev/null 2>&1 || need+=(qemu-system-arm)
   command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
   command -v update-binfmts >/dev/null 2>&1 || need+=(binfmt-support)
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+  # mmdebstrap checks with it that the foreign architecture's binaries run.
+  command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
   command -v cloud-localds >/dev/null 2>&1 || need+=(cloud-image-utils)
   command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 fi

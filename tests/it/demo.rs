@@ -34,56 +34,6 @@ fn paste(line: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// An Envoy holding a base id, stopped on drop.
-struct Squatter {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Squatter {
-    fn start(base_id: u32) -> Squatter {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("envoy.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "admin: {{address: {{pipe: {{path: {}}}}}}}\nstatic_resources: {{}}\n",
-                dir.path().join("admin.sock").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&config)
-            .args(["--base-id", &base_id.to_string(), "--log-path"])
-            .arg(dir.path().join("envoy.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let socket = format!("@envoy_domain_socket_parent_{}", base_id * 10);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string("/proc/net/unix")
-            .unwrap()
-            .contains(&socket)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the squatter never bound {socket}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Squatter { child, _dir: dir }
-    }
-}
-
-impl Drop for Squatter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn every_command_the_demo_prints_works_when_pasted() {
     // The binaries `cargo test` built (the demo defaults to the release build `make run` makes).
@@ -119,7 +69,7 @@ fn every_command_the_demo_prints_works_when_pasted() {
     );
 
     // Another Envoy holds the example's base id (7), as an installed load balancer would.
-    let squatter = Squatter::start(7);
+    let squatter = crate::support::envoy::Squatter::start(7);
     let mut demo = Command::new("bash")
         .arg("scripts/demo.sh")
         .current_dir(repo())

@@ -7,7 +7,6 @@ use crate::support::supervisor::Stand;
 use crate::support::upstream::{self, Upstream};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use vpsie_lb_agent::command::Failure;
 use vpsie_lb_agent::supervisor::protocol::{ApplyMethod, ApplyResult};
@@ -597,48 +596,16 @@ async fn wait_upstream_request_in_flight(stand: &Stand) {
 async fn another_envoy_on_the_same_base_id_is_named() {
     let ups = upstreams().await;
     let (a, _) = specs(Stand::front_port(), &ups);
-    let dir = tempfile::tempdir().unwrap();
-    let squatter_config = dir.path().join("squatter.yaml");
-    std::fs::write(
-        &squatter_config,
-        format!(
-            "admin: {{address: {{pipe: {{path: {}}}}}}}\nstatic_resources: {{}}\n",
-            dir.path().join("admin.sock").display()
-        ),
-    )
-    .unwrap();
     let stand = Stand::start(|_| {}).await;
     let base_id = stand.settings.envoy.base_id;
-    let mut squatter = std::process::Command::new(crate::support::envoy_bin())
-        .arg("-c")
-        .arg(&squatter_config)
-        .args(["--base-id", &base_id.to_string(), "--log-path"])
-        .arg(dir.path().join("squatter.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // It holds the base id once its hot-restart socket is bound.
-    let socket = format!("@envoy_domain_socket_parent_{}", base_id * 10);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string("/proc/net/unix")
-        .unwrap()
-        .contains(&socket)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the other Envoy never bound {socket}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let squatter = crate::support::envoy::Squatter::start(base_id);
 
     // Nothing serves yet, so this is critical: the hand-over says so, with the cause.
     let said = match stand.apply(&a).await {
         Ok(out) => format!("{out:?}"),
         Err(e) => e.to_string(),
     };
-    let _ = squatter.kill();
-    let _ = squatter.wait();
+    drop(squatter);
     assert!(
         said.contains(&format!(
             "another Envoy on this machine holds base-id {base_id}; set envoy.base_id"

@@ -235,3 +235,54 @@ pub async fn wait_not_draining(settings: &Settings) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Another Envoy holding a base id (as an installed load balancer would), stopped on drop.
+pub struct Squatter {
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Squatter {
+    /// Starts it and waits until it holds `base_id` (its hot-restart socket is bound).
+    pub fn start(base_id: u32) -> Squatter {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "admin: {{address: {{pipe: {{path: {}}}}}}}\nstatic_resources: {{}}\n",
+                dir.path().join("admin.sock").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(super::envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(["--base-id", &base_id.to_string(), "--log-path"])
+            .arg(dir.path().join("envoy.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = format!("@envoy_domain_socket_parent_{}", base_id * 10);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string("/proc/net/unix")
+            .unwrap()
+            .contains(&socket)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the squatter never bound {socket}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Squatter { child, _dir: dir }
+    }
+}
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
