@@ -484,6 +484,13 @@ def checks(qga, http_port, scrape_port, t_boot):
         fail(f"Envoy is {server_info.get('state')}, not LIVE")
     log(f"Envoy {server_info.get('version', '?').split('/')[1]} state LIVE, "
         f"epoch {server_info.get('command_line_options', {}).get('restart_epoch')}")
+    # The guest is the architecture under test, and the Envoy serving is its build.
+    machine, page = qga.check("uname -m; getconf PAGESIZE").split()
+    envoy_elf = qga.check("od -An -tx1 -j18 -N2 /usr/local/bin/envoy").split()
+    want = {"amd64": ("x86_64", ["3e", "00"]), "arm64": ("aarch64", ["b7", "00"])}[ARCH]
+    if (machine, envoy_elf) != want:
+        fail(f"guest {machine}, Envoy's ELF machine {envoy_elf}: not the {ARCH} image")
+    log(f"guest {machine}, page size {page}, Envoy built for it (ELF machine {envoy_elf[0]})")
 
     # The applied config is the one rendered from the stand-in's spec.
     want = stand_in_hash(qga)
