@@ -285,3 +285,29 @@ fn q_refuses_null() {
     tera.add_raw_template("x", "{{ missing | q }}").unwrap();
     assert!(tera.render("x", &tera::Context::new()).is_err());
 }
+
+/// `::` binds both families on one socket (`ipv4_compat`: Envoy would open it IPv6-only),
+/// the scrape port's listener included; any other address is bound as it is.
+#[test]
+fn the_ipv6_any_address_listens_for_both_families() {
+    let (spec, mut settings) = example();
+    settings.metrics.allowed_cidrs = vec!["127.0.0.0/8".into()];
+    let compat = |settings: &Settings| -> Vec<Value> {
+        let r = render(&spec, settings, &Resolved::new(), &Default::default()).unwrap();
+        let doc: Value = serde_json::from_str(&r.config).unwrap();
+        doc["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["address"]["socket_address"]["ipv4_compat"].clone())
+            .collect()
+    };
+    settings.envoy.listen_address = "::".parse().unwrap();
+    let both = compat(&settings);
+    assert!(both.len() >= 2, "{both:?}");
+    assert!(both.iter().all(|c| c == &Value::Bool(true)), "{both:?}");
+    for one in ["0.0.0.0", "127.0.0.1", "::1"] {
+        settings.envoy.listen_address = one.parse().unwrap();
+        assert!(compat(&settings).iter().all(Value::is_null), "{one}");
+    }
+}

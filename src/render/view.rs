@@ -17,6 +17,10 @@ pub struct View {
     pub node_id: String,
     pub admin_socket: String,
     pub listen_address: String,
+    /// The listen address is IPv6's any (`::`): one socket takes both families
+    /// (`ipv4_compat`), an IPv4 client seen as its IPv4 address. Envoy would otherwise open it
+    /// IPv6-only.
+    pub dual_stack: bool,
     /// Where every listener's access log goes (`access_log.path`).
     pub access_log_path: String,
     /// Whether the logged path keeps its query string (`access_log.query_string`).

@@ -24,11 +24,32 @@ fn backend(up: &Upstream) -> Value {
     json!({"identifier": up.name, "ip": "127.0.0.1", "port": up.port()})
 }
 
+/// The load balancer's loopback address in the family of `from`.
+fn lb(from: IpAddr) -> IpAddr {
+    if from.is_ipv6() {
+        IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1u16])
+    } else {
+        IpAddr::from([127, 0, 0, 1])
+    }
+}
+
+/// The URL host of the load balancer for a client at `from`.
+fn lb_host(from: IpAddr) -> String {
+    match lb(from) {
+        IpAddr::V6(a) => format!("[{a}]"),
+        IpAddr::V4(a) => a.to_string(),
+    }
+}
+
 /// A TCP connection to the load balancer's `port` from the loopback address `from`.
 async fn connect_from(from: IpAddr, port: u16) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
+    let s = if from.is_ipv6() {
+        TcpSocket::new_v6().unwrap()
+    } else {
+        TcpSocket::new_v4().unwrap()
+    };
     s.bind(SocketAddr::new(from, 0)).unwrap();
-    s.connect(([127, 0, 0, 1], port).into()).await.unwrap()
+    s.connect(SocketAddr::new(lb(from), port)).await.unwrap()
 }
 
 /// Whether the connection is closed without a byte (read gives end of stream or a reset),
@@ -68,7 +89,7 @@ fn tls_client(from: IpAddr, name: &str, port: u16, cert: &certs::TestCert) -> re
         .local_address(from)
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).unwrap())
-        .resolve(name, ([127, 0, 0, 1], port).into())
+        .resolve(name, SocketAddr::new(lb(from), port))
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
         .build()
@@ -104,12 +125,24 @@ async fn refused_count(envoy: &Envoy, rule: &str) -> u64 {
 /// and .5 (denied) are closed before any byte, and no backend sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_clients_are_served_and_refused_ones_closed_on_every_scheme() {
+    every_scheme("127.0.0.1".parse().unwrap()).await;
+}
+
+/// The same on a dual-stack listener (`envoy.listen_address: "::"`, one socket for both
+/// families): an IPv4 client is judged by the IPv4 entries, never as `::ffff:a.b.c.d`, and an
+/// IPv6 client (::1, allowed by its own entry) is served on every scheme too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_listener_judges_each_family_by_its_own_entries() {
+    every_scheme("::".parse().unwrap()).await;
+}
+
+async fn every_scheme(listen: IpAddr) {
     let web = upstream::http("web", None).await;
     let tcp = upstream::tcp("tcp").await;
     let (secure_cert, other_cert) = (certs::cert(&["secure.test"]), certs::cert(&["other.test"]));
     let ports = [free_port(), free_port(), free_port(), free_port()];
     let [p_web, p_tls, p_h2, p_tcp] = ports;
-    let lists = json!({"allowedSources": ["127.0.0.2", "127.0.0.4/30"],
+    let lists = json!({"allowedSources": ["127.0.0.2", "127.0.0.4/30", "::1/128"],
                        "deniedSources": ["127.0.0.5/32"]});
     let mut rules = vec![
         json!({"ruleId": "web", "scheme": "http", "frontPort": p_web, "backPort": 1,
@@ -135,22 +168,29 @@ async fn allowed_clients_are_served_and_refused_ones_closed_on_every_scheme() {
             r[k] = v.clone();
         }
     }
-    let envoy =
-        Envoy::start(&json!({"identifier": "lb-sources", "lbName": "sources", "rules": rules}))
-            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::support::envoy::test_settings(dir.path());
+    settings.envoy.listen_address = listen;
+    let spec = json!({"identifier": "lb-sources", "lbName": "sources", "rules": rules});
+    let envoy = Envoy::start_with(&spec, settings, dir).await;
     envoy.wait_healthy("web", 1).await;
     envoy.wait_healthy("tcp", 1).await;
 
-    for allowed in [ip(2), ip(4)] {
+    // An IPv6 client reaches only a dual-stack listener.
+    let mut allowed_clients = vec![ip(2), ip(4)];
+    if listen.is_ipv6() {
+        allowed_clients.push("::1".parse().unwrap());
+    }
+    for allowed in allowed_clients {
         let c = http_client(allowed, false);
         assert_eq!(
-            served_by(&c, &format!("http://127.0.0.1:{p_web}/")).await,
+            served_by(&c, &format!("http://{}:{p_web}/", lb_host(allowed))).await,
             Ok("web".into()),
             "http from {allowed}"
         );
         let c = http_client(allowed, true);
         assert_eq!(
-            served_by(&c, &format!("http://127.0.0.1:{p_h2}/")).await,
+            served_by(&c, &format!("http://{}:{p_h2}/", lb_host(allowed))).await,
             Ok("web".into()),
             "http2 from {allowed}"
         );

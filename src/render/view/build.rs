@@ -257,6 +257,7 @@ pub fn build(
         node_id: spec.id.clone(),
         admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
         listen_address: settings.envoy.listen_address.to_string(),
+        dual_stack: settings.envoy.listen_address == std::net::IpAddr::from([0u16; 8]),
         access_log_path: settings.access_log.path.to_string_lossy().into_owned(),
         access_log_query: settings.access_log.query_string,
         max_connections: spec.max_connections,
