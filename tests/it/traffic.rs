@@ -480,3 +480,55 @@ async fn max_connections_caps_downstream_connections() {
     );
     drop(held);
 }
+
+/// IPv6 backends end to end: health-checked (HTTP and TCP checks), served over plain HTTP and
+/// over TLS, and sent a PROXY protocol v2 header that names an IPv6 client in its own family,
+/// all from a dual-stack listener reached over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_backends_are_checked_and_served_in_every_way() {
+    let v6 = |port: u16| std::net::SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1u16], port));
+    let cert = certs::cert(&["localhost"]);
+    let plain = upstream::http_at("v6-plain", None, v6(0)).await;
+    let secure = upstream::http_at("v6-tls", Some(&cert), v6(0)).await;
+    let pp = upstream::tcp_at("v6-pp", v6(0)).await;
+    let ports = [
+        crate::support::envoy::free_port(),
+        crate::support::envoy::free_port(),
+        crate::support::envoy::free_port(),
+    ];
+    let [p_plain, p_tls, p_pp] = ports;
+    let b6 = |id: &str, up: &Upstream| json!({"identifier": id, "ip": "::1", "port": up.port()});
+    let spec = lb(vec![
+        json!({"ruleId": "plain6", "scheme": "http", "frontPort": p_plain, "backPort": 1,
+               "healthCheckPath": "/healthz", "checkInterval": 200, "rise": 1,
+               "backends": [b6("a", &plain)]}),
+        json!({"ruleId": "tls6", "scheme": "http", "frontPort": p_tls, "backPort": 1,
+               "backendScheme": "https", "checkInterval": 200, "rise": 1,
+               "backends": [b6("b", &secure)]}),
+        json!({"ruleId": "pp6", "scheme": "tcp", "frontPort": p_pp, "backPort": 1,
+               "proxyProtocol": "v2", "checkInterval": 200, "rise": 1,
+               "backends": [b6("c", &pp)]}),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::support::envoy::test_settings(dir.path());
+    settings.envoy.listen_address = "::".parse().unwrap();
+    let envoy = Envoy::start_with(&spec, settings, dir).await;
+    for rule in ["plain6", "tls6", "pp6"] {
+        envoy.wait_healthy(rule, 1).await;
+    }
+    let c = client();
+    for (port, want) in [(p_plain, "v6-plain"), (p_tls, "v6-tls")] {
+        let r = c.get(format!("http://[::1]:{port}/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), want);
+    }
+    // The PROXY v2 header carries the IPv6 client as IPv6.
+    let mut s = tokio::net::TcpStream::connect(v6(p_pp)).await.unwrap();
+    let client_port = s.local_addr().unwrap().port();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("tcp answer in time")
+        .unwrap();
+    assert_eq!(out, format!("v6-pp pp2=[::1]:{client_port}"));
+}

@@ -204,7 +204,13 @@ fn server_config(c: &super::certs::TestCert) -> Arc<rustls::ServerConfig> {
 /// A TCP upstream: answers each connection with its name, and, when the connection opens with a
 /// PROXY protocol v2 header, with the source address the header carries: `name pp2=IP:PORT`.
 pub async fn tcp(name: &str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tcp_at(name, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// As [`tcp`], on a chosen loopback address (`[::1]:0` for an IPv6 backend).
+pub async fn tcp_at(name: &str, at: SocketAddr) -> Upstream {
+    assert!(at.ip().is_loopback(), "upstreams live on loopback");
+    let listener = TcpListener::bind(at).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let n = name.to_owned();
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -231,16 +237,21 @@ pub async fn tcp(name: &str) -> Upstream {
                         let _ = stream.read_exact(&mut head).await;
                         let len = u16::from_be_bytes([head[14], head[15]]) as usize;
                         let mut body = vec![0u8; len];
-                        if stream.read_exact(&mut body).await.is_ok()
-                            && head[13] == 0x11
-                            && len >= 12
-                        {
-                            let ip = std::net::Ipv4Addr::new(body[0], body[1], body[2], body[3]);
-                            let port = u16::from_be_bytes([body[8], body[9]]);
-                            reply = format!("{n} pp2={ip}:{port}");
-                        } else {
-                            reply = format!("{n} pp2=other");
-                        }
+                        let read = stream.read_exact(&mut body).await.is_ok();
+                        // TCP over IPv4 (0x11) or over IPv6 (0x21): the source address first.
+                        reply = match (read, head[13]) {
+                            (true, 0x11) if len >= 12 => {
+                                let ip: [u8; 4] = body[..4].try_into().unwrap();
+                                let port = u16::from_be_bytes([body[8], body[9]]);
+                                format!("{n} pp2={}", std::net::SocketAddr::from((ip, port)))
+                            }
+                            (true, 0x21) if len >= 36 => {
+                                let ip: [u8; 16] = body[..16].try_into().unwrap();
+                                let port = u16::from_be_bytes([body[32], body[33]]);
+                                format!("{n} pp2={}", std::net::SocketAddr::from((ip, port)))
+                            }
+                            _ => format!("{n} pp2=other"),
+                        };
                     }
                 }
                 let _ = stream.write_all(reply.as_bytes()).await;
