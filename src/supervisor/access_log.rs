@@ -15,7 +15,7 @@
 //! A full disk never reaches Envoy's data path: Envoy's writes fail on its flush thread and are
 //! counted (`filesystem.write_failed`), requests are served all the same.
 
-use super::{live, Supervisor};
+use super::Supervisor;
 use crate::envoy::admin::Admin;
 use crate::metrics::SupervisorMetrics;
 use crate::render::xds;
@@ -130,7 +130,7 @@ impl Supervisor {
                     file.version, self.settings.supervisor.confirm_timeout_s
                 ));
             }
-            live::pause(&watch, Duration::from_millis(25)).await?;
+            super::confirm::pause(&watch, Duration::from_millis(25)).await?;
         }
     }
 }

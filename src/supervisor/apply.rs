@@ -50,7 +50,10 @@ impl Supervisor {
         let live_epoch = self.live.as_ref().map(|e| e.epoch);
         let split = self.split(&rendered, live_epoch.unwrap_or(0));
         let endpoint_only = match (&split, &self.files) {
-            (Ok(x), Some(f)) if same_binary && !req.force => live::only_endpoints_differ(&f.xds, x),
+            // Only into a running epoch: a config that would start a new process is validated.
+            (Ok(x), Some(f)) if live_epoch.is_some() && same_binary && !req.force => {
+                live::only_endpoints_differ(&f.xds, x)
+            }
             _ => false,
         };
         let compared = started.elapsed();

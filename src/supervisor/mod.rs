@@ -32,6 +32,7 @@
 mod access_log;
 mod apply;
 pub mod client;
+mod confirm;
 mod epochs;
 mod live;
 mod moving;

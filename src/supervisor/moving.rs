@@ -2,7 +2,7 @@
 //! ones have passed their first health check. The loop looks at them every [`TRANSITION_POLL`];
 //! [`super::transition`] decides, as pure functions, what each look means.
 
-use super::live::stats;
+use super::confirm::stats;
 use super::transition::{self, Transition, Verdict};
 use super::{hold, protocol, Supervisor};
 use crate::metrics;

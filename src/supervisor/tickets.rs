@@ -198,7 +198,7 @@ impl Supervisor {
                     self.settings.supervisor.confirm_timeout_s
                 ));
             }
-            super::live::pause(&watch, Duration::from_millis(25)).await?;
+            super::confirm::pause(&watch, Duration::from_millis(25)).await?;
         }
     }
 }
