@@ -15,6 +15,10 @@ pub struct FullStatus {
     /// With high availability: each virtual IP's VRRP state on this node.
     #[serde(default)]
     pub vrrp: Vec<VipReport>,
+    /// Where listeners bind (`envoy.listen_addresses`, as this host resolves the default).
+    pub listen_addresses: Vec<std::net::IpAddr>,
+    /// The default left IPv6 out: this host's kernel has none, and IPv6 clients reach nothing.
+    pub ipv6_left_out: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -65,6 +69,8 @@ pub async fn full_status(settings: &Settings) -> FullStatus {
         queued_events,
         dropped_events,
         vrrp,
+        listen_addresses: settings.envoy.listen_addresses(),
+        ipv6_left_out: settings.envoy.ipv6_left_out(),
     }
 }
 
@@ -87,6 +93,7 @@ pub fn status_summary(s: &FullStatus) -> String {
     });
     out.extend(a.certificates.iter().map(certificate_line));
     out.extend(s.vrrp.iter().map(vip_line));
+    out.push(listen_line(&s.listen_addresses, s.ipv6_left_out));
     let mut events = format!("Events      {} queued", s.queued_events);
     if s.dropped_events > 0 {
         events.push_str(&format!(", {} DROPPED (queue was full)", s.dropped_events));
@@ -97,6 +104,17 @@ pub fn status_summary(s: &FullStatus) -> String {
     out.push(events);
     out.push(String::new());
     out.join("\n")
+}
+
+/// Where listeners bind; a default that left IPv6 out says so, since IPv6 clients then reach
+/// nothing.
+fn listen_line(addrs: &[std::net::IpAddr], ipv6_left_out: bool) -> String {
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut l = format!("Listening   on {}", list.join(", "));
+    if ipv6_left_out {
+        l.push_str(" (IPv4 only: this kernel has no IPv6, so IPv6 clients reach nothing)");
+    }
+    l
 }
 
 /// One line, whatever a message holds (errors can quote Envoy or the API): control characters
@@ -234,6 +252,8 @@ mod tests {
                 since: Some(0),
                 transitions: 4,
             }],
+            listen_addresses: vec!["0.0.0.0".parse().unwrap()],
+            ipv6_left_out: true,
         }
     }
 
@@ -252,6 +272,12 @@ mod tests {
         );
         assert!(s.contains("Last poll   never"), "{s}");
         assert!(s.contains("3 queued, 2 DROPPED"), "{s}");
+        assert!(
+            s.contains("Listening   on 0.0.0.0 (IPv4 only: this kernel has no IPv6"),
+            "{s}"
+        );
+        let both = listen_line(&["0.0.0.0".parse().unwrap(), "::".parse().unwrap()], false);
+        assert_eq!(both, "Listening   on 0.0.0.0, ::");
 
         let hash: crate::spec::ConfigHash = "a".repeat(64).parse().unwrap();
         let mut f = full(Some(Status {

@@ -111,7 +111,7 @@ pub fn output_version(settings: &Settings) -> String {
         // own hash, and `validate` renders into a directory of its own.)
         template_version().to_owned(),
         e.admin_socket.to_string_lossy().into_owned(),
-        e.listen_address.to_string(),
+        format!("{:?}", e.listen_addresses()),
         e.redirect_port.to_string(),
         m.address.to_string(),
         m.port.to_string(),
@@ -416,7 +416,23 @@ mod readback {
         pub name: Cow<'a, str>,
         #[serde(borrow)]
         pub address: Address<'a>,
+        #[serde(borrow, default)]
+        pub additional_addresses: Vec<AdditionalAddress<'a>>,
         pub filter_chains: Vec<serde::de::IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    pub struct AdditionalAddress<'a> {
+        #[serde(borrow)]
+        pub address: Address<'a>,
+    }
+    impl Listener<'_> {
+        /// Every `ADDRESS:PORT` it binds, its own address first.
+        pub fn targets(&self) -> Vec<Option<String>> {
+            std::iter::once(&self.address)
+                .chain(self.additional_addresses.iter().map(|a| &a.address))
+                .map(Address::target)
+                .collect()
+        }
     }
     #[derive(Deserialize)]
     pub struct Cluster<'a> {
@@ -510,8 +526,7 @@ fn check_listeners(doc: &readback::Doc, view: &View) -> Result<(), RenderError> 
             let Some(last) = doc.static_resources.listeners.last() else {
                 return fail("the metrics listener is missing".into());
             };
-            let port = last.address.socket_address.as_ref().map(|s| s.port_value);
-            if last.name != m.listener_name || port != Some(m.port) || n == 0 {
+            if last.name != m.listener_name || last.targets() != view.listen_targets(m.port) {
                 return fail("the metrics listener".into());
             }
             &doc.static_resources.listeners[..n - 1]
@@ -521,7 +536,7 @@ fn check_listeners(doc: &readback::Doc, view: &View) -> Result<(), RenderError> 
     let same_listeners = listeners.len() == view.listeners.len()
         && listeners.iter().zip(&view.listeners).all(|(l, vl)| {
             l.name == vl.name
-                && l.address.target() == Some(format!("{}:{}", view.listen_address, vl.port))
+                && l.targets() == view.listen_targets(vl.port)
                 && l.filter_chains.len() == vl.chains.len()
         });
     // A rule's name is a literal inside the access log's format string, where `%` would start a

@@ -187,7 +187,7 @@ fn the_split_moves_resources_out_and_keys_the_bootstrap() {
     );
     // Another endpoint: same bootstrap (live), other endpoints file.
     let mut other = settings.clone();
-    other.envoy.listen_address = [127, 0, 0, 1].into();
+    other.envoy.listen_addresses = Some(vec![[127, 0, 0, 1].into()]);
     let moved = render(&spec, &other, &Resolved::new(), &Default::default()).unwrap();
     let y = xds::split(&moved.config, &files, dir).unwrap();
     assert_eq!(
@@ -286,28 +286,48 @@ fn q_refuses_null() {
     assert!(tera.render("x", &tera::Context::new()).is_err());
 }
 
-/// `::` binds both families on one socket (`ipv4_compat`: Envoy would open it IPv6-only),
-/// the scrape port's listener included; any other address is bound as it is.
+/// Every listener, the scrape port's included, binds each listen address: the first as its
+/// address, the others as additional addresses, each socket of one family (no `ipv4_compat`).
 #[test]
-fn the_ipv6_any_address_listens_for_both_families() {
+fn every_listener_binds_every_listen_address() {
     let (spec, mut settings) = example();
-    settings.metrics.allowed_cidrs = vec!["127.0.0.0/8".into()];
-    let compat = |settings: &Settings| -> Vec<Value> {
+    settings.metrics.allowed_cidrs = vec!["127.0.0.0/8".into(), "::1/128".into()];
+    let bound = |settings: &Settings| -> Vec<Vec<String>> {
         let r = render(&spec, settings, &Resolved::new(), &Default::default()).unwrap();
         let doc: Value = serde_json::from_str(&r.config).unwrap();
         doc["static_resources"]["listeners"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| l["address"]["socket_address"]["ipv4_compat"].clone())
+            .map(|l| {
+                let port = &l["address"]["socket_address"]["port_value"];
+                let extra = l["additional_addresses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                std::iter::once(&l["address"])
+                    .chain(extra.iter().map(|a| &a["address"]))
+                    .map(|a| {
+                        let sa = &a["socket_address"];
+                        assert!(sa.get("ipv4_compat").is_none(), "{sa}");
+                        assert_eq!(&sa["port_value"], port, "{l}");
+                        sa["address"].as_str().unwrap().to_owned()
+                    })
+                    .collect()
+            })
             .collect()
     };
-    settings.envoy.listen_address = "::".parse().unwrap();
-    let both = compat(&settings);
-    assert!(both.len() >= 2, "{both:?}");
-    assert!(both.iter().all(|c| c == &Value::Bool(true)), "{both:?}");
-    for one in ["0.0.0.0", "127.0.0.1", "::1"] {
-        settings.envoy.listen_address = one.parse().unwrap();
-        assert!(compat(&settings).iter().all(Value::is_null), "{one}");
+    for (list, want) in [
+        (None, vec!["0.0.0.0", "::"]),
+        (Some(vec!["::"]), vec!["::"]),
+        (Some(vec!["127.0.0.1", "::1"]), vec!["127.0.0.1", "::1"]),
+    ] {
+        settings.envoy.listen_addresses =
+            list.map(|l| l.iter().map(|a| a.parse().unwrap()).collect());
+        let listeners = bound(&settings);
+        assert!(listeners.len() >= 2, "{listeners:?}");
+        for l in listeners {
+            assert_eq!(l, want);
+        }
     }
 }

@@ -12,15 +12,25 @@ use std::path::PathBuf;
 mod build;
 pub use build::{build, cluster_name, redirect_listener_name};
 
+impl View {
+    /// Every `ADDRESS:PORT` a listener on `port` binds, as its rendered config must say.
+    pub fn listen_targets(&self, port: u16) -> Vec<Option<String>> {
+        std::iter::once(&self.listen_address)
+            .chain(&self.additional_addresses)
+            .map(|a| Some(format!("{a}:{port}")))
+            .collect()
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct View {
     pub node_id: String,
     pub admin_socket: String,
+    /// Every listener's address (`envoy.listen_addresses`' first)...
     pub listen_address: String,
-    /// The listen address is IPv6's any (`::`): one socket takes both families
-    /// (`ipv4_compat`), an IPv4 client seen as its IPv4 address. Envoy would otherwise open it
-    /// IPv6-only.
-    pub dual_stack: bool,
+    /// ... and the others, bound by the same listener (`additional_addresses`): each socket of
+    /// one family (an IPv6 one is IPv6 only), so an IPv4 client is an IPv4 address everywhere.
+    pub additional_addresses: Vec<String>,
     /// Where every listener's access log goes (`access_log.path`).
     pub access_log_path: String,
     /// Whether the logged path keeps its query string (`access_log.query_string`).

@@ -59,8 +59,15 @@ pub struct EnvoySettings {
     /// address a spec names (a backend host name resolving to loopback, say) can reach it. It
     /// can stop Envoy. The supervisor and the metrics route are its only clients.
     pub admin_socket: PathBuf,
-    /// Where customer listeners bind.
-    pub listen_address: IpAddr,
+    /// Where customer listeners, the redirect port and the scrape port bind: one socket per
+    /// address, each of its own family (`::` here is IPv6 only, `0.0.0.0` IPv4 only), all of
+    /// them one listener in Envoy (`additional_addresses`). Default: both families' any
+    /// address; on a host whose kernel has no IPv6 at all, `0.0.0.0` alone
+    /// ([`EnvoySettings::listen_addresses`]).
+    pub listen_addresses: Option<Vec<IpAddr>>,
+    /// The older form, one address: `::` meant both families and still does, any other
+    /// address that address only. Give this or `listen_addresses`, not both.
+    pub listen_address: Option<IpAddr>,
     /// The plain-HTTP port of `redirectHTTP`.
     pub redirect_port: u16,
     /// Envoy's `--base-id`: names the shared memory and sockets of hot restart. Fixed, so that
@@ -115,6 +122,95 @@ impl EnvoySettings {
     }
 }
 
+/// IPv4's and IPv6's any address.
+pub const ANY_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+pub const ANY_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// At most this many listen addresses: each is one more socket per worker on every port.
+pub const MAX_LISTEN_ADDRESSES: usize = 16;
+
+impl EnvoySettings {
+    /// Where listeners bind, in order (the first is the listener's address in Envoy, the others
+    /// its additional addresses). See [`EnvoySettings::listen_addresses`] (the field).
+    pub fn listen_addresses(&self) -> Vec<IpAddr> {
+        self.listen_addresses_on(host_has_ipv6())
+    }
+
+    /// Whether the default left IPv6 out because this host's kernel has none: said in the
+    /// supervisor's log and `status`, since IPv6 clients then reach nothing.
+    pub fn ipv6_left_out(&self) -> bool {
+        self.listen_addresses.is_none() && self.listen_address.is_none() && !host_has_ipv6()
+    }
+
+    /// The same, on a host that has IPv6 (`ipv6`) or not.
+    pub fn listen_addresses_on(&self, ipv6: bool) -> Vec<IpAddr> {
+        match (&self.listen_addresses, self.listen_address) {
+            (Some(list), _) => list.clone(),
+            (None, Some(ANY_V6)) => vec![ANY_V4, ANY_V6],
+            (None, Some(one)) => vec![one],
+            (None, None) if ipv6 => vec![ANY_V4, ANY_V6],
+            (None, None) => vec![ANY_V4],
+        }
+    }
+
+    /// The rules for the listen addresses (called by the settings' check).
+    pub(super) fn check_listen_addresses(&self) -> anyhow::Result<()> {
+        let Some(list) = &self.listen_addresses else {
+            if let Some(one) = self.listen_address {
+                check_listen_address("envoy.listen_address", one)?;
+            }
+            return Ok(());
+        };
+        if self.listen_address.is_some() {
+            anyhow::bail!("envoy.listen_addresses: give either listen_addresses or the older listen_address, not both");
+        }
+        if list.is_empty() || list.len() > MAX_LISTEN_ADDRESSES {
+            anyhow::bail!(
+                "envoy.listen_addresses: must name 1 to {MAX_LISTEN_ADDRESSES} addresses, got {}",
+                list.len()
+            );
+        }
+        for (i, a) in list.iter().enumerate() {
+            let field = format!("envoy.listen_addresses[{i}]");
+            check_listen_address(&field, *a)?;
+            if list[..i].contains(a) {
+                anyhow::bail!("{field}: {a} is listed twice");
+            }
+            // A socket on a family's any address takes every address of that family: Envoy
+            // could not bind the other one to the same port.
+            let any = if a.is_ipv4() { ANY_V4 } else { ANY_V6 };
+            if *a != any && list.contains(&any) {
+                anyhow::bail!("{field}: {a} is already covered by {any}, also listed (one socket takes every address of its family)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One listen address: an address this host can have as its own.
+fn check_listen_address(field: &str, a: IpAddr) -> anyhow::Result<()> {
+    let why = match a {
+        _ if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (write the IPv4 address itself)")
+        }
+        _ => None,
+    };
+    match why {
+        Some(why) => anyhow::bail!("{field}: {a} is {why}; a listener binds to one of this host's own addresses or to a family's any address"),
+        None => Ok(()),
+    }
+}
+
+/// Whether this host's kernel has IPv6 (a socket can be bound to `[::]`). Without it (booted
+/// with `ipv6.disable=1`) Envoy could not bind `::` and would serve nothing. IPv6 turned off by
+/// sysctl still binds, and costs nothing.
+fn host_has_ipv6() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::net::TcpListener::bind((ANY_V6, 0)).is_ok())
+}
+
 /// `MemTotal` of /proc/meminfo, in KiB.
 fn mem_total_kib(meminfo: &str) -> Option<u64> {
     meminfo
@@ -133,7 +229,8 @@ impl Default for EnvoySettings {
             config_dir: PathBuf::from("/var/lib/vpsie-lb/envoy"),
             cert_dir: None,
             admin_socket: PathBuf::from("/run/vpsie-lb/envoy-admin.sock"),
-            listen_address: IpAddr::from([0, 0, 0, 0]),
+            listen_addresses: None,
+            listen_address: None,
             redirect_port: 80,
             base_id: 7,
             drain_time_s: 30,
@@ -204,5 +301,104 @@ mod tests {
             format!("{e:#}").contains("envoy.request_headers_timeout_s"),
             "{e:#}"
         );
+    }
+
+    /// Both families by default, one of them when the host has no IPv6; the older single
+    /// address keeps its meaning (`::` both families); a list is bound as written.
+    #[test]
+    fn listen_addresses_default_to_both_families_and_keep_the_older_form() {
+        let on = |yaml: &str, ipv6: bool| {
+            Settings::parse(yaml)
+                .unwrap_or_else(|e| panic!("{yaml}: {e:#}"))
+                .envoy
+                .listen_addresses_on(ipv6)
+        };
+        let v = |l: &[&str]| -> Vec<IpAddr> { l.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(on("{}", true), v(&["0.0.0.0", "::"]));
+        assert_eq!(on("{}", false), v(&["0.0.0.0"]));
+        assert_eq!(
+            on("envoy:\n  listen_address: '::'\n", true),
+            v(&["0.0.0.0", "::"])
+        );
+        assert_eq!(
+            on("envoy:\n  listen_address: 0.0.0.0\n", true),
+            v(&["0.0.0.0"])
+        );
+        assert_eq!(
+            on("envoy:\n  listen_address: 127.0.0.1\n", true),
+            v(&["127.0.0.1"])
+        );
+        // Pinned to one family, and specific addresses of both (two virtual IPs).
+        assert_eq!(on("envoy:\n  listen_addresses: ['::']\n", true), v(&["::"]));
+        assert_eq!(
+            on(
+                "envoy:\n  listen_addresses: [198.18.0.7, '2001:2::7']\n",
+                false
+            ),
+            v(&["198.18.0.7", "2001:2::7"])
+        );
+        assert!(!Settings::parse("envoy:\n  listen_address: 0.0.0.0\n")
+            .unwrap()
+            .envoy
+            .ipv6_left_out());
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_refused_by_field_and_rule() {
+        for (yaml, field, rule) in [
+            ("listen_addresses: []", "envoy.listen_addresses", "1 to 16"),
+            (
+                "listen_addresses: [0.0.0.0]\n  listen_address: 0.0.0.0",
+                "envoy.listen_addresses",
+                "not both",
+            ),
+            (
+                "listen_addresses: [0.0.0.0, '::', 0.0.0.0]",
+                "envoy.listen_addresses[2]",
+                "twice",
+            ),
+            (
+                "listen_addresses: ['::', 0.0.0.0, '::1']",
+                "envoy.listen_addresses[2]",
+                "covered by ::",
+            ),
+            (
+                "listen_addresses: [127.0.0.1, 0.0.0.0]",
+                "envoy.listen_addresses[0]",
+                "covered by 0.0.0.0",
+            ),
+            (
+                "listen_addresses: ['ff02::1']",
+                "envoy.listen_addresses[0]",
+                "multicast",
+            ),
+            (
+                "listen_addresses: [255.255.255.255]",
+                "envoy.listen_addresses[0]",
+                "broadcast",
+            ),
+            (
+                "listen_addresses: ['::ffff:127.0.0.1']",
+                "envoy.listen_addresses[0]",
+                "IPv4-mapped",
+            ),
+            (
+                "listen_address: 224.0.0.1",
+                "envoy.listen_address",
+                "multicast",
+            ),
+            ("listen_addresses: [localhost]", "listen_addresses", ""),
+        ] {
+            let text = format!("envoy:\n  {yaml}\n");
+            let e = format!("{:#}", Settings::parse(&text).unwrap_err());
+            assert!(e.contains(field) && e.contains(rule), "{yaml}: {e}");
+        }
+        let many: Vec<String> = (1..=17).map(|i| format!("127.0.0.{i}")).collect();
+        let e = Settings::parse(&format!(
+            "envoy:\n  listen_addresses: [{}]\n",
+            many.join(", ")
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("got 17"), "{e:#}");
     }
 }

@@ -21,7 +21,7 @@ pub use access_log::{AccessLogMode, AccessLogSettings, ACCESS_LOG_MIN_BYTES};
 pub use acme::{AcmeSettings, ExternalAccount, LETS_ENCRYPT};
 pub use envoy::{
     heap_limit_for, DrainStrategy, EnvoySettings, SessionTicketSettings, SupervisorSettings,
-    TICKET_ROTATE_S,
+    ANY_V4, ANY_V6, MAX_LISTEN_ADDRESSES, TICKET_ROTATE_S,
 };
 pub use ha::{keepalived_safe, parse_vip, HaMode, HaSettings};
 use interpolate::{env_defaults, interpolate};
@@ -216,7 +216,10 @@ impl Settings {
         }
         interpolate(&mut doc, "", env)?;
         env_defaults(&mut doc, env)?;
-        let mut s: Settings = serde_yaml::from_value(doc)?;
+        let mut s: Settings = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("{path}: {}", e.into_inner())
+        })?;
         if let Some(base) = base {
             s.resolve_paths(base);
         }
@@ -312,6 +315,7 @@ impl Settings {
                 "envoy.admin_socket: a Unix socket path must be 1 to 107 bytes long, got {admin}"
             );
         }
+        e.check_listen_addresses()?;
         if e.redirect_port == 0 {
             bail!("envoy.redirect_port: must be between 1 and 65535");
         }

@@ -181,17 +181,19 @@ impl Supervisor {
             .as_ref()
             .map(|f| f.xds.listener_ports())
             .unwrap_or_default();
-        let addr = self.settings.envoy.listen_address;
+        let addrs = self.settings.envoy.listen_addresses();
         let meanwhile = if self.live.is_some() {
             "The running config keeps serving"
         } else {
             "Nothing serves until it is free"
         };
         for port in new_ports.iter().filter(|p| !live_ports.contains(p)) {
-            if let Err(e) = std::net::TcpListener::bind((addr, *port)) {
-                return Err(format!(
-                    "listener port {port} on {addr} cannot be bound ({e}); another process holds it. {meanwhile}"
-                ));
+            for addr in &addrs {
+                if let Err(e) = bind_as_envoy((*addr, *port).into()) {
+                    return Err(format!(
+                        "listener port {port} on {addr} cannot be bound ({e}); another process holds it. {meanwhile}"
+                    ));
+                }
             }
         }
         Ok(())
@@ -266,4 +268,25 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Binds (and at once closes) a TCP socket the way Envoy binds a listener: `SO_REUSEADDR`, and
+/// an IPv6 socket IPv6 only, so that `::` is not refused for an IPv4 port it would not take.
+fn bind_as_envoy(at: std::net::SocketAddr) -> std::io::Result<()> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    let family = if at.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if at.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(at),
+    )?;
+    Ok(())
 }

@@ -181,6 +181,9 @@ pub async fn run(
     shutdown: impl Future<Output = StopKind>,
     mut reloads: mpsc::UnboundedReceiver<anyhow::Result<Settings>>,
 ) -> anyhow::Result<()> {
+    if settings.envoy.ipv6_left_out() {
+        tracing::warn!("this kernel has no IPv6: listeners bind 0.0.0.0 only, and IPv6 clients reach nothing (envoy.listen_addresses)");
+    }
     let mut sup = Supervisor::new(settings).await?;
     let rotation = tokio::spawn(access_log::run(
         sup.access_log_tx.subscribe(),

@@ -68,7 +68,7 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let mut s = Stand::settings(d, |s| {
-            s.envoy.listen_address = "0.0.0.0".parse().unwrap();
+            s.envoy.listen_addresses = None;
             s.envoy.redirect_port = 8081;
         });
         std::fs::write(d.join("api-key"), "test-token-123").unwrap();

@@ -90,7 +90,13 @@ fn the_shipped_settings_are_valid_and_fit_the_units() {
         s.envoy.admin_socket,
         PathBuf::from("/run/vpsie-lb/envoy-admin.sock")
     );
-    assert!(s.envoy.listen_address.is_unspecified());
+    assert_eq!(
+        s.envoy.listen_addresses_on(true),
+        [
+            vpsie_lb_agent::settings::ANY_V4,
+            vpsie_lb_agent::settings::ANY_V6
+        ]
+    );
     assert_eq!(s.envoy.binary, PathBuf::from("/usr/local/bin/envoy"));
     assert!(
         s.metrics.allowed_cidrs.is_empty(),

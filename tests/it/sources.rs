@@ -125,18 +125,18 @@ async fn refused_count(envoy: &Envoy, rule: &str) -> u64 {
 /// and .5 (denied) are closed before any byte, and no backend sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_clients_are_served_and_refused_ones_closed_on_every_scheme() {
-    every_scheme("127.0.0.1".parse().unwrap()).await;
+    every_scheme(&["127.0.0.1"]).await;
 }
 
-/// The same on a dual-stack listener (`envoy.listen_address: "::"`, one socket for both
-/// families): an IPv4 client is judged by the IPv4 entries, never as `::ffff:a.b.c.d`, and an
-/// IPv6 client (::1, allowed by its own entry) is served on every scheme too.
+/// The same on a dual-stack listener (the default listen addresses, `0.0.0.0` and `::`): an
+/// IPv4 client is judged by the IPv4 entries, never as `::ffff:a.b.c.d`, and an IPv6 client
+/// (::1, allowed by its own entry) is served on every scheme too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_stack_listener_judges_each_family_by_its_own_entries() {
-    every_scheme("::".parse().unwrap()).await;
+    every_scheme(&["0.0.0.0", "::"]).await;
 }
 
-async fn every_scheme(listen: IpAddr) {
+async fn every_scheme(listen: &[&str]) {
     let web = upstream::http("web", None).await;
     let tcp = upstream::tcp("tcp").await;
     let (secure_cert, other_cert) = (certs::cert(&["secure.test"]), certs::cert(&["other.test"]));
@@ -170,7 +170,7 @@ async fn every_scheme(listen: IpAddr) {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut settings = crate::support::envoy::test_settings(dir.path());
-    settings.envoy.listen_address = listen;
+    settings.envoy.listen_addresses = Some(listen.iter().map(|a| a.parse().unwrap()).collect());
     let spec = json!({"identifier": "lb-sources", "lbName": "sources", "rules": rules});
     let envoy = Envoy::start_with(&spec, settings, dir).await;
     envoy.wait_healthy("web", 1).await;
@@ -178,7 +178,7 @@ async fn every_scheme(listen: IpAddr) {
 
     // An IPv6 client reaches only a dual-stack listener.
     let mut allowed_clients = vec![ip(2), ip(4)];
-    if listen.is_ipv6() {
+    if listen.contains(&"::") {
         allowed_clients.push("::1".parse().unwrap());
     }
     for allowed in allowed_clients {

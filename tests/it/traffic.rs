@@ -511,7 +511,7 @@ async fn ipv6_backends_are_checked_and_served_in_every_way() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let mut settings = crate::support::envoy::test_settings(dir.path());
-    settings.envoy.listen_address = "::".parse().unwrap();
+    settings.envoy.listen_addresses = Some(vec!["0.0.0.0".parse().unwrap(), "::".parse().unwrap()]);
     let envoy = Envoy::start_with(&spec, settings, dir).await;
     for rule in ["plain6", "tls6", "pp6"] {
         envoy.wait_healthy(rule, 1).await;

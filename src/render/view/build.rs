@@ -253,11 +253,12 @@ pub fn build(
         ));
     }
     runtime.extend(RuntimeKey::edge());
+    let listen = settings.envoy.listen_addresses();
     let view = View {
         node_id: spec.id.clone(),
         admin_socket: settings.envoy.admin_socket.to_string_lossy().into_owned(),
-        listen_address: settings.envoy.listen_address.to_string(),
-        dual_stack: settings.envoy.listen_address == std::net::IpAddr::from([0u16; 8]),
+        listen_address: listen.first().map_or_else(String::new, |a| a.to_string()),
+        additional_addresses: listen.iter().skip(1).map(|a| a.to_string()).collect(),
         access_log_path: settings.access_log.path.to_string_lossy().into_owned(),
         access_log_query: settings.access_log.query_string,
         max_connections: spec.max_connections,

@@ -66,7 +66,7 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.envoy.config_dir = dir.to_path_buf();
     s.envoy.cert_dir = Some(dir.join("certs"));
     s.envoy.admin_socket = dir.join("admin.sock");
-    s.envoy.listen_address = "127.0.0.1".parse().unwrap();
+    s.envoy.listen_addresses = Some(vec!["127.0.0.1".parse().unwrap()]);
     s.envoy.redirect_port = free_port();
     s.access_log.path = dir.join("access.log");
     s.dev.allow_loopback_backends = true;
