@@ -12,6 +12,7 @@ mod docs;
 mod dying;
 mod edge;
 mod envoy_validate;
+mod families;
 mod faults;
 mod fuzz_replay;
 mod grpc;

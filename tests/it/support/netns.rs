@@ -1,6 +1,6 @@
 //! Network namespaces a test makes for itself: a LAN (a bridge in a namespace of its own), a
 //! client and some nodes, each joined to the bridge by a veth pair, with addresses from
-//! 198.18.0.0/24. Dropping the lab kills everything running in its namespaces and deletes them,
+//! 198.18.0.0/24 and 2001:2::/64 (the same last number in both). Dropping the lab kills everything running in its namespaces and deletes them,
 //! also after a failed assertion. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`.
 
 use std::net::{SocketAddr, TcpStream};
@@ -10,10 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const CLIENT_IP: &str = "198.18.0.1";
+pub const CLIENT_IP6: &str = "2001:2::1";
 
 /// The address of node `i`.
 pub fn node_ip(i: usize) -> String {
     format!("198.18.0.{}", 10 + i)
+}
+
+/// The IPv6 address of node `i`.
+pub fn node_ip6(i: usize) -> String {
+    format!("2001:2::{}", 10 + i)
 }
 
 fn ip(args: &[&str]) {
@@ -56,16 +62,19 @@ impl Lab {
         }
         ip(&["-n", &lab.lan, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &lab.lan, "link", "set", "br0", "up"]);
-        let members: Vec<(String, String)> =
-            std::iter::once((lab.client.clone(), CLIENT_IP.to_owned()))
-                .chain(
-                    lab.nodes
-                        .iter()
-                        .enumerate()
-                        .map(|(i, n)| (n.clone(), node_ip(i))),
-                )
-                .collect();
-        for (k, (ns, addr)) in members.iter().enumerate() {
+        let members: Vec<(String, String, String)> = std::iter::once((
+            lab.client.clone(),
+            CLIENT_IP.to_owned(),
+            CLIENT_IP6.to_owned(),
+        ))
+        .chain(
+            lab.nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), node_ip(i), node_ip6(i))),
+        )
+        .collect();
+        for (k, (ns, addr, addr6)) in members.iter().enumerate() {
             let port = format!("p{k}");
             ip(&[
                 "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port, "netns",
@@ -81,9 +90,20 @@ impl Lab {
                 "dev",
                 "eth0",
             ]);
+            Lab::add_address(ns, &format!("{addr6}/64"));
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
         }
         lab
+    }
+
+    /// Adds an address (`address/prefix`) to `ns`'s eth0; an IPv6 one usable at once (no
+    /// duplicate address detection: the lab's addresses are unique by construction).
+    pub fn add_address(ns: &str, cidr: &str) {
+        let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", "eth0"];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args);
     }
 
     /// Removes the namespaces of earlier test runs that were killed before they could clean up

@@ -202,7 +202,8 @@ fn server_config(c: &super::certs::TestCert) -> Arc<rustls::ServerConfig> {
 }
 
 /// A TCP upstream: answers each connection with its name, and, when the connection opens with a
-/// PROXY protocol v2 header, with the source address the header carries: `name pp2=IP:PORT`.
+/// PROXY protocol v2 header, with the source address the header carries: `name pp2=IP:PORT`;
+/// with a v1 header, with the header's line: `name pp1=PROXY TCP4 ...`.
 pub async fn tcp(name: &str) -> Upstream {
     tcp_at(name, "127.0.0.1:0".parse().unwrap()).await
 }
@@ -252,6 +253,18 @@ pub async fn tcp_at(name: &str, at: SocketAddr) -> Upstream {
                             }
                             _ => format!("{n} pp2=other"),
                         };
+                    } else if head.starts_with(b"PROXY ") {
+                        // A v1 header is one line of at most 107 bytes.
+                        let mut line = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while line.len() < 107 && !line.ends_with(b"\r\n") {
+                            if stream.read_exact(&mut byte).await.is_err() {
+                                break;
+                            }
+                            line.push(byte[0]);
+                        }
+                        let text = String::from_utf8_lossy(&line);
+                        reply = format!("{n} pp1={}", text.trim_end());
                     }
                 }
                 let _ = stream.write_all(reply.as_bytes()).await;
