@@ -240,7 +240,11 @@ async fn client_side(p: Ports, cert: TestCert) -> BTreeMap<IpAddr, Vec<String>> 
     ] {
         let c = http_client(from, false);
         let r = c
-            .get(format!("http://{}:{}/stats/prometheus", url_host(lb), p.scrape))
+            .get(format!(
+                "http://{}:{}/stats/prometheus",
+                url_host(lb),
+                p.scrape
+            ))
             .send()
             .await;
         assert!(r.is_err(), "scrape from {from}: {r:?}");

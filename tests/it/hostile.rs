@@ -942,3 +942,96 @@ fn quote_escapes_the_characters_yaml_reads_as_line_breaks() {
     assert_eq!(quote("{{ x }}"), "\"{{ x }}\"");
     assert_eq!(quote("\"}"), "\"\\\"}\"");
 }
+
+/// Every IPv6 spelling that carries an IPv4 address (mapped, compatible, NAT64 and 6to4, in
+/// dotted and in hexadecimal notation) of `v4`.
+fn disguises(v4: std::net::Ipv4Addr) -> Vec<(&'static str, String)> {
+    let [a, b, c, d] = v4.octets();
+    let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+    vec![
+        ("mapped", format!("::ffff:{v4}")),
+        ("mapped, hexadecimal", format!("::ffff:{hi:x}:{lo:x}")),
+        ("mapped, capitals", format!("::FFFF:{v4}")),
+        ("compatible", format!("::{v4}")),
+        ("NAT64", format!("64:ff9b::{v4}")),
+        ("NAT64, hexadecimal", format!("64:ff9b::{hi:x}:{lo:x}")),
+        ("6to4", format!("2002:{hi:x}:{lo:x}::")),
+        (
+            "6to4, a host in its subnet",
+            format!("2002:{hi:x}:{lo:x}:1::5"),
+        ),
+    ]
+}
+
+/// The forbidden IPv4 addresses that IPv6 spellings can carry: refused as backends wherever a
+/// backend address goes (a rule's or a domain's backend, a host name's answer), and by the API
+/// client's guard, each refusal naming the address inside. In source lists only the mapped form
+/// is refused (an IPv4 client is never seen in it, so the entry would match nobody); NAT64 and
+/// 6to4 prefixes are real IPv6 clients' and stay allowed.
+#[test]
+fn addresses_in_disguise_are_refused_wherever_an_address_goes() {
+    let mut failures = Vec::new();
+    for v4 in ["169.254.169.254", "127.0.0.1", "0.0.0.0", "224.0.0.1"] {
+        let v4: std::net::Ipv4Addr = v4.parse().unwrap();
+        for (form, text) in disguises(v4) {
+            if v4.is_unspecified() && form == "compatible" {
+                continue; // `::0.0.0.0` is `::` itself: refused as unspecified, nothing inside
+            }
+            let what = format!("{text} ({form} of {v4})");
+            let ip: std::net::IpAddr = text.parse().unwrap();
+            for (base, ptr, path) in [
+                (
+                    http_spec(),
+                    "/rules/0/backends/0/ip",
+                    "rules[0].backends[0].ip",
+                ),
+                (
+                    https_spec(),
+                    "/rules/0/domains/0/backends/0/ip",
+                    "rules[0].domains[0].backends[0].ip",
+                ),
+            ] {
+                let mut v = base;
+                put(&mut v, ptr, json!(text));
+                match load(&v) {
+                    Ok(_) => failures.push(format!("{what} at {ptr}: accepted")),
+                    Err(e) => {
+                        let here: Vec<_> = e.0.iter().filter(|f| f.path == path).collect();
+                        if here.is_empty()
+                            || !here.iter().any(|f| f.message.contains(&v4.to_string()))
+                        {
+                            failures.push(format!("{what} at {ptr}: not refused naming {v4}: {e}"));
+                        }
+                    }
+                }
+            }
+            let judged = vpsie_lb_agent::resolve::judge(&[ip], false);
+            if !judged.allowed.is_empty()
+                || !judged
+                    .refused
+                    .iter()
+                    .any(|(_, why)| why.to_string().contains(&v4.to_string()))
+            {
+                failures.push(format!("{what} in a DNS answer: {judged:?}"));
+            }
+            // Loopback is open to backends in development; never its disguises of the others.
+            if v4 != std::net::Ipv4Addr::LOCALHOST
+                && vpsie_lb_agent::resolve::judge(&[ip], true).allowed == [ip]
+            {
+                failures.push(format!("{what}: allowed in development"));
+            }
+            if vpsie_lb_agent::net::api_refusal(ip, false).is_none() {
+                failures.push(format!("{what}: the API client would call it"));
+            }
+            let mut v = http_spec();
+            v["rules"][0]["deniedSources"] = json!([text]);
+            let mapped = form.starts_with("mapped");
+            match (load(&v), mapped) {
+                (Ok(_), true) => failures.push(format!("{what} in deniedSources: accepted")),
+                (Err(e), false) => failures.push(format!("{what} in deniedSources: refused: {e}")),
+                _ => {}
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
