@@ -26,13 +26,18 @@ use std::sync::OnceLock;
 
 pub const TEMPLATE: &str = include_str!("../templates/keepalived.conf.tera");
 
-/// One VRRP instance: one virtual IP.
+/// One VRRP instance: one virtual IP (VRRP announces the addresses of one family; an IPv6 one
+/// speaks VRRP version 3 over IPv6).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Instance {
     /// keepalived's instance name, `vip_<n>`.
     pub name: String,
     /// `address/prefix` as keepalived adds it.
     pub vip: String,
+    /// The unicast source of its adverts (this node's address of the virtual IP's family), and
+    /// where they go (unused with `ha.multicast`; `None` then when the family has no address).
+    pub src: Option<String>,
+    pub peers: Vec<String>,
     pub router_id: u16,
     pub priority: u16,
     /// Run on becoming master: `ha.on_master` with the virtual IP appended.
@@ -49,14 +54,20 @@ pub fn instances(ha: &HaSettings) -> Vec<Instance> {
         .iter()
         .position(|a| *a == ha.node_address)
         .unwrap_or(0);
-    ha.vips()
-        .iter()
+    let vips = ha.vips();
+    vips.iter()
         .enumerate()
         .map(|(i, vip)| {
+            // Each family's n-th virtual IP is the n-th node's: a node owns one of each.
+            let of_family = vips[..i]
+                .iter()
+                .filter(|v| v.addr().is_ipv6() == vip.addr().is_ipv6())
+                .count();
             let owner_rank = match ha.mode {
                 HaMode::ActiveStandby => 0,
-                HaMode::ActiveActive => i,
+                HaMode::ActiveActive => of_family,
             };
+            let (src, peers) = ha.vrrp_addresses(vip.addr());
             // How far behind the owner this node comes, in address order, wrapping around.
             let behind = (rank + n - owner_rank) % n;
             let mut on_master = ha.on_master.clone();
@@ -66,6 +77,8 @@ pub fn instances(ha: &HaSettings) -> Vec<Instance> {
             Instance {
                 name: instance_name(i),
                 vip: vip.to_string(),
+                src: src.map(|a| a.to_string()),
+                peers: peers.iter().map(|a| a.to_string()).collect(),
                 router_id: u16::from(ha.router_id) + i as u16,
                 priority: 200 - 10 * behind as u16,
                 on_master,
@@ -89,8 +102,6 @@ struct View {
     interface: String,
     advert_int: String,
     multicast: bool,
-    node_address: String,
-    peers: Vec<String>,
     instances: Vec<Instance>,
 }
 
@@ -150,8 +161,6 @@ pub fn render(
             ha.advert_interval_ms % 1000 / 10
         ),
         multicast: ha.multicast,
-        node_address: ha.node_address.to_string(),
-        peers: ha.peers.iter().map(|p| p.to_string()).collect(),
         instances: instances(ha),
     };
     let ctx = tera::Context::from_serialize(&view).context("the keepalived view")?;
@@ -456,6 +465,42 @@ mod tests {
                 "not an address",
             ),
             ("mode: active_standby", "mode: active_active", "needs 2"),
+            // IPv6 virtual IPs beside IPv4 ones.
+            (
+                "virtual_ips: [198.18.0.100/24]",
+                "virtual_ips: [198.18.0.100/24, \"2001:2::100/64\"]",
+                "ha.node_address_v6: an IPv6 virtual IP needs",
+            ),
+            (
+                "virtual_ips: [198.18.0.100/24]",
+                "virtual_ips: [198.18.0.100/24, \"2001:2::100/64\", \"2001:2::101/64\"]\n  node_address_v6: \"2001:2::2\"\n  peers_v6: [\"2001:2::3\"]",
+                "needs 1 IPv6 address",
+            ),
+            (
+                "peers: [198.18.0.3]",
+                "peers: [198.18.0.3]\n  node_address_v6: \"2001:2::2\"\n  peers_v6: []",
+                "ha.peers_v6: one IPv6 address per peer (1), got 0",
+            ),
+            (
+                "peers: [198.18.0.3]",
+                "peers: [198.18.0.3]\n  node_address_v6: \"2001:2::2\"\n  peers_v6: [\"2001:2::2\"]",
+                "ha.peers_v6[0]: 2001:2::2 appears twice",
+            ),
+            (
+                "peers: [198.18.0.3]",
+                "peers: [198.18.0.3]\n  node_address_v6: 198.18.0.9\n  peers_v6: [\"2001:2::3\"]",
+                "ha.node_address_v6: 198.18.0.9 is not an IPv6",
+            ),
+            (
+                "peers: [198.18.0.3]",
+                "peers: [198.18.0.3]\n  peers_v6: [\"2001:2::3\"]",
+                "without it",
+            ),
+            (
+                "node_address: 198.18.0.2\n  peers: [198.18.0.3]",
+                "node_address: \"2001:2::2\"\n  peers: [\"2001:2::3\"]",
+                "an IPv4 virtual IP needs an IPv4 ha.node_address",
+            ),
         ];
         for (from, to, want) in bad {
             let text = base.replace(from, to);
@@ -477,6 +522,56 @@ mod tests {
             );
         }
         assert!(Settings::parse_with_env(base, &|_| None).is_ok());
+    }
+
+    /// IPv4 and IPv6 virtual IPs side by side: one VRRP instance per address, each speaking
+    /// from this node's address of its family to the peers' of that family; in active/active
+    /// the n-th address of each family belongs to the n-th node, so a node fails over both.
+    #[test]
+    fn each_family_has_its_own_instances_owned_like_the_other() {
+        let nodes = [("198.18.0.2", "2001:2::2"), ("198.18.0.3", "2001:2::3")];
+        for (k, (me, me6)) in nodes.iter().enumerate() {
+            let (peer, peer6) = nodes[1 - k];
+            let yaml = format!(
+                "ha:\n  mode: active_active\n  interface: eth1\n  node_address: {me}\n  peers: [{peer}]\n  node_address_v6: \"{me6}\"\n  peers_v6: [\"{peer6}\"]\n  virtual_ips: [198.18.0.100/24, \"2001:2::100/64\", 198.18.0.101/24, \"2001:2::101/64\"]\n"
+            );
+            let s = Settings::parse_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e:#}"));
+            let inst = instances(s.ha.as_ref().unwrap());
+            let owned: Vec<&str> = inst
+                .iter()
+                .filter(|i| i.owner)
+                .map(|i| i.vip.as_str())
+                .collect();
+            let want: &[&str] = if k == 0 {
+                &["198.18.0.100/24", "2001:2::100/64"]
+            } else {
+                &["198.18.0.101/24", "2001:2::101/64"]
+            };
+            assert_eq!(owned, want, "node {me}");
+            for i in &inst {
+                let v6 = i.vip.contains(':');
+                let (src, to) = if v6 { (*me6, peer6) } else { (*me, peer) };
+                assert_eq!(
+                    (i.src.as_deref(), i.peers.as_slice()),
+                    (Some(src), &[to.to_owned()][..])
+                );
+            }
+            let routers: Vec<u16> = inst.iter().map(|i| i.router_id).collect();
+            assert_eq!(routers, [51, 52, 53, 54]);
+            let text = render(
+                &s,
+                Path::new("/etc/vpsie-lb/agent.yaml"),
+                Path::new("/usr/local/bin/vpsie-lb-agent"),
+            )
+            .unwrap();
+            for want in [
+                format!("unicast_src_ip {me6}\n    unicast_peer {{\n        {peer6}\n    }}"),
+                format!("unicast_src_ip {me}\n    unicast_peer {{\n        {peer}\n    }}"),
+                "2001:2::101/64 dev eth1".to_owned(),
+            ] {
+                assert!(text.contains(&want), "{want} in:\n{text}");
+            }
+        }
     }
 
     #[test]

@@ -18,10 +18,19 @@ pub struct HaSettings {
     pub node_address: IpAddr,
     /// The other nodes' addresses: VRRP adverts go to them (unicast), unless `multicast`.
     pub peers: Vec<IpAddr>,
+    /// This node's IPv6 address on `interface`, when `node_address` is IPv4 and a virtual IP
+    /// is IPv6: the unicast source of the IPv6 virtual IPs' VRRP (VRRP runs one instance per
+    /// address family, IPv6's as VRRP version 3).
+    #[serde(default)]
+    pub node_address_v6: Option<IpAddr>,
+    /// The other nodes' IPv6 addresses, one per peer, for the same.
+    #[serde(default)]
+    pub peers_v6: Vec<IpAddr>,
     #[serde(default)]
     pub multicast: bool,
-    /// `address/prefix` or one address (a host route). active_standby: exactly one;
-    /// active_active: one per node (this one and its peers).
+    /// `address/prefix` or one address (a host route), IPv4 or IPv6. active_standby: one per
+    /// address family served; active_active: one per node (this one and its peers) in each
+    /// family served, the n-th of a family owned by the n-th node.
     pub virtual_ips: Vec<String>,
     /// VRRP router id of the first virtual IP; the n-th uses `router_id + n`. Unique on the
     /// network segment.
@@ -145,7 +154,57 @@ impl HaSettings {
         if self.nodes().windows(2).any(|w| w[0] == w[1]) {
             bail!("ha.peers: every node address must appear once, ha.node_address included");
         }
+        self.check_nodes_v6()
+    }
+
+    /// The IPv6 addresses of a pair whose `node_address` is IPv4.
+    fn check_nodes_v6(&self) -> anyhow::Result<()> {
+        let given = self.node_address_v6.is_some() || !self.peers_v6.is_empty();
+        if self.node_address.is_ipv6() {
+            if given {
+                bail!("ha.node_address_v6: ha.node_address is IPv6 already; node_address_v6 and peers_v6 are for a pair whose node_address is IPv4");
+            }
+            return Ok(());
+        }
+        let needed = !self.multicast && self.vips().iter().any(|v| v.addr().is_ipv6());
+        let Some(me) = self.node_address_v6 else {
+            if needed {
+                bail!("ha.node_address_v6: an IPv6 virtual IP needs this node's IPv6 address on ha.interface (VRRP speaks IPv6 for it), and ha.peers_v6 the others'");
+            }
+            if given {
+                bail!("ha.node_address_v6: ha.peers_v6 is given without it");
+            }
+            return Ok(());
+        };
+        if !unicast_host(me) || me.is_ipv4() {
+            bail!("ha.node_address_v6: {me} is not an IPv6 unicast address");
+        }
+        if self.peers_v6.len() != self.peers.len() {
+            bail!(
+                "ha.peers_v6: one IPv6 address per peer ({}), got {}",
+                self.peers.len(),
+                self.peers_v6.len()
+            );
+        }
+        for (i, p) in self.peers_v6.iter().enumerate() {
+            if !unicast_host(*p) || p.is_ipv4() {
+                bail!("ha.peers_v6[{i}]: {p} is not an IPv6 unicast address");
+            }
+            if *p == me || self.peers_v6[..i].contains(p) {
+                bail!("ha.peers_v6[{i}]: {p} appears twice, ha.node_address_v6 included");
+            }
+        }
         Ok(())
+    }
+
+    /// The unicast source and destinations of VRRP for a virtual IP of `ip`'s family (`None`
+    /// when that family has no addresses: multicast only).
+    pub fn vrrp_addresses(&self, ip: IpAddr) -> (Option<IpAddr>, Vec<IpAddr>) {
+        if ip.is_ipv4() == self.node_address.is_ipv4() {
+            (Some(self.node_address), self.peers.clone())
+        } else {
+            (self.node_address_v6, self.peers_v6.clone())
+        }
     }
 
     /// The virtual IPs, as many as the mode needs; returns how many.
@@ -155,10 +214,14 @@ impl HaSettings {
         for (i, v) in self.virtual_ips.iter().enumerate() {
             let net = parse_vip(v).map_err(|e| anyhow::anyhow!("ha.virtual_ips[{i}]: {e}"))?;
             let ip = net.addr();
-            if !unicast_host(ip) || ip.is_ipv4() != self.node_address.is_ipv4() {
-                bail!("ha.virtual_ips[{i}]: {ip} must be a unicast address of the same family as ha.node_address");
+            if !unicast_host(ip) {
+                bail!("ha.virtual_ips[{i}]: {ip} must be a unicast address");
             }
-            if nodes.contains(&ip) || vips.iter().any(|n: &ipnet::IpNet| n.addr() == ip) {
+            if ip.is_ipv4() && self.node_address.is_ipv6() {
+                bail!("ha.virtual_ips[{i}]: an IPv4 virtual IP needs an IPv4 ha.node_address (IPv6 ones then take ha.node_address_v6)");
+            }
+            let own_v6 = self.node_address_v6 == Some(ip) || self.peers_v6.contains(&ip);
+            if nodes.contains(&ip) || own_v6 || vips.iter().any(|n: &ipnet::IpNet| n.addr() == ip) {
                 bail!(
                     "ha.virtual_ips[{i}]: {ip} is already a node's address or another virtual IP"
                 );
@@ -169,18 +232,26 @@ impl HaSettings {
             HaMode::ActiveStandby => 1,
             HaMode::ActiveActive => nodes.len(),
         };
-        if vips.len() != want {
+        for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+            let n = vips.iter().filter(|v| v.addr().is_ipv6() == v6).count();
+            if n != 0 && n != want {
+                bail!(
+                    "ha.virtual_ips: {} mode needs {want} {family} address{} (one {}), got {n}",
+                    match self.mode {
+                        HaMode::ActiveStandby => "active_standby",
+                        HaMode::ActiveActive => "active_active",
+                    },
+                    if want == 1 { "" } else { "es" },
+                    match self.mode {
+                        HaMode::ActiveStandby => "shared by the nodes",
+                        HaMode::ActiveActive => "per node",
+                    },
+                );
+            }
+        }
+        if vips.is_empty() {
             bail!(
-                "ha.virtual_ips: {} mode needs {want} (one {}), got {}",
-                match self.mode {
-                    HaMode::ActiveStandby => "active_standby",
-                    HaMode::ActiveActive => "active_active",
-                },
-                match self.mode {
-                    HaMode::ActiveStandby => "shared by the nodes",
-                    HaMode::ActiveActive => "per node",
-                },
-                vips.len()
+                "ha.virtual_ips: name at least one virtual IP ({want} per address family served)"
             );
         }
         Ok(vips.len())

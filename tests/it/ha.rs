@@ -4,7 +4,7 @@
 //! following the same spec; a client namespace sends requests to the virtual IPs throughout.
 //! Needs root, iproute2 and keepalived (`scripts/install-test-tools.sh`).
 
-use crate::support::netns::{self, node_ip, Lab, Probe};
+use crate::support::netns::{self, node_ip, node_ip6, Lab, Probe};
 use crate::support::supervisor::Stand;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -90,6 +90,11 @@ impl Node {
             peers: (0..lab.nodes.len())
                 .filter(|&j| j != i)
                 .map(|j| node_ip(j).parse().unwrap())
+                .collect(),
+            node_address_v6: Some(node_ip6(i).parse().unwrap()),
+            peers_v6: (0..lab.nodes.len())
+                .filter(|&j| j != i)
+                .map(|j| node_ip6(j).parse().unwrap())
                 .collect(),
             multicast: false,
             virtual_ips: vips.to_vec(),
@@ -328,7 +333,7 @@ impl Drop for Node {
 }
 
 fn target(vip: &str) -> SocketAddr {
-    format!("{vip}:{FRONT}").parse().unwrap()
+    SocketAddr::new(vip.parse().unwrap(), FRONT)
 }
 
 fn kill_pid(pid: u32) {
@@ -370,35 +375,49 @@ fn report(probe: &Probe, vip: &str, what: &str, from: Instant, to: Instant) -> n
     w
 }
 
-/// Two nodes share one virtual IP. Envoy killed on the master (three times), its supervisor
-/// killed, and the whole node stopped: each time the other node serves the address within 3 s,
-/// and the first takes it back once it serves again.
+/// Two nodes share one virtual IP of each family (VRRP v2 for the IPv4 one, v3 over IPv6 for the
+/// other). Envoy killed on the master (three times), its supervisor killed, and the whole node
+/// stopped: each time the other node serves both addresses within 3 s, and the first takes them
+/// back once it serves again.
 #[test]
-fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
+fn active_standby_moves_the_virtual_ips_when_the_master_stops_serving() {
     let lab = Lab::new(2);
     let shared = tempfile::tempdir().unwrap();
     let spec_file = shared.path().join("lb.json");
     std::fs::write(&spec_file, spec(50_000, 100).to_string()).unwrap();
-    let vip = "198.18.0.100";
-    let vips = vec![format!("{vip}/24")];
+    let both = ["198.18.0.100", "2001:2::100"];
+    let vips = vec![format!("{}/24", both[0]), format!("{}/64", both[1])];
     let mut nodes: Vec<Node> = (0..2)
         .map(|i| Node::new(&lab, i, HaMode::ActiveStandby, &vips, &spec_file))
         .collect();
-    let probe = Probe::start(&lab.client, &[target(vip)]);
+    let probe = Probe::start(&lab.client, &both.map(target));
     let dump = |nodes: &[Node]| nodes.iter().map(Node::logs).collect::<String>();
     let settle = Duration::from_secs(30);
+    // When both addresses were served by `by` (the later of the two).
     let served = |by: &str, nodes: &[Node]| {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            probe.wait_served_by(target(vip), by, settle)
+            both.map(|vip| probe.wait_served_by(target(vip), by, settle))
         }));
-        r.unwrap_or_else(|_| panic!("not served by {by}\n{}", dump(nodes)))
+        let at = r.unwrap_or_else(|_| panic!("not served by {by}\n{}", dump(nodes)));
+        at[0].max(at[1])
+    };
+    let back_within_3s = |what: &str, from: Instant, to: Instant, nodes: &[Node]| {
+        for vip in both {
+            back_within_3s(&probe, vip, what, from, to, nodes);
+        }
     };
     served("node-0", &nodes);
     nodes[1].envoy_pid(settle);
-    // keepalived ran ha.on_master with the virtual IP on becoming master.
+    // keepalived ran ha.on_master with each virtual IP on becoming master.
     let log = nodes[0].dir.path().join("on-master.log");
     let deadline = Instant::now() + settle;
-    while std::fs::read_to_string(&log).unwrap_or_default() != format!("master {vip}\n") {
+    let ran = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        lines == ["master 198.18.0.100", "master 2001:2::100"]
+    };
+    while !ran() {
         assert!(
             Instant::now() < deadline,
             "on_master did not run: {:?}",
@@ -414,26 +433,19 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
         // The supervisor restarts Envoy; node-0 serves again and takes the address back.
         nodes[0].envoy_pid(settle);
         let back = served("node-0", &nodes);
-        back_within_3s(
-            &probe,
-            vip,
-            &format!("envoy SIGKILL {round}"),
-            t0,
-            back,
-            &nodes,
-        );
+        back_within_3s(&format!("envoy SIGKILL {round}"), t0, back, &nodes);
     }
 
     // The supervisor dies (Envoy with it): node-1 takes over, by keepalived's check.
     let t0 = Instant::now();
     Node::kill(&mut nodes[0].supervisor);
     let moved = served("node-1", &nodes);
-    back_within_3s(&probe, vip, "supervisor SIGKILL", t0, moved, &nodes);
+    back_within_3s("supervisor SIGKILL", t0, moved, &nodes);
     // systemd would restart it: node-0 serves again and takes its address back.
     let t1 = Instant::now();
     nodes[0].start_supervisor();
     let back = served("node-0", &nodes);
-    back_within_3s(&probe, vip, "supervisor back", t1, back, &nodes);
+    back_within_3s("supervisor back", t1, back, &nodes);
 
     // A graceful stop (maintenance, an upgrade: SIGTERM) gives the address away first, then
     // drains: only what is sent during the move itself waits (VRRP has no overlap: a SYN or
@@ -446,14 +458,7 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
     )
     .unwrap();
     let moved = served("node-1", &nodes);
-    back_within_3s(
-        &probe,
-        vip,
-        "supervisor stopped (SIGTERM)",
-        t0,
-        moved,
-        &nodes,
-    );
+    back_within_3s("supervisor stopped (SIGTERM)", t0, moved, &nodes);
     // It drains and exits by itself.
     let mut sup = nodes[0].supervisor.take().unwrap();
     let deadline = Instant::now() + settle;
@@ -467,17 +472,17 @@ fn active_standby_moves_the_virtual_ip_when_the_master_stops_serving() {
     let t1 = Instant::now();
     nodes[0].start_supervisor();
     let back = served("node-0", &nodes);
-    back_within_3s(&probe, vip, "supervisor started again", t1, back, &nodes);
+    back_within_3s("supervisor started again", t1, back, &nodes);
 
     // The whole VM stops.
     let t0 = Instant::now();
     nodes[0].power_off();
     let moved = served("node-1", &nodes);
-    back_within_3s(&probe, vip, "node-0 powered off", t0, moved, &nodes);
+    back_within_3s("node-0 powered off", t0, moved, &nodes);
     let t1 = Instant::now();
     nodes[0].start_all();
     let back = served("node-0", &nodes);
-    back_within_3s(&probe, vip, "node-0 back", t1, back, &nodes);
+    back_within_3s("node-0 back", t1, back, &nodes);
     probe.stop();
 }
 

@@ -35,6 +35,10 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Each namespace's own addresses (`address/prefix`), the ones `Lab::link` keeps.
+static OWN: Mutex<std::collections::BTreeMap<String, Vec<String>>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
 pub struct Lab {
     pub client: String,
     pub nodes: Vec<String>,
@@ -91,6 +95,17 @@ impl Lab {
                 "eth0",
             ]);
             Lab::add_address(ns, &format!("{addr6}/64"));
+            // A link taken down keeps its IPv6 addresses, as its IPv4 ones (a VM's interface
+            // going down does not unconfigure it): `link` removes what a VM would lose.
+            let out = Lab::exec(ns, "sysctl")
+                .args(["-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"])
+                .output()
+                .expect("sysctl");
+            assert!(out.status.success(), "{out:?}");
+            OWN.lock().unwrap().insert(
+                ns.clone(),
+                vec![format!("{addr}/24"), format!("{addr6}/64")],
+            );
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
         }
         lab
@@ -158,15 +173,21 @@ impl Lab {
         }
     }
 
-    /// Takes `ns`'s eth0 down (its addresses beyond the first, the node's own, removed) or up.
+    /// Takes `ns`'s eth0 down (every address but the node's own removed: the virtual IPs a
+    /// killed keepalived left behind) or up.
     pub fn link(ns: &str, up: bool) {
         if up {
             ip(&["-n", ns, "link", "set", "eth0", "up"]);
             return;
         }
         ip(&["-n", ns, "link", "set", "eth0", "down"]);
-        let own = Lab::addresses(ns);
-        for extra in own.split_whitespace().skip(3).filter(|a| a.contains('.')) {
+        let own = OWN.lock().unwrap().get(ns).cloned().unwrap_or_default();
+        let listed = Lab::addresses(ns);
+        for extra in listed
+            .split_whitespace()
+            .skip(2)
+            .filter(|a| !a.starts_with("fe80:") && !own.iter().any(|o| o == a))
+        {
             ip(&["-n", ns, "addr", "del", extra, "dev", "eth0"]);
         }
     }
