@@ -126,7 +126,7 @@ image-test:
 	python3 tests/image/image_test.py
 
 ## The same test for the arm64 image, booted under qemu-system-aarch64 (software emulation, as
-## root): a release's target, not CI's (docs/images.md says how long it takes).
+## root); CI runs it too (docs/images.md says how long it takes).
 image-test-arm64:
 	WITH_ARM64_IMAGE=1 scripts/install-test-tools.sh
 	scripts/stage-image.sh arm64 --with-sim

@@ -32,7 +32,8 @@
 //! measured alone and together: `nolog` (no access log), `noreqid` (no request id generated),
 //! `nodynstats` (the router's dynamic stats off), `noenvoyheaders` (no `x-envoy-*` headers),
 //! `nohc` (no health checks), `noheadertimeout` (no request-header time limit), `nooverload`
-//! (no heap monitor, no overload actions).
+//! (no heap monitor, no overload actions), `ipv4compat` (both families on one `::` socket that
+//! takes IPv4 too, instead of the rendered socket per family).
 //!
 //! For each: requests/s, p50/p99, and **CPU per request of the proxy process** (its own and its
 //! workers' user + system time over the round, from /proc: the fair figure while the load
@@ -226,8 +227,23 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
     if let Some(ls) = c["static_resources"]["listeners"].as_array_mut() {
         // Only the http rule, on a port of its own (the tcp rule's port is the rendered one's).
         ls.retain(|l| l["name"] == "web");
+        let has = |k: &str| knobs.contains(&k);
         for l in ls.iter_mut() {
             l["address"]["socket_address"]["port_value"] = json!(port);
+            if let Some(extra) = l["additional_addresses"].as_array_mut() {
+                for a in extra {
+                    a["address"]["socket_address"]["port_value"] = json!(port);
+                }
+            }
+            // The other way to take both families: one `::` socket that also takes IPv4
+            // (`ipv4_compat`), instead of a socket per family (`additional_addresses`).
+            if has("ipv4compat") {
+                if let Some(o) = l.as_object_mut() {
+                    o.remove("additional_addresses");
+                }
+                l["address"]["socket_address"]["address"] = json!("::");
+                l["address"]["socket_address"]["ipv4_compat"] = json!(true);
+            }
         }
     }
     let has = |k: &str| knobs.contains(&k);
@@ -281,6 +297,7 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
                 "nohc",
                 "noheadertimeout",
                 "nooverload",
+                "ipv4compat",
                 ""
             ]
             .contains(k),
@@ -425,6 +442,8 @@ fn main() {
     let envoy_dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(envoy_dir.path());
     settings.envoy.concurrency = Some(2);
+    // As shipped: both families' any address, a socket each (the clients come over IPv4).
+    settings.envoy.listen_addresses = None;
     let envoy = rt.block_on(Envoy::start_with(&spec, settings, envoy_dir));
     rt.block_on(envoy.wait_healthy("web", 2));
     // Envoys with the rendered config changed, one per set of knobs.

@@ -478,6 +478,12 @@ def checks(qga, http_port, scrape_port, t_boot):
     if seen != {"web1", "web2"}:
         fail(f"round robin over both backends expected, saw {sorted(seen)}")
     log(f"8 more requests reached {sorted(seen)}")
+    # The shipped settings listen on both address families: an IPv6 client (the guest's own
+    # ::1, QEMU's user network forwards IPv4 only) is served by the same rule.
+    body6 = qga.check("curl -sf -g 'http://[::1]:80/'")
+    if "web1" not in body6 and "web2" not in body6:
+        fail(f"no backend answered over IPv6: {body6[:80]!r}")
+    log("GET http://[::1]:80/ inside the guest -> a backend (both families by default)")
 
     server_info = json.loads(qga.check("curl -sf --unix-socket /run/vpsie-lb/envoy-admin.sock http://envoy-admin/server_info"))
     if server_info.get("state") != "LIVE":
