@@ -337,6 +337,16 @@ mod tests {
         Settings::parse_with_env(&yaml, &|_| None).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// keepalived's config as the image's paths render it.
+    fn shipped(s: &Settings) -> String {
+        render(
+            s,
+            Path::new("/etc/vpsie-lb/agent.yaml"),
+            Path::new("/usr/local/bin/vpsie-lb-agent"),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn active_active_gives_each_node_its_own_address_and_the_others_in_order() {
         let nodes = ["198.18.0.3", "198.18.0.2", "198.18.0.4"];
@@ -388,12 +398,7 @@ mod tests {
             &["198.18.0.100/24"],
         );
         s.ha.as_mut().unwrap().on_master = vec!["/usr/local/bin/move-ip".into(), "--fast".into()];
-        let text = render(
-            &s,
-            Path::new("/etc/vpsie-lb/agent.yaml"),
-            Path::new("/usr/local/bin/vpsie-lb-agent"),
-        )
-        .unwrap();
+        let text = shipped(&s);
         for want in [
             "virtual_router_id 51",
             "priority 200",
@@ -558,12 +563,7 @@ mod tests {
             }
             let routers: Vec<u16> = inst.iter().map(|i| i.router_id).collect();
             assert_eq!(routers, [51, 52, 53, 54]);
-            let text = render(
-                &s,
-                Path::new("/etc/vpsie-lb/agent.yaml"),
-                Path::new("/usr/local/bin/vpsie-lb-agent"),
-            )
-            .unwrap();
+            let text = shipped(&s);
             for want in [
                 format!("unicast_src_ip {me6}\n    unicast_peer {{\n        {peer6}\n    }}"),
                 format!("unicast_src_ip {me}\n    unicast_peer {{\n        {peer}\n    }}"),

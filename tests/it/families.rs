@@ -8,7 +8,7 @@
 //! (`metrics.allowed_cidrs`) answer both families too.
 
 use crate::support::certs::{self, TestCert};
-use crate::support::envoy::{free_port, Envoy};
+use crate::support::envoy::{client_from as http_client, free_port, Envoy};
 use crate::support::netns::{in_netns, node_ip, node_ip6, Lab, CLIENT_IP, CLIENT_IP6};
 use crate::support::upstream::{self, Upstream};
 use serde_json::{json, Value};
@@ -139,7 +139,7 @@ async fn load_balancer_side(client_ns: String) {
     assert_eq!(seen_by_hash.len(), 16);
 
     // Refused by each family's entries, counted per rule, never seen by the backend.
-    assert_eq!(refused_count(&envoy, "web").await, 2);
+    assert_eq!(envoy.refused_count("web").await, 2);
     let paths = web.paths_seen.lock().unwrap().clone();
     assert!(
         !paths.iter().any(|p| p.starts_with("/refused")),
@@ -300,19 +300,6 @@ fn url_host(a: IpAddr) -> String {
     }
 }
 
-/// A client from `from` that opens a fresh connection for every request.
-fn http_client(from: IpAddr, h2: bool) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .no_proxy()
-        .local_address(from)
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(5));
-    if h2 {
-        b = b.http2_prior_knowledge();
-    }
-    b.build().unwrap()
-}
-
 /// The backend that answered a GET and the `X-Forwarded-For` it was given.
 async fn get(c: &reqwest::Client, url: &str) -> Result<(String, String), String> {
     let r = c.get(url).send().await.map_err(|e| format!("{e:?}"))?;
@@ -374,17 +361,6 @@ where
     .await
     .unwrap();
     joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Envoy's count of a rule's refused connections.
-async fn refused_count(envoy: &Envoy, rule: &str) -> u64 {
-    let text = envoy.admin_text("/stats/prometheus").await;
-    let series =
-        format!("envoy_tcp_downstream_cx_no_route{{envoy_tcp_prefix=\"refused/{rule}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Waits (10 s at most: Envoy writes its access log in the background) for a line of `rule`

@@ -4,7 +4,7 @@
 //! still allowed.
 
 use crate::support::certs;
-use crate::support::envoy::{free_port, Envoy};
+use crate::support::envoy::{client_from as http_client, free_port, Envoy};
 use crate::support::load::Load;
 use crate::support::supervisor::Stand;
 use crate::support::upstream::{self, Upstream};
@@ -71,18 +71,6 @@ async fn refused(from: IpAddr, port: u16, request: &[u8]) -> bool {
     closed_without_a_byte(&mut c, Duration::from_secs(5)).await
 }
 
-fn http_client(from: IpAddr, h2: bool) -> reqwest::Client {
-    let mut b = reqwest::Client::builder()
-        .no_proxy()
-        .local_address(from)
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(5));
-    if h2 {
-        b = b.http2_prior_knowledge();
-    }
-    b.build().unwrap()
-}
-
 fn tls_client(from: IpAddr, name: &str, port: u16, cert: &certs::TestCert) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -107,17 +95,6 @@ async fn served_by(c: &reqwest::Client, url: &str) -> Result<String, String> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned())
-}
-
-/// Envoy's count of a rule's refused connections, as Prometheus scrapes it.
-async fn refused_count(envoy: &Envoy, rule: &str) -> u64 {
-    let text = envoy.admin_text("/stats/prometheus").await;
-    let series =
-        format!("envoy_tcp_downstream_cx_no_route{{envoy_tcp_prefix=\"refused/{rule}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// http, https (two certificates picked by SNI), http2 and tcp rules, each admitting 127.0.0.2
@@ -249,11 +226,7 @@ async fn every_scheme(listen: &[&str]) {
     );
     // Counted per rule: two refused clients, each once per connection above.
     for (rule, want) in [("web", 2), ("grpc", 2), ("tcp", 2), ("secure", 6)] {
-        assert_eq!(
-            refused_count(&envoy, rule).await,
-            want,
-            "refusals of {rule}"
-        );
+        assert_eq!(envoy.refused_count(rule).await, want, "refusals of {rule}");
     }
 }
 

@@ -59,6 +59,20 @@ pub async fn stats(settings: &Settings, filter: &str) -> impl Fn(&str) -> u64 {
     }
 }
 
+/// A client whose connections come from `from` (a loopback address, or a namespace's), a
+/// fresh one for every request; HTTP/2 with prior knowledge when `h2`.
+pub fn client_from(from: std::net::IpAddr, h2: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(from)
+        .pool_max_idle_per_host(0)
+        .timeout(std::time::Duration::from_secs(5));
+    if h2 {
+        b = b.http2_prior_knowledge();
+    }
+    b.build().unwrap()
+}
+
 /// Settings for a test stand: loopback everything, fresh ports, files in `dir`.
 pub fn test_settings(dir: &Path) -> Settings {
     let mut s = Settings::default();
@@ -130,6 +144,17 @@ impl Envoy {
     }
 
     /// GETs an admin page and returns its body.
+    /// Envoy's count of a rule's refused connections (source lists), as Prometheus scrapes it.
+    pub async fn refused_count(&self, rule: &str) -> u64 {
+        let text = self.admin_text("/stats/prometheus").await;
+        let series =
+            format!("envoy_tcp_downstream_cx_no_route{{envoy_tcp_prefix=\"refused/{rule}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub async fn admin_text(&self, path: &str) -> String {
         admin_page(&self.settings, path).await
     }
