@@ -28,7 +28,7 @@
 //! [`plan`] and [`judge`] are pure; the supervisor does the I/O.
 
 use crate::envoy::admin::XdsStats;
-use crate::render::xds::{self, Xds};
+use crate::render::xds::{self, EndpointList, Xds};
 use crate::spec::ConfigHash;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,7 +44,7 @@ pub(super) struct Transition {
     pub hash: ConfigHash,
     /// The endpoint list known to serve, kept beside the new one until the new hosts passed
     /// their first check. `None`: the pool only gains hosts, nothing is held.
-    pub settled: Option<Value>,
+    pub settled: Option<EndpointList>,
     /// The pool's own endpoint list (already on disk when nothing is held).
     pub target: xds::File,
     /// The hosts (`address:port`, as Envoy names them) that may not have been checked yet.
@@ -93,6 +93,12 @@ fn hosts(la: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The file of pool `name` holding `new` and every host of `old` it lacks.
+fn union_file(name: &str, new: &EndpointList, old: &EndpointList) -> xds::File {
+    let union = xds::union_endpoints(&new.parse(), &old.parse());
+    xds::endpoints_file(name, &EndpointList::new(&union))
+}
+
 /// Decides, for every pool of `new`, what to write now and what transition follows. `live` is
 /// the config Envoy was given last (its lists as configured, not the unions), `current` the
 /// transitions still running, `serving(pool)` whether a pool has a healthy host now.
@@ -119,7 +125,7 @@ pub(super) fn plan(
         if let Some(t) = prev.filter(|_| live_la == la) {
             // Not changed by this apply: its transition goes on as it is.
             let on_disk = match (&t.settled, &t.finishing) {
-                (Some(old), None) => xds::endpoints_file(name, &xds::union_endpoints(la, old)),
+                (Some(old), None) => union_file(name, la, old),
                 _ => own,
             };
             out.files.insert(name.clone(), on_disk);
@@ -132,8 +138,8 @@ pub(super) fn plan(
             .filter(|t| t.finishing.is_none())
             .and_then(|t| t.settled.as_ref())
             .unwrap_or(live_la);
-        let want = hosts(la);
-        let had = hosts(base);
+        let want = hosts(&la.parse());
+        let had = hosts(&base.parse());
         // New to the pool, or added by an unfinished change and maybe still unchecked.
         let added: BTreeSet<String> = want
             .iter()
@@ -147,7 +153,7 @@ pub(super) fn plan(
         }
         let settled = (removing > 0 && serving(name)).then(|| base.clone());
         let write = match &settled {
-            Some(old) => xds::endpoints_file(name, &xds::union_endpoints(la, old)),
+            Some(old) => union_file(name, la, old),
             None => own.clone(),
         };
         out.files.insert(name.clone(), write);
@@ -255,7 +261,7 @@ mod tests {
             listeners: BTreeMap::new(),
             routes: BTreeMap::new(),
             clusters: [("web".to_owned(), json!({"name": "web"}))].into(),
-            endpoints: [("web".to_owned(), la(ports))].into(),
+            endpoints: [("web".to_owned(), EndpointList::new(&la(ports)))].into(),
             secrets: BTreeMap::new(),
             tickets: false,
             runtime: BTreeMap::new(),

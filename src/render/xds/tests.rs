@@ -31,6 +31,7 @@ fn a_union_keeps_the_new_endpoints_and_adds_the_old_ones_it_lacks() {
     assert_eq!(host_changes(&old, &u), (true, false));
     assert_eq!(host_changes(&new, &new), (false, false));
     // Files are versioned by content: the same endpoints, the same version.
+    let (new, u) = (EndpointList::new(&new), EndpointList::new(&u));
     assert_eq!(
         endpoints_file("web", &new),
         endpoints_file("web", &new.clone())
@@ -38,6 +39,17 @@ fn a_union_keeps_the_new_endpoints_and_adds_the_old_ones_it_lacks() {
     assert_ne!(
         endpoints_file("web", &new).version,
         endpoints_file("web", &u).version
+    );
+    // A list kept as text is the same list, and written as the value was.
+    assert_eq!(EndpointList::new(&new.parse()), new);
+    assert_eq!(
+        endpoints_file("web", &new).data,
+        discovery_file(
+            file_name(Kind::Endpoints, "web"),
+            ENDPOINTS,
+            &[&new.parse()]
+        )
+        .data
     );
 }
 
