@@ -8,7 +8,7 @@
 //! - every backend re-addressed while the pool serves (1,000 and 10,000 backends that are up:
 //!   listeners of this process, TCP health checks): applied, then the transition finished
 //!   (every new host passed, the old ones gone: status shows it); and a second change 1 ms
-//!   after the first;
+//!   after a first one whose transition is still running (a move to hosts that never answer);
 //! - HAProxy's runtime API (Debian `haproxy`): the same servers re-addressed and enabled, and one
 //!   server re-weighted, over its admin socket, until it answers;
 //! - a listener added / removed, 1 of 1,000 allowed sources replaced, and a hot restart.
@@ -609,11 +609,18 @@ fn main() {
             if reps % 2 == 1 {
                 move_pool(&stand, &a, &mut Moves::default()).await;
             }
-            // A second change 1 ms after the first (every weight changed: the pool moves on
-            // from the hosts that served), at most 5 times.
-            let b2 = pool_spec(front, &pool(n, p2, 50));
+            // A second change 1 ms after the first, at most 5 times. The first moves the pool
+            // to hosts that never answer (a port nothing listens on), so its transition is
+            // still running when the second comes (a move to healthy hosts can finish before
+            // it: at 10,000, ~100 ms after Envoy took it); the second changes every weight of
+            // that list (the pool moves on from the hosts that served) and must supersede the
+            // transition, not wait for it. (Not to other new hosts: n hosts passing their first
+            // check in a pool of 2n is Envoy's quadratic work, measured by the moves above.)
+            let dead_port = support::envoy::free_port();
+            let dead = pool_spec(front, &pool(n, dead_port, 100));
+            let b2 = pool_spec(front, &pool(n, dead_port, 50));
             for _ in 0..reps.min(5) {
-                let (first_out, _) = hand_over(&stand, &b).await;
+                let (first_out, _) = hand_over(&stand, &dead).await;
                 assert_eq!(first_out.method, Some(ApplyMethod::Live));
                 let moving = stand.status().await.transitions.first().map(|t| t.id.clone());
                 tokio::time::sleep(Duration::from_millis(1)).await;
