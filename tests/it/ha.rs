@@ -486,18 +486,26 @@ fn active_standby_moves_the_virtual_ips_when_the_master_stops_serving() {
     probe.stop();
 }
 
-/// Three nodes, three virtual IPs, each owned by one node. One node stops: its address moves to
-/// the next node, and the other two addresses never miss a request; it comes back and takes its
-/// address back, again without a failed request on the others. Then a config change applied on
-/// every node (live, then by hot restart) moves no address at all.
+/// Three nodes, three virtual IPs of each family, each node owning one of each. One node stops:
+/// both its addresses move to the next node, and the other four never miss a request; it comes
+/// back and takes its addresses back, again without a failed request on the others. Then a
+/// config change applied on every node (live, then by hot restart) moves no address at all.
 #[test]
 fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     let lab = Lab::new(3);
     let shared = tempfile::tempdir().unwrap();
     let spec_file = shared.path().join("lb.json");
     std::fs::write(&spec_file, spec(50_000, 100).to_string()).unwrap();
-    let vips: Vec<String> = (0..3).map(|i| format!("198.18.0.{}", 100 + i)).collect();
-    let with_prefix: Vec<String> = vips.iter().map(|v| format!("{v}/24")).collect();
+    // One address of each family per node: the k-th of the list is node k % 3's.
+    let vips: Vec<String> = (0..3)
+        .map(|i| format!("198.18.0.{}", 100 + i))
+        .chain((0..3).map(|i| format!("2001:2::{}", 100 + i)))
+        .collect();
+    let owner = |k: usize| k % 3;
+    let with_prefix: Vec<String> = vips
+        .iter()
+        .map(|v| format!("{v}/{}", if v.contains(':') { 64 } else { 24 }))
+        .collect();
     let mut nodes: Vec<Node> = (0..3)
         .map(|i| Node::new(&lab, i, HaMode::ActiveActive, &with_prefix, &spec_file))
         .collect();
@@ -511,34 +519,39 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
         }));
         r.unwrap_or_else(|_| panic!("{} not served by node-{by}\n{}", vips[vip], dump(nodes)))
     };
-    // Every address served by its owner (node i owns the i-th: they sort the same way).
-    for i in 0..3 {
-        served(i, i, &nodes);
+    // Every address served by its owner (node i owns the i-th of each family: they sort the
+    // same way).
+    for k in 0..vips.len() {
+        served(k, owner(k), &nodes);
     }
     // status and the metrics say so, on each node.
     for (n, node) in nodes.iter().enumerate() {
-        for (i, vip) in vips.iter().enumerate() {
-            let state = if i == n { "master" } else { "backup" };
+        for (k, vip) in vips.iter().enumerate() {
+            let state = if owner(k) == n { "master" } else { "backup" };
             node.wait_metric_state(vip, state, settle);
         }
         let out = node.agent_cmd(&["status"]).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains(&format!("Virtual IP  {}/24 MASTER (owner)", vips[n])),
-            "{text}"
-        );
+        for k in [n, n + 3] {
+            assert!(
+                text.contains(&format!("Virtual IP  {} MASTER (owner)", with_prefix[k])),
+                "{text}"
+            );
+        }
     }
 
     let t0 = Instant::now();
     nodes[1].power_off();
-    // node-1's address goes to the node after it in address order, node-2.
-    let moved = served(1, 2, &nodes);
-    back_within_3s(&probe, &vips[1], "node-1 powered off", t0, moved, &nodes);
-    for i in [0, 2] {
-        let w = report(&probe, &vips[i], "  the others meanwhile", t0, moved);
+    // node-1's addresses go to the node after it in address order, node-2, both families.
+    let moved = served(1, 2, &nodes).max(served(4, 2, &nodes));
+    for k in [1, 4] {
+        back_within_3s(&probe, &vips[k], "node-1 powered off", t0, moved, &nodes);
+    }
+    for k in [0, 2, 3, 5] {
+        let w = report(&probe, &vips[k], "  the others meanwhile", t0, moved);
         assert_eq!(
             (w.failed, w.served_by.clone()),
-            (0, vec![format!("node-{i}")]),
+            (0, vec![format!("node-{}", owner(k))]),
             "{w:?}"
         );
     }
@@ -556,13 +569,15 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
 
     let t1 = Instant::now();
     nodes[1].start_all();
-    let back = served(1, 1, &nodes);
-    back_within_3s(&probe, &vips[1], "node-1 back", t1, back, &nodes);
-    for i in [0, 2] {
-        let w = report(&probe, &vips[i], "  the others meanwhile", t1, back);
+    let back = served(1, 1, &nodes).max(served(4, 1, &nodes));
+    for k in [1, 4] {
+        back_within_3s(&probe, &vips[k], "node-1 back", t1, back, &nodes);
+    }
+    for k in [0, 2, 3, 5] {
+        let w = report(&probe, &vips[k], "  the others meanwhile", t1, back);
         assert_eq!(
             (w.failed, w.served_by.clone()),
-            (0, vec![format!("node-{i}")]),
+            (0, vec![format!("node-{}", owner(k))]),
             "{w:?}"
         );
     }
@@ -571,7 +586,7 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     let transitions = |nodes: &[Node]| -> Vec<Option<(String, u64)>> {
         nodes
             .iter()
-            .flat_map(|n| (0..3).map(|v| n.vrrp(v)))
+            .flat_map(|n| (0..vips.len()).map(|v| n.vrrp(v)))
             .collect()
     };
     // keepalived runs its notify script on its own time: the address can be back on node-1 a
@@ -581,7 +596,12 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
     loop {
         let states = transitions(&nodes);
         let settled = states.iter().enumerate().all(|(k, s)| {
-            let want = if k / 3 == k % 3 { "master" } else { "backup" };
+            let (node, vip) = (k / vips.len(), k % vips.len());
+            let want = if owner(vip) == node {
+                "master"
+            } else {
+                "backup"
+            };
             s.as_ref().is_some_and(|(state, _)| state == want)
         });
         if settled {
@@ -613,11 +633,11 @@ fn active_active_each_node_serves_its_own_address_and_covers_a_failed_peer() {
         );
     }
     let t3 = Instant::now();
-    for (i, vip) in vips.iter().enumerate() {
+    for (k, vip) in vips.iter().enumerate() {
         let w = report(&probe, vip, "config changes on every node", t2, t3);
         assert_eq!(
             (w.failed, w.served_by.clone()),
-            (0, vec![format!("node-{i}")]),
+            (0, vec![format!("node-{}", owner(k))]),
             "{w:?}"
         );
     }
