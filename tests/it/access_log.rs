@@ -432,7 +432,10 @@ async fn the_files_never_exceed_max_bytes_under_load() {
     }
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "{counts:?}");
-    println!("the most on disk: {} of {max} bytes, in {} files", worst.0, worst.1);
+    println!(
+        "the most on disk: {} of {max} bytes, in {} files",
+        worst.0, worst.1
+    );
     assert!(
         worst.0 > max / 2,
         "the bound was never approached: {worst:?}"
