@@ -97,11 +97,13 @@ impl Lab {
             Lab::add_address(ns, &format!("{addr6}/64"));
             // A link taken down keeps its IPv6 addresses, as its IPv4 ones (a VM's interface
             // going down does not unconfigure it): `link` removes what a VM would lose.
-            let out = Lab::exec(ns, "sysctl")
-                .args(["-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"])
-                .output()
-                .expect("sysctl");
-            assert!(out.status.success(), "{out:?}");
+            // (/proc/sys/net is the writing thread's namespace's.)
+            in_netns(ns, || {
+                std::fs::write("/proc/sys/net/ipv6/conf/eth0/keep_addr_on_down", "1")
+            })
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{ns}: keep_addr_on_down: {e}"));
             OWN.lock().unwrap().insert(
                 ns.clone(),
                 vec![format!("{addr}/24"), format!("{addr6}/64")],
