@@ -222,12 +222,12 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
             _ => {}
         }
     }
+    let has = |k: &str| knobs.contains(&k);
     let mut c = config.clone();
     c["admin"]["address"]["pipe"]["path"] = json!(admin.to_string_lossy());
     if let Some(ls) = c["static_resources"]["listeners"].as_array_mut() {
         // Only the http rule, on a port of its own (the tcp rule's port is the rendered one's).
         ls.retain(|l| l["name"] == "web");
-        let has = |k: &str| knobs.contains(&k);
         for l in ls.iter_mut() {
             l["address"]["socket_address"]["port_value"] = json!(port);
             if let Some(extra) = l["additional_addresses"].as_array_mut() {
@@ -246,7 +246,6 @@ fn tuned(config: &Value, knobs: &[&str], port: u16, admin: &Path) -> Value {
             }
         }
     }
-    let has = |k: &str| knobs.contains(&k);
     if has("nooverload") {
         let om = &mut c["overload_manager"];
         if let Some(o) = om.as_object_mut() {

@@ -112,7 +112,11 @@ pub fn output_version(settings: &Settings) -> String {
         // own hash, and `validate` renders into a directory of its own.)
         template_version().to_owned(),
         e.admin_socket.to_string_lossy().into_owned(),
-        format!("{:?}", e.listen_addresses()),
+        e.listen_addresses()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         e.redirect_port.to_string(),
         m.address.to_string(),
         m.port.to_string(),

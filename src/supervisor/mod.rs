@@ -341,9 +341,16 @@ impl Supervisor {
     async fn dispatch(&mut self, event: Event) {
         match event {
             Event::Request(req, reply) => {
+                let applied = matches!(req, Request::Apply(_));
                 let resp = self.handle(req).await;
                 // The client may be gone (killed mid-apply): the work is done all the same.
                 let _ = reply.send(resp);
+                if applied {
+                    // Once the answer is written (its connection's task runs first, on this
+                    // one thread), not on the client's time.
+                    tokio::task::yield_now().await;
+                    release_freed_memory();
+                }
             }
             Event::Exit(exit) => self.on_exit(exit).await,
             Event::Retry => self.retry().await,
@@ -421,7 +428,6 @@ impl Supervisor {
                 }
                 self.state.last_apply = Some(out.clone());
                 self.save();
-                release_freed_memory();
                 Response::Apply(out)
             }
         }

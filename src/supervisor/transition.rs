@@ -132,6 +132,11 @@ pub(super) fn plan(
             out.transitions.insert(name.clone(), t.clone());
             continue;
         }
+        if prev.is_none() && live_la == la {
+            // Unchanged and not moving: nothing to hold, and no list to parse.
+            out.files.insert(name.clone(), own);
+            continue;
+        }
         // The hosts that served: a held list (unless the pool's own list is already going in,
         // every new host having passed), else the live one.
         let base = prev

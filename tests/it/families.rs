@@ -163,17 +163,14 @@ async fn load_balancer_side(client_ns: String) {
 /// Runs inside the clients' namespace. Returns, for each client address, the backends the
 /// source-hashed rule sent it to.
 async fn client_side(p: Ports, cert: TestCert) -> BTreeMap<IpAddr, Vec<String>> {
-    let lbs = [
-        (ip(CLIENT_IP), ip(&node_ip(0))),
-        (ip(CLIENT_IP6), ip(&node_ip6(0))),
-    ];
-    for (from, lb) in lbs {
-        let host = url_host(lb);
+    for from in [ip(CLIENT_IP), ip(CLIENT_IP6)] {
+        let lb = lb_for(from);
+        let at = |port: u16| SocketAddr::new(lb, port);
         let c = http_client(from, false);
-        let r = get(&c, &format!("http://{host}:{}/from-{from}", p.web)).await;
+        let r = get(&c, &format!("http://{}/from-{from}", at(p.web))).await;
         assert_eq!(r, Ok(("web".into(), from.to_string())), "http from {from}");
         let c = http_client(from, true);
-        let r = get(&c, &format!("http://{host}:{}/", p.grpc)).await;
+        let r = get(&c, &format!("http://{}/", at(p.grpc))).await;
         assert_eq!(r, Ok(("web".into(), from.to_string())), "http2 from {from}");
         let c = reqwest::Client::builder()
             .no_proxy()
@@ -208,7 +205,7 @@ async fn client_side(p: Ports, cert: TestCert) -> BTreeMap<IpAddr, Vec<String>> 
         // The scrape port admits the allowed address of each family.
         let c = http_client(from, false);
         let r = c
-            .get(format!("http://{host}:{}/stats/prometheus", p.scrape))
+            .get(format!("http://{}/stats/prometheus", at(p.scrape)))
             .send()
             .await
             .unwrap_or_else(|e| panic!("scrape from {from}: {e:?}"));
@@ -234,16 +231,13 @@ async fn client_side(p: Ports, cert: TestCert) -> BTreeMap<IpAddr, Vec<String>> 
 
     // The second address of each family is inside the allowed range but denied; nor may it
     // scrape.
-    for (from, lb) in [
-        (ip(DENIED), ip(&node_ip(0))),
-        (ip(DENIED6), ip(&node_ip6(0))),
-    ] {
+    for from in [ip(DENIED), ip(DENIED6)] {
+        let lb = lb_for(from);
         let c = http_client(from, false);
         let r = c
             .get(format!(
-                "http://{}:{}/stats/prometheus",
-                url_host(lb),
-                p.scrape
+                "http://{}/stats/prometheus",
+                SocketAddr::new(lb, p.scrape)
             ))
             .send()
             .await;
@@ -269,17 +263,15 @@ async fn client_side(p: Ports, cert: TestCert) -> BTreeMap<IpAddr, Vec<String>> 
     ];
     all.extend(more_clients());
     for from in all.iter().map(|a| ip(a)) {
-        let lb = if from.is_ipv6() {
-            ip(&node_ip6(0))
-        } else {
-            ip(&node_ip(0))
-        };
         let c = http_client(from, false);
         let mut backends: Vec<String> = Vec::new();
         for _ in 0..8 {
-            let (b, _) = get(&c, &format!("http://{}:{}/", url_host(lb), p.hash))
-                .await
-                .unwrap_or_else(|e| panic!("source-hashed rule from {from}: {e}"));
+            let (b, _) = get(
+                &c,
+                &format!("http://{}/", SocketAddr::new(lb_for(from), p.hash)),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("source-hashed rule from {from}: {e}"));
             if !backends.contains(&b) {
                 backends.push(b);
             }
@@ -293,10 +285,12 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn url_host(a: IpAddr) -> String {
-    match a {
-        IpAddr::V6(a) => format!("[{a}]"),
-        IpAddr::V4(a) => a.to_string(),
+/// The load balancer's address in the family of a client at `from`.
+fn lb_for(from: IpAddr) -> IpAddr {
+    if from.is_ipv6() {
+        ip(&node_ip6(0))
+    } else {
+        ip(&node_ip(0))
     }
 }
 

@@ -284,9 +284,12 @@ async fn sticky_cookie_keeps_a_client_on_one_backend_and_source_hash_too() {
 }
 
 async fn tcp_ask(port: u16) -> (String, u16) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    tcp_ask_at(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// What a tcp rule at `at` answers, and the client's port.
+async fn tcp_ask_at(at: std::net::SocketAddr) -> (String, u16) {
+    let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
     let local = s.local_addr().unwrap().port();
     let mut out = String::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
@@ -523,12 +526,6 @@ async fn ipv6_backends_are_checked_and_served_in_every_way() {
         assert_eq!(r.text().await.unwrap(), want);
     }
     // The PROXY v2 header carries the IPv6 client as IPv6.
-    let mut s = tokio::net::TcpStream::connect(v6(p_pp)).await.unwrap();
-    let client_port = s.local_addr().unwrap().port();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .expect("tcp answer in time")
-        .unwrap();
+    let (out, client_port) = tcp_ask_at(v6(p_pp)).await;
     assert_eq!(out, format!("v6-pp pp2=[::1]:{client_port}"));
 }

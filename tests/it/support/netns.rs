@@ -1,7 +1,8 @@
 //! Network namespaces a test makes for itself: a LAN (a bridge in a namespace of its own), a
 //! client and some nodes, each joined to the bridge by a veth pair, with addresses from
-//! 198.18.0.0/24 and 2001:2::/64 (the same last number in both). Dropping the lab kills everything running in its namespaces and deletes them,
-//! also after a failed assertion. Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`.
+//! 198.18.0.0/24 and 2001:2::/64 (the same last number in both). Dropping the lab kills
+//! everything running in its namespaces and deletes them, also after a failed assertion. Needs
+//! root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) and `ip`.
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -85,15 +86,7 @@ impl Lab {
                 &lab.lan,
             ]);
             ip(&["-n", &lab.lan, "link", "set", &port, "master", "br0", "up"]);
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ]);
+            Lab::add_address(ns, &format!("{addr}/24"));
             Lab::add_address(ns, &format!("{addr6}/64"));
             // A link taken down keeps its IPv6 addresses, as its IPv4 ones (a VM's interface
             // going down does not unconfigure it): `link` removes what a VM would lose.
