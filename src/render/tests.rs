@@ -169,10 +169,12 @@ fn the_split_moves_resources_out_and_keys_the_bootstrap() {
             .as_str()
             .unwrap();
         assert_eq!(path, dir.join(&eds[name].name).to_str().unwrap());
-        assert!(path.ends_with(".json"), "{path}");
-        let file: Value = serde_json::from_slice(&eds[name].data).unwrap();
-        assert_eq!(file["resources"][0]["cluster_name"], name.as_str());
-        assert_eq!(file["version_info"], eds[name].version.as_str());
+        assert!(path.ends_with(".pb"), "{path}");
+        use prost::Message;
+        let file = xds::endpoints::DiscoveryResponse::decode(eds[name].data.as_slice()).unwrap();
+        let la = xds::ClusterLoadAssignment::decode(file.resources[0].value.as_slice()).unwrap();
+        assert_eq!(&la.cluster_name, name);
+        assert_eq!(file.version_info, eds[name].version);
     }
     let lds = String::from_utf8(x.lds().data).unwrap();
     assert!(

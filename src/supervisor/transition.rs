@@ -28,9 +28,8 @@
 //! [`plan`] and [`judge`] are pure; the supervisor does the I/O.
 
 use crate::envoy::admin::XdsStats;
-use crate::render::xds::{self, EndpointList, Xds};
+use crate::render::xds::{self, ClusterLoadAssignment, EndpointList, Xds};
 use crate::spec::ConfigHash;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -86,16 +85,13 @@ pub(super) fn host_key(address: &str, port: u32) -> String {
     }
 }
 
-fn hosts(la: &Value) -> BTreeSet<String> {
-    xds::endpoint_list(la)
-        .into_iter()
-        .map(|(a, p, _)| host_key(a, p))
-        .collect()
+fn hosts(la: &ClusterLoadAssignment) -> BTreeSet<String> {
+    la.list().map(|(a, p, _)| host_key(a, p)).collect()
 }
 
 /// The file of pool `name` holding `new` and every host of `old` it lacks.
 fn union_file(name: &str, new: &EndpointList, old: &EndpointList) -> xds::File {
-    let union = xds::union_endpoints(&new.parse(), &old.parse());
+    let union = new.assignment().union(&old.assignment());
     xds::endpoints_file(name, &EndpointList::new(&union))
 }
 
@@ -143,8 +139,8 @@ pub(super) fn plan(
             .filter(|t| t.finishing.is_none())
             .and_then(|t| t.settled.as_ref())
             .unwrap_or(live_la);
-        let want = hosts(&la.parse());
-        let had = hosts(&base.parse());
+        let want = hosts(&la.assignment());
+        let had = hosts(&base.assignment());
         // New to the pool, or added by an unfinished change and maybe still unchecked.
         let added: BTreeSet<String> = want
             .iter()
@@ -248,7 +244,8 @@ pub(super) fn not_passed(t: &Transition, health: &BTreeMap<String, bool>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use prost::Message;
+    use serde_json::{json, Value};
 
     fn la(ports: &[u32]) -> Value {
         let eps: Vec<Value> = ports
@@ -266,7 +263,11 @@ mod tests {
             listeners: BTreeMap::new(),
             routes: BTreeMap::new(),
             clusters: [("web".to_owned(), json!({"name": "web"}))].into(),
-            endpoints: [("web".to_owned(), EndpointList::new(&la(ports)))].into(),
+            endpoints: [(
+                "web".to_owned(),
+                EndpointList::from_json(&la(ports)).unwrap(),
+            )]
+            .into(),
             secrets: BTreeMap::new(),
             tickets: false,
             runtime: BTreeMap::new(),
@@ -292,8 +293,8 @@ mod tests {
     }
 
     fn hosts_in(f: &xds::File) -> BTreeSet<String> {
-        let v: Value = serde_json::from_slice(&f.data).unwrap();
-        hosts(&v["resources"][0])
+        let file = xds::endpoints::DiscoveryResponse::decode(f.data.as_slice()).unwrap();
+        hosts(&ClusterLoadAssignment::decode(file.resources[0].value.as_slice()).unwrap())
     }
 
     fn set(ports: &[u32]) -> BTreeSet<String> {

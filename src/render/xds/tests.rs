@@ -13,12 +13,16 @@ fn la(eps: &[(&str, u16)]) -> Value {
     json!({"cluster_name": "web", "endpoints": [{"lb_endpoints": list}]})
 }
 
+fn list(la: &Value) -> EndpointList {
+    EndpointList::from_json(la).unwrap()
+}
+
 #[test]
 fn a_union_keeps_the_new_endpoints_and_adds_the_old_ones_it_lacks() {
-    let old = la(&[("10.0.0.1", 80), ("10.0.0.2", 80)]);
-    let new = la(&[("10.0.0.2", 80), ("10.0.0.3", 80)]);
-    let u = union_endpoints(&new, &old);
-    let got: Vec<(&str, u32, u32)> = endpoint_list(&u);
+    let old = list(&la(&[("10.0.0.1", 80), ("10.0.0.2", 80)]));
+    let new = list(&la(&[("10.0.0.2", 80), ("10.0.0.3", 80)]));
+    let u = new.assignment().union(&old.assignment());
+    let got: Vec<(&str, u32, u32)> = u.list().collect();
     assert_eq!(
         got,
         [
@@ -27,11 +31,13 @@ fn a_union_keeps_the_new_endpoints_and_adds_the_old_ones_it_lacks() {
             ("10.0.0.1", 80, 100)
         ]
     );
-    assert_eq!(host_changes(&old, &new), (true, true));
-    assert_eq!(host_changes(&old, &u), (true, false));
-    assert_eq!(host_changes(&new, &new), (false, false));
+    // Into an empty list: the old endpoints in one locality.
+    let empty = list(&json!({"cluster_name": "web"}));
+    let into_empty = empty.assignment().union(&old.assignment());
+    let got: Vec<(&str, u32, u32)> = into_empty.list().collect();
+    assert_eq!(got, [("10.0.0.1", 80, 100), ("10.0.0.2", 80, 100)]);
     // Files are versioned by content: the same endpoints, the same version.
-    let (new, u) = (EndpointList::new(&new), EndpointList::new(&u));
+    let u = EndpointList::new(&u);
     assert_eq!(
         endpoints_file("web", &new),
         endpoints_file("web", &new.clone())
@@ -40,17 +46,60 @@ fn a_union_keeps_the_new_endpoints_and_adds_the_old_ones_it_lacks() {
         endpoints_file("web", &new).version,
         endpoints_file("web", &u).version
     );
-    // A list kept as text is the same list, and written as the value was.
-    assert_eq!(EndpointList::new(&new.parse()), new);
-    assert_eq!(
-        endpoints_file("web", &new).data,
-        discovery_file(
-            file_name(Kind::Endpoints, "web"),
-            ENDPOINTS,
-            &[&new.parse()]
-        )
-        .data
+}
+
+#[test]
+fn an_endpoints_file_is_the_rendered_list_in_envoys_binary_form() {
+    use prost::Message;
+    let json = la(&[("10.0.0.1", 80), ("2001:2::1", 8443)]);
+    let f = endpoints_file("web", &list(&json));
+    assert_eq!(f.name, file_name(Kind::Endpoints, "web"));
+    assert!(
+        f.name.ends_with(".pb"),
+        "Envoy parses by extension: {}",
+        f.name
     );
+    let r = endpoints::DiscoveryResponse::decode(f.data.as_slice()).unwrap();
+    assert_eq!(r.version_info, f.version);
+    assert_eq!(r.type_url, ENDPOINTS);
+    let [res] = r.resources.as_slice() else {
+        panic!("one resource: {}", r.resources.len())
+    };
+    assert_eq!(res.type_url, ENDPOINTS);
+    let got = endpoints::ClusterLoadAssignment::decode(res.value.as_slice()).unwrap();
+    assert_eq!(got.cluster_name, "web");
+    let eps: Vec<(&str, u32, u32)> = got.list().collect();
+    assert_eq!(eps, [("10.0.0.1", 80, 100), ("2001:2::1", 8443, 100)]);
+    // The bytes by hand, for one endpoint: the field numbers are Envoy's.
+    let one = list(&la(&[("a", 1)]));
+    let sa = [&[0x12, 1, b'a'][..], &[0x18, 1]].concat(); // address = 2, port_value = 3
+    let addr = [&[0x0a, sa.len() as u8][..], &sa].concat(); // socket_address = 1
+    let ep = [&[0x0a, addr.len() as u8][..], &addr].concat(); // address = 1
+    let lbe = [&[0x0a, ep.len() as u8][..], &ep, &[0x22, 2, 0x08, 100]].concat(); // endpoint = 1, weight = 4
+    let loc = [&[0x12, lbe.len() as u8][..], &lbe].concat(); // lb_endpoints = 2
+    let cla = [&[0x0a, 3][..], b"web", &[0x12, loc.len() as u8], &loc].concat(); // cluster_name, endpoints
+    assert_eq!(one.bytes(), cla.as_slice());
+}
+
+#[test]
+fn a_load_assignment_with_anything_else_is_refused_by_name() {
+    for (bad, says) in [
+        (
+            json!({"cluster_name": "web", "policy": {}}),
+            "unknown field `policy`",
+        ),
+        (
+            json!({"cluster_name": "web", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "a", "port_value": 1}}}, "metadata": {}}]}]}),
+            "unknown field `metadata`",
+        ),
+        (
+            json!({"cluster_name": "web", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "a", "port_value": "80"}}}}]}]}),
+            "invalid type: string",
+        ),
+    ] {
+        let e = EndpointList::from_json(&bad).unwrap_err();
+        assert!(e.contains(says), "{e}");
+    }
 }
 
 #[test]
