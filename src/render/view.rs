@@ -248,6 +248,8 @@ pub struct HealthCheck {
     pub timeout: String,
     pub interval: String,
     pub fast_interval: String,
+    /// A new host's first check comes within this (`FIRST_CHECK_SPREAD_MS` in view/build.rs).
+    pub initial_jitter: String,
     pub rise: u32,
     pub fall: u32,
     pub http_path: Option<String>,

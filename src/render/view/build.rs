@@ -386,6 +386,15 @@ fn push_clusters(rule: &Rule, clusters: &mut Vec<Cluster>, resolved: &Resolved) 
     }
 }
 
+/// How long Envoy may wait before a new host's first health check (`initial_jitter`; each
+/// host draws its own delay). Without it Envoy opens a check connection to every new host inside
+/// the endpoint update itself, on its main thread: at 1,000 re-addressed backends 13.5 of the
+/// update's 17.5 ms, at 10,000 ~175 of 209 ms, during which its admin API (and so every apply's
+/// confirmation) waits. Spread over 250 ms: 6.0 and 87 ms (measured on Envoy 1.40 with binary
+/// endpoint files). The price is at most this much longer before a new pool is warm or a moved
+/// pool's new hosts can serve; it also keeps the checks of a large pool from running in step.
+const FIRST_CHECK_SPREAD_MS: u32 = 250;
+
 fn cluster(
     rule: &Rule,
     pool: &Pool,
@@ -403,6 +412,7 @@ fn cluster(
             timeout: millis(h.interval_ms.min(5000)),
             interval: millis(h.interval_ms),
             fast_interval: millis(h.fast_interval_ms),
+            initial_jitter: millis(FIRST_CHECK_SPREAD_MS.min(h.interval_ms)),
             rise: h.rise,
             fall: h.fall,
             http_path: h.http_path.clone(),
