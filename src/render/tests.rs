@@ -288,6 +288,29 @@ fn q_refuses_null() {
     assert!(tera.render("x", &tera::Context::new()).is_err());
 }
 
+/// The scrape port's clusters are static: the split leaves them in the bootstrap as rendered,
+/// endpoints inline (one is a Unix socket, which no endpoint file holds).
+#[test]
+fn the_split_leaves_the_static_clusters_as_rendered() {
+    let (spec, mut settings) = example();
+    settings.metrics.allowed_cidrs = vec!["127.0.0.0/8".into()];
+    let rendered = render(&spec, &settings, &Resolved::new(), &Default::default()).unwrap();
+    let x = xds::split(&rendered.config, &[], std::path::Path::new("/x")).unwrap();
+    let doc: Value = serde_json::from_str(&rendered.config).unwrap();
+    let statics_kept: Vec<&Value> = doc["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !x.clusters.contains_key(c["name"].as_str().unwrap()))
+        .collect();
+    assert!(!statics_kept.is_empty());
+    assert_eq!(
+        x.base["static_resources"]["clusters"].as_array().unwrap(),
+        &statics_kept.into_iter().cloned().collect::<Vec<_>>()
+    );
+    assert!(!x.clusters.is_empty());
+}
+
 /// Every listener, the scrape port's included, binds each listen address: the first as its
 /// address, the others as additional addresses, each socket of one family (no `ipv4_compat`).
 #[test]

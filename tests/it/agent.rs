@@ -1194,6 +1194,8 @@ async fn damaged_state_files_are_set_aside_and_the_agent_carries_on() {
     sim.write_spec(&spec(front, &[("u2", &u2)]));
     assert!(matches!(agent.cycle(false).await, Outcome::Applied { .. }));
     flush_all(&mut agent).await;
+    // The pool moved while serving: u2 takes over once its first check passed.
+    stand.settled().await;
     let events = sim.events().await;
     assert!(
         events[before..]

@@ -160,6 +160,13 @@ impl EndpointList {
             .map_err(|e| e.to_string())
     }
 
+    /// [`EndpointList::from_json`] of a `load_assignment` still as text.
+    pub fn from_json_str(la: &str) -> Result<EndpointList, String> {
+        serde_json::from_str::<ClusterLoadAssignment>(la)
+            .map(|la| EndpointList::new(&la))
+            .map_err(|e| e.to_string())
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
