@@ -436,91 +436,75 @@ fn visit_object<'de, A: serde::de::MapAccess<'de>>(
     Ok(rest)
 }
 
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Pieces<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Pieces<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a config object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Pieces<'a>, A::Error> {
-                let mut statics = None;
-                let root = visit_object(map, |key, map| {
-                    if key != "static_resources" {
-                        return Ok(false);
-                    }
-                    statics = Some(map.next_value()?);
-                    Ok(true)
-                })?;
-                Ok(Pieces(root, statics))
-            }
+/// An object's other fields as values, and one field read as a `T` (if it is there).
+type FieldsAnd<T> = (Map<String, Value>, Option<T>);
+
+/// [`visit_object`] reading one field, `key`, as a `T`.
+fn visit_object_but<'de, A: serde::de::MapAccess<'de>, T: serde::Deserialize<'de>>(
+    map: A,
+    key: &str,
+) -> Result<FieldsAnd<T>, A::Error> {
+    let mut taken = None;
+    let rest = visit_object(map, |k, map| {
+        if k != key {
+            return Ok(false);
         }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
+        taken = Some(map.next_value()?);
+        Ok(true)
+    })?;
+    Ok((rest, taken))
 }
 
-impl<'de: 'a, 'a> serde::Deserialize<'de> for Statics<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Statics<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("static_resources as an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<Statics<'a>, A::Error> {
-                let (mut listeners, mut clusters) = (Vec::new(), Vec::new());
-                let other = visit_object(map, |key, map| {
-                    match key {
-                        "listeners" => listeners = map.next_value()?,
-                        "clusters" => clusters = map.next_value()?,
-                        _ => return Ok(false),
+/// `Deserialize` for one of the pieces above, from what `visit_map` makes of the object.
+macro_rules! deserialize_object {
+    ($ty:ident, $expecting:literal, |$map:ident| $body:expr) => {
+        impl<'de: 'a, 'a> serde::Deserialize<'de> for $ty<'a> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<'a>(std::marker::PhantomData<&'a ()>);
+                impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+                    type Value = $ty<'a>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($expecting)
                     }
-                    Ok(true)
-                })?;
-                Ok(Statics {
-                    other,
-                    listeners,
-                    clusters,
-                })
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        $map: A,
+                    ) -> Result<$ty<'a>, A::Error> {
+                        $body
+                    }
+                }
+                d.deserialize_map(V(std::marker::PhantomData))
             }
         }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
+    };
 }
 
-impl<'de: 'a, 'a> serde::Deserialize<'de> for ClusterIn<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = ClusterIn<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a cluster object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<ClusterIn<'a>, A::Error> {
-                let mut la = None;
-                let fields = visit_object(map, |key, map| {
-                    if key != "load_assignment" {
-                        return Ok(false);
-                    }
-                    la = Some(map.next_value()?);
-                    Ok(true)
-                })?;
-                Ok(ClusterIn(fields, la))
-            }
+deserialize_object!(Pieces, "a config object", |map| {
+    let (root, statics) = visit_object_but(map, "static_resources")?;
+    Ok(Pieces(root, statics))
+});
+
+deserialize_object!(Statics, "static_resources as an object", |map| {
+    let (mut listeners, mut clusters) = (Vec::new(), Vec::new());
+    let other = visit_object(map, |key, map| {
+        match key {
+            "listeners" => listeners = map.next_value()?,
+            "clusters" => clusters = map.next_value()?,
+            _ => return Ok(false),
         }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
+        Ok(true)
+    })?;
+    Ok(Statics {
+        other,
+        listeners,
+        clusters,
+    })
+});
+
+deserialize_object!(ClusterIn, "a cluster object", |map| {
+    let (fields, la) = visit_object_but(map, "load_assignment")?;
+    Ok(ClusterIn(fields, la))
+});
 
 /// The keys of the rendered config's one static runtime layer/// The keys of the rendered config's one static runtime layer (none when it has no runtime).
 fn static_runtime(runtime: Option<Value>) -> Result<BTreeMap<String, Value>, String> {
