@@ -265,7 +265,7 @@ mod tests {
             clusters: [("web".to_owned(), json!({"name": "web"}))].into(),
             endpoints: [(
                 "web".to_owned(),
-                EndpointList::from_json(&la(ports)).unwrap(),
+                EndpointList::from_json(&la(ports).to_string()).unwrap(),
             )]
             .into(),
             secrets: BTreeMap::new(),

@@ -152,16 +152,9 @@ impl EndpointList {
         EndpointList(la.encode_to_vec())
     }
 
-    /// A rendered `load_assignment`; an error names what does not fit (an unknown field, a
-    /// value of the wrong type).
-    pub fn from_json(la: &serde_json::Value) -> Result<EndpointList, String> {
-        ClusterLoadAssignment::deserialize(la)
-            .map(|la| EndpointList::new(&la))
-            .map_err(|e| e.to_string())
-    }
-
-    /// [`EndpointList::from_json`] of a `load_assignment` still as text.
-    pub fn from_json_str(la: &str) -> Result<EndpointList, String> {
+    /// A rendered `load_assignment`, as text; an error names what does not fit (an unknown
+    /// field, a value of the wrong type).
+    pub fn from_json(la: &str) -> Result<EndpointList, String> {
         serde_json::from_str::<ClusterLoadAssignment>(la)
             .map(|la| EndpointList::new(&la))
             .map_err(|e| e.to_string())

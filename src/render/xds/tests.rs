@@ -14,7 +14,7 @@ fn la(eps: &[(&str, u16)]) -> Value {
 }
 
 fn list(la: &Value) -> EndpointList {
-    EndpointList::from_json(la).unwrap()
+    EndpointList::from_json(&la.to_string()).unwrap()
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn a_load_assignment_with_anything_else_is_refused_by_name() {
             "invalid type: string",
         ),
     ] {
-        let e = EndpointList::from_json(&bad).unwrap_err();
+        let e = EndpointList::from_json(&bad.to_string()).unwrap_err();
         assert!(e.contains(says), "{e}");
     }
 }
