@@ -265,7 +265,28 @@ pub fn parse_xds_state(text: &str) -> anyhow::Result<XdsState> {
     Ok(s)
 }
 
+/// The cluster names of a `/config_dump?resource=dynamic_warming_clusters` answer.
+pub fn parse_warming_clusters(text: &str) -> anyhow::Result<BTreeSet<String>> {
+    #[derive(serde::Deserialize)]
+    struct Warming {
+        #[serde(default)]
+        configs: Vec<dump::Cluster>,
+    }
+    let w: Warming = serde_json::from_str(text).context("envoy admin warming clusters")?;
+    Ok(w.configs.into_iter().map(|c| c.cluster.name).collect())
+}
+
 impl Admin {
+    /// The names of the clusters warming now: their part of the config dump, names only (cheap
+    /// at any size: no endpoint is in it).
+    pub async fn warming_clusters(&self) -> anyhow::Result<BTreeSet<String>> {
+        parse_warming_clusters(
+            &self
+                .get_text("/config_dump?resource=dynamic_warming_clusters&mask=cluster.name")
+                .await?,
+        )
+    }
+
     /// The parts of Envoy's config dump that [`XdsState`] holds.
     pub async fn xds_state(&self) -> anyhow::Result<XdsState> {
         parse_xds_state(&self.get_text("/config_dump").await?)
@@ -443,6 +464,20 @@ mod tests {
             .as_deref()
             .is_some_and(|e| e.contains("Address already in use")));
         assert_eq!(s.secrets["c1"], "s1");
+    }
+
+    #[test]
+    fn the_warming_clusters_are_read_by_name_and_none_is_an_empty_object() {
+        // As Envoy 1.40 answers `/config_dump?resource=dynamic_warming_clusters&mask=cluster.name`.
+        let text = r#"{"configs": [{
+            "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump.DynamicCluster",
+            "cluster": {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": "slow"}}]}"#;
+        assert_eq!(
+            parse_warming_clusters(text).unwrap(),
+            ["slow".to_owned()].into()
+        );
+        assert!(parse_warming_clusters("{}").unwrap().is_empty());
+        assert!(parse_warming_clusters("not json").is_err());
     }
 
     #[test]

@@ -97,6 +97,17 @@ pub fn file_name(kind: Kind, name: &str) -> String {
     format!("{}-{}.{ext}", kind.prefix(), hex::encode(name.as_bytes()))
 }
 
+/// The file a pool's cluster reads its endpoints from after its `generation`-th move as a new
+/// cluster object that Envoy warms (`supervisor::transition`): a name of its own, so that the
+/// object still serving keeps reading the file it was given.
+pub fn warm_file_name(name: &str, generation: u64) -> String {
+    format!(
+        "{}-{}.{generation}.pb",
+        Kind::Endpoints.prefix(),
+        hex::encode(name.as_bytes())
+    )
+}
+
 pub const LDS_FILE: &str = "lds.json";
 pub const CDS_FILE: &str = "cds.json";
 /// The runtime layer (RTDS) the supervisor writes from its own settings: what the access log
@@ -251,11 +262,29 @@ impl Xds {
         discovery_file(LDS_FILE.into(), LISTENER, &ls)
     }
 
-    /// The CDS file for these clusters plus `extra` (kept while listeners still use them).
-    pub fn cds(&self, extra: &BTreeMap<String, Value>) -> File {
+    /// The CDS file for these clusters plus `extra` (kept while listeners still use them);
+    /// `eds_files` names the clusters that read their endpoints from another file than their
+    /// own (a pool moved as a warmed cluster: [`warm_file_name`]).
+    pub fn cds(
+        &self,
+        extra: &BTreeMap<String, Value>,
+        eds_files: &BTreeMap<String, String>,
+    ) -> File {
+        let moved: BTreeMap<&String, Value> = eds_files
+            .iter()
+            .filter_map(|(name, file)| {
+                let mut c = self.clusters.get(name).or_else(|| extra.get(name))?.clone();
+                let eds = c.get_mut("eds_cluster_config")?.as_object_mut()?;
+                eds.insert("eds_config".into(), source(&self.dir, file));
+                Some((name, c))
+            })
+            .collect();
         let mut all: BTreeMap<&String, &Value> = self.clusters.iter().collect();
         for (k, v) in extra {
             all.entry(k).or_insert(v);
+        }
+        for (k, v) in &moved {
+            all.insert(k, v);
         }
         let cs: Vec<&Value> = all.into_values().collect();
         discovery_file(CDS_FILE.into(), CLUSTER, &cs)
@@ -303,7 +332,7 @@ impl Xds {
         for kind in [Kind::Secret, Kind::Endpoints, Kind::Route] {
             out.extend(self.named_files(kind).into_values());
         }
-        out.push(self.cds(&BTreeMap::new()));
+        out.push(self.cds(&BTreeMap::new(), &BTreeMap::new()));
         out.push(self.lds());
         out
     }

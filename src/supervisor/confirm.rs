@@ -4,7 +4,7 @@
 
 use crate::envoy::admin::{self, Admin, XdsState, XdsStats};
 use crate::envoy::process::ExitWatch;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// How often Envoy's stats are read while waiting for a step: often at first (a small update
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 const CONFIRM_POLL: Duration = Duration::from_millis(5);
 const CONFIRM_POLL_FIRST: Duration = Duration::from_millis(1);
 const CONFIRM_FAST_FOR: Duration = Duration::from_millis(30);
+/// How many clusters are warming (its names are in the config dump).
+pub(super) const WARMING: &str = "cluster_manager.warming_clusters";
 /// What must hold in Envoy for a step to count as done: the version each subscription accepted
 /// last (every file's version is a digest of its content), nothing warming.
 #[derive(Debug, Default)]
@@ -52,10 +54,7 @@ impl Expect {
         for (name, v) in &self.routes {
             want(format!("routes {name}"), s.route_version(name), v);
         }
-        for gauge in [
-            "cluster_manager.warming_clusters",
-            "listener_manager.total_listeners_warming",
-        ] {
+        for gauge in [WARMING, "listener_manager.total_listeners_warming"] {
             if s.number(gauge) > 0 {
                 missing.push(format!("{gauge} = {}", s.number(gauge)));
             }
@@ -118,6 +117,9 @@ pub(super) struct Confirm<'a> {
     pub(super) deadline: Instant,
     /// For the message: how long it was given.
     pub(super) timeout: Duration,
+    /// Clusters that may still be warming when a step is done: pools moved as new cluster
+    /// objects, which serve from their old object until the warm is over.
+    pub(super) warming_ok: BTreeSet<String>,
 }
 
 impl Confirm<'_> {
@@ -153,7 +155,18 @@ impl Confirm<'_> {
                             rejected.join(", ")
                         ));
                     }
-                    expect.missing(&s)
+                    let mut missing = expect.missing(&s);
+                    if !self.warming_ok.is_empty() && s.number(WARMING) > 0 {
+                        missing.retain(|m| !m.starts_with(WARMING));
+                        match self.admin.warming_clusters().await {
+                            Ok(w) => missing.extend(
+                                w.difference(&self.warming_ok)
+                                    .map(|c| format!("cluster {c} warm")),
+                            ),
+                            Err(e) => missing.push(format!("{e:#}")),
+                        }
+                    }
+                    missing
                 }
                 Err(e) => vec![format!("{e:#}")],
             };

@@ -48,6 +48,11 @@ pub(super) struct LiveFiles {
     routed: BTreeSet<String>,
     /// Where files are written before they are renamed into the directory.
     tmp: PathBuf,
+    /// Pools whose cluster reads its endpoints from a file of its own generation (moved as a
+    /// warmed cluster, [`transition`]): pool → file name. Kept until the epoch ends.
+    pub eds: BTreeMap<String, String>,
+    /// The last generation given out.
+    generation: u64,
 }
 
 impl LiveFiles {
@@ -65,47 +70,73 @@ impl LiveFiles {
             status: protocol::ResourcesStatus {
                 hash: hash.clone(),
                 lds_version: x.lds().version,
-                cds_version: x.cds(&BTreeMap::new()).version,
+                cds_version: x.cds(&BTreeMap::new(), &BTreeMap::new()).version,
                 live_applies: 0,
             },
             written: BTreeMap::new(),
             clusters: x.clusters.clone(),
             routed: x.clusters.keys().cloned().collect(),
             tmp: xds_root(settings).join(".tmp"),
+            eds: BTreeMap::new(),
+            generation: 0,
         };
         for f in x.all_files().iter().chain(&own) {
             files.put_always(f)?;
         }
-        files.write(&xds::File {
-            name: "bootstrap.json".into(),
-            version: String::new(),
-            data: x.bootstrap().into_bytes(),
-        })?;
+        files.write(
+            "bootstrap.json",
+            &xds::File {
+                name: "bootstrap.json".into(),
+                version: String::new(),
+                data: x.bootstrap().into_bytes(),
+            },
+        )?;
         Ok(files)
     }
 
     /// One file, renamed into place from outside the watched directory. Not fsynced: an epoch
     /// always starts from a directory written afresh from the stored (synced) config.
-    fn write(&self, f: &xds::File) -> Result<(), String> {
-        let to = self.xds.dir.join(&f.name);
+    fn write(&self, name: &str, f: &xds::File) -> Result<(), String> {
+        let to = self.xds.dir.join(name);
         store::write_private_via(&self.tmp, &to, &f.data, store::Durability::Atomic)
             .map_err(|e| format!("{e:#}"))
     }
 
     /// Writes `f` unless the same version is already there; true when it wrote.
     pub(super) fn put(&mut self, f: &xds::File) -> Result<bool, String> {
-        if self.written.get(&f.name) == Some(&f.version) {
+        self.put_as(&f.name, f)
+    }
+
+    fn put_as(&mut self, name: &str, f: &xds::File) -> Result<bool, String> {
+        if self.written.get(name) == Some(&f.version) {
             return Ok(false);
         }
-        self.put_always(f)?;
+        self.write(name, f)?;
+        self.written.insert(name.to_owned(), f.version.clone());
         Ok(true)
     }
 
     /// Writes `f` whatever is believed to be there.
     pub(super) fn put_always(&mut self, f: &xds::File) -> Result<(), String> {
-        self.write(f)?;
+        self.write(&f.name, f)?;
         self.written.insert(f.name.clone(), f.version.clone());
         Ok(())
+    }
+
+    /// Writes pool `pool`'s endpoint list `f` into the file its cluster reads now.
+    pub(super) fn put_endpoints(&mut self, pool: &str, f: &xds::File) -> Result<bool, String> {
+        match self.eds.get(pool).cloned() {
+            Some(name) => self.put_as(&name, f),
+            None => self.put(f),
+        }
+    }
+
+    /// Gives pool `pool` a file of a new generation: the next CDS file points its cluster
+    /// there, which Envoy takes as a new cluster object to warm.
+    pub(super) fn next_generation(&mut self, pool: &str) {
+        self.generation += 1;
+        self.eds
+            .insert(pool.to_owned(), xds::warm_file_name(pool, self.generation));
     }
 
     /// Forgets what is on disk, so that the next apply writes every file again (a forced
@@ -117,7 +148,9 @@ impl LiveFiles {
     /// After a live apply: the files `new` does not name are deleted (the supervisor's own
     /// runtime and ticket files stay), and `new` is what the epoch runs.
     fn settle(&mut self, new: &Arc<Xds>, lds_version: String, cds_version: String) {
-        let keep = new.file_names();
+        self.eds.retain(|pool, _| new.endpoints.contains_key(pool));
+        let mut keep = new.file_names();
+        keep.extend(self.eds.values().cloned());
         let dir = self.xds.dir.clone();
         self.written.retain(|name, _| {
             let keep_it =
@@ -249,11 +282,12 @@ impl Supervisor {
         else {
             return Err("no live epoch to apply to".into());
         };
-        let confirm = Confirm {
+        let mut confirm = Confirm {
             admin: &self.admin,
             watch: &watch,
             deadline,
             timeout,
+            warming_ok: BTreeSet::new(),
         };
         let t0 = Instant::now();
         let before = Arc::clone(&files.xds);
@@ -275,15 +309,21 @@ impl Supervisor {
             timeout,
             Instant::now(),
         );
+        // Pools moved as warmed clusters serve from their old object meanwhile: their warm is
+        // the transition's, not the apply's.
+        confirm.warming_ok = plan.warm.clone();
         hold("live-bridge").await;
-        for f in plan.files.values() {
-            files.put(f)?;
+        for (pool, f) in &plan.files {
+            if plan.warm.contains(pool) {
+                files.next_generation(pool);
+            }
+            files.put_endpoints(pool, f)?;
         }
         let extra: BTreeMap<String, Value> = on_disk
             .into_iter()
             .filter(|(k, _)| !new.clusters.contains_key(k) && routed.contains(k))
             .collect();
-        let cds = new.cds(&extra);
+        let cds = new.cds(&extra, &files.eds);
         files.put(&cds)?;
         // Listener limits before the listeners: a new listener is never without one.
         let runtime = xds::runtime_file(&self.settings.access_log, &new.runtime);
@@ -316,7 +356,7 @@ impl Supervisor {
             "live apply steps"
         );
         // 3. Remove what nothing uses any more.
-        let final_cds = new.cds(&BTreeMap::new());
+        let final_cds = new.cds(&BTreeMap::new(), &files.eds);
         if !extra.is_empty() {
             files.put(&final_cds)?;
             files.clusters = new.clusters.clone();
@@ -348,7 +388,7 @@ impl Supervisor {
                 .collect()
         };
         let expect = Expect {
-            cds: Some(x.cds(&BTreeMap::new()).version),
+            cds: Some(x.cds(&BTreeMap::new(), &BTreeMap::new()).version),
             lds: Some(x.lds().version),
             runtime: Some(xds::runtime_file(&self.settings.access_log, &x.runtime).version),
             endpoints: versions(Kind::Endpoints),
@@ -360,6 +400,7 @@ impl Supervisor {
             watch,
             deadline: Instant::now() + timeout,
             timeout,
+            warming_ok: BTreeSet::new(),
         };
         // A new process: every rejection it counted is this config's.
         confirm.until(&expect, &XdsStats::default()).await

@@ -45,6 +45,7 @@ mod transition;
 use crate::spec::ConfigHash;
 pub use server::bind;
 use server::{accept_loop, answer_serving, answer_status};
+pub use transition::WARM_FROM;
 
 use crate::envoy::{admin::Admin, process};
 use crate::settings::Settings;

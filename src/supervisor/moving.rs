@@ -2,7 +2,7 @@
 //! ones have passed their first health check. The loop looks at them every [`TRANSITION_POLL`];
 //! [`super::transition`] decides, as pure functions, what each look means.
 
-use super::confirm::stats;
+use super::confirm::{stats, WARMING};
 use super::transition::{self, Transition, Verdict};
 use super::{hold, protocol, Supervisor};
 use crate::metrics;
@@ -47,6 +47,18 @@ impl Supervisor {
             let Some(mut t) = self.transitions.remove(&name) else {
                 continue;
             };
+            if t.warming {
+                // Over once Envoy swapped the new object in: from then on the pool's counts are
+                // its own. (One cheap read while any cluster warms: names only.)
+                t.warming = s.number(WARMING) > 0
+                    && tokio::select! {
+                        w = self.admin.warming_clusters() => w.map_or(true, |w| w.contains(&name)),
+                        _ = watch.exited() => {
+                            self.transitions.insert(name, t);
+                            return;
+                        }
+                    };
+            }
             let now = Instant::now();
             let healthy = s.cluster_number(&name, "membership_healthy");
             let moving = healthy != t.healthy || now < t.healthy_since + HOSTS_READ_EVERY;
@@ -58,11 +70,19 @@ impl Supervisor {
                 .cluster_number(&name, "membership_total")
                 .saturating_sub(healthy);
             let overdue = now >= t.deadline && t.stuck.is_none() && t.finishing.is_none();
-            let mut verdict = transition::judge(&t, &s, None);
+            // While the new object warms, the counts may be either object's: wait.
+            let mut verdict = if t.warming {
+                Verdict::Wait
+            } else {
+                transition::judge(&t, &s, None)
+            };
             let mut health = None;
             // Hosts are read one by one only when the counts have stopped moving (new hosts
             // passing one after the other need no per-host look) or the deadline is here.
-            if (verdict == Verdict::ReadHosts && !moving && now >= t.next_hosts_read) || overdue {
+            if !t.warming
+                && ((verdict == Verdict::ReadHosts && !moving && now >= t.next_hosts_read)
+                    || overdue)
+            {
                 health = tokio::select! {
                     h = self.admin.host_health(&name) => h.ok(),
                     _ = watch.exited() => {
@@ -105,7 +125,7 @@ impl Supervisor {
             Verdict::Finish => {
                 hold("transition-finish").await;
                 let put = match &mut self.files {
-                    Some(files) => files.put(&t.target),
+                    Some(files) => files.put_endpoints(&t.pool, &t.target),
                     None => Err("no live epoch to apply to".into()),
                 };
                 match put {

@@ -64,7 +64,20 @@ pub(super) struct Transition {
     /// keep passing there is no need to read them one by one.
     pub healthy: u64,
     pub healthy_since: Instant,
+    /// The union went in as a new cluster object that Envoy warms (see [`WARM_FROM`]); true
+    /// until Envoy has swapped it in. Meanwhile the old object serves, and the pool's counts in
+    /// `/stats` (shared by both objects) say nothing about the new hosts.
+    pub warming: bool,
 }
+
+/// From how many new hosts a pool moves as a new cluster object that Envoy warms rather than
+/// as an endpoint update of the one that serves. Each host that passes its first
+/// check in a serving cluster makes Envoy rebuild the pool's host lists on its main thread
+/// (O(pool) each, so a pool moved whole costs O(n²): ~12 s at 10,000 hosts, with the admin API
+/// waiting behind it); a warming cluster rebuilds them once, when every first check is in. The
+/// price: every host of the union is checked again, and the old object's upstream connections
+/// drain (in-flight requests finish on them) and are made anew on the new one.
+pub const WARM_FROM: usize = 64;
 
 /// What an apply writes for the pools, and the transitions it leaves.
 #[derive(Debug, Default)]
@@ -74,6 +87,9 @@ pub(super) struct Plan {
     pub transitions: BTreeMap<String, Transition>,
     /// Unfinished transitions this apply replaces or ends.
     pub superseded: usize,
+    /// Pools whose file goes in as a new cluster object that Envoy warms (a file of a new
+    /// generation, and the cluster pointed at it).
+    pub warm: BTreeSet<String>,
 }
 
 /// How Envoy names a host in `/clusters`.
@@ -152,7 +168,15 @@ pub(super) fn plan(
             out.files.insert(name.clone(), own);
             continue;
         }
-        let settled = (removing > 0 && serving(name)).then(|| base.clone());
+        // A pool still holding its old hosts served (its counts may be a warming object's).
+        let held = prev.is_some_and(|t| t.settled.is_some());
+        let settled = (removing > 0 && (held || serving(name))).then(|| base.clone());
+        // Whether or not it holds old hosts: even a pool that serves nothing (or only gains)
+        // would cost a rebuild per passing host.
+        let warming = added.len() >= WARM_FROM;
+        if warming {
+            out.warm.insert(name.clone());
+        }
         let write = match &settled {
             Some(old) => union_file(name, la, old),
             None => own.clone(),
@@ -176,6 +200,7 @@ pub(super) fn plan(
                 next_hosts_read: now,
                 healthy: 0,
                 healthy_since: now,
+                warming,
             },
         );
     }
@@ -385,6 +410,37 @@ mod tests {
         let g = plan_of(&[1], &BTreeMap::new(), &[1, 2], true).transitions["web"].clone();
         assert_eq!(judge(&g, &stats(1, 2, None), None), Verdict::ReadHosts);
         assert_eq!(judge(&g, &stats(2, 2, None), None), Verdict::Done);
+    }
+
+    #[test]
+    fn a_pool_gaining_many_hosts_moves_as_a_warmed_cluster_and_a_held_one_keeps_holding() {
+        let old: Vec<u32> = (1..=2).collect();
+        let many: Vec<u32> = (100..100 + WARM_FROM as u32).collect();
+        let few: Vec<u32> = (100..99 + WARM_FROM as u32).collect();
+        let p = plan_of(&old, &BTreeMap::new(), &many, true);
+        assert!(p.warm.contains("web") && p.transitions["web"].warming);
+        let mut both = set(&many);
+        both.extend(set(&old));
+        assert_eq!(hosts_in(&p.files["web"]), both, "the union, warmed whole");
+        let p = plan_of(&old, &BTreeMap::new(), &few, true);
+        assert!(p.warm.is_empty() && !p.transitions["web"].warming);
+        // Serving nothing, or only gaining: warmed too (each pass would rebuild the lists).
+        let p = plan_of(&old, &BTreeMap::new(), &many, false);
+        assert!(p.warm.contains("web"));
+        assert_eq!(hosts_in(&p.files["web"]), set(&many));
+        let mut grown = old.clone();
+        grown.extend(&many);
+        let p = plan_of(&old, &BTreeMap::new(), &grown, true);
+        assert!(p.warm.contains("web") && p.transitions["web"].settled.is_none());
+        // A pool holding its old hosts while a new object warms (its counts then are the
+        // warming object's: none healthy) still served: a change meanwhile keeps holding them.
+        let first = plan_of(&old, &BTreeMap::new(), &many, true);
+        let next: Vec<u32> = (500..500 + WARM_FROM as u32).collect();
+        let again = plan_of(&many, &first.transitions, &next, false);
+        let mut held = set(&next);
+        held.extend(set(&old));
+        assert_eq!(hosts_in(&again.files["web"]), held);
+        assert!(again.warm.contains("web"));
     }
 
     #[test]

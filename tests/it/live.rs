@@ -232,6 +232,68 @@ async fn long_lived_connections_survive_fifty_live_changes() {
     );
 }
 
+/// A TCP connection and a WebSocket stay up while their pools move as warmed clusters (a new
+/// cluster object that Envoy swaps in for the one that carried them): each pool is replaced by
+/// `WARM_FROM` new backends, so the backend both connections were made to leaves the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_connections_survive_their_pool_moving_as_a_warmed_cluster() {
+    let n = vpsie_lb_agent::supervisor::WARM_FROM;
+    let (ta, wa) = (upstream::echo("ta").await, upstream::echo("wa").await);
+    let mut more = Vec::new();
+    for i in 0..n {
+        more.push(upstream::echo(&format!("m{i}")).await);
+    }
+    let (p_tcp, p_ws) = (free_port(), free_port());
+    let spec = |tcp: Vec<Value>, ws: Vec<Value>| {
+        json!({"identifier": "lb-warm", "lbName": "warm", "rules": [
+            {"ruleId": "tcp", "scheme": "tcp", "frontPort": p_tcp, "backPort": 1, "backends": tcp},
+            {"ruleId": "ws", "scheme": "http", "frontPort": p_ws, "backPort": 1, "backends": ws}]})
+    };
+    // A short drain: a connection the move drained would be cut within the run.
+    let stand = Stand::start(|s| {
+        s.envoy.drain_time_s = 1;
+        s.envoy.parent_shutdown_time_s = 2;
+    })
+    .await;
+    stand
+        .apply_ok(&spec(
+            vec![backend("ta", &ta, 100)],
+            vec![backend("wa", &wa, 100)],
+        ))
+        .await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", p_tcp)).await.unwrap();
+    echo_round(&mut tcp, "hello", "ta", "tcp").await;
+    let mut ws = websocket(p_ws).await;
+    echo_round(&mut ws, "hi", "wa", "websocket").await;
+    let modified = || async {
+        crate::support::envoy::stats(&stand.settings, "cluster_manager.cluster_modified").await(
+            "cluster_manager.cluster_modified",
+        )
+    };
+    let before = modified().await;
+
+    let moved: Vec<Value> = more
+        .iter()
+        .enumerate()
+        .map(|(i, u)| backend(&format!("m{i}"), u, 100))
+        .collect();
+    stand.apply_ok(&spec(moved.clone(), moved)).await;
+    assert_eq!(modified().await - before, 2, "both pools warmed anew");
+    crate::support::envoy::wait_not_draining(&stand.settings).await;
+    echo_round(&mut tcp, "after", "ta", "tcp").await;
+    echo_round(&mut ws, "after", "wa", "websocket").await;
+    // New connections go to the new backends.
+    let mut fresh = TcpStream::connect(("127.0.0.1", p_tcp)).await.unwrap();
+    fresh.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 64];
+    let got = tokio::time::timeout(Duration::from_secs(5), fresh.read(&mut buf))
+        .await
+        .expect("an echo within 5 s")
+        .unwrap();
+    let from = String::from_utf8_lossy(&buf[..got]).into_owned();
+    assert!(from.starts_with('m'), "a new connection went to {from:?}");
+}
+
 /// The backends an answer may come from, sampled until every one of `want` has answered.
 async fn reaches_exactly(client: &reqwest::Client, port: u16, want: &BTreeSet<String>, i: usize) {
     let mut seen = BTreeSet::new();
@@ -587,42 +649,60 @@ fn served(u: &Upstream) -> usize {
 /// fails, and once the transition is over the old backends get nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_replaced_wholesale_moves_once_its_new_hosts_pass() {
-    let (o1, o2) = (
-        upstream::http("o1", None).await,
-        upstream::http("o2", None).await,
-    );
-    let (n1, n2) = (
-        upstream::http("n1", None).await,
-        upstream::http("n2", None).await,
-    );
-    for n in [&n1, &n2] {
-        n.failing_health
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+    replaced_wholesale(2).await;
+}
+
+/// The same for a pool large enough to move as a new cluster object that Envoy warms (every
+/// first check in one pass, `WARM_FROM` new hosts or more): the old object serves until the
+/// new one is swapped in, and the swap loses no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_pool_replaced_wholesale_moves_as_a_warmed_cluster() {
+    replaced_wholesale(vpsie_lb_agent::supervisor::WARM_FROM).await;
+}
+
+async fn replaced_wholesale(n: usize) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut old = Vec::new();
+    let mut new = Vec::new();
+    for i in 0..n {
+        old.push(upstream::http(&format!("o{i}"), None).await);
+        new.push(upstream::http(&format!("n{i}"), None).await);
     }
+    for u in &new {
+        u.failing_health.store(true, SeqCst);
+    }
+    let old: Vec<&Upstream> = old.iter().collect();
+    let new: Vec<&Upstream> = new.iter().collect();
     let front = Stand::front_port();
     let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 30).await;
-    stand.apply_ok(&checked_spec(front, &[&o1, &o2])).await;
+    stand.apply_ok(&checked_spec(front, &old)).await;
     let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 1);
     load.more(50).await;
+    let modified = || async {
+        crate::support::envoy::stats(&stand.settings, "cluster_manager.cluster_modified").await(
+            "cluster_manager.cluster_modified",
+        )
+    };
+    let modified_before = modified().await;
 
-    let out = stand
-        .apply(&checked_spec(front, &[&n1, &n2]))
-        .await
-        .unwrap();
+    let out = stand.apply(&checked_spec(front, &new)).await.unwrap();
     assert_eq!(out.method, Some(ApplyMethod::Live));
     let moving = stand.status().await.transitions;
     assert!(
         moving.len() == 1
             && moving[0].pool == "web"
-            && moving[0].new_hosts == 2
-            && moving[0].old_hosts == 2,
+            && moving[0].new_hosts == n
+            && moving[0].old_hosts == n,
         "{moving:?}"
     );
+    // A new cluster object (Envoy counts it as a modified cluster) only from WARM_FROM hosts.
+    let warmed = usize::from(n >= vpsie_lb_agent::supervisor::WARM_FROM) as u64;
+    assert_eq!(modified().await - modified_before, warmed);
     // The new backends are checked and fail; the old ones carry the traffic meanwhile.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while [&n1, &n2]
+    while new
         .iter()
-        .any(|n| paths(n).iter().filter(|p| *p == "/healthz").count() < 2)
+        .any(|u| paths(u).iter().filter(|p| *p == "/healthz").count() < 2)
     {
         assert!(
             Instant::now() < deadline,
@@ -632,7 +712,7 @@ async fn a_pool_replaced_wholesale_moves_once_its_new_hosts_pass() {
     }
     load.more(100).await;
     assert_eq!(
-        served(&n1) + served(&n2),
+        new.iter().map(|u| served(u)).sum::<usize>(),
         0,
         "no traffic before a check passed"
     );
@@ -641,29 +721,27 @@ async fn a_pool_replaced_wholesale_moves_once_its_new_hosts_pass() {
     assert!(s.transitions[0].stuck.is_none());
 
     // They pass: each gets traffic only after a check it passed, and the old ones go.
-    let flipped: Vec<usize> = [&n1, &n2].iter().map(|n| paths(n).len()).collect();
-    for n in [&n1, &n2] {
-        n.failing_health
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+    let flipped: Vec<usize> = new.iter().map(|u| paths(u).len()).collect();
+    for u in &new {
+        u.failing_health.store(false, SeqCst);
     }
     stand.settled().await;
-    for (n, from) in [&n1, &n2].into_iter().zip(flipped) {
-        let after = &paths(n)[from..];
+    for (u, from) in new.iter().zip(flipped) {
+        let after = &paths(u)[from..];
         if let Some(first) = after.iter().position(|p| p == "/") {
             assert!(
                 after[..first].iter().any(|p| p == "/healthz"),
                 "{}: a request before a passing check: {after:?}",
-                n.name
+                u.name
             );
         }
     }
-    let old = served(&o1) + served(&o2);
+    let old_served = || old.iter().map(|u| served(u)).sum::<usize>();
+    let before = old_served();
     load.more(200).await;
-    assert_eq!(served(&o1) + served(&o2), old, "the old backends are gone");
-    assert!(
-        served(&n1) > 0 && served(&n2) > 0,
-        "both new backends serve"
-    );
+    assert_eq!(old_served(), before, "the old backends are gone");
+    let serving = new.iter().filter(|u| served(u) > 0).count();
+    assert_eq!(serving, n, "only {serving} of {n} new backends serve");
     let counts = load.finish().await;
     assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
     let m = stand.metrics().await;

@@ -137,3 +137,67 @@ fn a_discovery_file_is_its_typed_resources_and_a_digest_of_them() {
     let other = discovery_file("x.json".into(), CLUSTER, &[&empty, &a]);
     assert_ne!(other.version, f.version, "order is part of the version");
 }
+
+#[test]
+fn a_pool_given_a_file_of_its_own_generation_reads_it_and_no_other_cluster_changes() {
+    let cluster = |name: &str| {
+        json!({"name": name, "type": "EDS", "eds_cluster_config": {"service_name": name,
+               "eds_config": source(Path::new("/x"), &file_name(Kind::Endpoints, name))}})
+    };
+    let x = Xds {
+        base: Value::Null,
+        bootstrap_key: String::new(),
+        dir: "/x".into(),
+        listeners: BTreeMap::new(),
+        routes: BTreeMap::new(),
+        clusters: [("web", cluster("web")), ("api", cluster("api"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        endpoints: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+        tickets: false,
+        runtime: BTreeMap::new(),
+    };
+    let (one, two) = (warm_file_name("web", 1), warm_file_name("web", 2));
+    assert!(one.starts_with("eds-") && one.ends_with(".1.pb"), "{one}");
+    assert_ne!(one, two);
+    assert_ne!(one, file_name(Kind::Endpoints, "web"));
+    let plain = x.cds(&BTreeMap::new(), &BTreeMap::new());
+    let moved = x.cds(&BTreeMap::new(), &[("web".to_owned(), one.clone())].into());
+    assert_ne!(
+        plain.version, moved.version,
+        "a new cluster object for Envoy"
+    );
+    let read = |f: &File| -> BTreeMap<String, Value> {
+        let v: Value = serde_json::from_slice(&f.data).unwrap();
+        v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().to_owned(), c.clone()))
+            .collect()
+    };
+    let (plain, moved) = (read(&plain), read(&moved));
+    assert_eq!(
+        moved["web"]["eds_cluster_config"]["eds_config"]["path_config_source"]["path"],
+        format!("/x/{one}")
+    );
+    assert_eq!(moved["api"], plain["api"]);
+    let mut web = moved["web"].clone();
+    web["eds_cluster_config"]["eds_config"] =
+        plain["web"]["eds_cluster_config"]["eds_config"].clone();
+    assert_eq!(web, plain["web"], "nothing else of the cluster changes");
+    // An extra (old) cluster can be pointed too; a name with no cluster is ignored.
+    let extra: BTreeMap<String, Value> = [("old".to_owned(), cluster("old"))].into();
+    let f = x.cds(
+        &extra,
+        &[("old".to_owned(), two.clone()), ("none".to_owned(), one)].into(),
+    );
+    let all = read(&f);
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all["old"]["eds_cluster_config"]["eds_config"]["path_config_source"]["path"],
+        format!("/x/{two}")
+    );
+}
