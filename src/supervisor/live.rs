@@ -311,7 +311,14 @@ impl Supervisor {
         );
         // Pools moved as warmed clusters serve from their old object meanwhile: their warm is
         // the transition's, not the apply's.
+        // So do pools still warming from an earlier apply.
         confirm.warming_ok = plan.warm.clone();
+        confirm.warming_ok.extend(
+            self.transitions
+                .iter()
+                .filter(|(_, t)| t.warming)
+                .map(|(n, _)| n.clone()),
+        );
         hold("live-bridge").await;
         for (pool, f) in &plan.files {
             if plan.warm.contains(pool) {

@@ -649,7 +649,7 @@ fn served(u: &Upstream) -> usize {
 /// fails, and once the transition is over the old backends get nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_replaced_wholesale_moves_once_its_new_hosts_pass() {
-    replaced_wholesale(2).await;
+    replaced_wholesale(2, 2).await;
 }
 
 /// The same for a pool large enough to move as a new cluster object that Envoy warms (every
@@ -657,15 +657,18 @@ async fn a_pool_replaced_wholesale_moves_once_its_new_hosts_pass() {
 /// new one is swapped in, and the swap loses no request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_pool_replaced_wholesale_moves_as_a_warmed_cluster() {
-    replaced_wholesale(vpsie_lb_agent::supervisor::WARM_FROM).await;
+    replaced_wholesale(4, vpsie_lb_agent::supervisor::WARM_FROM).await;
 }
 
-async fn replaced_wholesale(n: usize) {
+/// `from` backends replaced by `n` new ones.
+async fn replaced_wholesale(from: usize, n: usize) {
     use std::sync::atomic::Ordering::SeqCst;
     let mut old = Vec::new();
     let mut new = Vec::new();
-    for i in 0..n {
+    for i in 0..from {
         old.push(upstream::http(&format!("o{i}"), None).await);
+    }
+    for i in 0..n {
         new.push(upstream::http(&format!("n{i}"), None).await);
     }
     for u in &new {
@@ -692,7 +695,7 @@ async fn replaced_wholesale(n: usize) {
         moving.len() == 1
             && moving[0].pool == "web"
             && moving[0].new_hosts == n
-            && moving[0].old_hosts == n,
+            && moving[0].old_hosts == from,
         "{moving:?}"
     );
     // A new cluster object (Envoy counts it as a modified cluster) only from WARM_FROM hosts.
