@@ -48,9 +48,9 @@ pub(super) struct LiveFiles {
     routed: BTreeSet<String>,
     /// Where files are written before they are renamed into the directory.
     tmp: PathBuf,
-    /// Pools whose cluster reads its endpoints from a file of its own generation (moved as a
-    /// warmed cluster, [`transition`]): pool → file name. Kept until the epoch ends.
-    pub eds: BTreeMap<String, String>,
+    /// Pools whose cluster is a moved pool's new object (warmed, [`transition`]): its own
+    /// generation's file, its first checks' spread. Kept until the epoch ends.
+    pub moved: BTreeMap<String, xds::Moved>,
     /// The last generation given out.
     generation: u64,
 }
@@ -77,7 +77,7 @@ impl LiveFiles {
             clusters: x.clusters.clone(),
             routed: x.clusters.keys().cloned().collect(),
             tmp: xds_root(settings).join(".tmp"),
-            eds: BTreeMap::new(),
+            moved: BTreeMap::new(),
             generation: 0,
         };
         for f in x.all_files().iter().chain(&own) {
@@ -125,18 +125,19 @@ impl LiveFiles {
 
     /// Writes pool `pool`'s endpoint list `f` into the file its cluster reads now.
     pub(super) fn put_endpoints(&mut self, pool: &str, f: &xds::File) -> Result<bool, String> {
-        match self.eds.get(pool).cloned() {
+        match self.moved.get(pool).map(|m| m.file.clone()) {
             Some(name) => self.put_as(&name, f),
             None => self.put(f),
         }
     }
 
-    /// Gives pool `pool` a file of a new generation: the next CDS file points its cluster
-    /// there, which Envoy takes as a new cluster object to warm.
-    pub(super) fn next_generation(&mut self, pool: &str) {
+    /// Gives pool `pool` a file of a new generation, for a list of `hosts`: the next CDS file
+    /// points its cluster there, which Envoy takes as a new cluster object to warm.
+    pub(super) fn next_generation(&mut self, pool: &str, hosts: usize) {
         self.generation += 1;
-        self.eds
-            .insert(pool.to_owned(), xds::warm_file_name(pool, self.generation));
+        let file = xds::warm_file_name(pool, self.generation);
+        self.moved
+            .insert(pool.to_owned(), xds::Moved { file, hosts });
     }
 
     /// Forgets what is on disk, so that the next apply writes every file again (a forced
@@ -148,9 +149,10 @@ impl LiveFiles {
     /// After a live apply: the files `new` does not name are deleted (the supervisor's own
     /// runtime and ticket files stay), and `new` is what the epoch runs.
     fn settle(&mut self, new: &Arc<Xds>, lds_version: String, cds_version: String) {
-        self.eds.retain(|pool, _| new.endpoints.contains_key(pool));
+        self.moved
+            .retain(|pool, _| new.endpoints.contains_key(pool));
         let mut keep = new.file_names();
-        keep.extend(self.eds.values().cloned());
+        keep.extend(self.moved.values().map(|m| m.file.clone()));
         let dir = self.xds.dir.clone();
         self.written.retain(|name, _| {
             let keep_it =
@@ -312,7 +314,7 @@ impl Supervisor {
         // Pools moved as warmed clusters serve from their old object meanwhile: their warm is
         // the transition's, not the apply's.
         // So do pools still warming from an earlier apply.
-        confirm.warming_ok = plan.warm.clone();
+        confirm.warming_ok = plan.warm.keys().cloned().collect();
         confirm.warming_ok.extend(
             self.transitions
                 .iter()
@@ -321,8 +323,8 @@ impl Supervisor {
         );
         hold("live-bridge").await;
         for (pool, f) in &plan.files {
-            if plan.warm.contains(pool) {
-                files.next_generation(pool);
+            if let Some(&hosts) = plan.warm.get(pool) {
+                files.next_generation(pool, hosts);
             }
             files.put_endpoints(pool, f)?;
         }
@@ -330,7 +332,7 @@ impl Supervisor {
             .into_iter()
             .filter(|(k, _)| !new.clusters.contains_key(k) && routed.contains(k))
             .collect();
-        let cds = new.cds(&extra, &files.eds);
+        let cds = new.cds(&extra, &files.moved);
         files.put(&cds)?;
         // Listener limits before the listeners: a new listener is never without one.
         let runtime = xds::runtime_file(&self.settings.access_log, &new.runtime);
@@ -363,7 +365,7 @@ impl Supervisor {
             "live apply steps"
         );
         // 3. Remove what nothing uses any more.
-        let final_cds = new.cds(&BTreeMap::new(), &files.eds);
+        let final_cds = new.cds(&BTreeMap::new(), &files.moved);
         if !extra.is_empty() {
             files.put(&final_cds)?;
             files.clusters = new.clusters.clone();

@@ -92,8 +92,8 @@ pub(super) struct Plan {
     /// Unfinished transitions this apply replaces or ends.
     pub superseded: usize,
     /// Pools whose file goes in as a new cluster object that Envoy warms (a file of a new
-    /// generation, and the cluster pointed at it).
-    pub warm: BTreeSet<String>,
+    /// generation, and the cluster pointed at it), with the number of hosts it holds.
+    pub warm: BTreeMap<String, usize>,
 }
 
 /// How Envoy names a host in `/clusters`.
@@ -190,7 +190,8 @@ pub(super) fn plan(
             .count();
         let warm_now = fresh >= WARM_FROM;
         if warm_now {
-            out.warm.insert(name.clone());
+            let held = settled.as_ref().map_or(0, |_| removing);
+            out.warm.insert(name.clone(), want.len() + held);
         }
         // Until Envoy swaps in an object still warming from an earlier change, the counts
         // are not this pool's own either.
@@ -436,7 +437,8 @@ mod tests {
         let many: Vec<u32> = (100..100 + WARM_FROM as u32).collect();
         let few: Vec<u32> = (100..99 + WARM_FROM as u32).collect();
         let p = plan_of(&old, &BTreeMap::new(), &many, true);
-        assert!(p.warm.contains("web") && p.transitions["web"].warming);
+        assert!(p.warm.contains_key("web") && p.transitions["web"].warming);
+        assert_eq!(p.warm["web"], WARM_FROM + 2, "the union's hosts");
         let mut both = set(&many);
         both.extend(set(&old));
         assert_eq!(hosts_in(&p.files["web"]), both, "the union, warmed whole");
@@ -444,12 +446,12 @@ mod tests {
         assert!(p.warm.is_empty() && !p.transitions["web"].warming);
         // Serving nothing, or only gaining: warmed too (each pass would rebuild the lists).
         let p = plan_of(&old, &BTreeMap::new(), &many, false);
-        assert!(p.warm.contains("web"));
+        assert!(p.warm.contains_key("web"));
         assert_eq!(hosts_in(&p.files["web"]), set(&many));
         let mut grown = old.clone();
         grown.extend(&many);
         let p = plan_of(&old, &BTreeMap::new(), &grown, true);
-        assert!(p.warm.contains("web") && p.transitions["web"].settled.is_none());
+        assert!(p.warm.contains_key("web") && p.transitions["web"].settled.is_none());
         // A pool holding its old hosts while a new object warms (its counts then are the
         // warming object's: none healthy) still served: a change meanwhile keeps holding them.
         let first = plan_of(&old, &BTreeMap::new(), &many, true);
@@ -458,7 +460,7 @@ mod tests {
         let mut held = set(&next);
         held.extend(set(&old));
         assert_eq!(hosts_in(&again.files["web"]), held);
-        assert!(again.warm.contains("web"));
+        assert!(again.warm.contains_key("web"));
         // A change that brings no host Envoy lacks (one of the new ones dropped) is no new
         // object, but the one still warming keeps the transition waiting for it.
         let fewer = &many[1..];

@@ -394,21 +394,6 @@ fn push_clusters(rule: &Rule, clusters: &mut Vec<Cluster>, resolved: &Resolved) 
 /// endpoint files). The price is at most this much longer before a new pool is warm or a moved
 /// pool's new hosts can serve; it also keeps the checks of a large pool from running in step.
 const FIRST_CHECK_SPREAD_MS: u32 = 250;
-/// And more for a large pool: 0.1 ms a backend (1 s at 10,000), so that first checks come at
-/// no more than ~20 a millisecond even when a pool moves whole, which Envoy checks as one
-/// warming cluster of twice its size (the old hosts beside the new: `supervisor::transition`).
-/// Measured at 10,000 backends moved while serving: 20,000 first checks within 250 ms kept
-/// Envoy's main thread busy enough for its admin API to answer in 292 ms at p99.
-const FIRST_CHECK_SPREAD_PER_1000_BACKENDS_MS: u32 = 100;
-
-/// The spread of a pool's first checks, never longer than its check interval.
-fn first_check_spread_ms(backends: usize, interval_ms: u32) -> u32 {
-    let per_pool = u32::try_from(backends)
-        .unwrap_or(u32::MAX)
-        .saturating_mul(FIRST_CHECK_SPREAD_PER_1000_BACKENDS_MS)
-        / 1000;
-    FIRST_CHECK_SPREAD_MS.max(per_pool).min(interval_ms)
-}
 
 fn cluster(
     rule: &Rule,
@@ -427,7 +412,7 @@ fn cluster(
             timeout: millis(h.interval_ms.min(5000)),
             interval: millis(h.interval_ms),
             fast_interval: millis(h.fast_interval_ms),
-            initial_jitter: millis(first_check_spread_ms(pool.backends.len(), h.interval_ms)),
+            initial_jitter: millis(FIRST_CHECK_SPREAD_MS.min(h.interval_ms)),
             rise: h.rise,
             fall: h.fall,
             http_path: h.http_path.clone(),

@@ -142,7 +142,13 @@ fn a_discovery_file_is_its_typed_resources_and_a_digest_of_them() {
 fn a_pool_given_a_file_of_its_own_generation_reads_it_and_no_other_cluster_changes() {
     let cluster = |name: &str| {
         json!({"name": name, "type": "EDS", "eds_cluster_config": {"service_name": name,
-               "eds_config": source(Path::new("/x"), &file_name(Kind::Endpoints, name))}})
+               "eds_config": source(Path::new("/x"), &file_name(Kind::Endpoints, name))},
+               "health_checks": [{"interval": "10.000s", "initial_jitter": "0.250s"},
+                                 {"interval": "0.500s", "initial_jitter": "0.250s"}]})
+    };
+    let to = |file: &str, hosts: usize| Moved {
+        file: file.to_owned(),
+        hosts,
     };
     let x = Xds {
         base: Value::Null,
@@ -164,7 +170,10 @@ fn a_pool_given_a_file_of_its_own_generation_reads_it_and_no_other_cluster_chang
     assert_ne!(one, two);
     assert_ne!(one, file_name(Kind::Endpoints, "web"));
     let plain = x.cds(&BTreeMap::new(), &BTreeMap::new());
-    let moved = x.cds(&BTreeMap::new(), &[("web".to_owned(), one.clone())].into());
+    let moved = x.cds(
+        &BTreeMap::new(),
+        &[("web".to_owned(), to(&one, 20_000))].into(),
+    );
     assert_ne!(
         plain.version, moved.version,
         "a new cluster object for Envoy"
@@ -184,18 +193,30 @@ fn a_pool_given_a_file_of_its_own_generation_reads_it_and_no_other_cluster_chang
         format!("/x/{one}")
     );
     assert_eq!(moved["api"], plain["api"]);
+    // First checks spread 0.05 ms a host, within each check's interval.
+    let jitter = |c: &Value, i: usize| c["health_checks"][i]["initial_jitter"].clone();
+    assert_eq!(jitter(&moved["web"], 0), "1.000s");
+    assert_eq!(jitter(&moved["web"], 1), "0.500s");
     let mut web = moved["web"].clone();
     web["eds_cluster_config"]["eds_config"] =
         plain["web"]["eds_cluster_config"]["eds_config"].clone();
+    for i in 0..2 {
+        web["health_checks"][i]["initial_jitter"] = jitter(&plain["web"], i);
+    }
     assert_eq!(web, plain["web"], "nothing else of the cluster changes");
     // An extra (old) cluster can be pointed too; a name with no cluster is ignored.
     let extra: BTreeMap<String, Value> = [("old".to_owned(), cluster("old"))].into();
     let f = x.cds(
         &extra,
-        &[("old".to_owned(), two.clone()), ("none".to_owned(), one)].into(),
+        &[
+            ("old".to_owned(), to(&two, 100)),
+            ("none".to_owned(), to(&one, 100)),
+        ]
+        .into(),
     );
     let all = read(&f);
     assert_eq!(all.len(), 3);
+    assert_eq!(jitter(&all["old"], 0), "0.250s", "never less than rendered");
     assert_eq!(
         all["old"]["eds_cluster_config"]["eds_config"]["path_config_source"]["path"],
         format!("/x/{two}")

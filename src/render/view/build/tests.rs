@@ -128,13 +128,3 @@ fn durations_print_as_envoy_wants_them() {
     assert_eq!(millis(1500), "1.500s");
     assert_eq!(millis(50), "0.050s");
 }
-
-#[test]
-fn first_checks_spread_with_the_pool_and_never_past_the_interval() {
-    assert_eq!(first_check_spread_ms(2, 10_000), 250);
-    assert_eq!(first_check_spread_ms(2_500, 10_000), 250);
-    assert_eq!(first_check_spread_ms(10_000, 10_000), 1_000);
-    assert_eq!(first_check_spread_ms(10_000, 500), 500);
-    assert_eq!(first_check_spread_ms(2, 100), 100);
-    assert_eq!(first_check_spread_ms(usize::MAX, 60_000), 60_000);
-}
