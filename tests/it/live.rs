@@ -754,6 +754,67 @@ async fn replaced_wholesale(from: usize, n: usize) {
     );
 }
 
+/// A pool moved as a warmed cluster whose new hosts never pass: Envoy swaps the new object in
+/// once every first check is in (passed or not), the old host still in it carries every
+/// request, the transition is reported stuck with every new host, and the next change
+/// supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmed_pool_whose_new_hosts_never_pass_keeps_its_old_host() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let n = vpsie_lb_agent::supervisor::WARM_FROM;
+    let o1 = upstream::http("o1", None).await;
+    let mut dead = Vec::new();
+    for i in 0..n {
+        let u = upstream::http(&format!("d{i}"), None).await;
+        u.failing_health.store(true, SeqCst);
+        dead.push(u);
+    }
+    let front = Stand::front_port();
+    let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 2).await;
+    stand.apply_ok(&checked_spec(front, &[&o1])).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 2, 1);
+    load.more(20).await;
+
+    let dead_refs: Vec<&Upstream> = dead.iter().collect();
+    let out = stand.apply(&checked_spec(front, &dead_refs)).await.unwrap();
+    assert_eq!(out.method, Some(ApplyMethod::Live));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stuck = loop {
+        let s = stand.status().await;
+        if let Some(t) = s.transitions.iter().find(|t| t.stuck.is_some()) {
+            break t.clone();
+        }
+        assert!(Instant::now() < deadline, "never reported stuck: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stuck.stuck.as_ref().map(Vec::len), Some(n), "{stuck:?}");
+    // Swapped in (nothing warming), every new host checked and failing, the old one serving.
+    let warming =
+        crate::support::envoy::stats(&stand.settings, "cluster_manager.warming_clusters").await;
+    assert_eq!(warming("cluster_manager.warming_clusters"), 0);
+    assert!(dead
+        .iter()
+        .all(|u| paths(u).iter().any(|p| p == "/healthz")));
+    let before = served(&o1);
+    load.more(100).await;
+    assert!(
+        served(&o1) >= before + 100,
+        "the old host carries the traffic"
+    );
+    assert_eq!(dead.iter().map(served).sum::<usize>(), 0);
+
+    // The next change (back to the old host alone) supersedes it.
+    stand.apply_ok(&checked_spec(front, &[&o1])).await;
+    assert!(stand.status().await.transitions.is_empty());
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    let m = stand.metrics().await;
+    assert!(
+        m.contains("vpsie_lb_supervisor_pool_transitions_total{result=\"superseded\"} 1"),
+        "{m}"
+    );
+}
+
 /// A pool whose new host never passes: the whole product (stand-in API, agent, supervisor,
 /// Envoy). Applied at once; after `confirm_timeout_s` the transition is reported once (status,
 /// metric, one `reload_failed` event naming the pool and the host), the old host keeps serving,
