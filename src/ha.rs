@@ -11,7 +11,8 @@
 //!   watches it), and keepalived asks the supervisor every second (`ha-check`) as well, which
 //!   also catches a supervisor that died without a word;
 //! - keepalived runs `ha-notify` on every state change: it records the state where `status` and
-//!   the agent's metrics read it.
+//!   the agent's metrics read it (under a lock, and only while still true: keepalived does not
+//!   wait for one script before starting the next, see [`record`]).
 //!
 //! Ownership is deterministic: every node sorts the node addresses the same way; in
 //! active/active the n-th virtual IP belongs to the n-th node, and the others follow in order
@@ -247,15 +248,47 @@ pub struct VipState {
     pub transitions: u64,
 }
 
+/// Whether this node holds `vip` (`address/prefix`) on `interface` now: keepalived adds a
+/// virtual IP before it runs the notify script for MASTER and removes it before the others.
+pub fn holds(interface: &str, vip: &str) -> bool {
+    let Some(ip) = vip
+        .split('/')
+        .next()
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+    else {
+        return false;
+    };
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    addrs
+        .filter(|a| a.interface_name == interface)
+        .filter_map(|a| a.address)
+        .any(|s| {
+            let v4 = s.as_sockaddr_in().map(|a| std::net::IpAddr::V4(a.ip()));
+            let v6 = s.as_sockaddr_in6().map(|a| std::net::IpAddr::V6(a.ip()));
+            v4.or(v6) == Some(ip)
+        })
+}
+
 /// Records a state change keepalived announced (`ha-notify`): `kind` is `INSTANCE`, `name`
-/// the instance, `state` MASTER, BACKUP, FAULT or STOP.
+/// the instance, `state` MASTER, BACKUP, FAULT or STOP; `holds(vip)` whether this node holds
+/// the instance's virtual IP now ([`holds`]).
+///
+/// keepalived starts a notify script for each change without waiting for the one before, so two
+/// quick changes (master, then backup a moment later) can be recorded in either order, and the
+/// last writer would stand until the next change (seen under load: a node that had handed an
+/// address back still said master). So the records are written under a lock, and a change that
+/// is no longer true (master announced, the address already gone again, or the reverse) only
+/// counts: a later change's own script records the state. `None`: nothing recorded yet.
 pub fn record(
     settings: &Settings,
     kind: &str,
     name: &str,
     state: &str,
     now: i64,
-) -> anyhow::Result<VipState> {
+    holds: impl FnOnce(&str) -> bool,
+) -> anyhow::Result<Option<VipState>> {
     let Some(ha) = &settings.ha else {
         bail!("the settings have no ha section");
     };
@@ -270,19 +303,34 @@ pub fn record(
         bail!("{name:?} is not one of this node's VRRP instances");
     };
     crate::store::create_private_dir(&ha.state_dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ha.state_dir.join(".lock"))
+        .with_context(|| format!("cannot open the lock in {}", ha.state_dir.display()))?;
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", ha.state_dir.display()))?;
     let path = ha.state_dir.join(format!("{name}.json"));
     let before: Option<VipState> = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let rec = VipState {
-        instance: inst.name,
-        vip: inst.vip,
-        state,
-        since: now,
-        transitions: before.map_or(0, |b| b.transitions) + 1,
+    let current = (state == "master") == holds(&inst.vip);
+    let rec = match (current, before) {
+        (true, before) => VipState {
+            instance: inst.name,
+            vip: inst.vip,
+            state,
+            since: now,
+            transitions: before.map_or(0, |b| b.transitions) + 1,
+        },
+        (false, Some(before)) => VipState {
+            transitions: before.transitions + 1,
+            ..before
+        },
+        (false, None) => return Ok(None),
     };
     crate::store::write_private(&path, &serde_json::to_vec(&rec)?)?;
-    Ok(rec)
+    Ok(Some(rec))
 }
 
 /// The recorded state of each of this node's virtual IPs (`None`: keepalived has not said yet).
@@ -584,16 +632,45 @@ mod tests {
             &["198.18.0.100/24"],
         );
         s.ha.as_mut().unwrap().state_dir = dir.path().join("ha");
-        record(&s, "INSTANCE", "vip_0", "BACKUP", 10).unwrap();
-        let r = record(&s, "INSTANCE", "vip_0", "MASTER", 20).unwrap();
+        // A MASTER announced after the address was given back again: nothing to record yet.
+        assert_eq!(
+            record(&s, "INSTANCE", "vip_0", "MASTER", 5, |_| false).unwrap(),
+            None
+        );
+        record(&s, "INSTANCE", "vip_0", "BACKUP", 10, |_| false).unwrap();
+        let r = record(&s, "INSTANCE", "vip_0", "MASTER", 20, |v| {
+            v == "198.18.0.100/24"
+        })
+        .unwrap()
+        .unwrap();
         assert_eq!(
             (r.state.as_str(), r.since, r.transitions),
             ("master", 20, 2)
         );
         let st = states(s.ha.as_ref().unwrap());
         assert_eq!(st[0].1.as_ref().map(|r| r.state.as_str()), Some("master"));
-        assert!(record(&s, "INSTANCE", "vip_9", "MASTER", 30).is_err());
-        assert!(record(&s, "INSTANCE", "vip_0", "LEADER", 30).is_err());
-        assert!(record(&s, "GROUP", "vip_0", "MASTER", 30).is_err());
+        // Two quick changes whose scripts ran out of order: BACKUP (the address gone) recorded
+        // first, then the MASTER before it, no longer true, only counts.
+        record(&s, "INSTANCE", "vip_0", "BACKUP", 30, |_| false).unwrap();
+        let r = record(&s, "INSTANCE", "vip_0", "MASTER", 31, |_| false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.state.as_str(), r.since, r.transitions),
+            ("backup", 30, 4)
+        );
+        // And the reverse: a late BACKUP while the address is held again.
+        let r = record(&s, "INSTANCE", "vip_0", "BACKUP", 40, |_| true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.state.as_str(), r.transitions), ("backup", 5));
+        let r = record(&s, "INSTANCE", "vip_0", "MASTER", 41, |_| true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.state.as_str(), r.transitions), ("master", 6));
+        let any = |_: &str| true;
+        assert!(record(&s, "INSTANCE", "vip_9", "MASTER", 50, any).is_err());
+        assert!(record(&s, "INSTANCE", "vip_0", "LEADER", 50, any).is_err());
+        assert!(record(&s, "GROUP", "vip_0", "MASTER", 50, any).is_err());
     }
 }

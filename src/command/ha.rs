@@ -74,6 +74,12 @@ pub(super) fn notify(
     state: &str,
 ) -> Result<(), Failure> {
     let s = Settings::load(config)?;
-    crate::ha::record(&s, kind, name, state, crate::pipeline::now_unix())?;
+    let interface =
+        s.ha.as_ref()
+            .map(|h| h.interface.clone())
+            .unwrap_or_default();
+    crate::ha::record(&s, kind, name, state, crate::pipeline::now_unix(), |vip| {
+        crate::ha::holds(&interface, vip)
+    })?;
     Ok(())
 }
