@@ -754,6 +754,19 @@ async fn replaced_wholesale(from: usize, n: usize) {
     );
 }
 
+/// The first transition `status` reports stuck, waited for up to 20 s.
+async fn stuck_transition(stand: &Stand) -> vpsie_lb_agent::supervisor::protocol::TransitionStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = stand.status().await;
+        if let Some(t) = s.transitions.iter().find(|t| t.stuck.is_some()) {
+            return t.clone();
+        }
+        assert!(Instant::now() < deadline, "never reported stuck: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A pool moved as a warmed cluster whose new hosts never pass: Envoy swaps the new object in
 /// once every first check is in (passed or not), the old host still in it carries every
 /// request, the transition is reported stuck with every new host, and the next change
@@ -778,15 +791,7 @@ async fn a_warmed_pool_whose_new_hosts_never_pass_keeps_its_old_host() {
     let dead_refs: Vec<&Upstream> = dead.iter().collect();
     let out = stand.apply(&checked_spec(front, &dead_refs)).await.unwrap();
     assert_eq!(out.method, Some(ApplyMethod::Live));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stuck = loop {
-        let s = stand.status().await;
-        if let Some(t) = s.transitions.iter().find(|t| t.stuck.is_some()) {
-            break t.clone();
-        }
-        assert!(Instant::now() < deadline, "never reported stuck: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stuck = stuck_transition(&stand).await;
     assert_eq!(stuck.stuck.as_ref().map(Vec::len), Some(n), "{stuck:?}");
     // Swapped in (nothing warming), every new host checked and failing, the old one serving.
     let warming =
@@ -797,8 +802,10 @@ async fn a_warmed_pool_whose_new_hosts_never_pass_keeps_its_old_host() {
         .all(|u| paths(u).iter().any(|p| p == "/healthz")));
     let before = served(&o1);
     load.more(100).await;
+    // (Up to one request per load connection may have reached o1 before `before` was read
+    // and be counted by the load after it.)
     assert!(
-        served(&o1) >= before + 100,
+        served(&o1) >= before + 98,
         "the old host carries the traffic"
     );
     assert_eq!(dead.iter().map(served).sum::<usize>(), 0);
@@ -845,15 +852,7 @@ async fn a_transition_whose_new_hosts_never_pass_is_reported_once_and_superseded
     load.more(20).await;
 
     sim.write_spec(&checked_spec(front, &[&dead]));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stuck = loop {
-        let s = stand.status().await;
-        if let Some(t) = s.transitions.iter().find(|t| t.stuck.is_some()) {
-            break t.clone();
-        }
-        assert!(Instant::now() < deadline, "never reported stuck: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stuck = stuck_transition(&stand).await;
     assert_eq!(
         stuck.stuck.as_deref(),
         Some(&[format!("127.0.0.1:{}", dead.port())][..])
