@@ -323,7 +323,7 @@ impl Supervisor {
         );
         hold("live-bridge").await;
         for (pool, f) in &plan.files {
-            if let Some(&hosts) = plan.warm.get(pool) {
+            if let Some(&hosts) = plan.warm.get(pool).or(plan.redefined.get(pool)) {
                 files.next_generation(pool, hosts);
             }
             files.put_endpoints(pool, f)?;

@@ -94,6 +94,9 @@ pub(super) struct Plan {
     /// Pools whose file goes in as a new cluster object that Envoy warms (a file of a new
     /// generation, and the cluster pointed at it), with the number of hosts it holds.
     pub warm: BTreeMap<String, usize>,
+    /// Pools redefined (their cluster changed): a file of a new generation too, but the apply
+    /// waits for their warm, as for a new cluster.
+    pub redefined: BTreeMap<String, usize>,
 }
 
 /// How Envoy names a host in `/clusters`.
@@ -134,7 +137,14 @@ pub(super) fn plan(
         let same_pool =
             live.clusters.contains_key(name) && live.clusters.get(name) == new.clusters.get(name);
         let Some(live_la) = live.endpoints.get(name).filter(|_| same_pool) else {
-            // New or redefined: Envoy warms it with every first check before it serves.
+            // New or redefined: Envoy warms it with every first check before it serves. A
+            // redefined pool's list goes into a file of its own generation: the object that
+            // serves until the new one is warm must keep reading its old list (the same file
+            // would hand it the new hosts unchecked and take its old ones away: 503s).
+            if live.clusters.contains_key(name) {
+                out.redefined
+                    .insert(name.clone(), la.assignment().list().count());
+            }
             out.files.insert(name.clone(), own);
             continue;
         };
@@ -471,6 +481,42 @@ mod tests {
         let mut swapped = first.transitions.clone();
         swapped.get_mut("web").unwrap().warming = false;
         assert!(!plan_of(&many, &swapped, fewer, true).transitions["web"].warming);
+    }
+
+    #[test]
+    fn a_redefined_pool_gets_a_file_of_its_own_and_a_new_one_does_not() {
+        let mut new = config(&[3, 4]);
+        new.clusters
+            .insert("web".into(), json!({"name": "web", "x": 1}));
+        let t = Duration::from_secs(5);
+        let hash = "0".repeat(64).parse().unwrap();
+        let p = plan(
+            &config(&[1, 2]),
+            &BTreeMap::new(),
+            &new,
+            &hash,
+            |_| true,
+            t,
+            Instant::now(),
+        );
+        assert_eq!(p.redefined.get("web"), Some(&2));
+        assert!(p.warm.is_empty() && p.transitions.is_empty());
+        let mut none = config(&[1]);
+        none.clusters.clear();
+        none.endpoints.clear();
+        let p = plan(
+            &none,
+            &BTreeMap::new(),
+            &new,
+            &hash,
+            |_| true,
+            t,
+            Instant::now(),
+        );
+        assert!(
+            p.redefined.is_empty(),
+            "a new pool has no old object to keep serving"
+        );
     }
 
     #[test]

@@ -660,6 +660,33 @@ async fn a_large_pool_replaced_wholesale_moves_as_a_warmed_cluster() {
     replaced_wholesale(4, vpsie_lb_agent::supervisor::WARM_FROM).await;
 }
 
+/// A pool redefined (its health check changed) and replaced wholesale in the same change,
+/// under HTTP load: Envoy warms the redefined cluster while the old one serves its old
+/// backends, so no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_redefined_and_replaced_at_once_loses_no_request() {
+    let (o1, o2) = (
+        upstream::http("o1", None).await,
+        upstream::http("o2", None).await,
+    );
+    let (n1, n2) = (
+        upstream::http("n1", None).await,
+        upstream::http("n2", None).await,
+    );
+    let front = Stand::front_port();
+    let stand = Stand::start(|s| s.supervisor.confirm_timeout_s = 30).await;
+    stand.apply_ok(&checked_spec(front, &[&o1, &o2])).await;
+    let load = Load::start(&format!("http://127.0.0.1:{front}/"), 4, 1);
+    load.more(50).await;
+    let mut next = checked_spec(front, &[&n1, &n2]);
+    next["rules"][0]["checkInterval"] = json!(300);
+    stand.apply_ok(&next).await;
+    load.more(200).await;
+    let counts = load.finish().await;
+    assert_eq!(counts.failed, 0, "failed requests: {:?}", counts.errors);
+    assert!(served(&n1) > 0 && served(&n2) > 0, "the new backends serve");
+}
+
 /// `from` backends replaced by `n` new ones.
 async fn replaced_wholesale(from: usize, n: usize) {
     use std::sync::atomic::Ordering::SeqCst;
