@@ -48,8 +48,8 @@ pub(super) struct LiveFiles {
     routed: BTreeSet<String>,
     /// Where files are written before they are renamed into the directory.
     tmp: PathBuf,
-    /// Pools whose cluster is a moved pool's new object (warmed, [`transition`]): its own
-    /// generation's file, its first checks' spread. Kept until the epoch ends.
+    /// Pools whose cluster object was made anew by a move ([`transition`]) or a redefinition:
+    /// its own generation's file, its first checks' spread. Kept until the epoch ends.
     pub moved: BTreeMap<String, xds::Moved>,
     /// The last generation given out.
     generation: u64,
@@ -311,14 +311,14 @@ impl Supervisor {
             timeout,
             Instant::now(),
         );
-        // Pools moved as warmed clusters serve from their old object meanwhile: their warm is
-        // the transition's, not the apply's.
-        // So do pools still warming from an earlier apply.
+        // Pools moved as warmed clusters (by this apply or one before) serve from their old
+        // object meanwhile: their warm is the transition's, not the apply's. A redefined
+        // pool's is the apply's.
         confirm.warming_ok = plan.warm.keys().cloned().collect();
         confirm.warming_ok.extend(
             self.transitions
                 .iter()
-                .filter(|(_, t)| t.warming)
+                .filter(|(n, t)| t.warming && !plan.redefined.contains_key(*n))
                 .map(|(n, _)| n.clone()),
         );
         hold("live-bridge").await;
