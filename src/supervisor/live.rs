@@ -50,7 +50,7 @@ pub(super) struct LiveFiles {
     tmp: PathBuf,
     /// Pools whose cluster object was made anew by a move ([`transition`]) or a redefinition:
     /// its own generation's file, its first checks' spread. Kept until the epoch ends.
-    pub moved: BTreeMap<String, xds::Moved>,
+    moved: BTreeMap<String, xds::Moved>,
     /// The last generation given out.
     generation: u64,
 }

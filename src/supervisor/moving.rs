@@ -6,7 +6,7 @@ use super::confirm::{stats, WARMING};
 use super::transition::{self, Transition, Verdict};
 use super::{hold, protocol, Supervisor};
 use crate::metrics;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// How often the pools in transition are looked at.
@@ -40,6 +40,16 @@ impl Supervisor {
             // Envoy died: its exit is on its way to the loop, which starts a fresh one.
             Err(_) => return,
         };
+        // The clusters warming now, read once for every pool whose new object may be among
+        // them (names only; `None`: unknown, so still warming).
+        let warming = if self.transitions.values().any(|t| t.warming) && s.number(WARMING) > 0 {
+            tokio::select! {
+                w = self.admin.warming_clusters() => w.ok(),
+                _ = watch.exited() => return,
+            }
+        } else {
+            Some(BTreeSet::new())
+        };
         let names: Vec<String> = self.transitions.keys().cloned().collect();
         for name in names {
             // Taken out while it is looked at (the admin API and the files are the
@@ -47,18 +57,9 @@ impl Supervisor {
             let Some(mut t) = self.transitions.remove(&name) else {
                 continue;
             };
-            if t.warming {
-                // Over once Envoy swapped the new object in: from then on the pool's counts are
-                // its own. (One cheap read while any cluster warms: names only.)
-                t.warming = s.number(WARMING) > 0
-                    && tokio::select! {
-                        w = self.admin.warming_clusters() => w.map_or(true, |w| w.contains(&name)),
-                        _ = watch.exited() => {
-                            self.transitions.insert(name, t);
-                            return;
-                        }
-                    };
-            }
+            // Over once Envoy swapped the new object in: from then on the pool's counts are its
+            // own.
+            t.warming &= warming.as_ref().is_none_or(|w| w.contains(&name));
             let now = Instant::now();
             let healthy = s.cluster_number(&name, "membership_healthy");
             let moving = healthy != t.healthy || now < t.healthy_since + HOSTS_READ_EVERY;
